@@ -1,0 +1,82 @@
+//! Configuration pieces shared by the service binaries. Each binary has one
+//! typed configuration struct made of these, read from flags with `CSP_*`
+//! environment fallbacks.
+
+use std::fmt;
+
+/// A secret value (signing key, token secret). Its `Debug` and `Display`
+/// never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself. Call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() < 16 {
+            return Err("a secret must be at least 16 characters long".to_owned());
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// The development default for the key the gateway signs caller identities
+/// with. `csp up` uses it so the system runs with no set-up; a deployment sets
+/// `CSP_INTERNAL_KEY`.
+pub const DEV_INTERNAL_KEY: &str = "csp-development-internal-key-change-me";
+
+/// The development default for the HS256 secret of user tokens.
+pub const DEV_JWT_SECRET: &str = "csp-development-jwt-secret-change-me";
+
+/// What every backend service binary takes. Each deployment sets its own
+/// `CSP_*` environment, so the names need no service prefix.
+#[derive(clap::Args, Clone, Debug)]
+pub struct BackendArgs {
+    /// Address to serve gRPC on [default: the service's local port].
+    #[arg(long, env = "CSP_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Database URL: postgres://USER@HOST/DB, or sqlite://PATH
+    /// [default: sqlite://DATA_DIR/SERVICE.db].
+    #[arg(long, env = "CSP_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Directory for the embedded SQLite database.
+    #[arg(long, env = "CSP_DATA_DIR", default_value = "data")]
+    pub data_dir: std::path::PathBuf,
+    /// Key the gateway signs caller identities with; shared by all services.
+    #[arg(long, env = "CSP_INTERNAL_KEY", default_value = DEV_INTERNAL_KEY, hide_default_value = true)]
+    pub internal_key: Secret,
+}
+
+impl BackendArgs {
+    /// The database URL for `service`: the configured one, or a SQLite file
+    /// in the data directory.
+    pub fn database_url_for(&self, service: &str) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join(format!("{service}.db")).display()))
+    }
+}

@@ -1,0 +1,266 @@
+//! The database: embedded SQLite by default, PostgreSQL when a
+//! `postgres://` URL is given. Both are native sqlx pools; services write each
+//! SQL text once (with `$1` placeholders, which SQLite accepts too) and run it
+//! on either pool with [`on_db!`](crate::on_db).
+//!
+//! Migrations are embedded in each service's binary and run with sqlx's
+//! migrator (which holds an advisory lock on PostgreSQL, so replicas starting
+//! together apply them once).
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::SqlSafeStr as _;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions as _, Connection as _, PgPool, SqlitePool};
+
+/// A service's database.
+#[derive(Clone, Debug)]
+pub enum Db {
+    /// Embedded SQLite (one file, WAL, fsync on every commit).
+    Sqlite(SqlitePool),
+    /// PostgreSQL.
+    Postgres(PgPool),
+}
+
+/// Runs the same code on whichever pool a [`Db`] holds. The body is compiled
+/// once per backend, so it can use the pool's native types.
+///
+/// ```ignore
+/// let n: i64 = on_db!(&self.db, pool => sqlx::query_scalar(SQL).fetch_one(pool).await)?;
+/// ```
+#[macro_export]
+macro_rules! on_db {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Sqlite($pool) => $body,
+            $crate::db::Db::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// One migration, embedded with `include_str!`.
+#[derive(Clone, Copy, Debug)]
+pub struct MigrationSource {
+    /// Increasing version number; never reused.
+    pub version: i64,
+    /// What it does, in a few words.
+    pub description: &'static str,
+    /// The SQL.
+    pub sql: &'static str,
+}
+
+/// A service's migrations for each backend. Never edit one that has landed:
+/// add a new one.
+#[derive(Clone, Copy, Debug)]
+pub struct Migrations {
+    /// Migrations for SQLite.
+    pub sqlite: &'static [MigrationSource],
+    /// Migrations for PostgreSQL.
+    pub postgres: &'static [MigrationSource],
+}
+
+impl Db {
+    /// Connects to `url`: `sqlite://PATH` (the file is created when missing)
+    /// or `postgres://...`.
+    pub async fn connect(url: &str) -> anyhow::Result<Db> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url)
+                .context("the PostgreSQL URL is not valid")?
+                .log_statements(tracing::log::LevelFilter::Trace);
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await
+                .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(url)))?;
+            Ok(Db::Postgres(pool))
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            Self::open_sqlite(Path::new(path)).await
+        } else {
+            anyhow::bail!(
+                "unsupported database URL {:?}: use sqlite://PATH or postgres://USER@HOST/DB",
+                redact_url(url)
+            )
+        }
+    }
+
+    /// Opens (creating when missing) a SQLite file with WAL and a full fsync
+    /// on every commit, so an acknowledged write survives a crash.
+    pub async fn open_sqlite(path: &Path) -> anyhow::Result<Db> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create the data directory {}", parent.display()))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10))
+            .log_statements(tracing::log::LevelFilter::Trace);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot open the SQLite database {}", path.display()))?;
+        Ok(Db::Sqlite(pool))
+    }
+
+    /// Which backend this is, for logs.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Applies the migrations not applied yet.
+    pub async fn migrate(&self, migrations: &Migrations) -> anyhow::Result<()> {
+        let sources = match self {
+            Db::Sqlite(_) => migrations.sqlite,
+            Db::Postgres(_) => migrations.postgres,
+        };
+        let migrator = Migrator {
+            migrations: Cow::Owned(
+                sources
+                    .iter()
+                    .map(|m| {
+                        Migration::new(
+                            m.version,
+                            Cow::Borrowed(m.description),
+                            MigrationType::Simple,
+                            m.sql.into_sql_str(),
+                            false,
+                        )
+                    })
+                    .collect(),
+            ),
+            ..Migrator::DEFAULT
+        };
+        match self {
+            Db::Sqlite(pool) => migrator.run(pool).await,
+            Db::Postgres(pool) => migrator.run(pool).await,
+        }
+        .context("database migration failed")
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        on_db!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        on_db!(self, pool => pool.close().await)
+    }
+}
+
+/// The constraint a unique violation broke, if `error` is one.
+pub fn unique_violation(error: &sqlx::Error) -> Option<String> {
+    let db_error = error.as_database_error()?;
+    if !db_error.is_unique_violation() {
+        return None;
+    }
+    Some(
+        db_error
+            .constraint()
+            .map(str::to_owned)
+            .unwrap_or_else(|| db_error.message().to_owned()),
+    )
+}
+
+/// Creates the PostgreSQL database `name` on the server of `server_url` when
+/// it does not exist, and returns the URL of that database.
+pub async fn ensure_postgres_database(server_url: &str, name: &str) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+        "database name {name:?} must be lower-case letters, digits and underscores"
+    );
+    let options = PgConnectOptions::from_str(server_url).context("the PostgreSQL URL is not valid")?;
+    let mut conn = sqlx::PgConnection::connect_with(&options)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(server_url)))?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await?;
+    if !exists {
+        let create = format!("CREATE DATABASE {name}");
+        if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut conn).await {
+            // Another replica may have created it between the check and now.
+            let raced = error
+                .as_database_error()
+                .and_then(|e| e.code())
+                .is_some_and(|code| code == "42P04" || code == "23505");
+            if !raced {
+                return Err(error).with_context(|| format!("cannot create database {name}"));
+            }
+        }
+    }
+    conn.close().await.ok();
+    Ok(with_database(server_url, name))
+}
+
+/// `server_url` with its database path replaced by `name`.
+fn with_database(server_url: &str, name: &str) -> String {
+    let (base, query) = match server_url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (server_url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map(|i| scheme_end + i)
+        .unwrap_or(base.len());
+    let mut url = format!("{}/{}", &base[..host_end], name);
+    if let Some(query) = query {
+        url.push('?');
+        url.push_str(query);
+    }
+    url
+}
+
+/// A URL with any password replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let password = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{}{}{}{}", &url[..scheme_end], user, password, &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_the_database_of_a_server_url() {
+        assert_eq!(with_database("postgres://u@h:5432/postgres", "csp_catalog"), "postgres://u@h:5432/csp_catalog");
+        assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
+        assert_eq!(with_database("postgres://u@h/db?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+    }
+
+    #[test]
+    fn hides_passwords() {
+        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
+    }
+}

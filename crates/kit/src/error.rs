@@ -1,0 +1,198 @@
+//! API errors and their one mapping to `tonic::Status`, with google.rpc
+//! details (BadRequest field violations, PreconditionFailure, ErrorInfo,
+//! ResourceInfo) so a client can act on them.
+//!
+//! Services turn their domain errors into [`ApiError`]; handlers return
+//! `Result<_, Status>` through `?` and this `From` impl. Unexpected errors
+//! ([`ApiError::Internal`]) are logged here, once, with their cause chain;
+//! the caller sees only a generic message.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+/// The reverse-DNS domain of our ErrorInfo details.
+const ERROR_DOMAIN: &str = "csp";
+
+/// A bad field of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The field's path, for example `lines[2].quantity`.
+    pub field: String,
+    /// What is wrong and what would be right.
+    pub description: String,
+}
+
+impl FieldViolation {
+    /// A violation of `field`.
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// What can go wrong in a public or internal RPC.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// One or more fields are invalid (INVALID_ARGUMENT).
+    #[error("{}", describe_violations(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    /// A resource does not exist, or belongs to another partner (NOT_FOUND).
+    #[error("{resource_type} {name:?} was not found")]
+    NotFound {
+        /// For example `product`.
+        resource_type: &'static str,
+        /// The id asked for.
+        name: String,
+    },
+    /// A resource with the same identity exists (ALREADY_EXISTS).
+    #[error("{message}")]
+    AlreadyExists {
+        /// For example `customer`.
+        resource_type: &'static str,
+        /// The clashing id.
+        name: String,
+        /// A sentence for a person.
+        message: String,
+    },
+    /// The system is not in a state where the call can succeed
+    /// (FAILED_PRECONDITION).
+    #[error("{message}")]
+    FailedPrecondition {
+        /// A machine-readable reason, for example `AZURE_RESERVATIONS_UNAVAILABLE`.
+        reason: &'static str,
+        /// What the precondition is about, for example `market/BR`.
+        subject: String,
+        /// A sentence for a person.
+        message: String,
+    },
+    /// The caller may not do this (PERMISSION_DENIED).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Something unexpected broke (INTERNAL); logged, not shown.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// A result of an RPC's work.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    /// INVALID_ARGUMENT for one field.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        ApiError::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    /// NOT_FOUND.
+    pub fn not_found(resource_type: &'static str, name: impl Into<String>) -> Self {
+        ApiError::NotFound {
+            resource_type,
+            name: name.into(),
+        }
+    }
+
+    /// FAILED_PRECONDITION.
+    pub fn failed_precondition(
+        reason: &'static str,
+        subject: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        ApiError::FailedPrecondition {
+            reason,
+            subject: subject.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        ApiError::Internal(anyhow::Error::new(error).context("database error"))
+    }
+}
+
+fn describe_violations(violations: &[FieldViolation]) -> String {
+    let parts: Vec<String> = violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect();
+    format!("invalid request: {}", parts.join("; "))
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Status {
+        let message = error.to_string();
+        match error {
+            ApiError::InvalidArgument(violations) => {
+                let mut details = ErrorDetails::new();
+                for v in violations {
+                    details.add_bad_request_violation(v.field, v.description);
+                }
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            ApiError::NotFound { resource_type, name } => Status::with_error_details(
+                Code::NotFound,
+                message,
+                ErrorDetails::with_resource_info(resource_type, name, "", "not found"),
+            ),
+            ApiError::AlreadyExists {
+                resource_type, name, ..
+            } => Status::with_error_details(
+                Code::AlreadyExists,
+                message,
+                ErrorDetails::with_resource_info(resource_type, name, "", "already exists"),
+            ),
+            ApiError::FailedPrecondition { reason, subject, message } => {
+                let mut details = ErrorDetails::with_precondition_failure_violation(reason, subject, message.clone());
+                details.set_error_info(reason, ERROR_DOMAIN, []);
+                Status::with_error_details(Code::FailedPrecondition, message, details)
+            }
+            ApiError::PermissionDenied(message) => Status::permission_denied(message),
+            ApiError::Internal(error) => {
+                tracing::error!(error = format!("{error:#}"), "internal error");
+                Status::internal("internal error; the service logged the cause")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_names_every_field() {
+        let status: Status = ApiError::InvalidArgument(vec![
+            FieldViolation::new("market", "unknown market \"XX\""),
+            FieldViolation::new("page_size", "must not be negative"),
+        ])
+        .into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let fields: Vec<_> = details
+            .bad_request()
+            .map(|b| b.field_violations.iter().map(|v| v.field.as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(fields, ["market", "page_size"]);
+        assert!(status.message().contains("market: unknown market"));
+    }
+
+    #[test]
+    fn internal_errors_hide_their_cause() {
+        let status: Status = ApiError::Internal(anyhow::anyhow!("password=hunter2")).into();
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("hunter2"));
+    }
+
+    #[test]
+    fn failed_precondition_carries_reason_and_subject() {
+        let status: Status =
+            ApiError::failed_precondition("AZURE_RESERVATIONS_UNAVAILABLE", "market/BR", "not in BR").into();
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let details = status.get_error_details();
+        let violation = &details.precondition_failure().unwrap().violations[0];
+        assert_eq!(violation.subject, "market/BR");
+        assert_eq!(details.error_info().unwrap().reason, "AZURE_RESERVATIONS_UNAVAILABLE");
+    }
+}

@@ -1,0 +1,104 @@
+//! A gRPC server as every csp service runs it: gRPC health, server reflection
+//! (v1 and v1alpha, which grpcurl 1.8 speaks), caller identity checks, and
+//! graceful shutdown (health turns NOT_SERVING, in-flight calls finish, then
+//! the server returns).
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::identity::{IdentityKey, IdentityLayer};
+use crate::shutdown::Shutdown;
+
+/// Which services reflection lists.
+#[derive(Clone, Debug)]
+pub enum ReflectionScope {
+    /// Every service in the descriptor set (backends).
+    All,
+    /// Only these services, plus health and reflection (the gateway's public
+    /// API).
+    Only(Vec<String>),
+}
+
+/// Routes holding health and reflection over the csp descriptor set, and the
+/// reporter that sets the health status. The overall status ("") starts
+/// NOT_SERVING; call [`set_serving`] when the service is ready.
+pub fn base_routes(scope: ReflectionScope) -> anyhow::Result<(HealthReporter, Routes)> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let builder = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(csp_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        if let ReflectionScope::Only(services) = &scope {
+            builder = builder
+                .with_service_name("grpc.health.v1.Health")
+                .with_service_name("grpc.reflection.v1.ServerReflection")
+                .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+            for service in services {
+                builder = builder.with_service_name(service.clone());
+            }
+        }
+        builder
+    };
+    let v1 = builder().build_v1().context("cannot build reflection v1")?;
+    let v1alpha = builder().build_v1alpha().context("cannot build reflection v1alpha")?;
+    let routes = Routes::new(health).add_service(v1).add_service(v1alpha);
+    Ok((reporter, routes))
+}
+
+/// Sets the overall health status ("") to SERVING or NOT_SERVING.
+pub async fn set_serving(reporter: &HealthReporter, serving: bool) {
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    reporter.set_service_status("", status).await;
+}
+
+/// Serves `routes` on `listener` until `shutdown` fires. With an identity key,
+/// every call except health and reflection must carry a valid caller
+/// identity. On shutdown, health turns NOT_SERVING first, then the server
+/// stops accepting and waits for in-flight calls.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    health: HealthReporter,
+    identity: Option<Arc<IdentityKey>>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let signal = async move {
+        shutdown.wait().await;
+        set_serving(&health, false).await;
+    };
+    let result = match identity {
+        Some(key) => {
+            Server::builder()
+                .layer(IdentityLayer::new(key))
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await
+        }
+        None => {
+            Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await
+        }
+    };
+    result.context("the gRPC server failed")
+}
+
+/// Binds a TCP listener, with a message that names the address on failure.
+pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}; is another process using it?"))
+}

@@ -1,0 +1,212 @@
+//! Catalog rules, without I/O: market codes, where Azure reservations are
+//! offered, and what a price says about tax.
+
+use csp_kit::ApiError;
+
+/// A market the catalog sells in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Market {
+    /// ISO 3166-1 alpha-2 code.
+    pub code: String,
+    /// English name.
+    pub display_name: String,
+    /// ISO 4217 currency of its prices.
+    pub currency_code: String,
+    /// Decimal digits of the currency's minor unit.
+    pub minor_unit_digits: u32,
+    /// Whether prices include tax (AU and BR).
+    pub tax_included: bool,
+    /// Whether Azure reservations are offered.
+    pub azure_reservations_available: bool,
+}
+
+/// What a product is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProductKind {
+    /// Software with keys and downloads.
+    ServerSubscription,
+    /// An Azure reservation.
+    AzureReservation,
+}
+
+impl ProductKind {
+    /// The spelling stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProductKind::ServerSubscription => "server_subscription",
+            ProductKind::AzureReservation => "azure_reservation",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<ProductKind> {
+        match s {
+            "server_subscription" => Some(ProductKind::ServerSubscription),
+            "azure_reservation" => Some(ProductKind::AzureReservation),
+            _ => None,
+        }
+    }
+}
+
+/// A subscription term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Term {
+    /// One year.
+    P1Y,
+    /// Three years.
+    P3Y,
+}
+
+impl Term {
+    /// The ISO 8601 duration stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Term::P1Y => "P1Y",
+            Term::P3Y => "P3Y",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<Term> {
+        match s {
+            "P1Y" => Some(Term::P1Y),
+            "P3Y" => Some(Term::P3Y),
+            _ => None,
+        }
+    }
+}
+
+/// A SKU, with its price in one market when one was asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sku {
+    /// Id.
+    pub id: String,
+    /// Its product.
+    pub product_id: String,
+    /// Title.
+    pub title: String,
+    /// Term.
+    pub term: Term,
+    /// Price in minor units of the market's currency.
+    pub price_minor: Option<i64>,
+}
+
+/// A file type a download comes as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileType {
+    /// Id, for example `iso-x64`.
+    pub id: String,
+    /// Display name.
+    pub display_name: String,
+}
+
+/// What an admin agent picks from before getting keys and downloads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DownloadOptions {
+    /// Versions.
+    pub versions: Vec<String>,
+    /// Languages.
+    pub languages: Vec<String>,
+    /// File types.
+    pub file_types: Vec<FileType>,
+}
+
+/// A product with its SKUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Product {
+    /// Id.
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// Description.
+    pub description: String,
+    /// Kind.
+    pub kind: ProductKind,
+    /// Days after purchase a subscription can be cancelled.
+    pub cancellation_window_days: u32,
+    /// SKUs, by id.
+    pub skus: Vec<Sku>,
+    /// Download options (empty for reservations).
+    pub download_options: DownloadOptions,
+}
+
+/// Checks and normalizes a market code: two ASCII letters, upper-cased.
+/// Whether the catalog knows it is the storage's question.
+pub fn parse_market_code(field: &str, code: &str) -> Result<String, ApiError> {
+    let code = code.trim();
+    if code.is_empty() {
+        return Err(ApiError::invalid(
+            field,
+            "required: an ISO 3166-1 alpha-2 country code such as \"US\"",
+        ));
+    }
+    if code.len() != 2 || !code.chars().all(|c| c.is_ascii_alphabetic()) {
+        return Err(ApiError::invalid(
+            field,
+            format!("{code:?} is not an ISO 3166-1 alpha-2 country code such as \"US\""),
+        ));
+    }
+    Ok(code.to_ascii_uppercase())
+}
+
+/// The error for a well-formed market code the catalog does not sell in.
+pub fn unknown_market(field: &str, code: &str, known: &[String]) -> ApiError {
+    ApiError::invalid(
+        field,
+        format!("unknown market {code:?}; the catalog sells in {}", known.join(", ")),
+    )
+}
+
+/// Whether products of `kind` are listed in `market`.
+pub fn is_offered(market: &Market, kind: ProductKind) -> bool {
+    kind != ProductKind::AzureReservation || market.azure_reservations_available
+}
+
+/// FAILED_PRECONDITION when `product` is not offered in `market`: Azure
+/// reservations are unavailable in 11 markets.
+pub fn ensure_offered(market: &Market, product_id: &str, kind: ProductKind) -> Result<(), ApiError> {
+    if is_offered(market, kind) {
+        return Ok(());
+    }
+    Err(ApiError::failed_precondition(
+        "AZURE_RESERVATIONS_UNAVAILABLE",
+        format!("market/{}", market.code),
+        format!(
+            "Azure reservations are not available in market {} ({}), so product {product_id} cannot be offered or ordered there",
+            market.code, market.display_name
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn market(code: &str, reservations: bool) -> Market {
+        Market {
+            code: code.to_owned(),
+            display_name: code.to_owned(),
+            currency_code: "USD".to_owned(),
+            minor_unit_digits: 2,
+            tax_included: false,
+            azure_reservations_available: reservations,
+        }
+    }
+
+    #[test]
+    fn market_codes_are_normalized_or_refused() {
+        assert_eq!(parse_market_code("market", " us ").unwrap(), "US");
+        for bad in ["", "USA", "U1", "ü"] {
+            assert!(parse_market_code("market", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn reservations_are_refused_where_unavailable_and_name_the_market() {
+        let br = market("BR", false);
+        assert!(ensure_offered(&br, "windows-server-standard", ProductKind::ServerSubscription).is_ok());
+        let error = ensure_offered(&br, "azure-reserved-vm-d2s-v3", ProductKind::AzureReservation).unwrap_err();
+        assert!(error.to_string().contains("market BR"), "{error}");
+        assert!(ensure_offered(&market("US", true), "x", ProductKind::AzureReservation).is_ok());
+    }
+}

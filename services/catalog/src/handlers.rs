@@ -1,0 +1,239 @@
+//! gRPC handlers: decode, validate, call storage and the domain rules, map
+//! to the contract. Errors leave through `ApiError -> Status`.
+
+use csp_kit::paging;
+use csp_kit::{ApiError, ApiResult};
+use csp_proto::catalog::v1 as pb;
+use csp_proto::catalog::v1::catalog_service_server::CatalogService;
+use csp_proto::common::v1::Money;
+use serde::{Deserialize, Serialize};
+use tonic::{Request, Response, Status};
+
+use crate::domain::{self, Market, Product, ProductKind, Sku, Term};
+use crate::storage::CatalogStore;
+
+/// The public catalog API.
+#[derive(Clone, Debug)]
+pub struct CatalogApi {
+    store: CatalogStore,
+}
+
+impl CatalogApi {
+    /// The API over `store`.
+    pub fn new(store: CatalogStore) -> Self {
+        Self { store }
+    }
+
+    /// The market named by a request field: well-formed and known.
+    async fn market(&self, field: &str, code: &str) -> ApiResult<Market> {
+        let code = domain::parse_market_code(field, code)?;
+        match self.store.get_market(&code).await? {
+            Some(market) => Ok(market),
+            None => {
+                let known: Vec<String> = self.store.list_markets().await?.into_iter().map(|m| m.code).collect();
+                Err(domain::unknown_market(field, &code, &known))
+            }
+        }
+    }
+}
+
+/// Where the next page of ListProducts starts, and the query it belongs to.
+#[derive(Serialize, Deserialize)]
+struct ProductCursor {
+    after: String,
+    market: String,
+    kind: i32,
+}
+
+#[tonic::async_trait]
+impl CatalogService for CatalogApi {
+    async fn list_markets(
+        &self,
+        _request: Request<pb::ListMarketsRequest>,
+    ) -> Result<Response<pb::ListMarketsResponse>, Status> {
+        let markets = self.store.list_markets().await?;
+        Ok(Response::new(pb::ListMarketsResponse {
+            markets: markets.iter().map(market_to_pb).collect(),
+        }))
+    }
+
+    async fn list_products(
+        &self,
+        request: Request<pb::ListProductsRequest>,
+    ) -> Result<Response<pb::ListProductsResponse>, Status> {
+        let request = request.into_inner();
+        let market = self.market("market", &request.market).await?;
+        let kind = kind_filter(request.kind)?;
+        let page_size = paging::page_size(request.page_size, paging::DEFAULT_PAGE_SIZE, paging::MAX_PAGE_SIZE)?;
+        let after = match paging::decode::<ProductCursor>(&request.page_token)? {
+            None => String::new(),
+            Some(cursor) if cursor.market == market.code && cursor.kind == request.kind => cursor.after,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "page_token",
+                    "this page token belongs to a query with another market or kind; start again from an empty page_token",
+                )
+                .into());
+            }
+        };
+
+        let include_reservations = domain::is_offered(&market, ProductKind::AzureReservation);
+        let mut products = self
+            .store
+            .list_products(&market.code, kind, include_reservations, &after, page_size + 1)
+            .await?;
+        let next_page_token = if products.len() > page_size as usize {
+            products.truncate(page_size as usize);
+            let last = products.last().map(|p| p.id.clone()).unwrap_or_default();
+            paging::encode(&ProductCursor {
+                after: last,
+                market: market.code.clone(),
+                kind: request.kind,
+            })
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListProductsResponse {
+            products: products.iter().map(|p| product_to_pb(p, Some(&market))).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_product(
+        &self,
+        request: Request<pb::GetProductRequest>,
+    ) -> Result<Response<pb::GetProductResponse>, Status> {
+        let request = request.into_inner();
+        let product_id = required("product_id", &request.product_id)?;
+        let market = if request.market.trim().is_empty() {
+            None
+        } else {
+            Some(self.market("market", &request.market).await?)
+        };
+        let product = self
+            .store
+            .get_product(product_id, market.as_ref().map(|m| m.code.as_str()))
+            .await?
+            .ok_or_else(|| ApiError::not_found("product", product_id))?;
+        if let Some(market) = &market {
+            domain::ensure_offered(market, &product.id, product.kind)?;
+        }
+        Ok(Response::new(pb::GetProductResponse {
+            product: Some(product_to_pb(&product, market.as_ref())),
+        }))
+    }
+
+    async fn get_sku_price(
+        &self,
+        request: Request<pb::GetSkuPriceRequest>,
+    ) -> Result<Response<pb::GetSkuPriceResponse>, Status> {
+        let request = request.into_inner();
+        let sku_id = required("sku_id", &request.sku_id)?;
+        let market = self.market("market", &request.market).await?;
+        let product_id = self
+            .store
+            .product_of_sku(sku_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("sku", sku_id))?;
+        let product = self
+            .store
+            .get_product(&product_id, Some(&market.code))
+            .await?
+            .ok_or_else(|| ApiError::not_found("sku", sku_id))?;
+        domain::ensure_offered(&market, &product.id, product.kind)?;
+        let sku = product
+            .skus
+            .iter()
+            .find(|s| s.id == sku_id)
+            .ok_or_else(|| ApiError::not_found("sku", sku_id))?;
+        let price = price_to_pb(sku, &market).ok_or_else(|| {
+            ApiError::failed_precondition(
+                "SKU_NOT_PRICED",
+                format!("sku/{sku_id}"),
+                format!("SKU {sku_id} has no price in market {}", market.code),
+            )
+        })?;
+        Ok(Response::new(pb::GetSkuPriceResponse { price: Some(price) }))
+    }
+}
+
+fn required<'a>(field: &str, value: &'a str) -> ApiResult<&'a str> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(ApiError::invalid(field, "required"));
+    }
+    Ok(value)
+}
+
+fn kind_filter(kind: i32) -> ApiResult<Option<ProductKind>> {
+    match pb::ProductKind::try_from(kind) {
+        Ok(pb::ProductKind::Unspecified) => Ok(None),
+        Ok(pb::ProductKind::ServerSubscription) => Ok(Some(ProductKind::ServerSubscription)),
+        Ok(pb::ProductKind::AzureReservation) => Ok(Some(ProductKind::AzureReservation)),
+        Err(_) => Err(ApiError::invalid("kind", format!("{kind} is not a ProductKind"))),
+    }
+}
+
+fn market_to_pb(market: &Market) -> pb::Market {
+    pb::Market {
+        code: market.code.clone(),
+        display_name: market.display_name.clone(),
+        currency_code: market.currency_code.clone(),
+        tax_included: market.tax_included,
+        azure_reservations_available: market.azure_reservations_available,
+    }
+}
+
+fn price_to_pb(sku: &Sku, market: &Market) -> Option<pb::Price> {
+    Some(pb::Price {
+        sku_id: sku.id.clone(),
+        market: market.code.clone(),
+        amount: Some(Money {
+            currency_code: market.currency_code.clone(),
+            minor_units: sku.price_minor?,
+            minor_unit_digits: market.minor_unit_digits,
+        }),
+        tax_included: market.tax_included,
+    })
+}
+
+/// The contract's view of a product; SKUs carry prices when a market is given.
+pub fn product_to_pb(product: &Product, market: Option<&Market>) -> pb::Product {
+    pb::Product {
+        id: product.id.clone(),
+        title: product.title.clone(),
+        description: product.description.clone(),
+        kind: match product.kind {
+            ProductKind::ServerSubscription => pb::ProductKind::ServerSubscription,
+            ProductKind::AzureReservation => pb::ProductKind::AzureReservation,
+        } as i32,
+        skus: product
+            .skus
+            .iter()
+            .map(|sku| pb::Sku {
+                id: sku.id.clone(),
+                product_id: sku.product_id.clone(),
+                title: sku.title.clone(),
+                term: match sku.term {
+                    Term::P1Y => pb::Term::OneYear,
+                    Term::P3Y => pb::Term::ThreeYears,
+                } as i32,
+                price: market.and_then(|m| price_to_pb(sku, m)),
+            })
+            .collect(),
+        download_options: Some(pb::DownloadOptions {
+            versions: product.download_options.versions.clone(),
+            languages: product.download_options.languages.clone(),
+            file_types: product
+                .download_options
+                .file_types
+                .iter()
+                .map(|f| pb::FileType {
+                    id: f.id.clone(),
+                    display_name: f.display_name.clone(),
+                })
+                .collect(),
+        }),
+        cancellation_window_days: product.cancellation_window_days,
+    }
+}

@@ -1,0 +1,70 @@
+//! The catalog service: products (server subscriptions and Azure
+//! reservations), SKUs, prices per market and download options.
+//!
+//! - [`domain`]: market and availability rules, no I/O.
+//! - [`storage`]: SQL on SQLite or PostgreSQL, and the migrations.
+//! - [`handlers`]: the gRPC API.
+//! - [`seed`]: the demo catalog.
+
+pub mod domain;
+pub mod handlers;
+pub mod seed;
+pub mod storage;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use csp_kit::config::BackendArgs;
+use csp_kit::db::Db;
+use csp_kit::identity::IdentityKey;
+use csp_kit::server::{self, ReflectionScope};
+use csp_kit::shutdown::Shutdown;
+use csp_proto::catalog::v1::catalog_internal_service_server::{CatalogInternalService, CatalogInternalServiceServer};
+use csp_proto::catalog::v1::catalog_service_server::CatalogServiceServer;
+use tokio::net::TcpListener;
+
+use crate::handlers::CatalogApi;
+use crate::storage::CatalogStore;
+
+/// The service's name in logs, data files and database names.
+pub const NAME: &str = "catalog";
+/// Where the catalog listens by default.
+pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50061);
+
+/// The catalog's configuration.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Config {
+    /// Shared backend settings.
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// Seed the demo catalog on start (idempotent).
+    #[arg(long, env = "CSP_SEED_DEMO_CATALOG", default_value_t = true, action = clap::ArgAction::Set)]
+    pub seed_demo_catalog: bool,
+}
+
+/// The service-to-service API; its RPCs arrive with the ordering issue.
+#[derive(Clone, Copy, Debug)]
+struct CatalogInternal;
+
+impl CatalogInternalService for CatalogInternal {}
+
+/// Opens the database, migrates and seeds it, then serves on `listener`
+/// until `shutdown` fires.
+pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+    let url = config.backend.database_url_for(NAME);
+    let db = Db::connect(&url).await?;
+    db.migrate(&storage::MIGRATIONS).await?;
+    if config.seed_demo_catalog {
+        seed::seed_demo_catalog(&db).await?;
+    }
+    tracing::info!(service = NAME, backend = db.backend_name(), addr = %listener.local_addr()?, "serving");
+    let (health, routes) = server::base_routes(ReflectionScope::All)?;
+    let routes = routes
+        .add_service(CatalogServiceServer::new(CatalogApi::new(CatalogStore::new(db.clone()))))
+        .add_service(CatalogInternalServiceServer::new(CatalogInternal));
+    server::set_serving(&health, true).await;
+    let key = Arc::new(IdentityKey::new(&config.backend.internal_key));
+    let served = server::serve(listener, routes, health, Some(key), shutdown).await;
+    db.close().await;
+    served
+}

@@ -1,0 +1,218 @@
+//! The demo catalog, seeded on first start so the system is usable at once.
+//! Seeding is idempotent (`ON CONFLICT DO NOTHING`), so every start and every
+//! replica may run it; rows edited since are left alone.
+//!
+//! Prices are derived from a list price in US cents and a per-market rate, in
+//! integer arithmetic. In AU and BR, where prices include tax, the rate folds
+//! in the tax (AU: 10% GST; BR: an indicative 15%).
+
+use csp_kit::db::Db;
+use csp_kit::on_db;
+
+/// (code, name, currency, minor digits, tax included, reservations offered,
+/// local minor units per 10 000 US cents).
+pub const MARKETS: &[(&str, &str, &str, u32, bool, bool, i64)] = &[
+    ("AR", "Argentina", "ARS", 2, false, false, 9_500_000),
+    ("AU", "Australia", "AUD", 2, true, true, 16_800),
+    ("BR", "Brazil", "BRL", 2, true, false, 57_500),
+    ("CA", "Canada", "CAD", 2, false, true, 13_600),
+    ("CN", "China", "CNY", 2, false, false, 72_000),
+    ("DE", "Germany", "EUR", 2, false, true, 9_200),
+    ("FR", "France", "EUR", 2, false, true, 9_200),
+    ("GB", "United Kingdom", "GBP", 2, false, true, 7_900),
+    ("ID", "Indonesia", "IDR", 2, false, false, 156_000_000),
+    ("IN", "India", "INR", 2, false, true, 830_000),
+    ("JP", "Japan", "JPY", 0, false, true, 15_000),
+    ("LI", "Liechtenstein", "CHF", 2, false, false, 8_800),
+    ("MX", "Mexico", "MXN", 2, false, false, 170_000),
+    ("MY", "Malaysia", "MYR", 2, false, false, 47_000),
+    ("NL", "Netherlands", "EUR", 2, false, true, 9_200),
+    ("RU", "Russia", "RUB", 2, false, false, 920_000),
+    ("SA", "Saudi Arabia", "SAR", 2, false, false, 37_500),
+    ("SG", "Singapore", "SGD", 2, false, true, 13_400),
+    ("TR", "Turkey", "TRY", 2, false, false, 3_200_000),
+    ("US", "United States", "USD", 2, false, true, 10_000),
+    ("ZA", "South Africa", "ZAR", 2, false, false, 185_000),
+];
+
+/// (id, title, description, kind).
+pub const PRODUCTS: &[(&str, &str, &str, &str)] = &[
+    (
+        "azure-reserved-vm-d2s-v3",
+        "Azure Reserved VM Instance, D2s v3",
+        "A reservation of one D2s v3 virtual machine (2 vCPUs, 8 GiB) in Azure, paid up front for the term.",
+        "azure_reservation",
+    ),
+    (
+        "azure-reserved-vm-e4s-v3",
+        "Azure Reserved VM Instance, E4s v3",
+        "A reservation of one E4s v3 virtual machine (4 vCPUs, 32 GiB) in Azure, paid up front for the term.",
+        "azure_reservation",
+    ),
+    (
+        "sql-server-enterprise",
+        "SQL Server Enterprise",
+        "SQL Server Enterprise edition, 2-core pack, for mission-critical databases.",
+        "server_subscription",
+    ),
+    (
+        "sql-server-standard",
+        "SQL Server Standard",
+        "SQL Server Standard edition, 2-core pack, for departmental databases.",
+        "server_subscription",
+    ),
+    (
+        "windows-server-datacenter",
+        "Windows Server Datacenter",
+        "Windows Server Datacenter edition, 16-core pack, for highly virtualized datacenters; eligible for Azure Hybrid Benefit with Software Assurance (licenses reused).",
+        "server_subscription",
+    ),
+    (
+        "windows-server-standard",
+        "Windows Server Standard",
+        "Windows Server Standard edition, 16-core pack, for physical or lightly virtualized servers; eligible for Azure Hybrid Benefit with Software Assurance (licenses converted).",
+        "server_subscription",
+    ),
+];
+
+/// (product id, term, list price in US cents). SKU ids are
+/// `<product>-p1y` / `<product>-p3y`.
+pub const SKUS: &[(&str, &str, i64)] = &[
+    ("azure-reserved-vm-d2s-v3", "P1Y", 60_000),
+    ("azure-reserved-vm-d2s-v3", "P3Y", 120_000),
+    ("azure-reserved-vm-e4s-v3", "P1Y", 150_000),
+    ("azure-reserved-vm-e4s-v3", "P3Y", 300_000),
+    ("sql-server-enterprise", "P1Y", 700_000),
+    ("sql-server-enterprise", "P3Y", 1_950_000),
+    ("sql-server-standard", "P1Y", 190_000),
+    ("sql-server-standard", "P3Y", 520_000),
+    ("windows-server-datacenter", "P1Y", 140_000),
+    ("windows-server-datacenter", "P3Y", 390_000),
+    ("windows-server-standard", "P1Y", 40_000),
+    ("windows-server-standard", "P3Y", 110_000),
+];
+
+const VERSIONS: &[&str] = &["2019", "2022"];
+const LANGUAGES: &[&str] = &["en-US", "zh-CN", "de-DE", "ja-JP"];
+const FILE_TYPES: &[(&str, &str)] = &[("iso-x64", "ISO 64-bit"), ("vhdx-x64", "VHDX 64-bit")];
+
+/// The SKU id of a product and term.
+pub fn sku_id(product_id: &str, term: &str) -> String {
+    format!("{product_id}-{}", term.to_ascii_lowercase())
+}
+
+/// The SKU title of a product and term.
+fn sku_title(product_title: &str, term: &str) -> String {
+    let term = if term == "P1Y" { "1 year" } else { "3 years" };
+    format!("{product_title}, {term}")
+}
+
+/// The price in `market` of a SKU listed at `usd_cents`, rounded to the
+/// nearest minor unit.
+pub fn local_price(usd_cents: i64, rate_per_10k: i64) -> i64 {
+    (usd_cents * rate_per_10k + 5_000) / 10_000
+}
+
+/// Inserts the demo catalog where it is missing, in one transaction.
+pub async fn seed_demo_catalog(db: &Db) -> anyhow::Result<()> {
+    on_db!(db, pool => {
+        let mut tx = pool.begin().await?;
+        for &(code, name, currency, digits, tax, reservations, _) in MARKETS {
+            sqlx::query(
+                "INSERT INTO markets (code, display_name, currency_code, minor_unit_digits, tax_included, azure_reservations_available) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (code) DO NOTHING",
+            )
+            .bind(code)
+            .bind(name)
+            .bind(currency)
+            .bind(digits as i32)
+            .bind(tax)
+            .bind(reservations)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for &(id, title, description, kind) in PRODUCTS {
+            sqlx::query(
+                "INSERT INTO products (id, title, description, kind, cancellation_window_days) \
+                 VALUES ($1, $2, $3, $4, 60) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(title)
+            .bind(description)
+            .bind(kind)
+            .execute(&mut *tx)
+            .await?;
+            if kind == "server_subscription" {
+                let options = VERSIONS
+                    .iter()
+                    .map(|v| ("version", *v, *v))
+                    .chain(LANGUAGES.iter().map(|l| ("language", *l, *l)))
+                    .chain(FILE_TYPES.iter().map(|(id, name)| ("file_type", *id, *name)));
+                for (position, (option_kind, value, display)) in options.enumerate() {
+                    sqlx::query(
+                        "INSERT INTO download_options (product_id, kind, value, display_name, position) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (product_id, kind, value) DO NOTHING",
+                    )
+                    .bind(id)
+                    .bind(option_kind)
+                    .bind(value)
+                    .bind(display)
+                    .bind(position as i32)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        for &(product_id, term, usd_cents) in SKUS {
+            let product_title = PRODUCTS
+                .iter()
+                .find(|p| p.0 == product_id)
+                .map(|p| p.1)
+                .unwrap_or(product_id);
+            let id = sku_id(product_id, term);
+            sqlx::query("INSERT INTO skus (id, product_id, title, term) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING")
+                .bind(&id)
+                .bind(product_id)
+                .bind(sku_title(product_title, term))
+                .bind(term)
+                .execute(&mut *tx)
+                .await?;
+            for &(market, .., rate) in MARKETS {
+                sqlx::query("INSERT INTO prices (sku_id, market, amount_minor) VALUES ($1, $2, $3) ON CONFLICT (sku_id, market) DO NOTHING")
+                    .bind(&id)
+                    .bind(market)
+                    .bind(local_price(usd_cents, rate))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_eleven_markets_without_reservations_are_seeded_as_such() {
+        let mut unavailable: Vec<&str> = MARKETS.iter().filter(|m| !m.5).map(|m| m.0).collect();
+        unavailable.sort_unstable();
+        assert_eq!(unavailable, ["AR", "BR", "CN", "ID", "LI", "MX", "MY", "RU", "SA", "TR", "ZA"]);
+    }
+
+    #[test]
+    fn only_australia_and_brazil_include_tax() {
+        let taxed: Vec<&str> = MARKETS.iter().filter(|m| m.4).map(|m| m.0).collect();
+        assert_eq!(taxed, ["AU", "BR"]);
+    }
+
+    #[test]
+    fn local_prices_round_to_the_nearest_minor_unit() {
+        assert_eq!(local_price(40_000, 10_000), 40_000);
+        assert_eq!(local_price(40_000, 15_000), 60_000);
+        assert_eq!(local_price(1, 15_000), 2);
+        assert_eq!(local_price(1, 14_999), 1);
+    }
+}

@@ -1,0 +1,180 @@
+//! Catalog storage: SQL over SQLite or PostgreSQL. Each SQL text is written
+//! once and runs on either backend.
+
+use csp_kit::db::{Db, MigrationSource, Migrations};
+use csp_kit::{ApiError, ApiResult, on_db};
+
+use crate::domain::{DownloadOptions, FileType, Market, Product, ProductKind, Sku, Term};
+
+/// The catalog's migrations (the same SQL on both backends).
+pub const MIGRATIONS: Migrations = Migrations {
+    sqlite: SOURCES,
+    postgres: SOURCES,
+};
+
+const SOURCES: &[MigrationSource] = &[MigrationSource {
+    version: 1,
+    description: "catalog",
+    sql: include_str!("../migrations/0001_catalog.sql"),
+}];
+
+/// Reads the catalog.
+#[derive(Clone, Debug)]
+pub struct CatalogStore {
+    db: Db,
+}
+
+type MarketRow = (String, String, String, i32, bool, bool);
+type ProductRow = (String, String, String, String, i32);
+type SkuRow = (String, String, String, String, Option<i64>);
+type OptionRow = (String, String, String, String);
+
+
+impl CatalogStore {
+    /// A store over `db` (migrated).
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Every market, by code.
+    pub async fn list_markets(&self) -> ApiResult<Vec<Market>> {
+        let sql = "SELECT code, display_name, currency_code, minor_unit_digits, tax_included, azure_reservations_available \
+                   FROM markets ORDER BY code";
+        let rows: Vec<MarketRow> = on_db!(&self.db, pool => sqlx::query_as(sql).fetch_all(pool).await)?;
+        Ok(rows.into_iter().map(market_from_row).collect())
+    }
+
+    /// A market by its (normalized) code.
+    pub async fn get_market(&self, code: &str) -> ApiResult<Option<Market>> {
+        const SQL: &str = "SELECT code, display_name, currency_code, minor_unit_digits, tax_included, azure_reservations_available \
+                           FROM markets WHERE code = $1";
+        let row: Option<MarketRow> =
+            on_db!(&self.db, pool => sqlx::query_as(SQL).bind(code).fetch_optional(pool).await)?;
+        Ok(row.map(market_from_row))
+    }
+
+    /// Products after `after` (by id), at most `limit`, of `kind` (or any),
+    /// leaving out Azure reservations unless `include_reservations`; each
+    /// with its SKUs priced in `market` and its download options.
+    pub async fn list_products(
+        &self,
+        market: &str,
+        kind: Option<ProductKind>,
+        include_reservations: bool,
+        after: &str,
+        limit: u32,
+    ) -> ApiResult<Vec<Product>> {
+        const SQL: &str = "SELECT id, title, description, kind, cancellation_window_days FROM products \
+                           WHERE id > $1 AND ($2 = '' OR kind = $2) AND ($3 OR kind <> 'azure_reservation') \
+                           ORDER BY id LIMIT $4";
+        let kind = kind.map(ProductKind::as_str).unwrap_or("");
+        let rows: Vec<ProductRow> = on_db!(&self.db, pool => sqlx::query_as(SQL)
+            .bind(after)
+            .bind(kind)
+            .bind(include_reservations)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await)?;
+        self.with_details(rows, Some(market)).await
+    }
+
+    /// One product with its SKUs (priced when `market` is given) and download
+    /// options.
+    pub async fn get_product(&self, id: &str, market: Option<&str>) -> ApiResult<Option<Product>> {
+        const SQL: &str = "SELECT id, title, description, kind, cancellation_window_days FROM products WHERE id = $1";
+        let rows: Vec<ProductRow> = on_db!(&self.db, pool => sqlx::query_as(SQL).bind(id).fetch_all(pool).await)?;
+        Ok(self.with_details(rows, market).await?.pop())
+    }
+
+    /// The product id of a SKU.
+    pub async fn product_of_sku(&self, sku_id: &str) -> ApiResult<Option<String>> {
+        const SQL: &str = "SELECT product_id FROM skus WHERE id = $1";
+        let id: Option<String> =
+            on_db!(&self.db, pool => sqlx::query_scalar(SQL).bind(sku_id).fetch_optional(pool).await)?;
+        Ok(id)
+    }
+
+    /// Adds SKUs and download options to product rows. The rows are one
+    /// contiguous id range, so two range queries fetch everything.
+    async fn with_details(&self, rows: Vec<ProductRow>, market: Option<&str>) -> ApiResult<Vec<Product>> {
+        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+            return Ok(Vec::new());
+        };
+        let (first, last) = (first.0.clone(), last.0.clone());
+        const SKUS: &str = "SELECT s.id, s.product_id, s.title, s.term, p.amount_minor \
+                            FROM skus s LEFT JOIN prices p ON p.sku_id = s.id AND p.market = $3 \
+                            WHERE s.product_id >= $1 AND s.product_id <= $2 ORDER BY s.product_id, s.id";
+        const OPTIONS: &str = "SELECT product_id, kind, value, display_name FROM download_options \
+                               WHERE product_id >= $1 AND product_id <= $2 ORDER BY product_id, kind, position";
+        let market = market.unwrap_or("");
+        let (skus, options): (Vec<SkuRow>, Vec<OptionRow>) = on_db!(&self.db, pool => {
+            let skus = sqlx::query_as(SKUS).bind(&first).bind(&last).bind(market).fetch_all(pool).await?;
+            let options = sqlx::query_as(OPTIONS).bind(&first).bind(&last).fetch_all(pool).await?;
+            Ok::<_, sqlx::Error>((skus, options))
+        })?;
+
+        let mut products = rows
+            .into_iter()
+            .map(|(id, title, description, kind, window)| {
+                Ok(Product {
+                    kind: ProductKind::parse(&kind)
+                        .ok_or_else(|| corrupt(format!("product {id} has unknown kind {kind:?}")))?,
+                    cancellation_window_days: u32::try_from(window)
+                        .map_err(|_| corrupt(format!("product {id} has a negative cancellation window")))?,
+                    id,
+                    title,
+                    description,
+                    skus: Vec::new(),
+                    download_options: DownloadOptions::default(),
+                })
+            })
+            .collect::<ApiResult<Vec<Product>>>()?;
+
+        for (id, product_id, title, term, price) in skus {
+            let Some(product) = products.iter_mut().find(|p| p.id == product_id) else {
+                continue; // a product in the id range but filtered out
+            };
+            let term = Term::parse(&term).ok_or_else(|| corrupt(format!("SKU {id} has unknown term {term:?}")))?;
+            product.skus.push(Sku {
+                id,
+                product_id,
+                title,
+                term,
+                price_minor: price,
+            });
+        }
+        for (product_id, kind, value, display_name) in options {
+            let Some(product) = products.iter_mut().find(|p| p.id == product_id) else {
+                continue;
+            };
+            let options = &mut product.download_options;
+            match kind.as_str() {
+                "version" => options.versions.push(value),
+                "language" => options.languages.push(value),
+                _ => options.file_types.push(FileType { id: value, display_name }),
+            }
+        }
+        Ok(products)
+    }
+}
+
+fn market_from_row(row: MarketRow) -> Market {
+    let (code, display_name, currency_code, digits, tax_included, azure_reservations_available) = row;
+    Market {
+        code,
+        display_name,
+        currency_code,
+        minor_unit_digits: u32::try_from(digits).unwrap_or(2),
+        tax_included,
+        azure_reservations_available,
+    }
+}
+
+fn corrupt(message: String) -> ApiError {
+    ApiError::Internal(anyhow::anyhow!("catalog data is inconsistent: {message}"))
+}
