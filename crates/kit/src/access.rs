@@ -31,7 +31,8 @@ pub struct PublicMethod {
 /// Every RPC of every public csp service (those under `csp.` without
 /// `option (csp.auth.v1.internal) = true`), in descriptor order.
 pub fn public_methods(encoded_descriptor_set: &[u8]) -> anyhow::Result<Vec<PublicMethod>> {
-    let pool = DescriptorPool::decode(encoded_descriptor_set).context("cannot decode the descriptor set")?;
+    let pool = DescriptorPool::decode(encoded_descriptor_set)
+        .context("cannot decode the descriptor set")?;
     let access = pool
         .get_extension_by_name("csp.auth.v1.access")
         .context("the descriptor set lacks the csp.auth.v1.access option")?;
@@ -45,7 +46,9 @@ pub fn public_methods(encoded_descriptor_set: &[u8]) -> anyhow::Result<Vec<Publi
             continue;
         }
         let options = service.options();
-        if options.has_extension(&internal) && matches!(*options.get_extension(&internal), Value::Bool(true)) {
+        if options.has_extension(&internal)
+            && matches!(*options.get_extension(&internal), Value::Bool(true))
+        {
             continue;
         }
         for method in service.methods() {
@@ -54,7 +57,8 @@ pub fn public_methods(encoded_descriptor_set: &[u8]) -> anyhow::Result<Vec<Publi
             let mut roles = RoleSet::EMPTY;
             if declares_access {
                 if let Value::Message(message) = &*options.get_extension(&access) {
-                    if let Some(Value::List(values)) = message.get_field_by_name("roles").as_deref() {
+                    if let Some(Value::List(values)) = message.get_field_by_name("roles").as_deref()
+                    {
                         for value in values {
                             if let Some(role) = value.as_enum_number().and_then(Role::from_proto) {
                                 roles.insert(role);

@@ -75,8 +75,11 @@ impl BackendArgs {
     /// The database URL for `service`: the configured one, or a SQLite file
     /// in the data directory.
     pub fn database_url_for(&self, service: &str) -> String {
-        self.database_url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join(format!("{service}.db")).display()))
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}",
+                self.data_dir.join(format!("{service}.db")).display()
+            )
+        })
     }
 }

@@ -94,8 +94,9 @@ impl Db {
     /// on every commit, so an acknowledged write survives a crash.
     pub async fn open_sqlite(path: &Path) -> anyhow::Result<Db> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create the data directory {}", parent.display()))?;
+            std::fs::create_dir_all(parent).with_context(|| {
+                format!("cannot create the data directory {}", parent.display())
+            })?;
         }
         let options = SqliteConnectOptions::new()
             .filename(path)
@@ -181,20 +182,26 @@ pub fn unique_violation(error: &sqlx::Error) -> Option<String> {
 /// it does not exist, and returns the URL of that database.
 pub async fn ensure_postgres_database(server_url: &str, name: &str) -> anyhow::Result<String> {
     anyhow::ensure!(
-        name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+        name.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
         "database name {name:?} must be lower-case letters, digits and underscores"
     );
-    let options = PgConnectOptions::from_str(server_url).context("the PostgreSQL URL is not valid")?;
+    let options =
+        PgConnectOptions::from_str(server_url).context("the PostgreSQL URL is not valid")?;
     let mut conn = sqlx::PgConnection::connect_with(&options)
         .await
         .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(server_url)))?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(name)
-        .fetch_one(&mut conn)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
     if !exists {
         let create = format!("CREATE DATABASE {name}");
-        if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut conn).await {
+        if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&mut conn)
+            .await
+        {
             // Another replica may have created it between the check and now.
             let raced = error
                 .as_database_error()
@@ -252,14 +259,23 @@ mod tests {
 
     #[test]
     fn replaces_the_database_of_a_server_url() {
-        assert_eq!(with_database("postgres://u@h:5432/postgres", "csp_catalog"), "postgres://u@h:5432/csp_catalog");
+        assert_eq!(
+            with_database("postgres://u@h:5432/postgres", "csp_catalog"),
+            "postgres://u@h:5432/csp_catalog"
+        );
         assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
-        assert_eq!(with_database("postgres://u@h/db?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+        assert_eq!(
+            with_database("postgres://u@h/db?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
     }
 
     #[test]
     fn hides_passwords() {
-        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
     }

@@ -131,20 +131,33 @@ impl From<ApiError> for Status {
                 }
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
-            ApiError::NotFound { resource_type, name } => Status::with_error_details(
+            ApiError::NotFound {
+                resource_type,
+                name,
+            } => Status::with_error_details(
                 Code::NotFound,
                 message,
                 ErrorDetails::with_resource_info(resource_type, name, "", "not found"),
             ),
             ApiError::AlreadyExists {
-                resource_type, name, ..
+                resource_type,
+                name,
+                ..
             } => Status::with_error_details(
                 Code::AlreadyExists,
                 message,
                 ErrorDetails::with_resource_info(resource_type, name, "", "already exists"),
             ),
-            ApiError::FailedPrecondition { reason, subject, message } => {
-                let mut details = ErrorDetails::with_precondition_failure_violation(reason, subject, message.clone());
+            ApiError::FailedPrecondition {
+                reason,
+                subject,
+                message,
+            } => {
+                let mut details = ErrorDetails::with_precondition_failure_violation(
+                    reason,
+                    subject,
+                    message.clone(),
+                );
                 details.set_error_info(reason, ERROR_DOMAIN, []);
                 Status::with_error_details(Code::FailedPrecondition, message, details)
             }
@@ -172,7 +185,12 @@ mod tests {
         let details = status.get_error_details();
         let fields: Vec<_> = details
             .bad_request()
-            .map(|b| b.field_violations.iter().map(|v| v.field.as_str()).collect())
+            .map(|b| {
+                b.field_violations
+                    .iter()
+                    .map(|v| v.field.as_str())
+                    .collect()
+            })
             .unwrap_or_default();
         assert_eq!(fields, ["market", "page_size"]);
         assert!(status.message().contains("market: unknown market"));
@@ -187,12 +205,19 @@ mod tests {
 
     #[test]
     fn failed_precondition_carries_reason_and_subject() {
-        let status: Status =
-            ApiError::failed_precondition("AZURE_RESERVATIONS_UNAVAILABLE", "market/BR", "not in BR").into();
+        let status: Status = ApiError::failed_precondition(
+            "AZURE_RESERVATIONS_UNAVAILABLE",
+            "market/BR",
+            "not in BR",
+        )
+        .into();
         assert_eq!(status.code(), Code::FailedPrecondition);
         let details = status.get_error_details();
         let violation = &details.precondition_failure().unwrap().violations[0];
         assert_eq!(violation.subject, "market/BR");
-        assert_eq!(details.error_info().unwrap().reason, "AZURE_RESERVATIONS_UNAVAILABLE");
+        assert_eq!(
+            details.error_info().unwrap().reason,
+            "AZURE_RESERVATIONS_UNAVAILABLE"
+        );
     }
 }

@@ -81,7 +81,9 @@ impl Caller {
     pub fn service_of<T>(request: &tonic::Request<T>) -> Result<&str, Status> {
         match Caller::of(request)? {
             Caller::Service(name) => Ok(name),
-            Caller::User(_) => Err(Status::permission_denied("this RPC is for csp services only")),
+            Caller::User(_) => Err(Status::permission_denied(
+                "this RPC is for csp services only",
+            )),
         }
     }
 }
@@ -242,7 +244,10 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S, B> tower::Service<http::Request<B>> for RequireIdentity<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
 {
@@ -269,7 +274,10 @@ where
             .unwrap_or("")
             .to_owned();
         let span = tracing::info_span!("rpc", method = %path, request_id = %request_id);
-        let token = request.headers().get(IDENTITY_HEADER).and_then(|v| v.to_str().ok());
+        let token = request
+            .headers()
+            .get(IDENTITY_HEADER)
+            .and_then(|v| v.to_str().ok());
         let verified = match token {
             None => Err(format!(
                 "missing {IDENTITY_HEADER}: backends accept calls only through the gateway"
@@ -282,7 +290,9 @@ where
                 Box::pin(inner.call(request).instrument(span))
             }
             Err(message) => {
-                span.in_scope(|| tracing::warn!(reason = %message, "call refused: no valid caller identity"));
+                span.in_scope(
+                    || tracing::warn!(reason = %message, "call refused: no valid caller identity"),
+                );
                 Box::pin(async move { Ok(Status::unauthenticated(message).into_http()) })
             }
         }
@@ -345,13 +355,23 @@ mod tests {
         let k = key("0123456789abcdef0123");
         let token = k.mint_for_user(&user(), "/a.B/C").unwrap();
         assert!(matches!(k.verify(&token, "/a.B/C"), Ok(Caller::User(u)) if u.user_id == "ada"));
-        assert!(k.verify(&token, "/a.B/D").unwrap_err().contains("issued for /a.B/C"));
+        assert!(
+            k.verify(&token, "/a.B/D")
+                .unwrap_err()
+                .contains("issued for /a.B/C")
+        );
     }
 
     #[test]
     fn another_key_is_refused() {
-        let token = key("0123456789abcdef0123").mint_for_service("ordering", "/a.B/C").unwrap();
-        assert!(key("another-key-0123456789").verify(&token, "/a.B/C").is_err());
+        let token = key("0123456789abcdef0123")
+            .mint_for_service("ordering", "/a.B/C")
+            .unwrap();
+        assert!(
+            key("another-key-0123456789")
+                .verify(&token, "/a.B/C")
+                .is_err()
+        );
         assert_eq!(
             key("0123456789abcdef0123").verify(&token, "/a.B/C"),
             Ok(Caller::Service("ordering".to_owned()))

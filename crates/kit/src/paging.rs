@@ -37,9 +37,16 @@ pub fn decode<T: DeserializeOwned>(token: &str) -> Result<Option<T>, ApiError> {
     if token.is_empty() {
         return Ok(None);
     }
-    let invalid = || ApiError::invalid("page_token", "not a page token this service issued; start again from an empty page_token");
+    let invalid = || {
+        ApiError::invalid(
+            "page_token",
+            "not a page token this service issued; start again from an empty page_token",
+        )
+    };
     let json = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
-    serde_json::from_slice(&json).map(Some).map_err(|_| invalid())
+    serde_json::from_slice(&json)
+        .map(Some)
+        .map_err(|_| invalid())
 }
 
 #[cfg(test)]
@@ -54,7 +61,10 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_garbage_is_refused() {
         let token = encode(&Cursor { after: "x".into() });
-        assert_eq!(decode::<Cursor>(&token).unwrap(), Some(Cursor { after: "x".into() }));
+        assert_eq!(
+            decode::<Cursor>(&token).unwrap(),
+            Some(Cursor { after: "x".into() })
+        );
         assert_eq!(decode::<Cursor>("").unwrap(), None);
         assert!(decode::<Cursor>("!!!").is_err());
         assert!(decode::<Cursor>(&URL_SAFE_NO_PAD.encode("{}")).is_err());

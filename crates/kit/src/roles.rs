@@ -149,7 +149,10 @@ mod tests {
 
     #[test]
     fn proto_numbers_map_to_roles() {
-        assert_eq!(Role::from_proto(ProtoRole::AdminAgent as i32), Some(Role::AdminAgent));
+        assert_eq!(
+            Role::from_proto(ProtoRole::AdminAgent as i32),
+            Some(Role::AdminAgent)
+        );
         assert_eq!(
             Role::from_proto(ProtoRole::MarketingContentAdmin as i32),
             Some(Role::MarketingContentAdmin)

@@ -34,7 +34,9 @@ pub fn base_routes(scope: ReflectionScope) -> anyhow::Result<(HealthReporter, Ro
     let builder = || {
         let mut builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(csp_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc error details, so grpcurl can print them.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
         if let ReflectionScope::Only(services) = &scope {
             builder = builder
                 .with_service_name("grpc.health.v1.Health")
@@ -47,7 +49,9 @@ pub fn base_routes(scope: ReflectionScope) -> anyhow::Result<(HealthReporter, Ro
         builder
     };
     let v1 = builder().build_v1().context("cannot build reflection v1")?;
-    let v1alpha = builder().build_v1alpha().context("cannot build reflection v1alpha")?;
+    let v1alpha = builder()
+        .build_v1alpha()
+        .context("cannot build reflection v1alpha")?;
     let routes = Routes::new(health).add_service(v1).add_service(v1alpha);
     Ok((reporter, routes))
 }
@@ -101,4 +105,23 @@ pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}; is another process using it?"))
+}
+
+/// Runs a backend until `shutdown` fires: health, reflection of every
+/// service, caller identity checks under `internal_key`, and the service's
+/// own gRPC services, which `add_services` adds to the routes. Health turns
+/// SERVING once listening.
+pub async fn run_backend(
+    name: &str,
+    listener: TcpListener,
+    internal_key: &crate::config::Secret,
+    shutdown: Shutdown,
+    add_services: impl FnOnce(Routes) -> Routes,
+) -> anyhow::Result<()> {
+    let (health, routes) = base_routes(ReflectionScope::All)?;
+    let routes = add_services(routes);
+    tracing::info!(service = name, addr = %listener.local_addr()?, "serving");
+    set_serving(&health, true).await;
+    let key = Arc::new(IdentityKey::new(internal_key));
+    serve(listener, routes, health, Some(key), shutdown).await
 }

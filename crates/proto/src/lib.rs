@@ -3,7 +3,8 @@
 
 /// The encoded `FileDescriptorSet` of every csp proto file and its imports,
 /// with source info (comments) and custom options intact.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/csp_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/csp_descriptor.bin"));
 
 /// `csp.auth.v1`: roles and the authorization options on RPCs.
 pub mod auth {

@@ -153,7 +153,10 @@ pub fn parse_market_code(field: &str, code: &str) -> Result<String, ApiError> {
 pub fn unknown_market(field: &str, code: &str, known: &[String]) -> ApiError {
     ApiError::invalid(
         field,
-        format!("unknown market {code:?}; the catalog sells in {}", known.join(", ")),
+        format!(
+            "unknown market {code:?}; the catalog sells in {}",
+            known.join(", ")
+        ),
     )
 }
 
@@ -164,7 +167,11 @@ pub fn is_offered(market: &Market, kind: ProductKind) -> bool {
 
 /// FAILED_PRECONDITION when `product` is not offered in `market`: Azure
 /// reservations are unavailable in 11 markets.
-pub fn ensure_offered(market: &Market, product_id: &str, kind: ProductKind) -> Result<(), ApiError> {
+pub fn ensure_offered(
+    market: &Market,
+    product_id: &str,
+    kind: ProductKind,
+) -> Result<(), ApiError> {
     if is_offered(market, kind) {
         return Ok(());
     }
@@ -197,15 +204,30 @@ mod tests {
     fn market_codes_are_normalized_or_refused() {
         assert_eq!(parse_market_code("market", " us ").unwrap(), "US");
         for bad in ["", "USA", "U1", "ü"] {
-            assert!(parse_market_code("market", bad).is_err(), "{bad:?} accepted");
+            assert!(
+                parse_market_code("market", bad).is_err(),
+                "{bad:?} accepted"
+            );
         }
     }
 
     #[test]
     fn reservations_are_refused_where_unavailable_and_name_the_market() {
         let br = market("BR", false);
-        assert!(ensure_offered(&br, "windows-server-standard", ProductKind::ServerSubscription).is_ok());
-        let error = ensure_offered(&br, "azure-reserved-vm-d2s-v3", ProductKind::AzureReservation).unwrap_err();
+        assert!(
+            ensure_offered(
+                &br,
+                "windows-server-standard",
+                ProductKind::ServerSubscription
+            )
+            .is_ok()
+        );
+        let error = ensure_offered(
+            &br,
+            "azure-reserved-vm-d2s-v3",
+            ProductKind::AzureReservation,
+        )
+        .unwrap_err();
         assert!(error.to_string().contains("market BR"), "{error}");
         assert!(ensure_offered(&market("US", true), "x", ProductKind::AzureReservation).is_ok());
     }

@@ -30,7 +30,13 @@ impl CatalogApi {
         match self.store.get_market(&code).await? {
             Some(market) => Ok(market),
             None => {
-                let known: Vec<String> = self.store.list_markets().await?.into_iter().map(|m| m.code).collect();
+                let known: Vec<String> = self
+                    .store
+                    .list_markets()
+                    .await?
+                    .into_iter()
+                    .map(|m| m.code)
+                    .collect();
                 Err(domain::unknown_market(field, &code, &known))
             }
         }
@@ -64,10 +70,16 @@ impl CatalogService for CatalogApi {
         let request = request.into_inner();
         let market = self.market("market", &request.market).await?;
         let kind = kind_filter(request.kind)?;
-        let page_size = paging::page_size(request.page_size, paging::DEFAULT_PAGE_SIZE, paging::MAX_PAGE_SIZE)?;
+        let page_size = paging::page_size(
+            request.page_size,
+            paging::DEFAULT_PAGE_SIZE,
+            paging::MAX_PAGE_SIZE,
+        )?;
         let after = match paging::decode::<ProductCursor>(&request.page_token)? {
             None => String::new(),
-            Some(cursor) if cursor.market == market.code && cursor.kind == request.kind => cursor.after,
+            Some(cursor) if cursor.market == market.code && cursor.kind == request.kind => {
+                cursor.after
+            }
             Some(_) => {
                 return Err(ApiError::invalid(
                     "page_token",
@@ -80,7 +92,13 @@ impl CatalogService for CatalogApi {
         let include_reservations = domain::is_offered(&market, ProductKind::AzureReservation);
         let mut products = self
             .store
-            .list_products(&market.code, kind, include_reservations, &after, page_size + 1)
+            .list_products(
+                &market.code,
+                kind,
+                include_reservations,
+                &after,
+                page_size + 1,
+            )
             .await?;
         let next_page_token = if products.len() > page_size as usize {
             products.truncate(page_size as usize);
@@ -94,7 +112,10 @@ impl CatalogService for CatalogApi {
             String::new()
         };
         Ok(Response::new(pb::ListProductsResponse {
-            products: products.iter().map(|p| product_to_pb(p, Some(&market))).collect(),
+            products: products
+                .iter()
+                .map(|p| product_to_pb(p, Some(&market)))
+                .collect(),
             next_page_token,
         }))
     }
@@ -153,7 +174,9 @@ impl CatalogService for CatalogApi {
                 format!("SKU {sku_id} has no price in market {}", market.code),
             )
         })?;
-        Ok(Response::new(pb::GetSkuPriceResponse { price: Some(price) }))
+        Ok(Response::new(pb::GetSkuPriceResponse {
+            price: Some(price),
+        }))
     }
 }
 
@@ -170,7 +193,10 @@ fn kind_filter(kind: i32) -> ApiResult<Option<ProductKind>> {
         Ok(pb::ProductKind::Unspecified) => Ok(None),
         Ok(pb::ProductKind::ServerSubscription) => Ok(Some(ProductKind::ServerSubscription)),
         Ok(pb::ProductKind::AzureReservation) => Ok(Some(ProductKind::AzureReservation)),
-        Err(_) => Err(ApiError::invalid("kind", format!("{kind} is not a ProductKind"))),
+        Err(_) => Err(ApiError::invalid(
+            "kind",
+            format!("{kind} is not a ProductKind"),
+        )),
     }
 }
 

@@ -12,14 +12,14 @@ pub mod seed;
 pub mod storage;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use csp_kit::config::BackendArgs;
 use csp_kit::db::Db;
-use csp_kit::identity::IdentityKey;
-use csp_kit::server::{self, ReflectionScope};
+use csp_kit::server;
 use csp_kit::shutdown::Shutdown;
-use csp_proto::catalog::v1::catalog_internal_service_server::{CatalogInternalService, CatalogInternalServiceServer};
+use csp_proto::catalog::v1::catalog_internal_service_server::{
+    CatalogInternalService, CatalogInternalServiceServer,
+};
 use csp_proto::catalog::v1::catalog_service_server::CatalogServiceServer;
 use tokio::net::TcpListener;
 
@@ -29,7 +29,8 @@ use crate::storage::CatalogStore;
 /// The service's name in logs, data files and database names.
 pub const NAME: &str = "catalog";
 /// Where the catalog listens by default.
-pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50061);
+pub const DEFAULT_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50061);
 
 /// The catalog's configuration.
 #[derive(clap::Args, Clone, Debug)]
@@ -57,14 +58,24 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
     if config.seed_demo_catalog {
         seed::seed_demo_catalog(&db).await?;
     }
-    tracing::info!(service = NAME, backend = db.backend_name(), addr = %listener.local_addr()?, "serving");
-    let (health, routes) = server::base_routes(ReflectionScope::All)?;
-    let routes = routes
-        .add_service(CatalogServiceServer::new(CatalogApi::new(CatalogStore::new(db.clone()))))
-        .add_service(CatalogInternalServiceServer::new(CatalogInternal));
-    server::set_serving(&health, true).await;
-    let key = Arc::new(IdentityKey::new(&config.backend.internal_key));
-    let served = server::serve(listener, routes, health, Some(key), shutdown).await;
+    tracing::info!(
+        service = NAME,
+        backend = db.backend_name(),
+        "database ready"
+    );
+    let store = CatalogStore::new(db.clone());
+    let served = server::run_backend(
+        NAME,
+        listener,
+        &config.backend.internal_key,
+        shutdown,
+        |routes| {
+            routes
+                .add_service(CatalogServiceServer::new(CatalogApi::new(store)))
+                .add_service(CatalogInternalServiceServer::new(CatalogInternal))
+        },
+    )
+    .await;
     db.close().await;
     served
 }

@@ -199,7 +199,12 @@ mod tests {
     fn the_eleven_markets_without_reservations_are_seeded_as_such() {
         let mut unavailable: Vec<&str> = MARKETS.iter().filter(|m| !m.5).map(|m| m.0).collect();
         unavailable.sort_unstable();
-        assert_eq!(unavailable, ["AR", "BR", "CN", "ID", "LI", "MX", "MY", "RU", "SA", "TR", "ZA"]);
+        assert_eq!(
+            unavailable,
+            [
+                "AR", "BR", "CN", "ID", "LI", "MX", "MY", "RU", "SA", "TR", "ZA"
+            ]
+        );
     }
 
     #[test]

@@ -29,7 +29,6 @@ type ProductRow = (String, String, String, String, i32);
 type SkuRow = (String, String, String, String, Option<i64>);
 type OptionRow = (String, String, String, String);
 
-
 impl CatalogStore {
     /// A store over `db` (migrated).
     pub fn new(db: Db) -> Self {
@@ -45,7 +44,8 @@ impl CatalogStore {
     pub async fn list_markets(&self) -> ApiResult<Vec<Market>> {
         let sql = "SELECT code, display_name, currency_code, minor_unit_digits, tax_included, azure_reservations_available \
                    FROM markets ORDER BY code";
-        let rows: Vec<MarketRow> = on_db!(&self.db, pool => sqlx::query_as(sql).fetch_all(pool).await)?;
+        let rows: Vec<MarketRow> =
+            on_db!(&self.db, pool => sqlx::query_as(sql).fetch_all(pool).await)?;
         Ok(rows.into_iter().map(market_from_row).collect())
     }
 
@@ -87,21 +87,25 @@ impl CatalogStore {
     /// options.
     pub async fn get_product(&self, id: &str, market: Option<&str>) -> ApiResult<Option<Product>> {
         const SQL: &str = "SELECT id, title, description, kind, cancellation_window_days FROM products WHERE id = $1";
-        let rows: Vec<ProductRow> = on_db!(&self.db, pool => sqlx::query_as(SQL).bind(id).fetch_all(pool).await)?;
+        let rows: Vec<ProductRow> =
+            on_db!(&self.db, pool => sqlx::query_as(SQL).bind(id).fetch_all(pool).await)?;
         Ok(self.with_details(rows, market).await?.pop())
     }
 
     /// The product id of a SKU.
     pub async fn product_of_sku(&self, sku_id: &str) -> ApiResult<Option<String>> {
         const SQL: &str = "SELECT product_id FROM skus WHERE id = $1";
-        let id: Option<String> =
-            on_db!(&self.db, pool => sqlx::query_scalar(SQL).bind(sku_id).fetch_optional(pool).await)?;
+        let id: Option<String> = on_db!(&self.db, pool => sqlx::query_scalar(SQL).bind(sku_id).fetch_optional(pool).await)?;
         Ok(id)
     }
 
     /// Adds SKUs and download options to product rows. The rows are one
     /// contiguous id range, so two range queries fetch everything.
-    async fn with_details(&self, rows: Vec<ProductRow>, market: Option<&str>) -> ApiResult<Vec<Product>> {
+    async fn with_details(
+        &self,
+        rows: Vec<ProductRow>,
+        market: Option<&str>,
+    ) -> ApiResult<Vec<Product>> {
         let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
             return Ok(Vec::new());
         };
@@ -122,10 +126,12 @@ impl CatalogStore {
             .into_iter()
             .map(|(id, title, description, kind, window)| {
                 Ok(Product {
-                    kind: ProductKind::parse(&kind)
-                        .ok_or_else(|| corrupt(format!("product {id} has unknown kind {kind:?}")))?,
-                    cancellation_window_days: u32::try_from(window)
-                        .map_err(|_| corrupt(format!("product {id} has a negative cancellation window")))?,
+                    kind: ProductKind::parse(&kind).ok_or_else(|| {
+                        corrupt(format!("product {id} has unknown kind {kind:?}"))
+                    })?,
+                    cancellation_window_days: u32::try_from(window).map_err(|_| {
+                        corrupt(format!("product {id} has a negative cancellation window"))
+                    })?,
                     id,
                     title,
                     description,
@@ -139,7 +145,8 @@ impl CatalogStore {
             let Some(product) = products.iter_mut().find(|p| p.id == product_id) else {
                 continue; // a product in the id range but filtered out
             };
-            let term = Term::parse(&term).ok_or_else(|| corrupt(format!("SKU {id} has unknown term {term:?}")))?;
+            let term = Term::parse(&term)
+                .ok_or_else(|| corrupt(format!("SKU {id} has unknown term {term:?}")))?;
             product.skus.push(Sku {
                 id,
                 product_id,
@@ -156,7 +163,10 @@ impl CatalogStore {
             match kind.as_str() {
                 "version" => options.versions.push(value),
                 "language" => options.languages.push(value),
-                _ => options.file_types.push(FileType { id: value, display_name }),
+                _ => options.file_types.push(FileType {
+                    id: value,
+                    display_name,
+                }),
             }
         }
         Ok(products)
@@ -164,7 +174,8 @@ impl CatalogStore {
 }
 
 fn market_from_row(row: MarketRow) -> Market {
-    let (code, display_name, currency_code, digits, tax_included, azure_reservations_available) = row;
+    let (code, display_name, currency_code, digits, tax_included, azure_reservations_available) =
+        row;
     Market {
         code,
         display_name,

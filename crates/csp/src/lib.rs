@@ -1,0 +1,231 @@
+//! Starting the whole system in one process: what `csp up` runs, and what the
+//! cross-service tests and benchmarks start on ephemeral ports.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use csp_kit::config::{BackendArgs, Secret};
+use csp_kit::db;
+use csp_kit::server::bind;
+use csp_kit::shutdown::{Shutdown, ShutdownTrigger};
+use tokio::task::JoinSet;
+
+/// Where the services keep their data.
+#[derive(Clone, Debug)]
+pub enum Storage {
+    /// One SQLite file per service in this directory.
+    Sqlite(PathBuf),
+    /// One PostgreSQL database per service, `<prefix>_<service>`, created on
+    /// the server of `server_url` when missing.
+    Postgres {
+        /// A URL of the server (its database part is replaced).
+        server_url: String,
+        /// Database name prefix.
+        prefix: String,
+    },
+}
+
+/// The addresses the services listen on. Port 0 picks a free port.
+#[derive(Clone, Copy, Debug)]
+pub struct Addresses {
+    /// The gateway (public).
+    pub gateway: SocketAddr,
+    /// The catalog.
+    pub catalog: SocketAddr,
+    /// Ordering.
+    pub ordering: SocketAddr,
+    /// Licensing.
+    pub licensing: SocketAddr,
+    /// Audit.
+    pub audit: SocketAddr,
+    /// Support.
+    pub support: SocketAddr,
+}
+
+impl Addresses {
+    /// The fixed local ports of `csp up`.
+    pub fn local_defaults() -> Self {
+        Self {
+            gateway: csp_gateway::DEFAULT_ADDR,
+            catalog: csp_catalog::DEFAULT_ADDR,
+            ordering: csp_ordering::DEFAULT_ADDR,
+            licensing: csp_licensing::DEFAULT_ADDR,
+            audit: csp_audit::DEFAULT_ADDR,
+            support: csp_support::DEFAULT_ADDR,
+        }
+    }
+
+    /// Free ports on 127.0.0.1, for tests.
+    pub fn ephemeral() -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            gateway: any,
+            catalog: any,
+            ordering: any,
+            licensing: any,
+            audit: any,
+            support: any,
+        }
+    }
+}
+
+/// How to start the system.
+#[derive(Clone, Debug)]
+pub struct SystemConfig {
+    /// Where data lives.
+    pub storage: Storage,
+    /// Where services listen.
+    pub addresses: Addresses,
+    /// The gateway's HS256 secret for user tokens.
+    pub jwt_secret: Secret,
+    /// The key caller identities are signed with.
+    pub internal_key: Secret,
+    /// Seed the demo catalog.
+    pub seed_demo_catalog: bool,
+}
+
+/// A running system.
+pub struct RunningSystem {
+    /// Where each service actually listens.
+    pub addresses: Addresses,
+    trigger: ShutdownTrigger,
+    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+}
+
+impl RunningSystem {
+    /// Waits until a service stops on its own (an error) or `shutdown`
+    /// fires, then stops every service and waits for them.
+    pub async fn run_until(mut self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let first = tokio::select! {
+            _ = shutdown.wait() => None,
+            Some(joined) = self.tasks.join_next() => Some(joined),
+        };
+        self.trigger.fire();
+        let mut failure = first.and_then(failure_of);
+        while let Some(joined) = self.tasks.join_next().await {
+            if failure.is_none() {
+                failure = failure_of(joined);
+            }
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops every service and waits for them (tests).
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let (trigger, shutdown) = Shutdown::new();
+        trigger.fire();
+        self.run_until(shutdown).await
+    }
+}
+
+fn failure_of(
+    joined: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>,
+) -> Option<anyhow::Error> {
+    match joined {
+        Ok((_, Ok(()))) => None,
+        Ok((name, Err(error))) => Some(error.context(format!("the {name} service failed"))),
+        Err(error) => Some(anyhow::Error::new(error).context("a service task panicked")),
+    }
+}
+
+/// Binds every listener (so a taken port fails at once), then starts the six
+/// services. Calls made before a service is ready wait in its listen queue.
+pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
+    let a = config.addresses;
+    let catalog = bind(a.catalog).await?;
+    let ordering = bind(a.ordering).await?;
+    let licensing = bind(a.licensing).await?;
+    let audit = bind(a.audit).await?;
+    let support = bind(a.support).await?;
+    let gateway = bind(a.gateway).await?;
+    let addresses = Addresses {
+        catalog: catalog.local_addr()?,
+        ordering: ordering.local_addr()?,
+        licensing: licensing.local_addr()?,
+        audit: audit.local_addr()?,
+        support: support.local_addr()?,
+        gateway: gateway.local_addr()?,
+    };
+
+    let data_dir = match &config.storage {
+        Storage::Sqlite(dir) => dir.clone(),
+        Storage::Postgres { .. } => PathBuf::from("data"),
+    };
+    let backend = |listen: SocketAddr| BackendArgs {
+        listen: Some(listen),
+        database_url: None,
+        data_dir: data_dir.clone(),
+        internal_key: config.internal_key.clone(),
+    };
+    let mut catalog_args = backend(addresses.catalog);
+    if let Storage::Postgres { server_url, prefix } = &config.storage {
+        let url = db::ensure_postgres_database(server_url, &format!("{prefix}_catalog"))
+            .await
+            .context("cannot prepare the catalog database")?;
+        catalog_args.database_url = Some(url);
+    }
+
+    let (trigger, shutdown) = Shutdown::new();
+    let mut tasks = JoinSet::new();
+    let catalog_config = csp_catalog::Config {
+        backend: catalog_args,
+        seed_demo_catalog: config.seed_demo_catalog,
+    };
+    let s = shutdown.clone();
+    tasks.spawn(async move {
+        (
+            "catalog",
+            csp_catalog::run(catalog_config, catalog, s).await,
+        )
+    });
+    let c = csp_ordering::Config {
+        backend: backend(addresses.ordering),
+    };
+    let s = shutdown.clone();
+    tasks.spawn(async move { ("ordering", csp_ordering::run(c, ordering, s).await) });
+    let c = csp_licensing::Config {
+        backend: backend(addresses.licensing),
+    };
+    let s = shutdown.clone();
+    tasks.spawn(async move { ("licensing", csp_licensing::run(c, licensing, s).await) });
+    let c = csp_audit::Config {
+        backend: backend(addresses.audit),
+    };
+    let s = shutdown.clone();
+    tasks.spawn(async move { ("audit", csp_audit::run(c, audit, s).await) });
+    let c = csp_support::Config {
+        backend: backend(addresses.support),
+    };
+    let s = shutdown.clone();
+    tasks.spawn(async move { ("support", csp_support::run(c, support, s).await) });
+
+    let url = |addr: SocketAddr| format!("http://{addr}");
+    let gateway_config = csp_gateway::Config {
+        listen: Some(addresses.gateway),
+        jwt_secret: config.jwt_secret.clone(),
+        internal_key: config.internal_key.clone(),
+        backends: csp_gateway::Backends {
+            catalog: url(addresses.catalog),
+            ordering: url(addresses.ordering),
+            licensing: url(addresses.licensing),
+            audit: url(addresses.audit),
+            support: url(addresses.support),
+        },
+    };
+    tasks.spawn(async move {
+        (
+            "gateway",
+            csp_gateway::run(gateway_config, gateway, shutdown).await,
+        )
+    });
+
+    Ok(RunningSystem {
+        addresses,
+        trigger,
+        tasks,
+    })
+}

@@ -1,0 +1,143 @@
+//! `csp`: one binary for the whole system.
+//!
+//! - `csp up` runs all six services in one process on fixed local ports with
+//!   embedded SQLite under `./data` (or PostgreSQL), and prints the gateway
+//!   address, a development token per role and grpcurl commands.
+//! - `csp gateway|catalog|ordering|licensing|audit|support` runs one service,
+//!   as a deployment does.
+//! - `csp token` prints a development token.
+
+mod up;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use csp_kit::config::{DEV_JWT_SECRET, Secret};
+use csp_kit::roles::Role;
+use csp_kit::server::bind;
+use csp_kit::shutdown::Shutdown;
+use csp_kit::telemetry::{self, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "csp",
+    version,
+    about = "A Cloud Solution Provider's software-subscription system"
+)]
+struct Cli {
+    /// Log line format.
+    #[arg(long, env = "CSP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the whole system in one process, with the demo catalog.
+    Up(up::UpArgs),
+    /// Print a development token (HS256) for the gateway.
+    Token(TokenArgs),
+    /// Run the gateway alone.
+    Gateway(csp_gateway::Config),
+    /// Run the catalog service alone.
+    Catalog(csp_catalog::Config),
+    /// Run the ordering service alone.
+    Ordering(csp_ordering::Config),
+    /// Run the licensing service alone.
+    Licensing(csp_licensing::Config),
+    /// Run the audit service alone.
+    Audit(csp_audit::Config),
+    /// Run the support service alone.
+    Support(csp_support::Config),
+}
+
+#[derive(clap::Args, Debug)]
+struct TokenArgs {
+    /// The partner the user belongs to (a UUID).
+    #[arg(long)]
+    partner: uuid::Uuid,
+    /// The user id.
+    #[arg(long)]
+    user: String,
+    /// The user's display name [default: the user id].
+    #[arg(long)]
+    name: Option<String>,
+    /// A role; repeat for several (admin_agent, sales_agent, helpdesk_agent,
+    /// global_admin, account_admin, referral_admin, marketing_content_admin).
+    #[arg(long = "role", required = true, value_parser = parse_role)]
+    roles: Vec<Role>,
+    /// Hours until the token expires.
+    #[arg(long, default_value_t = 12)]
+    hours: u64,
+    /// The gateway's HS256 secret.
+    #[arg(long, env = "CSP_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true)]
+    jwt_secret: Secret,
+}
+
+fn parse_role(name: &str) -> Result<Role, String> {
+    Role::parse(name).ok_or_else(|| {
+        let known: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+        format!("unknown role {name:?}; roles are {}", known.join(", "))
+    })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Token(_)) {
+        telemetry::init(cli.log_format);
+    }
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("csp: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Up(args) => up::run(args).await,
+        Command::Token(args) => {
+            let token = csp_gateway::auth::mint_dev_token(
+                &args.jwt_secret,
+                args.partner,
+                &args.user,
+                args.name.as_deref().unwrap_or(&args.user),
+                &args.roles,
+                Duration::from_secs(args.hours * 3600),
+            )?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Gateway(config) => {
+            let listener = bind(csp_gateway::listen_addr(&config)).await?;
+            csp_gateway::run(config, listener, Shutdown::on_signals()).await
+        }
+        Command::Catalog(config) => {
+            let listener = bind(config.backend.listen.unwrap_or(csp_catalog::DEFAULT_ADDR)).await?;
+            csp_catalog::run(config, listener, Shutdown::on_signals()).await
+        }
+        Command::Ordering(config) => {
+            let listener =
+                bind(config.backend.listen.unwrap_or(csp_ordering::DEFAULT_ADDR)).await?;
+            csp_ordering::run(config, listener, Shutdown::on_signals()).await
+        }
+        Command::Licensing(config) => {
+            let listener =
+                bind(config.backend.listen.unwrap_or(csp_licensing::DEFAULT_ADDR)).await?;
+            csp_licensing::run(config, listener, Shutdown::on_signals()).await
+        }
+        Command::Audit(config) => {
+            let listener = bind(config.backend.listen.unwrap_or(csp_audit::DEFAULT_ADDR)).await?;
+            csp_audit::run(config, listener, Shutdown::on_signals()).await
+        }
+        Command::Support(config) => {
+            let listener = bind(config.backend.listen.unwrap_or(csp_support::DEFAULT_ADDR)).await?;
+            csp_support::run(config, listener, Shutdown::on_signals()).await
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! `csp up`: the whole system on one machine.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use csp::{Addresses, Storage, SystemConfig};
+use csp_kit::config::{DEV_INTERNAL_KEY, DEV_JWT_SECRET, Secret};
+use csp_kit::roles::Role;
+use csp_kit::shutdown::Shutdown;
+
+/// The partner the printed development tokens belong to.
+const DEMO_PARTNER: &str = "8f2b6c1e-4d3a-4e5f-9a7b-1c2d3e4f5a6b";
+
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    /// Directory for the embedded SQLite databases.
+    #[arg(long, env = "CSP_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Use this PostgreSQL server instead of SQLite: one database per service
+    /// (csp_catalog, csp_ordering, ...), created when missing.
+    #[arg(long, env = "CSP_POSTGRES_URL")]
+    postgres_url: Option<String>,
+    /// HS256 secret for user tokens.
+    #[arg(long, env = "CSP_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true)]
+    jwt_secret: Secret,
+    /// Key caller identities are signed with.
+    #[arg(long, env = "CSP_INTERNAL_KEY", default_value = DEV_INTERNAL_KEY, hide_default_value = true)]
+    internal_key: Secret,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let storage = match &args.postgres_url {
+        Some(url) => Storage::Postgres {
+            server_url: url.clone(),
+            prefix: "csp".to_owned(),
+        },
+        None => Storage::Sqlite(args.data_dir.clone()),
+    };
+    let shutdown = Shutdown::on_signals();
+    let system = csp::start(SystemConfig {
+        storage: storage.clone(),
+        addresses: Addresses::local_defaults(),
+        jwt_secret: args.jwt_secret.clone(),
+        internal_key: args.internal_key.clone(),
+        seed_demo_catalog: true,
+    })
+    .await?;
+    print_banner(&args, &storage, &system.addresses)?;
+    system.run_until(shutdown).await
+}
+
+fn print_banner(args: &UpArgs, storage: &Storage, addresses: &Addresses) -> anyhow::Result<()> {
+    let partner = uuid::Uuid::parse_str(DEMO_PARTNER)?;
+    let gateway = addresses.gateway;
+    let data = match storage {
+        Storage::Sqlite(dir) => format!("SQLite files in {}", dir.display()),
+        Storage::Postgres { .. } => "PostgreSQL databases csp_<service>".to_owned(),
+    };
+    println!();
+    println!("csp is up: gateway gRPC on {gateway} ({data}). Ctrl-C stops it.");
+    println!();
+    println!("Development tokens for partner {partner} (valid 12 hours):");
+    let mut admin_token = String::new();
+    for role in Role::ALL {
+        let token = csp_gateway::auth::mint_dev_token(
+            &args.jwt_secret,
+            partner,
+            &format!("demo-{}", role.as_str().replace('_', "-")),
+            &format!("Demo {}", role.as_str().replace('_', " ")),
+            &[role],
+            Duration::from_secs(12 * 3600),
+        )?;
+        println!("  {:<24} {token}", role.as_str());
+        if role == Role::AdminAgent {
+            admin_token = token;
+        }
+    }
+    println!();
+    println!("Try (grpcurl 1.8+):");
+    println!("  grpcurl -plaintext {gateway} list");
+    println!("  grpcurl -plaintext {gateway} describe csp.catalog.v1.CatalogService");
+    println!("  export TOKEN={admin_token}");
+    println!(
+        "  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"market\":\"US\"}}' {gateway} csp.catalog.v1.CatalogService/ListProducts"
+    );
+    println!(
+        "  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"sku_id\":\"windows-server-standard-p1y\",\"market\":\"AU\"}}' {gateway} csp.catalog.v1.CatalogService/GetSkuPrice"
+    );
+    println!("  grpcurl -plaintext {gateway} grpc.health.v1.Health/Check");
+    println!();
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! User authentication: `authorization: Bearer <JWT>`.
+//!
+//! Tokens carry the user id (`sub`), the partner (`partner_id`, a UUID), a
+//! display name (`name`), roles (`roles`, token spelling such as
+//! `"admin_agent"`) and an expiry (`exp`). Development uses HS256 with a
+//! configured secret; [`TokenVerifier`] is the seam where RS256 with an
+//! identity provider's JWKS plugs in.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use csp_kit::config::Secret;
+use csp_kit::identity::UserCaller;
+use csp_kit::roles::{Role, RoleSet};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Why a caller is not authenticated. Messages never repeat the token.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// No `authorization` metadata.
+    #[error("missing authorization metadata: send \"authorization: Bearer <token>\"")]
+    Missing,
+    /// Not `Bearer <token>`.
+    #[error("authorization metadata must be \"Bearer <token>\"")]
+    NotBearer,
+    /// Not a JWT at all.
+    #[error("the bearer token is malformed: {0}")]
+    Malformed(String),
+    /// Signed with another key or altered.
+    #[error("the bearer token's signature is not valid")]
+    BadSignature,
+    /// Past its expiry.
+    #[error("the bearer token has expired; get a new one")]
+    Expired,
+    /// A claim is missing or wrong.
+    #[error("the bearer token's {0}")]
+    BadClaim(String),
+}
+
+/// Verifies a bearer token and returns the user it names.
+pub trait TokenVerifier: Send + Sync + 'static {
+    /// Verifies `token` (without the `Bearer ` prefix).
+    fn verify(&self, token: &str) -> Result<UserCaller, AuthError>;
+}
+
+/// The claims of a user token.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UserClaims {
+    /// The user id.
+    pub sub: String,
+    /// The partner the user belongs to (a UUID).
+    pub partner_id: String,
+    /// The user's display name.
+    #[serde(default)]
+    pub name: String,
+    /// The user's roles, token spelling.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Issued at, seconds since the Unix epoch.
+    #[serde(default)]
+    pub iat: u64,
+}
+
+/// HS256 tokens under a shared secret (development and tests).
+pub struct Hs256Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Hs256Verifier {
+    /// A verifier for tokens signed with `secret`.
+    pub fn new(secret: &Secret) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            key: DecodingKey::from_secret(secret.expose().as_bytes()),
+            validation,
+        }
+    }
+}
+
+impl TokenVerifier for Hs256Verifier {
+    fn verify(&self, token: &str) -> Result<UserCaller, AuthError> {
+        let claims = jsonwebtoken::decode::<UserClaims>(token, &self.key, &self.validation)
+            .map_err(|error| match error.kind() {
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::MissingRequiredClaim(claim) => {
+                    AuthError::BadClaim(format!("{claim} claim is missing"))
+                }
+                ErrorKind::InvalidAlgorithm => {
+                    AuthError::Malformed("it is not signed with HS256".to_owned())
+                }
+                ErrorKind::Json(_) => AuthError::BadClaim(
+                    "claims are not valid (need sub, partner_id, roles, exp)".to_owned(),
+                ),
+                _ => AuthError::Malformed(error.to_string()),
+            })?
+            .claims;
+        user_from_claims(claims)
+    }
+}
+
+/// Checks claims that every verifier shares.
+pub fn user_from_claims(claims: UserClaims) -> Result<UserCaller, AuthError> {
+    let partner_id = Uuid::parse_str(&claims.partner_id)
+        .map_err(|_| AuthError::BadClaim("partner_id claim is not a UUID".to_owned()))?;
+    if claims.sub.trim().is_empty() {
+        return Err(AuthError::BadClaim("sub claim is empty".to_owned()));
+    }
+    // Unknown role names are ignored: they grant nothing.
+    let roles: RoleSet = claims.roles.iter().filter_map(|r| Role::parse(r)).collect();
+    Ok(UserCaller {
+        partner_id,
+        display_name: if claims.name.is_empty() {
+            claims.sub.clone()
+        } else {
+            claims.name
+        },
+        user_id: claims.sub,
+        roles,
+    })
+}
+
+/// Extracts the token from an `authorization` value.
+pub fn bearer(value: Option<&http::HeaderValue>) -> Result<&str, AuthError> {
+    let value = value.ok_or(AuthError::Missing)?;
+    let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
+    let (scheme, token) = value.split_once(' ').ok_or(AuthError::NotBearer)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(AuthError::NotBearer);
+    }
+    Ok(token.trim())
+}
+
+/// Signs a development token (HS256) for `csp token`, `csp up` and tests.
+pub fn mint_dev_token(
+    secret: &Secret,
+    partner_id: Uuid,
+    user_id: &str,
+    display_name: &str,
+    roles: &[Role],
+    lifetime: Duration,
+) -> anyhow::Result<String> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let claims = UserClaims {
+        sub: user_id.to_owned(),
+        partner_id: partner_id.to_string(),
+        name: display_name.to_owned(),
+        roles: roles.iter().map(|r| r.as_str().to_owned()).collect(),
+        exp: now + lifetime.as_secs(),
+        iat: now,
+    };
+    Ok(jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.expose().as_bytes()),
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret() -> Secret {
+        Secret::new("test-secret-0123456789")
+    }
+
+    #[test]
+    fn a_minted_token_verifies() {
+        let partner = Uuid::new_v4();
+        let token = mint_dev_token(
+            &secret(),
+            partner,
+            "ada",
+            "Ada",
+            &[Role::AdminAgent],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let user = Hs256Verifier::new(&secret()).verify(&token).unwrap();
+        assert_eq!(user.partner_id, partner);
+        assert!(user.roles.contains(Role::AdminAgent));
+        assert_eq!(user.display_name, "Ada");
+    }
+
+    #[test]
+    fn another_secret_is_a_bad_signature() {
+        let token = mint_dev_token(
+            &secret(),
+            Uuid::new_v4(),
+            "ada",
+            "",
+            &[],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let other = Hs256Verifier::new(&Secret::new("another-secret-0123456789"));
+        assert_eq!(other.verify(&token), Err(AuthError::BadSignature));
+    }
+
+    #[test]
+    fn bearer_needs_the_scheme() {
+        let value = http::HeaderValue::from_static("Bearer abc");
+        assert_eq!(bearer(Some(&value)), Ok("abc"));
+        assert_eq!(
+            bearer(Some(&http::HeaderValue::from_static("abc"))),
+            Err(AuthError::NotBearer)
+        );
+        assert_eq!(bearer(None), Err(AuthError::Missing));
+    }
+}

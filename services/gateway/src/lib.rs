@@ -1,0 +1,309 @@
+//! The gateway: the only public door of csp.
+//!
+//! For each call it authenticates the bearer token, looks the RPC up in the
+//! routing table built at start-up from the descriptor set (the roles each
+//! public RPC declares with `option (csp.auth.v1.access)`), refuses callers
+//! without a permitted role, then forwards the call, undecoded, over one
+//! long-lived HTTP/2 channel to the backend. The backend receives the
+//! verified caller as a signed identity bound to the method, the request id,
+//! and the caller's deadline (`grpc-timeout`, passed through).
+//!
+//! Health and reflection of the public API are served by the gateway itself.
+
+pub mod auth;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use csp_kit::access::{self, PublicMethod};
+use csp_kit::config::{DEV_INTERNAL_KEY, DEV_JWT_SECRET, Secret};
+use csp_kit::identity::{IDENTITY_HEADER, IdentityKey, REQUEST_ID_HEADER, UserCaller};
+use csp_kit::roles::RoleSet;
+use csp_kit::server::{self, ReflectionScope};
+use csp_kit::shutdown::Shutdown;
+use http::HeaderValue;
+use tokio::net::TcpListener;
+use tonic::Status;
+use tonic::body::Body;
+use tonic::service::Routes;
+use tonic::transport::{Channel, Endpoint};
+use tower::ServiceExt as _;
+
+use crate::auth::{Hs256Verifier, TokenVerifier};
+
+/// Where the gateway listens by default.
+pub const DEFAULT_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50051);
+
+/// The gateway's configuration.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Config {
+    /// Address to serve the public gRPC API on [default: 127.0.0.1:50051].
+    #[arg(long, env = "CSP_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// HS256 secret user tokens are signed with.
+    #[arg(long, env = "CSP_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true)]
+    pub jwt_secret: Secret,
+    /// Key the gateway signs caller identities with; shared with the backends.
+    #[arg(long, env = "CSP_INTERNAL_KEY", default_value = DEV_INTERNAL_KEY, hide_default_value = true)]
+    pub internal_key: Secret,
+    /// Where each backend serves gRPC.
+    #[command(flatten)]
+    pub backends: Backends,
+}
+
+/// The backends' gRPC URLs.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Backends {
+    /// The catalog service.
+    #[arg(
+        long = "catalog-url",
+        env = "CSP_CATALOG_URL",
+        default_value = "http://127.0.0.1:50061"
+    )]
+    pub catalog: String,
+    /// The ordering service.
+    #[arg(
+        long = "ordering-url",
+        env = "CSP_ORDERING_URL",
+        default_value = "http://127.0.0.1:50062"
+    )]
+    pub ordering: String,
+    /// The licensing service.
+    #[arg(
+        long = "licensing-url",
+        env = "CSP_LICENSING_URL",
+        default_value = "http://127.0.0.1:50063"
+    )]
+    pub licensing: String,
+    /// The audit service.
+    #[arg(
+        long = "audit-url",
+        env = "CSP_AUDIT_URL",
+        default_value = "http://127.0.0.1:50064"
+    )]
+    pub audit: String,
+    /// The support service.
+    #[arg(
+        long = "support-url",
+        env = "CSP_SUPPORT_URL",
+        default_value = "http://127.0.0.1:50065"
+    )]
+    pub support: String,
+}
+
+impl Backends {
+    /// The backend serving a proto package, by name and URL.
+    fn for_package(&self, package: &str) -> Option<(&'static str, &str)> {
+        match package {
+            "csp.catalog.v1" => Some(("catalog", &self.catalog)),
+            "csp.ordering.v1" => Some(("ordering", &self.ordering)),
+            "csp.licensing.v1" => Some(("licensing", &self.licensing)),
+            "csp.audit.v1" => Some(("audit", &self.audit)),
+            "csp.support.v1" => Some(("support", &self.support)),
+            _ => None,
+        }
+    }
+}
+
+/// One routed public RPC.
+struct Route {
+    method: PublicMethod,
+    backend: &'static str,
+    channel: Channel,
+}
+
+/// The routing table and the keys.
+struct Gateway {
+    routes: HashMap<String, Route>,
+    verifier: Box<dyn TokenVerifier>,
+    identity: IdentityKey,
+}
+
+/// Builds the routing table: every public RPC of the descriptor set, with its
+/// roles, to its backend's channel. Channels connect lazily and stay open.
+fn build_routes(backends: &Backends) -> anyhow::Result<HashMap<String, Route>> {
+    let mut channels: HashMap<&'static str, Channel> = HashMap::new();
+    let mut routes = HashMap::new();
+    for method in access::public_methods(csp_proto::FILE_DESCRIPTOR_SET)? {
+        let (backend, url) = backends
+            .for_package(&method.package)
+            .with_context(|| format!("no backend is configured for package {}", method.package))?;
+        let channel = match channels.get(backend) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = Endpoint::from_shared(url.to_owned())
+                    .with_context(|| format!("the {backend} URL {url:?} is not valid"))?
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+                    .keep_alive_while_idle(true)
+                    .connect_lazy();
+                channels.insert(backend, channel.clone());
+                channel
+            }
+        };
+        if !method.declares_access {
+            tracing::warn!(method = %method.path, "public RPC declares no roles; everyone is denied");
+        }
+        routes.insert(
+            method.path.clone(),
+            Route {
+                method,
+                backend,
+                channel,
+            },
+        );
+    }
+    Ok(routes)
+}
+
+/// Serves the gateway on `listener` until `shutdown` fires.
+pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+    let gateway = Arc::new(Gateway {
+        routes: build_routes(&config.backends)?,
+        verifier: Box::new(Hs256Verifier::new(&config.jwt_secret)),
+        identity: IdentityKey::new(&config.internal_key),
+    });
+    let public = access::public_services(csp_proto::FILE_DESCRIPTOR_SET)?;
+    let (health, routes) = server::base_routes(ReflectionScope::Only(public))?;
+    let proxy = tower::service_fn(move |request: http::Request<axum::body::Body>| {
+        let gateway = gateway.clone();
+        async move { Ok::<_, std::convert::Infallible>(gateway.forward(request).await) }
+    });
+    let routes = Routes::from(routes.into_axum_router().fallback_service(proxy));
+    tracing::info!(service = "gateway", addr = %listener.local_addr()?, "serving");
+    server::set_serving(&health, true).await;
+    server::serve(listener, routes, health, None, shutdown).await
+}
+
+impl Gateway {
+    /// Authenticates, authorizes and forwards one call; every answer carries
+    /// the request id.
+    async fn forward(&self, request: http::Request<axum::body::Body>) -> http::Response<Body> {
+        let request_id = request_id(request.headers().get(REQUEST_ID_HEADER));
+        let mut response = match self.admit(request, &request_id) {
+            Ok((route, request)) => match route.channel.clone().oneshot(request).await {
+                Ok(response) => response,
+                Err(error) => {
+                    tracing::warn!(backend = route.backend, request_id = ?request_id, %error, "backend unavailable");
+                    Status::unavailable(format!(
+                        "the {} service is unavailable; try again shortly",
+                        route.backend
+                    ))
+                    .into_http()
+                }
+            },
+            Err(status) => status.into_http(),
+        };
+        response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
+        response
+    }
+
+    /// Decides whether a call goes through, and prepares it for the backend.
+    fn admit(
+        &self,
+        request: http::Request<axum::body::Body>,
+        request_id: &HeaderValue,
+    ) -> Result<(&Route, http::Request<Body>), Status> {
+        let path = request.uri().path();
+        let user = auth::bearer(request.headers().get(http::header::AUTHORIZATION))
+            .and_then(|token| self.verifier.verify(token))
+            .map_err(|error| {
+                tracing::info!(method = %path, request_id = ?request_id, reason = %error, "call denied: not authenticated");
+                Status::unauthenticated(error.to_string())
+            })?;
+        let route = self.routes.get(path).ok_or_else(|| {
+            Status::unimplemented(format!(
+                "unknown method {path}: the gateway serves only the public csp APIs (list them with reflection)"
+            ))
+        })?;
+        authorize(&route.method, &user).inspect_err(|status| {
+            tracing::info!(
+                method = %path,
+                request_id = ?request_id,
+                partner_id = %user.partner_id,
+                user_id = %user.user_id,
+                reason = status.message(),
+                "call denied: no permitted role"
+            );
+        })?;
+        let identity = self.identity.mint_for_user(&user, path)?;
+        let identity = HeaderValue::from_str(&identity)
+            .map_err(|_| Status::internal("the signed identity is not valid metadata"))?;
+
+        let (mut parts, body) = request.into_parts();
+        parts.headers.remove(http::header::AUTHORIZATION);
+        parts.headers.insert(IDENTITY_HEADER, identity);
+        parts.headers.insert(REQUEST_ID_HEADER, request_id.clone());
+        Ok((route, http::Request::from_parts(parts, Body::new(body))))
+    }
+}
+
+/// PERMISSION_DENIED naming the roles that would allow the call, unless the
+/// user holds one of them.
+fn authorize(method: &PublicMethod, user: &UserCaller) -> Result<(), Status> {
+    if method.roles.intersects(user.roles) {
+        return Ok(());
+    }
+    if method.roles.is_empty() {
+        return Err(Status::permission_denied(format!(
+            "no role may call {}: its contract declares no roles",
+            method.path
+        )));
+    }
+    Err(Status::permission_denied(format!(
+        "{}/{} needs one of the roles {}; the caller has {}",
+        method.service,
+        method.method,
+        method.roles.names().join(", "),
+        describe_roles(user.roles)
+    )))
+}
+
+fn describe_roles(roles: RoleSet) -> String {
+    if roles.is_empty() {
+        "no role".to_owned()
+    } else {
+        roles.names().join(", ")
+    }
+}
+
+/// The caller's request id when it is a sane one, else a new UUID.
+fn request_id(given: Option<&HeaderValue>) -> HeaderValue {
+    given
+        .filter(|v| {
+            let bytes = v.as_bytes();
+            !bytes.is_empty()
+                && bytes.len() <= 128
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                .unwrap_or(HeaderValue::from_static("unknown"))
+        })
+}
+
+/// Where the gateway listens when not configured.
+pub fn listen_addr(config: &Config) -> SocketAddr {
+    config.listen.unwrap_or(DEFAULT_ADDR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_kept_when_sane_and_made_otherwise() {
+        let kept = request_id(Some(&HeaderValue::from_static("abc-123")));
+        assert_eq!(kept, "abc-123");
+        let made = request_id(Some(&HeaderValue::from_static("has space")));
+        assert_ne!(made, "has space");
+        assert_eq!(made.len(), 36);
+        assert_eq!(request_id(None).len(), 36);
+    }
+}

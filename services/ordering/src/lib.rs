@@ -1,0 +1,54 @@
+//! The ordering service: customers, orders on behalf of customers, subscriptions.
+//!
+//! Its contract (`proto/csp/ordering/v1/`) is complete; its RPCs answer
+//! UNIMPLEMENTED until the ordering issue implements them. It already runs as
+//! every csp backend does: health, reflection, and calls accepted only with a
+//! caller identity signed by the gateway or another csp service.
+
+use std::net::SocketAddr;
+
+use csp_kit::config::BackendArgs;
+use csp_kit::server;
+use csp_kit::shutdown::Shutdown;
+use csp_proto::ordering::v1::ordering_internal_service_server::{
+    OrderingInternalService, OrderingInternalServiceServer,
+};
+use csp_proto::ordering::v1::ordering_service_server::{OrderingService, OrderingServiceServer};
+use tokio::net::TcpListener;
+
+/// The service's name in logs, data files and database names.
+pub const NAME: &str = "ordering";
+/// Where the service listens by default.
+pub const DEFAULT_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50062);
+
+/// The service's configuration.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Config {
+    /// Shared backend settings.
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+/// The API; every RPC answers UNIMPLEMENTED for now.
+#[derive(Clone, Copy, Debug)]
+struct Ordering;
+
+impl OrderingService for Ordering {}
+impl OrderingInternalService for Ordering {}
+
+/// Serves on `listener` until `shutdown` fires.
+pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+    server::run_backend(
+        NAME,
+        listener,
+        &config.backend.internal_key,
+        shutdown,
+        |routes| {
+            routes
+                .add_service(OrderingServiceServer::new(Ordering))
+                .add_service(OrderingInternalServiceServer::new(Ordering))
+        },
+    )
+    .await
+}
