@@ -31,7 +31,7 @@ pub enum Db {
 /// Runs the same code on whichever pool a [`Db`] holds. The body is compiled
 /// once per backend, so it can use the pool's native types.
 ///
-/// ```ignore
+/// ```text
 /// let n: i64 = on_db!(&self.db, pool => sqlx::query_scalar(SQL).fetch_one(pool).await)?;
 /// ```
 #[macro_export]
@@ -214,6 +214,28 @@ pub async fn ensure_postgres_database(server_url: &str, name: &str) -> anyhow::R
     }
     conn.close().await.ok();
     Ok(with_database(server_url, name))
+}
+
+/// Drops the PostgreSQL database `name` on the server of `server_url`, if it
+/// exists, closing its connections (tests clean up with it).
+pub async fn drop_postgres_database(server_url: &str, name: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        name.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+        "database name {name:?} must be lower-case letters, digits and underscores"
+    );
+    let options =
+        PgConnectOptions::from_str(server_url).context("the PostgreSQL URL is not valid")?;
+    let mut conn = sqlx::PgConnection::connect_with(&options)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(server_url)))?;
+    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+    sqlx::query(sqlx::AssertSqlSafe(drop))
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("cannot drop database {name}"))?;
+    conn.close().await.ok();
+    Ok(())
 }
 
 /// `server_url` with its database path replaced by `name`.

@@ -1,0 +1,198 @@
+//! Test support: the whole system in-process on ephemeral ports, with its own
+//! databases (SQLite in a temporary directory, or fresh PostgreSQL databases
+//! when `CSP_TEST_POSTGRES_URL` is set), tokens for any role, and clients.
+
+pub mod grpcurl;
+pub mod raw;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use csp::{Addresses, RunningSystem, Storage, SystemConfig};
+use csp_kit::config::Secret;
+use csp_kit::roles::Role;
+use csp_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use uuid::Uuid;
+
+/// The environment variable that switches tests to PostgreSQL: a URL of a
+/// server where the tests may create and drop databases.
+pub const POSTGRES_ENV: &str = "CSP_TEST_POSTGRES_URL";
+
+/// The user-token secret of test systems.
+pub fn jwt_secret() -> Secret {
+    Secret::new("test-jwt-secret-0123456789")
+}
+
+/// The internal key of test systems.
+pub fn internal_key() -> Secret {
+    Secret::new("test-internal-key-0123456789")
+}
+
+/// A system running for one test.
+pub struct TestSystem {
+    system: Option<RunningSystem>,
+    /// Where the services listen.
+    pub addresses: Addresses,
+    /// The partner of tokens made by [`TestSystem::token`].
+    pub partner: Uuid,
+    storage: Storage,
+}
+
+impl TestSystem {
+    /// Starts a system with fresh storage of the configured kind.
+    pub async fn start() -> TestSystem {
+        csp_kit::telemetry::init_for_tests();
+        let storage = match std::env::var(POSTGRES_ENV) {
+            Ok(url) if !url.is_empty() => Storage::Postgres {
+                server_url: url,
+                prefix: format!("t{}", Uuid::new_v4().simple()),
+            },
+            _ => Storage::Sqlite(
+                std::env::temp_dir().join(format!("csp-test-{}", Uuid::new_v4().simple())),
+            ),
+        };
+        TestSystem::start_on(storage).await
+    }
+
+    /// Starts a system on `storage` (which may hold data of an earlier run).
+    pub async fn start_on(storage: Storage) -> TestSystem {
+        let system = csp::start(SystemConfig {
+            storage: storage.clone(),
+            addresses: Addresses::ephemeral(),
+            jwt_secret: jwt_secret(),
+            internal_key: internal_key(),
+            seed_demo_catalog: true,
+        })
+        .await
+        .unwrap_or_else(|error| panic!("the system did not start: {error:#}"));
+        TestSystem {
+            addresses: system.addresses,
+            system: Some(system),
+            partner: Uuid::new_v4(),
+            storage,
+        }
+    }
+
+    /// The storage this system runs on.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// A token of this system's partner with `roles`.
+    pub fn token(&self, roles: &[Role]) -> String {
+        mint(self.partner, roles, Duration::from_secs(600))
+    }
+
+    /// A channel to the gateway.
+    pub async fn gateway(&self) -> Channel {
+        connect(self.addresses.gateway).await
+    }
+
+    /// A catalog client through the gateway, authenticated with `roles`.
+    pub async fn catalog(
+        &self,
+        roles: &[Role],
+    ) -> CatalogServiceClient<InterceptedService<Channel, Bearer>> {
+        CatalogServiceClient::with_interceptor(
+            self.gateway().await,
+            Bearer::new(&self.token(roles)),
+        )
+    }
+
+    /// Stops the services but keeps the storage (to start again on it).
+    pub async fn stop_keeping_data(mut self) -> Storage {
+        if let Some(system) = self.system.take() {
+            system
+                .stop()
+                .await
+                .unwrap_or_else(|error| panic!("the system did not stop cleanly: {error:#}"));
+        }
+        self.storage.clone()
+    }
+
+    /// Stops the services and removes the storage.
+    pub async fn stop(self) {
+        let storage = self.stop_keeping_data().await;
+        remove_storage(&storage).await;
+    }
+}
+
+/// Removes a test's databases.
+pub async fn remove_storage(storage: &Storage) {
+    match storage {
+        Storage::Sqlite(dir) => {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        Storage::Postgres { server_url, prefix } => {
+            for service in ["catalog", "ordering", "licensing", "audit", "support"] {
+                csp_kit::db::drop_postgres_database(server_url, &format!("{prefix}_{service}"))
+                    .await
+                    .unwrap_or_else(|error| panic!("cannot drop a test database: {error:#}"));
+            }
+        }
+    }
+}
+
+/// A user token signed with the test secret.
+pub fn mint(partner: Uuid, roles: &[Role], lifetime: Duration) -> String {
+    csp_gateway::auth::mint_dev_token(
+        &jwt_secret(),
+        partner,
+        "test-user",
+        "Test User",
+        roles,
+        lifetime,
+    )
+    .unwrap_or_else(|error| panic!("cannot mint a token: {error:#}"))
+}
+
+/// A channel to `addr`.
+pub async fn connect(addr: std::net::SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap_or_else(|error| panic!("bad address {addr}: {error}"))
+        .connect()
+        .await
+        .unwrap_or_else(|error| panic!("cannot connect to {addr}: {error}"))
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+
+impl Bearer {
+    /// For `token`.
+    pub fn new(token: &str) -> Self {
+        Bearer::raw(&format!("Bearer {token}"))
+    }
+
+    /// With the exact `authorization` value given.
+    pub fn raw(value: &str) -> Self {
+        Bearer(
+            value
+                .parse()
+                .unwrap_or_else(|_| panic!("not valid metadata: {value:?}")),
+        )
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// The workspace's target directory (for tools the tests fetch once).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}

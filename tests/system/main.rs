@@ -1,0 +1,8 @@
+//! Cross-service tests: the whole system started in-process on ephemeral
+//! ports, called through the gateway as users call it. They run on SQLite, or
+//! on PostgreSQL when `CSP_TEST_POSTGRES_URL` is set.
+
+mod catalog;
+mod contract;
+mod gateway;
+mod grpcurl_cli;
