@@ -1,1 +1,193 @@
-fn main() {}
+//! Gateway overhead: the same catalog read (ListProducts, US, one page of
+//! every product) measured directly against the catalog service and through
+//! the gateway, in the same run, at several concurrencies. Prints p50/p99
+//! latency, throughput and the gateway/direct ratios. Asserts nothing.
+//!
+//! `cargo bench -p csp-tests --bench gateway`
+//! Knobs: CSP_BENCH_SECONDS (per measurement, default 5),
+//! CSP_BENCH_CONCURRENCY (comma-separated, default 1,16).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use csp::{Addresses, Storage, SystemConfig};
+use csp_kit::identity::{IDENTITY_HEADER, IdentityKey, UserCaller};
+use csp_kit::roles::Role;
+use csp_proto::catalog::v1::ListProductsRequest;
+use csp_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
+use hdrhistogram::Histogram;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+
+const PATH: &str = "/csp.catalog.v1.CatalogService/ListProducts";
+
+struct Figures {
+    p50_us: f64,
+    p99_us: f64,
+    per_second: f64,
+    errors: u64,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() -> anyhow::Result<()> {
+    let seconds: u64 = env_or("CSP_BENCH_SECONDS", 5);
+    let concurrencies: Vec<usize> = std::env::var("CSP_BENCH_CONCURRENCY")
+        .unwrap_or_else(|_| "1,16".to_owned())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+
+    // The system gets its own runtime (2 worker threads), the load generator
+    // another, so neither starves the other's scheduler; both share the
+    // machine's cores, as they would on one host.
+    let system_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let dir = std::env::temp_dir().join(format!("csp-bench-{}", uuid::Uuid::new_v4().simple()));
+    let jwt_secret = csp_kit::config::Secret::new("bench-jwt-secret-0123456789");
+    let internal_key = csp_kit::config::Secret::new("bench-internal-key-0123456789");
+    let system = system_runtime.block_on(csp::start(SystemConfig {
+        storage: Storage::Sqlite(dir.clone()),
+        addresses: Addresses::ephemeral(),
+        jwt_secret: jwt_secret.clone(),
+        internal_key: internal_key.clone(),
+        seed_demo_catalog: true,
+    }))?;
+    let addresses = system.addresses;
+
+    let client_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let partner = uuid::Uuid::new_v4();
+    let user_token =
+        csp_gateway::auth::mint_dev_token(&jwt_secret, partner, "bench", "Bench", &[Role::SalesAgent], Duration::from_secs(3600))?;
+    let identity_key = IdentityKey::new(&internal_key);
+    let user = UserCaller {
+        partner_id: partner,
+        user_id: "bench".into(),
+        display_name: "Bench".into(),
+        roles: [Role::SalesAgent].into_iter().collect(),
+    };
+
+    println!("gateway overhead benchmark: ListProducts(market US, page_size 100), {seconds}s per measurement");
+    println!(
+        "machine: {} logical CPUs; system and load generator in one process, 2 runtime threads each",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    println!();
+    println!(
+        "{:>11}  {:>8}  {:>10}  {:>10}  {:>12}  {:>6}",
+        "concurrency", "path", "p50 (us)", "p99 (us)", "calls/s", "errors"
+    );
+    let mut rows = Vec::new();
+    for &concurrency in &concurrencies {
+        // Direct: the backend needs the identity the gateway would sign; it is
+        // signed once per measurement (valid 60 s), so signing costs nothing
+        // on this path.
+        let direct_auth: MetadataValue<Ascii> = identity_key
+            .mint_for_user(&user, PATH)
+            .map_err(|s| anyhow::anyhow!("{s}"))?
+            .parse()?;
+        let direct = client_runtime.block_on(measure(
+            addresses.catalog,
+            IDENTITY_HEADER,
+            direct_auth,
+            concurrency,
+            seconds,
+        ))?;
+        let gateway_auth: MetadataValue<Ascii> = format!("Bearer {user_token}").parse()?;
+        let through = client_runtime.block_on(measure(
+            addresses.gateway,
+            "authorization",
+            gateway_auth,
+            concurrency,
+            seconds,
+        ))?;
+        for (name, f) in [("direct", &direct), ("gateway", &through)] {
+            println!(
+                "{:>11}  {:>8}  {:>10.0}  {:>10.0}  {:>12.0}  {:>6}",
+                concurrency, name, f.p50_us, f.p99_us, f.per_second, f.errors
+            );
+        }
+        rows.push((concurrency, direct, through));
+    }
+    println!();
+    for (concurrency, direct, through) in &rows {
+        println!(
+            "concurrency {concurrency}: gateway/direct p50 {:.2}x (+{:.0}%), p99 {:.2}x, throughput {:.2}x",
+            through.p50_us / direct.p50_us,
+            (through.p50_us / direct.p50_us - 1.0) * 100.0,
+            through.p99_us / direct.p99_us,
+            through.per_second / direct.per_second,
+        );
+    }
+
+    system_runtime.block_on(system.stop())?;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+async fn measure(
+    addr: std::net::SocketAddr,
+    header: &'static str,
+    value: MetadataValue<Ascii>,
+    concurrency: usize,
+    seconds: u64,
+) -> anyhow::Result<Figures> {
+    let channel: Channel = Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
+    let client = CatalogServiceClient::new(channel);
+    let value = Arc::new(value);
+    let call = move |mut client: CatalogServiceClient<Channel>, value: Arc<MetadataValue<Ascii>>| async move {
+        let mut request = tonic::Request::new(ListProductsRequest {
+            market: "US".into(),
+            page_size: 100,
+            ..Default::default()
+        });
+        request.metadata_mut().insert(header, (*value).clone());
+        client.list_products(request).await
+    };
+
+    // Warm up: connections, caches, the database's pages.
+    for _ in 0..200 {
+        call(client.clone(), value.clone()).await?;
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let client = client.clone();
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let mut errors = 0u64;
+            while Instant::now() < deadline {
+                let start = Instant::now();
+                match call(client.clone(), value.clone()).await {
+                    Ok(_) => histogram.record(start.elapsed().as_micros().max(1) as u64)?,
+                    Err(_) => errors += 1,
+                }
+            }
+            Ok::<_, anyhow::Error>((histogram, errors))
+        }));
+    }
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut errors = 0;
+    for task in tasks {
+        let (h, e) = task.await??;
+        histogram.add(h)?;
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(Figures {
+        p50_us: histogram.value_at_quantile(0.50) as f64,
+        p99_us: histogram.value_at_quantile(0.99) as f64,
+        per_second: histogram.len() as f64 / elapsed,
+        errors,
+    })
+}

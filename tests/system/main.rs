@@ -1,6 +1,7 @@
 //! Cross-service tests: the whole system started in-process on ephemeral
 //! ports, called through the gateway as users call it. They run on SQLite, or
 //! on PostgreSQL when `CSP_TEST_POSTGRES_URL` is set.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
 mod catalog;
 mod contract;

@@ -55,17 +55,14 @@ pub fn public_methods(encoded_descriptor_set: &[u8]) -> anyhow::Result<Vec<Publi
             let options = method.options();
             let declares_access = options.has_extension(&access);
             let mut roles = RoleSet::EMPTY;
-            if declares_access {
-                if let Value::Message(message) = &*options.get_extension(&access) {
-                    if let Some(Value::List(values)) = message.get_field_by_name("roles").as_deref()
-                    {
-                        for value in values {
-                            if let Some(role) = value.as_enum_number().and_then(Role::from_proto) {
-                                roles.insert(role);
-                            }
-                        }
-                    }
-                }
+            if declares_access
+                && let Value::Message(message) = &*options.get_extension(&access)
+                && let Some(Value::List(values)) = message.get_field_by_name("roles").as_deref()
+            {
+                roles = values
+                    .iter()
+                    .filter_map(|value| value.as_enum_number().and_then(Role::from_proto))
+                    .collect();
             }
             methods.push(PublicMethod {
                 path: format!("/{}/{}", service.full_name(), method.name()),
