@@ -4,8 +4,11 @@
 //! latency, throughput and the gateway/direct ratios. Asserts nothing.
 //!
 //! `cargo bench -p csp-tests --bench gateway`
-//! Knobs: CSP_BENCH_SECONDS (per measurement, default 5),
+//! Knobs: CSP_BENCH_SECONDS (per path and concurrency, default 6),
 //! CSP_BENCH_CONCURRENCY (comma-separated, default 1,16).
+//!
+//! The two paths are measured in alternating half-second rounds, so a
+//! neighbour's load on a shared machine hits both alike.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,11 +32,14 @@ struct Figures {
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() -> anyhow::Result<()> {
-    let seconds: u64 = env_or("CSP_BENCH_SECONDS", 5);
+    let seconds: u64 = env_or("CSP_BENCH_SECONDS", 6);
     let concurrencies: Vec<usize> = std::env::var("CSP_BENCH_CONCURRENCY")
         .unwrap_or_else(|_| "1,16".to_owned())
         .split(',')
@@ -64,8 +70,14 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let partner = uuid::Uuid::new_v4();
-    let user_token =
-        csp_gateway::auth::mint_dev_token(&jwt_secret, partner, "bench", "Bench", &[Role::SalesAgent], Duration::from_secs(3600))?;
+    let user_token = csp_gateway::auth::mint_dev_token(
+        &jwt_secret,
+        partner,
+        "bench",
+        "Bench",
+        &[Role::SalesAgent],
+        Duration::from_secs(3600),
+    )?;
     let identity_key = IdentityKey::new(&internal_key);
     let user = UserCaller {
         partner_id: partner,
@@ -74,10 +86,14 @@ fn main() -> anyhow::Result<()> {
         roles: [Role::SalesAgent].into_iter().collect(),
     };
 
-    println!("gateway overhead benchmark: ListProducts(market US, page_size 100), {seconds}s per measurement");
+    println!(
+        "gateway overhead benchmark: ListProducts(market US, page_size 100), {seconds}s per path and concurrency in alternating 0.5s rounds"
+    );
     println!(
         "machine: {} logical CPUs; system and load generator in one process, 2 runtime threads each",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
     );
     println!();
     println!(
@@ -87,27 +103,24 @@ fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for &concurrency in &concurrencies {
         // Direct: the backend needs the identity the gateway would sign; it is
-        // signed once per measurement (valid 60 s), so signing costs nothing
+        // signed once per concurrency (valid 60 s), so signing costs nothing
         // on this path.
         let direct_auth: MetadataValue<Ascii> = identity_key
             .mint_for_user(&user, PATH)
             .map_err(|s| anyhow::anyhow!("{s}"))?
             .parse()?;
-        let direct = client_runtime.block_on(measure(
-            addresses.catalog,
-            IDENTITY_HEADER,
-            direct_auth,
-            concurrency,
-            seconds,
-        ))?;
         let gateway_auth: MetadataValue<Ascii> = format!("Bearer {user_token}").parse()?;
-        let through = client_runtime.block_on(measure(
-            addresses.gateway,
-            "authorization",
-            gateway_auth,
-            concurrency,
-            seconds,
-        ))?;
+        let (direct, through) = client_runtime.block_on(async {
+            let direct = Target::connect(addresses.catalog, IDENTITY_HEADER, direct_auth).await?;
+            let through = Target::connect(addresses.gateway, "authorization", gateway_auth).await?;
+            let mut direct_total = Totals::new()?;
+            let mut through_total = Totals::new()?;
+            for _ in 0..seconds * 2 {
+                direct_total.add(direct.run(concurrency, Duration::from_millis(500)).await?)?;
+                through_total.add(through.run(concurrency, Duration::from_millis(500)).await?)?;
+            }
+            Ok::<_, anyhow::Error>((direct_total.figures(), through_total.figures()))
+        })?;
         for (name, f) in [("direct", &direct), ("gateway", &through)] {
             println!(
                 "{:>11}  {:>8}  {:>10.0}  {:>10.0}  {:>12.0}  {:>6}",
@@ -132,62 +145,125 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure(
-    addr: std::net::SocketAddr,
+/// One endpoint to load, with the metadata its calls carry.
+struct Target {
+    client: CatalogServiceClient<Channel>,
     header: &'static str,
     value: MetadataValue<Ascii>,
-    concurrency: usize,
-    seconds: u64,
-) -> anyhow::Result<Figures> {
-    let channel: Channel = Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
-    let client = CatalogServiceClient::new(channel);
-    let value = Arc::new(value);
-    let call = move |mut client: CatalogServiceClient<Channel>, value: Arc<MetadataValue<Ascii>>| async move {
+}
+
+/// What one timed round measured.
+struct Round {
+    histogram: Histogram<u64>,
+    errors: u64,
+    elapsed: Duration,
+}
+
+/// Rounds added up.
+struct Totals {
+    histogram: Histogram<u64>,
+    errors: u64,
+    elapsed: Duration,
+}
+
+impl Totals {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            histogram: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            errors: 0,
+            elapsed: Duration::ZERO,
+        })
+    }
+
+    fn add(&mut self, round: Round) -> anyhow::Result<()> {
+        self.histogram.add(round.histogram)?;
+        self.errors += round.errors;
+        self.elapsed += round.elapsed;
+        Ok(())
+    }
+
+    fn figures(&self) -> Figures {
+        Figures {
+            p50_us: self.histogram.value_at_quantile(0.50) as f64,
+            p99_us: self.histogram.value_at_quantile(0.99) as f64,
+            per_second: self.histogram.len() as f64 / self.elapsed.as_secs_f64(),
+            errors: self.errors,
+        }
+    }
+}
+
+impl Target {
+    /// Connects one HTTP/2 channel (as a real client would) and warms it up.
+    async fn connect(
+        addr: std::net::SocketAddr,
+        header: &'static str,
+        value: MetadataValue<Ascii>,
+    ) -> anyhow::Result<Self> {
+        let channel: Channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        let target = Target {
+            client: CatalogServiceClient::new(channel),
+            header,
+            value,
+        };
+        for _ in 0..200 {
+            target.call().await?;
+        }
+        Ok(target)
+    }
+
+    fn call(
+        &self,
+    ) -> impl std::future::Future<Output = Result<(), tonic::Status>> + Send + 'static {
+        let mut client = self.client.clone();
         let mut request = tonic::Request::new(ListProductsRequest {
             market: "US".into(),
             page_size: 100,
             ..Default::default()
         });
-        request.metadata_mut().insert(header, (*value).clone());
-        client.list_products(request).await
-    };
-
-    // Warm up: connections, caches, the database's pages.
-    for _ in 0..200 {
-        call(client.clone(), value.clone()).await?;
+        request
+            .metadata_mut()
+            .insert(self.header, self.value.clone());
+        async move { client.list_products(request).await.map(|_| ()) }
     }
 
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let client = client.clone();
-        let value = value.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            let mut errors = 0u64;
-            while Instant::now() < deadline {
-                let start = Instant::now();
-                match call(client.clone(), value.clone()).await {
-                    Ok(_) => histogram.record(start.elapsed().as_micros().max(1) as u64)?,
-                    Err(_) => errors += 1,
+    /// `concurrency` callers, each calling in a loop for `duration`.
+    async fn run(&self, concurrency: usize, duration: Duration) -> anyhow::Result<Round> {
+        let started = Instant::now();
+        let deadline = started + duration;
+        let target = Arc::new(Target {
+            client: self.client.clone(),
+            header: self.header,
+            value: self.value.clone(),
+        });
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency {
+            let target = target.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+                let mut errors = 0u64;
+                while Instant::now() < deadline {
+                    let start = Instant::now();
+                    match target.call().await {
+                        Ok(()) => histogram.record(start.elapsed().as_micros().max(1) as u64)?,
+                        Err(_) => errors += 1,
+                    }
                 }
-            }
-            Ok::<_, anyhow::Error>((histogram, errors))
-        }));
+                Ok::<_, anyhow::Error>((histogram, errors))
+            }));
+        }
+        let mut round = Round {
+            histogram: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            errors: 0,
+            elapsed: Duration::ZERO,
+        };
+        for task in tasks {
+            let (histogram, errors) = task.await??;
+            round.histogram.add(histogram)?;
+            round.errors += errors;
+        }
+        round.elapsed = started.elapsed();
+        Ok(round)
     }
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut errors = 0;
-    for task in tasks {
-        let (h, e) = task.await??;
-        histogram.add(h)?;
-        errors += e;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    Ok(Figures {
-        p50_us: histogram.value_at_quantile(0.50) as f64,
-        p99_us: histogram.value_at_quantile(0.99) as f64,
-        per_second: histogram.len() as f64 / elapsed,
-        errors,
-    })
 }

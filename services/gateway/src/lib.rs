@@ -24,12 +24,13 @@ use csp_kit::roles::RoleSet;
 use csp_kit::server::{self, ReflectionScope};
 use csp_kit::shutdown::Shutdown;
 use http::HeaderValue;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::service::Routes;
-use tonic::transport::{Channel, Endpoint};
-use tower::ServiceExt as _;
 
 use crate::auth::{Hs256Verifier, TokenVerifier};
 
@@ -112,38 +113,35 @@ impl Backends {
 struct Route {
     method: PublicMethod,
     backend: &'static str,
-    channel: Channel,
+    /// The backend's scheme and authority, `http://127.0.0.1:50061`.
+    origin: http::uri::Uri,
 }
+
+/// An HTTP/2 client that keeps one long-lived connection per backend and
+/// forwards requests without decoding them.
+type HttpClient = Client<HttpConnector, axum::body::Body>;
 
 /// The routing table and the keys.
 struct Gateway {
     routes: HashMap<String, Route>,
+    client: HttpClient,
     verifier: Box<dyn TokenVerifier>,
     identity: IdentityKey,
 }
 
 /// Builds the routing table: every public RPC of the descriptor set, with its
-/// roles, to its backend's channel. Channels connect lazily and stay open.
+/// roles and its backend.
 fn build_routes(backends: &Backends) -> anyhow::Result<HashMap<String, Route>> {
-    let mut channels: HashMap<&'static str, Channel> = HashMap::new();
     let mut routes = HashMap::new();
     for method in access::public_methods(csp_proto::FILE_DESCRIPTOR_SET)? {
         let (backend, url) = backends
             .for_package(&method.package)
             .with_context(|| format!("no backend is configured for package {}", method.package))?;
-        let channel = match channels.get(backend) {
-            Some(channel) => channel.clone(),
-            None => {
-                let channel = Endpoint::from_shared(url.to_owned())
-                    .with_context(|| format!("the {backend} URL {url:?} is not valid"))?
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(std::time::Duration::from_secs(30))
-                    .keep_alive_while_idle(true)
-                    .connect_lazy();
-                channels.insert(backend, channel.clone());
-                channel
-            }
-        };
+        let origin: http::uri::Uri = url
+            .parse()
+            .ok()
+            .filter(|u: &http::uri::Uri| u.scheme_str() == Some("http") && u.authority().is_some())
+            .with_context(|| format!("the {backend} URL {url:?} is not an http://HOST:PORT URL"))?;
         if !method.declares_access {
             tracing::warn!(method = %method.path, "public RPC declares no roles; everyone is denied");
         }
@@ -152,17 +150,33 @@ fn build_routes(backends: &Backends) -> anyhow::Result<HashMap<String, Route>> {
             Route {
                 method,
                 backend,
-                channel,
+                origin,
             },
         );
     }
     Ok(routes)
 }
 
+/// The client the gateway forwards with: HTTP/2 only (prior knowledge), no
+/// Nagle delay, keep-alive pings so idle connections stay usable.
+fn http_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .http2_only(true)
+        .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+        .http2_keep_alive_while_idle(true)
+        .build(connector)
+}
+
 /// Serves the gateway on `listener` until `shutdown` fires.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
     let gateway = Arc::new(Gateway {
         routes: build_routes(&config.backends)?,
+        client: http_client(),
         verifier: Box::new(Hs256Verifier::new(&config.jwt_secret)),
         identity: IdentityKey::new(&config.internal_key),
     });
@@ -184,8 +198,8 @@ impl Gateway {
     async fn forward(&self, request: http::Request<axum::body::Body>) -> http::Response<Body> {
         let request_id = request_id(request.headers().get(REQUEST_ID_HEADER));
         let mut response = match self.admit(request, &request_id) {
-            Ok((route, request)) => match route.channel.clone().oneshot(request).await {
-                Ok(response) => response,
+            Ok((route, request)) => match self.client.request(request).await {
+                Ok(response) => response.map(Body::new),
                 Err(error) => {
                     tracing::warn!(backend = route.backend, request_id = ?request_id, %error, "backend unavailable");
                     Status::unavailable(format!(
@@ -206,7 +220,7 @@ impl Gateway {
         &self,
         request: http::Request<axum::body::Body>,
         request_id: &HeaderValue,
-    ) -> Result<(&Route, http::Request<Body>), Status> {
+    ) -> Result<(&Route, http::Request<axum::body::Body>), Status> {
         let path = request.uri().path();
         let user = auth::bearer(request.headers().get(http::header::AUTHORIZATION))
             .and_then(|token| self.verifier.verify(token))
@@ -234,10 +248,14 @@ impl Gateway {
             .map_err(|_| Status::internal("the signed identity is not valid metadata"))?;
 
         let (mut parts, body) = request.into_parts();
+        let mut uri = route.origin.clone().into_parts();
+        uri.path_and_query = parts.uri.path_and_query().cloned();
+        parts.uri = http::Uri::from_parts(uri)
+            .map_err(|_| Status::internal("cannot build the backend URI"))?;
         parts.headers.remove(http::header::AUTHORIZATION);
         parts.headers.insert(IDENTITY_HEADER, identity);
         parts.headers.insert(REQUEST_ID_HEADER, request_id.clone());
-        Ok((route, http::Request::from_parts(parts, Body::new(body))))
+        Ok((route, http::Request::from_parts(parts, body)))
     }
 }
 
