@@ -338,3 +338,134 @@ async fn an_unreachable_backend_is_unavailable_not_a_hang() {
     gateway.await.unwrap().unwrap();
     system.stop().await;
 }
+
+/// A stand-in catalog that reports what arrived with each call, so the test
+/// can see what the gateway forwards.
+struct Recorder;
+
+#[tonic::async_trait]
+impl csp_proto::catalog::v1::catalog_service_server::CatalogService for Recorder {
+    async fn list_markets(
+        &self,
+        request: tonic::Request<ListMarketsRequest>,
+    ) -> Result<tonic::Response<csp_proto::catalog::v1::ListMarketsResponse>, tonic::Status> {
+        let caller = csp_kit::Caller::user_of(&request)?.clone();
+        let seen = |name: &str| {
+            request
+                .metadata()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let mut response = tonic::Response::new(csp_proto::catalog::v1::ListMarketsResponse {
+            markets: vec![csp_proto::catalog::v1::Market {
+                code: caller.partner_id.to_string(),
+                display_name: caller.roles.names().join(","),
+                currency_code: seen("grpc-timeout"),
+                ..Default::default()
+            }],
+        });
+        let metadata = response.metadata_mut();
+        metadata.insert("seen-authorization", seen("authorization").parse().unwrap());
+        metadata.insert("seen-request-id", seen("x-request-id").parse().unwrap());
+        Ok(response)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_receives_the_verified_caller_deadline_and_request_id_but_not_the_token() {
+    csp_kit::telemetry::init_for_tests();
+    // The recording catalog, behind the same identity check as real backends.
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
+    let key = csp_tests::internal_key();
+    let backend_task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            csp_kit::server::run_backend("recorder", backend, &key, shutdown, |routes| {
+                routes.add_service(
+                    csp_proto::catalog::v1::catalog_service_server::CatalogServiceServer::new(
+                        Recorder,
+                    ),
+                )
+            })
+            .await
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway_addr = listener.local_addr().unwrap();
+    let url = format!("http://{backend_addr}");
+    let config = csp_gateway::Config {
+        listen: Some(gateway_addr),
+        jwt_secret: csp_tests::jwt_secret(),
+        internal_key: csp_tests::internal_key(),
+        backends: csp_gateway::Backends {
+            catalog: url.clone(),
+            ordering: url.clone(),
+            licensing: url.clone(),
+            audit: url.clone(),
+            support: url,
+        },
+    };
+    let gateway_task = tokio::spawn(csp_gateway::run(config, listener, shutdown));
+
+    let partner = uuid::Uuid::new_v4();
+    let token = mint(
+        partner,
+        &[Role::HelpdeskAgent, Role::AccountAdmin],
+        Duration::from_secs(60),
+    );
+    let mut client =
+        CatalogServiceClient::with_interceptor(connect(gateway_addr).await, Bearer::new(&token));
+    let mut request = tonic::Request::new(ListMarketsRequest {});
+    request.set_timeout(Duration::from_secs(7));
+    request
+        .metadata_mut()
+        .insert("x-request-id", "seen-through-1".parse().unwrap());
+    let response = client.list_markets(request).await.unwrap();
+    let metadata = response.metadata().clone();
+    let market = response.into_inner().markets.remove(0);
+    assert_eq!(
+        market.code,
+        partner.to_string(),
+        "the partner comes from the token"
+    );
+    assert_eq!(market.display_name, "helpdesk_agent,account_admin");
+    let timeout = grpc_timeout(&market.currency_code).unwrap_or_else(|| {
+        panic!(
+            "no deadline reached the backend: grpc-timeout {:?}",
+            market.currency_code
+        )
+    });
+    assert!(
+        timeout > Duration::from_secs(6) && timeout <= Duration::from_secs(7),
+        "{timeout:?}"
+    );
+    assert_eq!(
+        metadata.get("seen-authorization").unwrap(),
+        "",
+        "the user's token was forwarded"
+    );
+    assert_eq!(metadata.get("seen-request-id").unwrap(), "seen-through-1");
+
+    trigger.fire();
+    gateway_task.await.unwrap().unwrap();
+    backend_task.await.unwrap().unwrap();
+}
+
+/// Parses a `grpc-timeout` value ("7S", "6999870u", ...).
+fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
