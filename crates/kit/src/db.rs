@@ -181,16 +181,7 @@ pub fn unique_violation(error: &sqlx::Error) -> Option<String> {
 /// Creates the PostgreSQL database `name` on the server of `server_url` when
 /// it does not exist, and returns the URL of that database.
 pub async fn ensure_postgres_database(server_url: &str, name: &str) -> anyhow::Result<String> {
-    anyhow::ensure!(
-        name.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
-        "database name {name:?} must be lower-case letters, digits and underscores"
-    );
-    let options =
-        PgConnectOptions::from_str(server_url).context("the PostgreSQL URL is not valid")?;
-    let mut conn = sqlx::PgConnection::connect_with(&options)
-        .await
-        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(server_url)))?;
+    let mut conn = admin_connection(server_url, name).await?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(name)
@@ -219,16 +210,7 @@ pub async fn ensure_postgres_database(server_url: &str, name: &str) -> anyhow::R
 /// Drops the PostgreSQL database `name` on the server of `server_url`, if it
 /// exists, closing its connections (tests clean up with it).
 pub async fn drop_postgres_database(server_url: &str, name: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        name.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
-        "database name {name:?} must be lower-case letters, digits and underscores"
-    );
-    let options =
-        PgConnectOptions::from_str(server_url).context("the PostgreSQL URL is not valid")?;
-    let mut conn = sqlx::PgConnection::connect_with(&options)
-        .await
-        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(server_url)))?;
+    let mut conn = admin_connection(server_url, name).await?;
     let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
     sqlx::query(sqlx::AssertSqlSafe(drop))
         .execute(&mut conn)
@@ -236,6 +218,23 @@ pub async fn drop_postgres_database(server_url: &str, name: &str) -> anyhow::Res
         .with_context(|| format!("cannot drop database {name}"))?;
     conn.close().await.ok();
     Ok(())
+}
+
+/// A connection to the server of `server_url` for creating or dropping the
+/// database `name`, after checking the name is safe to splice into SQL.
+async fn admin_connection(server_url: &str, name: &str) -> anyhow::Result<sqlx::PgConnection> {
+    anyhow::ensure!(
+        !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+        "database name {name:?} must be lower-case letters, digits and underscores"
+    );
+    let options =
+        PgConnectOptions::from_str(server_url).context("the PostgreSQL URL is not valid")?;
+    sqlx::PgConnection::connect_with(&options)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(server_url)))
 }
 
 /// `server_url` with its database path replaced by `name`.
