@@ -7,3 +7,4 @@ mod catalog;
 mod contract;
 mod gateway;
 mod grpcurl_cli;
+mod hybrid;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
 use crate::domain::{self, Market, Product, ProductKind, Sku, Term};
+use crate::hybrid;
 use crate::storage::CatalogStore;
 
 /// The public catalog API.
@@ -177,6 +178,100 @@ impl CatalogService for CatalogApi {
         Ok(Response::new(pb::GetSkuPriceResponse {
             price: Some(price),
         }))
+    }
+
+    async fn estimate_hybrid_benefit(
+        &self,
+        request: Request<pb::EstimateHybridBenefitRequest>,
+    ) -> Result<Response<pb::EstimateHybridBenefitResponse>, Status> {
+        Ok(Response::new(
+            self.estimate_hybrid_benefit_inner(request.into_inner())
+                .await?,
+        ))
+    }
+}
+
+impl CatalogApi {
+    async fn estimate_hybrid_benefit_inner(
+        &self,
+        request: pb::EstimateHybridBenefitRequest,
+    ) -> ApiResult<pb::EstimateHybridBenefitResponse> {
+        let market = self.market("market", &request.market).await?;
+        let situation = hybrid::Situation {
+            edition: match pb::WindowsServerEdition::try_from(request.edition) {
+                Ok(pb::WindowsServerEdition::Standard) => Some(hybrid::Edition::Standard),
+                Ok(pb::WindowsServerEdition::Datacenter) => Some(hybrid::Edition::Datacenter),
+                _ => None,
+            },
+            core_licenses: request.core_licenses,
+            software_assurance: request.software_assurance,
+            on_premises_in_use: request.on_premises_in_use,
+            migration_overlap_days: request.migration_overlap_days,
+            vms: request
+                .vms
+                .iter()
+                .enumerate()
+                .map(|(i, vm)| hybrid::PlannedVm {
+                    name: if vm.name.trim().is_empty() {
+                        format!("VM {}", i + 1)
+                    } else {
+                        vm.name.clone()
+                    },
+                    virtual_cores: vm.virtual_cores,
+                    hours_per_month: vm.hours_per_month,
+                })
+                .collect(),
+        };
+        let rates = self
+            .store
+            .compute_rates(&market.code)
+            .await?
+            .ok_or_else(|| {
+                ApiError::failed_precondition(
+                    "NO_COMPUTE_RATES",
+                    format!("market/{}", market.code),
+                    format!(
+                        "the catalog has no compute rates for market {}",
+                        market.code
+                    ),
+                )
+            })?;
+        let estimate = hybrid::estimate(&situation, rates)?;
+        let money = |minor_units| Money {
+            currency_code: market.currency_code.clone(),
+            minor_units,
+            minor_unit_digits: market.minor_unit_digits,
+        };
+        Ok(pb::EstimateHybridBenefitResponse {
+            vms: estimate
+                .vms
+                .iter()
+                .map(|vm| pb::VmEstimate {
+                    name: vm.name.clone(),
+                    core_licenses_needed: vm.core_licenses_needed,
+                    covered: vm.covered,
+                    windows_rate_cost: Some(money(vm.windows_minor)),
+                    base_rate_cost: Some(money(vm.base_minor)),
+                })
+                .collect(),
+            core_licenses_missing: u32::try_from(estimate.core_licenses_missing)
+                .unwrap_or(u32::MAX),
+            monthly_saving: Some(money(estimate.saving_minor)),
+            saving_basis_points: estimate.saving_basis_points,
+            licenses_reused: estimate.licenses_reused(),
+            tax_included: market.tax_included,
+            summary: hybrid::summary(&estimate, &market.currency_code, market.minor_unit_digits),
+            covered_windows_rate_cost: Some(money(estimate.covered_windows_minor)),
+            covered_base_rate_cost: Some(money(estimate.covered_base_minor)),
+            core_licenses_needed: u32::try_from(estimate.core_licenses_needed).unwrap_or(u32::MAX),
+            rates: Some(pb::ComputeRates {
+                market: market.code.clone(),
+                currency_code: market.currency_code.clone(),
+                windows_rate_micro_minor: rates.windows_micro_minor,
+                base_rate_micro_minor: rates.base_micro_minor,
+                tax_included: market.tax_included,
+            }),
+        })
     }
 }
 

@@ -4,10 +4,12 @@
 //! - [`domain`]: market and availability rules, no I/O.
 //! - [`storage`]: SQL on SQLite or PostgreSQL, and the migrations.
 //! - [`handlers`]: the gRPC API.
+//! - [`hybrid`]: Azure Hybrid Benefit estimates, no I/O.
 //! - [`seed`]: the demo catalog.
 
 pub mod domain;
 pub mod handlers;
+pub mod hybrid;
 pub mod seed;
 pub mod storage;
 

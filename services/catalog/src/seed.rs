@@ -92,6 +92,13 @@ pub const SKUS: &[(&str, &str, i64)] = &[
     ("windows-server-standard", "P3Y", 110_000),
 ];
 
+/// Compute rates per vCPU-hour in the US, in millionths of a US cent: the
+/// Windows rate and the base (Linux) rate. Their ratio puts the demo's Azure
+/// Hybrid Benefit saving near the documented "up to 40%" (39.6%).
+pub const WINDOWS_RATE_USD_MICRO_CENTS: i64 = 9_600_000;
+/// See [`WINDOWS_RATE_USD_MICRO_CENTS`].
+pub const BASE_RATE_USD_MICRO_CENTS: i64 = 5_800_000;
+
 const VERSIONS: &[&str] = &["2019", "2022"];
 const LANGUAGES: &[&str] = &["en-US", "zh-CN", "de-DE", "ja-JP"];
 const FILE_TYPES: &[(&str, &str)] = &[("iso-x64", "ISO 64-bit"), ("vhdx-x64", "VHDX 64-bit")];
@@ -185,6 +192,17 @@ pub async fn seed_demo_catalog(db: &Db) -> anyhow::Result<()> {
                     .execute(&mut *tx)
                     .await?;
             }
+        }
+        for &(market, .., rate) in MARKETS {
+            sqlx::query(
+                "INSERT INTO compute_rates (market, windows_rate_micro_minor, base_rate_micro_minor) \
+                 VALUES ($1, $2, $3) ON CONFLICT (market) DO NOTHING",
+            )
+            .bind(market)
+            .bind(local_price(WINDOWS_RATE_USD_MICRO_CENTS, rate))
+            .bind(local_price(BASE_RATE_USD_MICRO_CENTS, rate))
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await
     })?;

@@ -5,6 +5,7 @@ use csp_kit::db::{Db, MigrationSource, Migrations};
 use csp_kit::{ApiError, ApiResult, on_db};
 
 use crate::domain::{DownloadOptions, FileType, Market, Product, ProductKind, Sku, Term};
+use crate::hybrid::Rates;
 
 /// The catalog's migrations (the same SQL on both backends).
 pub const MIGRATIONS: Migrations = Migrations {
@@ -12,11 +13,18 @@ pub const MIGRATIONS: Migrations = Migrations {
     postgres: SOURCES,
 };
 
-const SOURCES: &[MigrationSource] = &[MigrationSource {
-    version: 1,
-    description: "catalog",
-    sql: include_str!("../migrations/0001_catalog.sql"),
-}];
+const SOURCES: &[MigrationSource] = &[
+    MigrationSource {
+        version: 1,
+        description: "catalog",
+        sql: include_str!("../migrations/0001_catalog.sql"),
+    },
+    MigrationSource {
+        version: 2,
+        description: "compute rates",
+        sql: include_str!("../migrations/0002_compute_rates.sql"),
+    },
+];
 
 /// Reads the catalog.
 #[derive(Clone, Debug)]
@@ -97,6 +105,17 @@ impl CatalogStore {
         const SQL: &str = "SELECT product_id FROM skus WHERE id = $1";
         let id: Option<String> = on_db!(&self.db, pool => sqlx::query_scalar(SQL).bind(sku_id).fetch_optional(pool).await)?;
         Ok(id)
+    }
+
+    /// The compute rates of a market, for Azure Hybrid Benefit estimates.
+    pub async fn compute_rates(&self, market: &str) -> ApiResult<Option<Rates>> {
+        const SQL: &str = "SELECT windows_rate_micro_minor, base_rate_micro_minor FROM compute_rates WHERE market = $1";
+        let row: Option<(i64, i64)> =
+            on_db!(&self.db, pool => sqlx::query_as(SQL).bind(market).fetch_optional(pool).await)?;
+        Ok(row.map(|(windows_micro_minor, base_micro_minor)| Rates {
+            windows_micro_minor,
+            base_micro_minor,
+        }))
     }
 
     /// Adds SKUs and download options to product rows. The rows are one
