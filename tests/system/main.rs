@@ -8,3 +8,4 @@ mod contract;
 mod gateway;
 mod grpcurl_cli;
 mod hybrid;
+mod outbox;

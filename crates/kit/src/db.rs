@@ -44,6 +44,39 @@ macro_rules! on_db {
     };
 }
 
+/// A transaction on whichever backend a [`Db`] holds; use it with
+/// [`on_tx!`](crate::on_tx). Dropped without [`DbTx::commit`], it rolls back.
+#[derive(Debug)]
+pub enum DbTx {
+    /// On SQLite.
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    /// On PostgreSQL.
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+/// Runs the same code on whichever transaction a [`DbTx`] holds; the
+/// executor is `&mut **tx`.
+///
+/// ```text
+/// on_tx!(&mut tx, t => sqlx::query(SQL).bind(x).execute(&mut **t).await)?;
+/// ```
+#[macro_export]
+macro_rules! on_tx {
+    ($tx:expr, $t:ident => $body:expr) => {
+        match $tx {
+            $crate::db::DbTx::Sqlite($t) => $body,
+            $crate::db::DbTx::Postgres($t) => $body,
+        }
+    };
+}
+
+impl DbTx {
+    /// Commits.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        on_tx!(self, t => t.commit().await)
+    }
+}
+
 /// One migration, embedded with `include_str!`.
 #[derive(Clone, Copy, Debug)]
 pub struct MigrationSource {
@@ -112,6 +145,16 @@ impl Db {
             .await
             .with_context(|| format!("cannot open the SQLite database {}", path.display()))?;
         Ok(Db::Sqlite(pool))
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write
+    /// lock at once (`BEGIN IMMEDIATE`), so concurrent writers queue on the
+    /// busy timeout instead of failing when they upgrade a read.
+    pub async fn begin(&self) -> Result<DbTx, sqlx::Error> {
+        Ok(match self {
+            Db::Sqlite(pool) => DbTx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Postgres(pool) => DbTx::Postgres(pool.begin().await?),
+        })
     }
 
     /// Which backend this is, for logs.

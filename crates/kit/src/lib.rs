@@ -15,12 +15,16 @@
 //! - [`server`]: a gRPC server with health, reflection, identity checks and
 //!   graceful shutdown.
 //! - [`paging`]: opaque page tokens.
+//! - [`clock`]: time in microseconds, from a clock tests can set.
+//! - [`outbox`]: the transactional outbox and its relay.
 
 pub mod access;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod identity;
+pub mod outbox;
 pub mod paging;
 pub mod roles;
 pub mod server;

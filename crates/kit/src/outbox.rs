@@ -1,0 +1,532 @@
+//! The transactional outbox and its relay.
+//!
+//! A service writes a message for each destination in the same transaction
+//! as the change it announces ([`enqueue`]), so a committed change always has
+//! its messages and a rolled-back one never does. The [`Relay`] delivers them
+//! at least once, oldest first, and never delivers a message of a stream
+//! (for example one order and its subscriptions) before the earlier messages
+//! of that stream: only the oldest pending message of each stream is
+//! eligible. Failures are retried with exponential backoff; the messages
+//! wait in the table across restarts. A message the destination rejects as
+//! permanently invalid moves to `outbox_dead_letters` with the reason, is
+//! logged, holds back only its own stream, and can be replayed.
+//!
+//! With several replicas on PostgreSQL, a relay pass for a destination runs
+//! under a session advisory lock, so no two replicas deliver the same
+//! destination at once and none skips a message.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::Notify;
+
+use crate::clock::{Clock, Micros};
+use crate::db::{Db, DbTx, MigrationSource};
+use crate::shutdown::Shutdown;
+use crate::{on_db, on_tx};
+
+/// The outbox tables on SQLite; add to a service's migrations under its own
+/// version number.
+pub const SQLITE_MIGRATION: &str = include_str!("../migrations/outbox_sqlite.sql");
+/// The outbox tables on PostgreSQL.
+pub const POSTGRES_MIGRATION: &str = include_str!("../migrations/outbox_postgres.sql");
+
+/// The outbox migration for SQLite as version `version`.
+pub const fn sqlite_migration(version: i64) -> MigrationSource {
+    MigrationSource {
+        version,
+        description: "outbox",
+        sql: SQLITE_MIGRATION,
+    }
+}
+
+/// The outbox migration for PostgreSQL as version `version`.
+pub const fn postgres_migration(version: i64) -> MigrationSource {
+    MigrationSource {
+        version,
+        description: "outbox",
+        sql: POSTGRES_MIGRATION,
+    }
+}
+
+/// A message to deliver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Where it goes, for example `licensing`.
+    pub destination: &'static str,
+    /// Unique per destination; receivers deduplicate by it.
+    pub event_id: String,
+    /// Messages of one stream are delivered in the order they were written.
+    pub stream: String,
+    /// The encoded payload.
+    pub payload: Vec<u8>,
+}
+
+/// Writes `message` in `tx`; it is relayed once `tx` commits.
+pub async fn enqueue(tx: &mut DbTx, message: &Message, now: Micros) -> Result<(), sqlx::Error> {
+    const SQL: &str = "INSERT INTO outbox (destination, event_id, stream, payload, created_at_us, next_attempt_at_us) \
+                       VALUES ($1, $2, $3, $4, $5, $5)";
+    on_tx!(tx, t => sqlx::query(SQL)
+        .bind(message.destination)
+        .bind(&message.event_id)
+        .bind(&message.stream)
+        .bind(&message.payload)
+        .bind(now)
+        .execute(&mut **t)
+        .await
+        .map(|_| ()))
+}
+
+/// A message handed to a destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// Its place in the outbox.
+    pub seq: i64,
+    /// Its event id.
+    pub event_id: String,
+    /// Its stream.
+    pub stream: String,
+    /// Its payload.
+    pub payload: Vec<u8>,
+    /// Earlier failed attempts.
+    pub attempts: i32,
+}
+
+/// What a destination did with a batch.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The batch was taken, except the events named, which the destination
+    /// rejected as permanently invalid (event id, reason).
+    Accepted {
+        /// Rejected events.
+        rejected: Vec<(String, String)>,
+    },
+    /// The batch was not taken.
+    Failed {
+        /// Why.
+        error: String,
+        /// Whether retrying the same batch can never succeed (a bad event in
+        /// it); the relay then delivers its events one by one.
+        permanent: bool,
+    },
+}
+
+/// A place messages go.
+#[tonic::async_trait]
+pub trait Destination: Send + Sync + 'static {
+    /// The name messages are addressed to.
+    fn name(&self) -> &'static str;
+    /// Delivers a batch, oldest first.
+    async fn deliver(&self, batch: &[Envelope]) -> Outcome;
+}
+
+/// Whether a gRPC failure is worth retrying, as [`Outcome::Failed`] needs.
+pub fn failed(status: &tonic::Status) -> Outcome {
+    use tonic::Code;
+    let permanent = matches!(
+        status.code(),
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange
+    );
+    Outcome::Failed {
+        error: format!("{:?}: {}", status.code(), status.message()),
+        permanent,
+    }
+}
+
+/// How a relay paces itself.
+#[derive(Clone, Copy, Debug)]
+pub struct RelaySettings {
+    /// Look for due messages at least this often.
+    pub poll_interval: Duration,
+    /// At most this many messages per delivery.
+    pub batch_size: u32,
+    /// The first retry waits this long; each further one twice as long.
+    pub backoff_base: Duration,
+    /// No retry waits longer.
+    pub backoff_max: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_millis(500),
+            batch_size: 100,
+            backoff_base: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Delivers a service's outbox to its destinations.
+pub struct Relay {
+    db: Db,
+    destinations: Vec<Arc<dyn Destination>>,
+    clock: Arc<dyn Clock>,
+    wake: Arc<Notify>,
+    settings: RelaySettings,
+}
+
+impl Relay {
+    /// A relay over `db`'s outbox.
+    pub fn new(
+        db: Db,
+        destinations: Vec<Arc<dyn Destination>>,
+        clock: Arc<dyn Clock>,
+        settings: RelaySettings,
+    ) -> Self {
+        Self {
+            db,
+            destinations,
+            clock,
+            wake: Arc::new(Notify::new()),
+            settings,
+        }
+    }
+
+    /// Call `notify_one` on this after committing messages to deliver them
+    /// without waiting for the next poll.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Relays until `shutdown` fires.
+    pub async fn run(self, shutdown: Shutdown) {
+        loop {
+            for destination in &self.destinations {
+                if shutdown.is_fired() {
+                    return;
+                }
+                if let Err(error) = self.pass(destination.as_ref(), &shutdown).await {
+                    tracing::warn!(
+                        destination = destination.name(),
+                        error = format!("{error:#}"),
+                        "outbox relay pass failed"
+                    );
+                }
+            }
+            tokio::select! {
+                _ = shutdown.clone().wait() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+        }
+    }
+
+    /// Delivers what is due for one destination, holding the destination's
+    /// advisory lock on PostgreSQL.
+    pub async fn pass(
+        &self,
+        destination: &dyn Destination,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<()> {
+        match &self.db {
+            Db::Sqlite(_) => self.deliver_due(destination, shutdown).await,
+            Db::Postgres(pool) => {
+                let mut lock = pool.acquire().await?;
+                let key = lock_key(destination.name());
+                let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                    .bind(key)
+                    .fetch_one(&mut *lock)
+                    .await?;
+                if !locked {
+                    return Ok(()); // another replica relays this destination now
+                }
+                let result = self.deliver_due(destination, shutdown).await;
+                let unlocked = sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1)")
+                    .bind(key)
+                    .fetch_one(&mut *lock)
+                    .await;
+                if unlocked.is_err() {
+                    // The lock dies with the connection; make sure it does.
+                    lock.detach();
+                }
+                result
+            }
+        }
+    }
+
+    async fn deliver_due(
+        &self,
+        destination: &dyn Destination,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<()> {
+        loop {
+            if shutdown.is_fired() {
+                return Ok(());
+            }
+            let batch = due(
+                &self.db,
+                destination.name(),
+                self.clock.now(),
+                self.settings.batch_size,
+            )
+            .await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            match destination.deliver(&batch).await {
+                Outcome::Accepted { rejected } => {
+                    for envelope in &batch {
+                        match rejected.iter().find(|(id, _)| *id == envelope.event_id) {
+                            Some((_, reason)) => {
+                                self.bury(destination.name(), envelope, reason).await?
+                            }
+                            None => delete(&self.db, envelope.seq).await?,
+                        }
+                    }
+                }
+                Outcome::Failed {
+                    error,
+                    permanent: true,
+                } if batch.len() == 1 => {
+                    self.bury(destination.name(), &batch[0], &error).await?;
+                }
+                Outcome::Failed {
+                    permanent: true, ..
+                } => {
+                    // Find the bad one: deliver the batch one by one.
+                    for envelope in &batch {
+                        match destination.deliver(std::slice::from_ref(envelope)).await {
+                            Outcome::Accepted { rejected } if rejected.is_empty() => {
+                                delete(&self.db, envelope.seq).await?
+                            }
+                            Outcome::Accepted { rejected } => {
+                                let reason =
+                                    rejected.into_iter().next().map(|r| r.1).unwrap_or_default();
+                                self.bury(destination.name(), envelope, &reason).await?
+                            }
+                            Outcome::Failed {
+                                error,
+                                permanent: true,
+                            } => self.bury(destination.name(), envelope, &error).await?,
+                            Outcome::Failed {
+                                error,
+                                permanent: false,
+                            } => {
+                                self.retry_later(
+                                    destination.name(),
+                                    std::slice::from_ref(envelope),
+                                    &error,
+                                )
+                                .await?;
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+                Outcome::Failed {
+                    error,
+                    permanent: false,
+                } => {
+                    self.retry_later(destination.name(), &batch, &error).await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn retry_later(
+        &self,
+        destination: &str,
+        batch: &[Envelope],
+        error: &str,
+    ) -> anyhow::Result<()> {
+        let attempts = batch.iter().map(|e| e.attempts).max().unwrap_or(0) + 1;
+        let delay = backoff(self.settings, attempts);
+        tracing::warn!(
+            destination,
+            messages = batch.len(),
+            attempts,
+            retry_in_ms = delay.as_millis() as u64,
+            error,
+            "outbox delivery failed; will retry"
+        );
+        let next = self.clock.now() + delay.as_micros() as Micros;
+        for envelope in batch {
+            const SQL: &str = "UPDATE outbox SET attempts = attempts + 1, next_attempt_at_us = $2, last_error = $3 WHERE seq = $1";
+            on_db!(&self.db, pool => sqlx::query(SQL)
+                .bind(envelope.seq)
+                .bind(next)
+                .bind(error)
+                .execute(pool)
+                .await
+                .map(|_| ()))?;
+        }
+        Ok(())
+    }
+
+    async fn bury(
+        &self,
+        destination: &str,
+        envelope: &Envelope,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        tracing::error!(
+            destination,
+            event_id = %envelope.event_id,
+            stream = %envelope.stream,
+            reason,
+            "outbox message rejected as permanently invalid; moved to outbox_dead_letters (its stream waits until it is replayed)"
+        );
+        const MOVE: &str = "INSERT INTO outbox_dead_letters \
+                            (seq, destination, event_id, stream, payload, created_at_us, attempts, reason, dead_at_us) \
+                            SELECT seq, destination, event_id, stream, payload, created_at_us, attempts + 1, $2, $3 \
+                            FROM outbox WHERE seq = $1";
+        const DELETE: &str = "DELETE FROM outbox WHERE seq = $1";
+        let now = self.clock.now();
+        let mut tx = self.db.begin().await?;
+        on_tx!(&mut tx, t => {
+            sqlx::query(MOVE).bind(envelope.seq).bind(reason).bind(now).execute(&mut **t).await?;
+            sqlx::query(DELETE).bind(envelope.seq).execute(&mut **t).await.map(|_| ())
+        })?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// The oldest pending message of each stream that is due and not held back
+/// by a dead letter of its stream, oldest first.
+async fn due(db: &Db, destination: &str, now: Micros, limit: u32) -> anyhow::Result<Vec<Envelope>> {
+    const SQL: &str = "SELECT o.seq, o.event_id, o.stream, o.payload, o.attempts FROM outbox o \
+                       WHERE o.destination = $1 AND o.next_attempt_at_us <= $2 \
+                       AND NOT EXISTS (SELECT 1 FROM outbox p \
+                           WHERE p.destination = o.destination AND p.stream = o.stream AND p.seq < o.seq) \
+                       AND NOT EXISTS (SELECT 1 FROM outbox_dead_letters d \
+                           WHERE d.destination = o.destination AND d.stream = o.stream) \
+                       ORDER BY o.seq LIMIT $3";
+    let rows: Vec<(i64, String, String, Vec<u8>, i32)> = on_db!(db, pool => sqlx::query_as(SQL)
+        .bind(destination)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await)
+    .context("cannot read the outbox")?;
+    Ok(rows
+        .into_iter()
+        .map(|(seq, event_id, stream, payload, attempts)| Envelope {
+            seq,
+            event_id,
+            stream,
+            payload,
+            attempts,
+        })
+        .collect())
+}
+
+async fn delete(db: &Db, seq: i64) -> anyhow::Result<()> {
+    on_db!(db, pool => sqlx::query("DELETE FROM outbox WHERE seq = $1").bind(seq).execute(pool).await.map(|_| ()))?;
+    Ok(())
+}
+
+/// The wait before attempt `attempts + 1`: doubling from the base, capped,
+/// with up to 20% random jitter so replicas do not retry in step.
+fn backoff(settings: RelaySettings, attempts: i32) -> Duration {
+    let exponent = attempts.clamp(1, 30) as u32 - 1;
+    let delay = settings
+        .backoff_base
+        .saturating_mul(2u32.saturating_pow(exponent))
+        .min(settings.backoff_max);
+    let jitter = (uuid::Uuid::new_v4().as_u128() % 1000) as u32; // 0..1000 permille
+    delay + delay * jitter / 5000
+}
+
+/// A stable advisory-lock key per destination (FNV-1a).
+fn lock_key(destination: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in b"csp-outbox:".iter().chain(destination.as_bytes()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as i64
+}
+
+/// A message a destination rejected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Its original place in the outbox.
+    pub seq: i64,
+    /// Where it was going.
+    pub destination: String,
+    /// Its event id.
+    pub event_id: String,
+    /// Its stream.
+    pub stream: String,
+    /// Why it was rejected.
+    pub reason: String,
+    /// Delivery attempts made.
+    pub attempts: i32,
+}
+
+/// Every dead letter, oldest first.
+pub async fn dead_letters(db: &Db) -> anyhow::Result<Vec<DeadLetter>> {
+    const SQL: &str = "SELECT seq, destination, event_id, stream, reason, attempts FROM outbox_dead_letters ORDER BY seq";
+    let rows: Vec<(i64, String, String, String, String, i32)> =
+        on_db!(db, pool => sqlx::query_as(SQL).fetch_all(pool).await)?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(seq, destination, event_id, stream, reason, attempts)| DeadLetter {
+                seq,
+                destination,
+                event_id,
+                stream,
+                reason,
+                attempts,
+            },
+        )
+        .collect())
+}
+
+/// Puts a dead letter back in the outbox at its original place, due now.
+/// Returns whether there was one with that event id.
+pub async fn replay(db: &Db, event_id: &str, now: Micros) -> anyhow::Result<bool> {
+    const MOVE: &str = "INSERT INTO outbox \
+                        (seq, destination, event_id, stream, payload, created_at_us, attempts, next_attempt_at_us, last_error) \
+                        SELECT seq, destination, event_id, stream, payload, created_at_us, 0, $2, reason \
+                        FROM outbox_dead_letters WHERE event_id = $1";
+    const DELETE: &str = "DELETE FROM outbox_dead_letters WHERE event_id = $1";
+    let mut tx = db.begin().await?;
+    let moved = on_tx!(&mut tx, t => {
+        let moved = sqlx::query(MOVE).bind(event_id).bind(now).execute(&mut **t).await?.rows_affected();
+        sqlx::query(DELETE).bind(event_id).execute(&mut **t).await.map(|_| moved)
+    })?;
+    tx.commit().await?;
+    Ok(moved > 0)
+}
+
+/// Messages waiting per destination (for metrics and operators).
+pub async fn backlog(db: &Db) -> anyhow::Result<Vec<(String, i64)>> {
+    const SQL: &str =
+        "SELECT destination, COUNT(*) FROM outbox GROUP BY destination ORDER BY destination";
+    Ok(on_db!(db, pool => sqlx::query_as(SQL).fetch_all(pool).await)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let settings = RelaySettings {
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            ..RelaySettings::default()
+        };
+        let within = |attempts, low: u64, high: u64| {
+            let d = backoff(settings, attempts).as_millis() as u64;
+            assert!((low..=high).contains(&d), "attempt {attempts}: {d} ms");
+        };
+        within(1, 100, 120);
+        within(2, 200, 240);
+        within(3, 400, 480);
+        within(10, 1000, 1200);
+        within(i32::MAX, 1000, 1200);
+    }
+
+    #[test]
+    fn lock_keys_differ_per_destination() {
+        assert_ne!(lock_key("licensing"), lock_key("audit"));
+        assert_eq!(lock_key("audit"), lock_key("audit"));
+    }
+}
