@@ -62,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         jwt_secret: jwt_secret.clone(),
         internal_key: internal_key.clone(),
         seed_demo_catalog: true,
+        clock: csp_kit::clock::system(),
     }))?;
     let addresses = system.addresses;
 

@@ -31,6 +31,21 @@ pub fn internal_key() -> Secret {
     Secret::new("test-internal-key-0123456789")
 }
 
+/// Fresh storage of the configured kind: a temporary SQLite directory, or a
+/// new database prefix on the PostgreSQL server of `CSP_TEST_POSTGRES_URL`.
+pub fn fresh_storage() -> Storage {
+    csp_kit::telemetry::init_for_tests();
+    match std::env::var(POSTGRES_ENV) {
+        Ok(url) if !url.is_empty() => Storage::Postgres {
+            server_url: url,
+            prefix: format!("t{}", Uuid::new_v4().simple()),
+        },
+        _ => Storage::Sqlite(
+            std::env::temp_dir().join(format!("csp-test-{}", Uuid::new_v4().simple())),
+        ),
+    }
+}
+
 /// A system running for one test.
 pub struct TestSystem {
     system: Option<RunningSystem>,
@@ -44,27 +59,31 @@ pub struct TestSystem {
 impl TestSystem {
     /// Starts a system with fresh storage of the configured kind.
     pub async fn start() -> TestSystem {
-        csp_kit::telemetry::init_for_tests();
-        let storage = match std::env::var(POSTGRES_ENV) {
-            Ok(url) if !url.is_empty() => Storage::Postgres {
-                server_url: url,
-                prefix: format!("t{}", Uuid::new_v4().simple()),
-            },
-            _ => Storage::Sqlite(
-                std::env::temp_dir().join(format!("csp-test-{}", Uuid::new_v4().simple())),
-            ),
-        };
-        TestSystem::start_on(storage).await
+        TestSystem::start_with(fresh_storage(), csp_kit::clock::system()).await
     }
 
     /// Starts a system on `storage` (which may hold data of an earlier run).
     pub async fn start_on(storage: Storage) -> TestSystem {
+        TestSystem::start_with(storage, csp_kit::clock::system()).await
+    }
+
+    /// Starts a system with fresh storage and business time from `clock`.
+    pub async fn start_with_clock(clock: std::sync::Arc<dyn csp_kit::clock::Clock>) -> TestSystem {
+        TestSystem::start_with(fresh_storage(), clock).await
+    }
+
+    /// Starts a system on `storage` with business time from `clock`.
+    pub async fn start_with(
+        storage: Storage,
+        clock: std::sync::Arc<dyn csp_kit::clock::Clock>,
+    ) -> TestSystem {
         let system = csp::start(SystemConfig {
             storage: storage.clone(),
             addresses: Addresses::ephemeral(),
             jwt_secret: jwt_secret(),
             internal_key: internal_key(),
             seed_demo_catalog: true,
+            clock,
         })
         .await
         .unwrap_or_else(|error| panic!("the system did not start: {error:#}"));

@@ -3,8 +3,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
+use csp_kit::clock::Clock;
 use csp_kit::config::{BackendArgs, Secret};
 use csp_kit::db;
 use csp_kit::server::bind;
@@ -83,6 +85,8 @@ pub struct SystemConfig {
     pub internal_key: Secret,
     /// Seed the demo catalog.
     pub seed_demo_catalog: bool,
+    /// Where business time comes from (tests pin it).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// A running system.
@@ -162,12 +166,19 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         internal_key: config.internal_key.clone(),
     };
     let mut catalog_args = backend(addresses.catalog);
+    let mut ordering_args = backend(addresses.ordering);
     if let Storage::Postgres { server_url, prefix } = &config.storage {
-        let url = db::ensure_postgres_database(server_url, &format!("{prefix}_catalog"))
-            .await
-            .context("cannot prepare the catalog database")?;
-        catalog_args.database_url = Some(url);
+        for (service, args) in [
+            ("catalog", &mut catalog_args),
+            ("ordering", &mut ordering_args),
+        ] {
+            let url = db::ensure_postgres_database(server_url, &format!("{prefix}_{service}"))
+                .await
+                .with_context(|| format!("cannot prepare the {service} database"))?;
+            args.database_url = Some(url);
+        }
     }
+    let url = |addr: SocketAddr| format!("http://{addr}");
 
     let (trigger, shutdown) = Shutdown::new();
     let mut tasks = JoinSet::new();
@@ -183,10 +194,13 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         )
     });
     let c = csp_ordering::Config {
-        backend: backend(addresses.ordering),
+        backend: ordering_args,
+        catalog_url: url(addresses.catalog),
+        licensing_url: url(addresses.licensing),
+        audit_url: url(addresses.audit),
     };
-    let s = shutdown.clone();
-    tasks.spawn(async move { ("ordering", csp_ordering::run(c, ordering, s).await) });
+    let (s, clock) = (shutdown.clone(), config.clock.clone());
+    tasks.spawn(async move { ("ordering", csp_ordering::run(c, ordering, s, clock).await) });
     let c = csp_licensing::Config {
         backend: backend(addresses.licensing),
     };
@@ -203,7 +217,6 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
     let s = shutdown.clone();
     tasks.spawn(async move { ("support", csp_support::run(c, support, s).await) });
 
-    let url = |addr: SocketAddr| format!("http://{addr}");
     let gateway_config = csp_gateway::Config {
         listen: Some(addresses.gateway),
         jwt_secret: config.jwt_secret.clone(),

@@ -124,7 +124,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Ordering(config) => {
             let listener =
                 bind(config.backend.listen.unwrap_or(csp_ordering::DEFAULT_ADDR)).await?;
-            csp_ordering::run(config, listener, Shutdown::on_signals()).await
+            csp_ordering::run(
+                config,
+                listener,
+                Shutdown::on_signals(),
+                csp_kit::clock::system(),
+            )
+            .await
         }
         Command::Licensing(config) => {
             let listener =

@@ -43,6 +43,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         jwt_secret: args.jwt_secret.clone(),
         internal_key: args.internal_key.clone(),
         seed_demo_catalog: true,
+        clock: csp_kit::clock::system(),
     })
     .await?;
     print_banner(&args, &storage, &system.addresses)?;

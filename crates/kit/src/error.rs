@@ -70,6 +70,10 @@ pub enum ApiError {
     /// The caller may not do this (PERMISSION_DENIED).
     #[error("{0}")]
     PermissionDenied(String),
+    /// A service this one depends on cannot be reached (UNAVAILABLE); the
+    /// caller may retry.
+    #[error("{0}")]
+    Unavailable(String),
     /// Something unexpected broke (INTERNAL); logged, not shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -162,6 +166,7 @@ impl From<ApiError> for Status {
                 Status::with_error_details(Code::FailedPrecondition, message, details)
             }
             ApiError::PermissionDenied(message) => Status::permission_denied(message),
+            ApiError::Unavailable(message) => Status::unavailable(message),
             ApiError::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "internal error");
                 Status::internal("internal error; the service logged the cause")

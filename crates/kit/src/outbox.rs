@@ -63,8 +63,10 @@ pub struct Message {
     pub payload: Vec<u8>,
 }
 
-/// Writes `message` in `tx`; it is relayed once `tx` commits.
-pub async fn enqueue(tx: &mut DbTx, message: &Message, now: Micros) -> Result<(), sqlx::Error> {
+/// Writes `message` in `tx`; it is relayed once `tx` commits. Its timestamps
+/// come from the system clock (relay timing is not business time).
+pub async fn enqueue(tx: &mut DbTx, message: &Message) -> Result<(), sqlx::Error> {
+    let now = crate::clock::SystemClock.now();
     const SQL: &str = "INSERT INTO outbox (destination, event_id, stream, payload, created_at_us, next_attempt_at_us) \
                        VALUES ($1, $2, $3, $4, $5, $5)";
     on_tx!(tx, t => sqlx::query(SQL)

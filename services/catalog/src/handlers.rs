@@ -4,6 +4,7 @@
 use csp_kit::paging;
 use csp_kit::{ApiError, ApiResult};
 use csp_proto::catalog::v1 as pb;
+use csp_proto::catalog::v1::catalog_internal_service_server::CatalogInternalService;
 use csp_proto::catalog::v1::catalog_service_server::CatalogService;
 use csp_proto::common::v1::Money;
 use serde::{Deserialize, Serialize};
@@ -272,6 +273,90 @@ impl CatalogApi {
                 tax_included: market.tax_included,
             }),
         })
+    }
+}
+
+/// The service-to-service catalog API.
+#[derive(Clone, Debug)]
+pub struct CatalogInternalApi {
+    api: CatalogApi,
+}
+
+impl CatalogInternalApi {
+    /// The API over `store`.
+    pub fn new(store: CatalogStore) -> Self {
+        Self {
+            api: CatalogApi::new(store),
+        }
+    }
+
+    async fn quote(&self, request: pb::QuoteSkusRequest) -> ApiResult<pb::QuoteSkusResponse> {
+        let market = self.api.market("market", &request.market).await?;
+        if request.sku_ids.is_empty() {
+            return Err(ApiError::invalid("sku_ids", "name at least one SKU"));
+        }
+        let mut quotes: Vec<pb::SkuQuote> = Vec::new();
+        let mut products: Vec<Product> = Vec::new();
+        for (i, sku_id) in request.sku_ids.iter().enumerate() {
+            let sku_id = required(&format!("sku_ids[{i}]"), sku_id)?;
+            if quotes
+                .iter()
+                .any(|q| q.sku.as_ref().is_some_and(|s| s.id == sku_id))
+            {
+                continue;
+            }
+            let product_id = self
+                .api
+                .store
+                .product_of_sku(sku_id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("sku", sku_id))?;
+            if !products.iter().any(|p| p.id == product_id) {
+                let product = self
+                    .api
+                    .store
+                    .get_product(&product_id, Some(&market.code))
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("sku", sku_id))?;
+                domain::ensure_offered(&market, &product.id, product.kind)?;
+                products.push(product);
+            }
+            let product = products
+                .iter()
+                .find(|p| p.id == product_id)
+                .ok_or_else(|| ApiError::not_found("sku", sku_id))?;
+            let mut product_pb = product_to_pb(product, Some(&market));
+            let sku = product_pb
+                .skus
+                .iter()
+                .find(|s| s.id == sku_id)
+                .cloned()
+                .ok_or_else(|| ApiError::not_found("sku", sku_id))?;
+            if sku.price.is_none() {
+                return Err(ApiError::failed_precondition(
+                    "SKU_NOT_PRICED",
+                    format!("sku/{sku_id}"),
+                    format!("SKU {sku_id} has no price in market {}", market.code),
+                ));
+            }
+            product_pb.skus.clear();
+            quotes.push(pb::SkuQuote {
+                sku: Some(sku),
+                product: Some(product_pb),
+            });
+        }
+        Ok(pb::QuoteSkusResponse { quotes })
+    }
+}
+
+#[tonic::async_trait]
+impl CatalogInternalService for CatalogInternalApi {
+    async fn quote_skus(
+        &self,
+        request: Request<pb::QuoteSkusRequest>,
+    ) -> Result<Response<pb::QuoteSkusResponse>, Status> {
+        csp_kit::Caller::service_of(&request)?;
+        Ok(Response::new(self.quote(request.into_inner()).await?))
     }
 }
 

@@ -19,9 +19,7 @@ use csp_kit::config::BackendArgs;
 use csp_kit::db::Db;
 use csp_kit::server;
 use csp_kit::shutdown::Shutdown;
-use csp_proto::catalog::v1::catalog_internal_service_server::{
-    CatalogInternalService, CatalogInternalServiceServer,
-};
+use csp_proto::catalog::v1::catalog_internal_service_server::CatalogInternalServiceServer;
 use csp_proto::catalog::v1::catalog_service_server::CatalogServiceServer;
 use tokio::net::TcpListener;
 
@@ -45,12 +43,6 @@ pub struct Config {
     pub seed_demo_catalog: bool,
 }
 
-/// The service-to-service API; its RPCs arrive with the ordering issue.
-#[derive(Clone, Copy, Debug)]
-struct CatalogInternal;
-
-impl CatalogInternalService for CatalogInternal {}
-
 /// Opens the database, migrates and seeds it, then serves on `listener`
 /// until `shutdown` fires.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
@@ -73,8 +65,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         shutdown,
         |routes| {
             routes
-                .add_service(CatalogServiceServer::new(CatalogApi::new(store)))
-                .add_service(CatalogInternalServiceServer::new(CatalogInternal))
+                .add_service(CatalogServiceServer::new(CatalogApi::new(store.clone())))
+                .add_service(CatalogInternalServiceServer::new(
+                    handlers::CatalogInternalApi::new(store),
+                ))
         },
     )
     .await;

@@ -1,22 +1,39 @@
-//! The ordering service: customers, orders on behalf of customers, subscriptions.
+//! The ordering service: a partner's customers, the orders its agents place
+//! on their behalf (prices frozen from the catalog, billed to the partner,
+//! idempotent by request id), the subscriptions each line becomes, and the
+//! cancellation primitive the refund workflow calls. "Order placed" and
+//! "subscription cancelled" leave through the transactional outbox to
+//! licensing and audit.
 //!
-//! Its contract (`proto/csp/ordering/v1/`) is complete; its RPCs answer
-//! UNIMPLEMENTED until the ordering issue implements them. It already runs as
-//! every csp backend does: health, reflection, and calls accepted only with a
-//! caller identity signed by the gateway or another csp service.
+//! - [`domain`]: validation, fingerprints, the cancellation window; no I/O.
+//! - [`storage`]: SQL on SQLite or PostgreSQL, and the migrations.
+//! - [`handlers`]: the gRPC APIs, public and internal.
+//! - [`upstream`]: the catalog client and the outbox destinations.
+
+pub mod convert;
+pub mod domain;
+pub mod handlers;
+pub mod storage;
+pub mod upstream;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use csp_kit::clock::Clock;
 use csp_kit::config::BackendArgs;
+use csp_kit::db::Db;
+use csp_kit::identity::IdentityKey;
+use csp_kit::outbox::{Destination, Relay, RelaySettings};
 use csp_kit::server;
 use csp_kit::shutdown::Shutdown;
-use csp_proto::ordering::v1::ordering_internal_service_server::{
-    OrderingInternalService, OrderingInternalServiceServer,
-};
-use csp_proto::ordering::v1::ordering_service_server::{OrderingService, OrderingServiceServer};
+use csp_proto::ordering::v1::ordering_internal_service_server::OrderingInternalServiceServer;
+use csp_proto::ordering::v1::ordering_service_server::OrderingServiceServer;
 use tokio::net::TcpListener;
 
-/// The service's name in logs, data files and database names.
+use crate::handlers::OrderingApi;
+use crate::storage::OrderingStore;
+
+/// The service's name in logs, data files, database names and identities.
 pub const NAME: &str = "ordering";
 /// Where the service listens by default.
 pub const DEFAULT_ADDR: SocketAddr =
@@ -28,27 +45,87 @@ pub struct Config {
     /// Shared backend settings.
     #[command(flatten)]
     pub backend: BackendArgs,
+    /// The catalog service, for markets and prices.
+    #[arg(
+        long = "catalog-url",
+        env = "CSP_CATALOG_URL",
+        default_value = "http://127.0.0.1:50061"
+    )]
+    pub catalog_url: String,
+    /// The licensing service, which receives order events.
+    #[arg(
+        long = "licensing-url",
+        env = "CSP_LICENSING_URL",
+        default_value = "http://127.0.0.1:50063"
+    )]
+    pub licensing_url: String,
+    /// The audit service, which receives activities.
+    #[arg(
+        long = "audit-url",
+        env = "CSP_AUDIT_URL",
+        default_value = "http://127.0.0.1:50064"
+    )]
+    pub audit_url: String,
 }
 
-/// The API; every RPC answers UNIMPLEMENTED for now.
-#[derive(Clone, Copy, Debug)]
-struct Ordering;
+/// Opens and migrates the database, starts the outbox relay, and serves on
+/// `listener` until `shutdown` fires. Business time comes from `clock`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<()> {
+    let url = config.backend.database_url_for(NAME);
+    let db = Db::connect(&url).await?;
+    db.migrate(&storage::MIGRATIONS).await?;
+    tracing::info!(
+        service = NAME,
+        backend = db.backend_name(),
+        "database ready"
+    );
 
-impl OrderingService for Ordering {}
-impl OrderingInternalService for Ordering {}
+    let key = Arc::new(IdentityKey::new(&config.backend.internal_key));
+    let catalog = upstream::Catalog::new(upstream::channel(&config.catalog_url, &key)?);
+    let destinations: Vec<Arc<dyn Destination>> = vec![
+        Arc::new(upstream::LicensingDestination::new(upstream::channel(
+            &config.licensing_url,
+            &key,
+        )?)),
+        Arc::new(upstream::AuditDestination::new(upstream::channel(
+            &config.audit_url,
+            &key,
+        )?)),
+    ];
+    let relay = Relay::new(
+        db.clone(),
+        destinations,
+        csp_kit::clock::system(),
+        RelaySettings::default(),
+    );
+    let api = OrderingApi::new(
+        OrderingStore::new(db.clone()),
+        catalog,
+        clock,
+        relay.waker(),
+    );
+    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
 
-/// Serves on `listener` until `shutdown` fires.
-pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
-    server::run_backend(
+    let served = server::run_backend(
         NAME,
         listener,
         &config.backend.internal_key,
         shutdown,
         |routes| {
             routes
-                .add_service(OrderingServiceServer::new(Ordering))
-                .add_service(OrderingInternalServiceServer::new(Ordering))
+                .add_service(OrderingServiceServer::new(api.clone()))
+                .add_service(OrderingInternalServiceServer::new(api))
         },
     )
-    .await
+    .await;
+    if let Err(error) = relay_task.await {
+        tracing::error!(%error, "the outbox relay task failed");
+    }
+    db.close().await;
+    served
 }

@@ -1,0 +1,341 @@
+//! Ordering rules, without I/O: what a valid customer and order look like,
+//! how an order is fingerprinted for idempotency, and when a subscription can
+//! be cancelled.
+
+use csp_kit::clock::{self, DAY, Micros};
+use csp_kit::{ApiError, FieldViolation};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// The most units of one SKU in one line.
+pub const MAX_QUANTITY: i32 = 1000;
+/// The most lines in one order.
+pub const MAX_LINES: usize = 100;
+/// The longest company name.
+pub const MAX_COMPANY_NAME: usize = 200;
+
+/// Parses a required UUID field.
+pub fn parse_uuid(field: &str, value: &str) -> Result<Uuid, ApiError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(ApiError::invalid(
+            field,
+            "required: a UUID such as 3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+        ));
+    }
+    Uuid::parse_str(value).map_err(|_| ApiError::invalid(field, format!("{value:?} is not a UUID")))
+}
+
+/// Checks and normalizes a domain name (lower case, no trailing dot):
+/// labels of 1 to 63 letters, digits and hyphens, not starting or ending with
+/// a hyphen, at least two labels, a top-level label that is not all digits,
+/// 253 characters at most.
+pub fn parse_domain_name(field: &str, value: &str) -> Result<String, ApiError> {
+    let name = value.trim().trim_end_matches('.').to_ascii_lowercase();
+    let invalid =
+        |why: &str| ApiError::invalid(field, format!("{value:?} is not a domain name: {why}"));
+    if name.is_empty() {
+        return Err(ApiError::invalid(
+            field,
+            "required: a domain name such as contoso.onmicrosoft.com",
+        ));
+    }
+    if name.len() > 253 {
+        return Err(invalid("longer than 253 characters"));
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    if labels.len() < 2 {
+        return Err(invalid("it needs at least two labels, such as contoso.com"));
+    }
+    for label in &labels {
+        if label.is_empty() || label.len() > 63 {
+            return Err(invalid("each label must be 1 to 63 characters"));
+        }
+        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(invalid(
+                "only letters, digits, hyphens and dots are allowed",
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(invalid("a label cannot start or end with a hyphen"));
+        }
+    }
+    if labels
+        .last()
+        .is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit()))
+    {
+        return Err(invalid("the top-level label cannot be all digits"));
+    }
+    Ok(name)
+}
+
+/// Checks a company name: 1 to 200 characters after trimming, no control
+/// characters.
+pub fn parse_company_name(field: &str, value: &str) -> Result<String, ApiError> {
+    let name = value.trim();
+    if name.is_empty() {
+        return Err(ApiError::invalid(field, "required"));
+    }
+    if name.chars().count() > MAX_COMPANY_NAME {
+        return Err(ApiError::invalid(
+            field,
+            format!("at most {MAX_COMPANY_NAME} characters"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            "control characters are not allowed",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// A line of an order to place, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineRequest {
+    /// The SKU.
+    pub sku_id: String,
+    /// Units, 1 to [`MAX_QUANTITY`].
+    pub quantity: i32,
+}
+
+/// Checks an order's lines, naming every bad field.
+pub fn check_lines(lines: &[(String, i32)]) -> Result<Vec<LineRequest>, ApiError> {
+    if lines.is_empty() {
+        return Err(ApiError::invalid(
+            "lines",
+            "an order needs at least one line",
+        ));
+    }
+    if lines.len() > MAX_LINES {
+        return Err(ApiError::invalid(
+            "lines",
+            format!("at most {MAX_LINES} lines per order"),
+        ));
+    }
+    let mut violations = Vec::new();
+    let mut checked = Vec::with_capacity(lines.len());
+    for (i, (sku_id, quantity)) in lines.iter().enumerate() {
+        let sku_id = sku_id.trim();
+        if sku_id.is_empty() {
+            violations.push(FieldViolation::new(
+                format!("lines[{i}].sku_id"),
+                "required",
+            ));
+        }
+        if !(1..=MAX_QUANTITY).contains(quantity) {
+            violations.push(FieldViolation::new(
+                format!("lines[{i}].quantity"),
+                format!("must be from 1 to {MAX_QUANTITY}, not {quantity}"),
+            ));
+        }
+        checked.push(LineRequest {
+            sku_id: sku_id.to_owned(),
+            quantity: *quantity,
+        });
+    }
+    if violations.is_empty() {
+        Ok(checked)
+    } else {
+        Err(ApiError::InvalidArgument(violations))
+    }
+}
+
+/// A fingerprint of what an order asks for, so a retry can be told from a
+/// different order sent with the same request id.
+pub fn fingerprint(customer: Uuid, lines: &[LineRequest]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(customer.as_bytes());
+    for line in lines {
+        hasher.update((line.sku_id.len() as u64).to_be_bytes());
+        hasher.update(line.sku_id.as_bytes());
+        hasher.update(line.quantity.to_be_bytes());
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `unit` times `quantity`, refusing overflow.
+pub fn line_amount(unit_minor: i64, quantity: i32, line: usize) -> Result<i64, ApiError> {
+    unit_minor.checked_mul(i64::from(quantity)).ok_or_else(|| {
+        ApiError::invalid(format!("lines[{line}].quantity"), "the amount is too large")
+    })
+}
+
+/// The end (exclusive) of a subscription's cancellation window.
+pub fn cancellable_until(purchased_at: Micros, window_days: u32) -> Micros {
+    purchased_at + i64::from(window_days) * DAY
+}
+
+/// A subscription as the cancellation rule sees it.
+#[derive(Clone, Debug)]
+pub struct CancellationTerms {
+    /// The subscription id.
+    pub subscription_id: String,
+    /// When it was bought.
+    pub purchased_at: Micros,
+    /// Its window in days.
+    pub window_days: u32,
+    /// The end (exclusive) of the window.
+    pub cancellable_until: Micros,
+    /// What was paid.
+    pub amount_paid_minor: i64,
+    /// In what currency.
+    pub currency_code: String,
+}
+
+/// Whether a subscription can be cancelled `now` with a refund of
+/// `refund_minor` in `currency`: inside the window (now < cancellable_until),
+/// no fee, refund between 0 and the amount paid in the order's currency.
+pub fn check_cancellation(
+    terms: &CancellationTerms,
+    now: Micros,
+    refund_minor: i64,
+    currency: &str,
+) -> Result<(), ApiError> {
+    if now >= terms.cancellable_until {
+        return Err(window_closed(terms));
+    }
+    if currency != terms.currency_code {
+        return Err(ApiError::invalid(
+            "refund.currency_code",
+            format!(
+                "the order was paid in {}, not {currency}",
+                terms.currency_code
+            ),
+        ));
+    }
+    if refund_minor < 0 || refund_minor > terms.amount_paid_minor {
+        return Err(ApiError::invalid(
+            "refund.minor_units",
+            format!(
+                "the refund must be from 0 to the {} {} paid, not {refund_minor}",
+                terms.amount_paid_minor, terms.currency_code
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// FAILED_PRECONDITION for a closed window, with the purchase date and the
+/// deadline.
+pub fn window_closed(terms: &CancellationTerms) -> ApiError {
+    ApiError::failed_precondition(
+        "CANCELLATION_WINDOW_CLOSED",
+        format!("subscription/{}", terms.subscription_id),
+        format!(
+            "You have passed the {}-day cancellation window: subscription {} was purchased on {} and could be \
+             cancelled until {}",
+            terms.window_days,
+            terms.subscription_id,
+            clock::to_rfc3339(terms.purchased_at),
+            clock::to_rfc3339(terms.cancellable_until)
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use csp_kit::clock::SECOND;
+
+    #[test]
+    fn domain_names_are_normalized_or_refused() {
+        assert_eq!(
+            parse_domain_name("d", " Contoso.OnMicrosoft.com. ").unwrap(),
+            "contoso.onmicrosoft.com"
+        );
+        assert_eq!(parse_domain_name("d", "a-b.co").unwrap(), "a-b.co");
+        for bad in [
+            "",
+            "localhost",
+            "-a.com",
+            "a-.com",
+            "a..com",
+            "a b.com",
+            "a_b.com",
+            "1.2.3.4",
+            "ü.com",
+        ] {
+            assert!(parse_domain_name("d", bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_domain_name("d", &format!("{}.com", "a".repeat(64))).is_err());
+    }
+
+    #[test]
+    fn lines_are_checked_field_by_field() {
+        assert!(check_lines(&[]).is_err());
+        let Err(ApiError::InvalidArgument(v)) = check_lines(&[
+            ("sku".into(), 1),
+            ("".into(), 0),
+            ("sku".into(), MAX_QUANTITY + 1),
+        ]) else {
+            panic!("expected INVALID_ARGUMENT")
+        };
+        let fields: Vec<&str> = v.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["lines[1].sku_id", "lines[1].quantity", "lines[2].quantity"]
+        );
+        assert!(check_lines(&[("a".into(), MAX_QUANTITY)]).is_ok());
+    }
+
+    #[test]
+    fn fingerprints_tell_orders_apart() {
+        let c = Uuid::new_v4();
+        let line = |sku: &str, q| LineRequest {
+            sku_id: sku.into(),
+            quantity: q,
+        };
+        let a = fingerprint(c, &[line("x", 1)]);
+        assert_eq!(a, fingerprint(c, &[line("x", 1)]));
+        assert_ne!(a, fingerprint(c, &[line("x", 2)]));
+        assert_ne!(a, fingerprint(Uuid::new_v4(), &[line("x", 1)]));
+        assert_ne!(
+            fingerprint(c, &[line("ab", 1)]),
+            fingerprint(c, &[line("a", 1), line("b", 1)])
+        );
+    }
+
+    fn terms(purchased_at: Micros) -> CancellationTerms {
+        CancellationTerms {
+            subscription_id: "s".into(),
+            purchased_at,
+            window_days: 60,
+            cancellable_until: cancellable_until(purchased_at, 60),
+            amount_paid_minor: 1000,
+            currency_code: "USD".into(),
+        }
+    }
+
+    #[test]
+    fn cancellable_one_second_before_sixty_days_but_not_at() {
+        let t = terms(1_700_000_000 * SECOND);
+        let deadline = t.purchased_at + 60 * DAY;
+        assert!(check_cancellation(&t, deadline - SECOND, 1000, "USD").is_ok());
+        let closed = check_cancellation(&t, deadline, 1000, "USD").unwrap_err();
+        let text = closed.to_string();
+        assert!(text.contains("60-day cancellation window"), "{text}");
+        assert!(text.contains("2023-11-14T22:13:20Z"), "{text}");
+        assert!(text.contains("2024-01-13T22:13:20Z"), "{text}");
+    }
+
+    #[test]
+    fn refunds_are_at_most_what_was_paid_in_its_currency() {
+        let t = terms(0);
+        assert!(check_cancellation(&t, 0, 0, "USD").is_ok());
+        assert!(check_cancellation(&t, 0, 1001, "USD").is_err());
+        assert!(check_cancellation(&t, 0, -1, "USD").is_err());
+        assert!(check_cancellation(&t, 0, 10, "EUR").is_err());
+    }
+
+    #[test]
+    fn amounts_refuse_overflow() {
+        assert_eq!(line_amount(250, 4, 0).unwrap(), 1000);
+        assert!(line_amount(i64::MAX, 2, 3).is_err());
+    }
+}
