@@ -2,6 +2,9 @@
 //! databases (SQLite in a temporary directory, or fresh PostgreSQL databases
 //! when `CSP_TEST_POSTGRES_URL` is set), tokens for any role, and clients.
 
+/// sqlx, for tests that look behind a service's API.
+pub use sqlx;
+
 pub mod grpcurl;
 pub mod raw;
 
@@ -100,6 +103,11 @@ impl TestSystem {
         &self.storage
     }
 
+    /// A token of another partner with `roles` (for isolation tests).
+    pub fn token_of(&self, partner: Uuid, roles: &[Role]) -> String {
+        mint(partner, roles, Duration::from_secs(600))
+    }
+
     /// A token of this system's partner with `roles`.
     pub fn token(&self, roles: &[Role]) -> String {
         mint(self.partner, roles, Duration::from_secs(600))
@@ -119,6 +127,50 @@ impl TestSystem {
             self.gateway().await,
             Bearer::new(&self.token(roles)),
         )
+    }
+
+    /// An ordering client through the gateway, authenticated with `roles`.
+    pub async fn ordering(
+        &self,
+        roles: &[Role],
+    ) -> csp_proto::ordering::v1::ordering_service_client::OrderingServiceClient<
+        InterceptedService<Channel, Bearer>,
+    > {
+        csp_proto::ordering::v1::ordering_service_client::OrderingServiceClient::with_interceptor(
+            self.gateway().await,
+            Bearer::new(&self.token(roles)),
+        )
+    }
+
+    /// The ordering service's internal API, called directly as the support
+    /// service would.
+    pub async fn ordering_internal(
+        &self,
+    ) -> csp_proto::ordering::v1::ordering_internal_service_client::OrderingInternalServiceClient<
+        InterceptedService<Channel, csp_kit::identity::ServiceIdentity>,
+    >{
+        let key = std::sync::Arc::new(csp_kit::identity::IdentityKey::new(&internal_key()));
+        csp_proto::ordering::v1::ordering_internal_service_client::OrderingInternalServiceClient::with_interceptor(
+            connect(self.addresses.ordering).await,
+            csp_kit::identity::ServiceIdentity::new(key, "support"),
+        )
+    }
+
+    /// A connection to a service's own database, to look behind its API.
+    pub async fn service_db(&self, service: &str) -> csp_kit::db::Db {
+        let url = match &self.storage {
+            Storage::Sqlite(dir) => {
+                format!("sqlite://{}", dir.join(format!("{service}.db")).display())
+            }
+            Storage::Postgres { server_url, prefix } => {
+                csp_kit::db::ensure_postgres_database(server_url, &format!("{prefix}_{service}"))
+                    .await
+                    .unwrap_or_else(|error| panic!("{error:#}"))
+            }
+        };
+        csp_kit::db::Db::connect(&url)
+            .await
+            .unwrap_or_else(|error| panic!("cannot open the {service} database: {error:#}"))
     }
 
     /// Stops the services but keeps the storage (to start again on it).

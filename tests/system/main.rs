@@ -8,4 +8,5 @@ mod contract;
 mod gateway;
 mod grpcurl_cli;
 mod hybrid;
+mod ordering;
 mod outbox;
