@@ -51,6 +51,32 @@ enum Command {
     Audit(csp_audit::Config),
     /// Run the support service alone.
     Support(csp_support::Config),
+    /// Inspect a service's outbox: what waits, and the dead letters.
+    Outbox(OutboxArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct OutboxArgs {
+    /// The service's database: postgres://USER@HOST/DB or sqlite://PATH.
+    #[arg(long, env = "CSP_DATABASE_URL")]
+    database_url: String,
+    #[command(subcommand)]
+    action: OutboxAction,
+}
+
+#[derive(Subcommand, Debug)]
+enum OutboxAction {
+    /// Messages waiting per destination, and every dead letter with its reason.
+    List,
+    /// Put dead letters back where they were, to be delivered again.
+    Replay {
+        /// The event ids to replay.
+        #[arg(required_unless_present = "all")]
+        event_ids: Vec<String>,
+        /// Replay every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -86,7 +112,7 @@ fn parse_role(name: &str) -> Result<Role, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Token(_)) {
+    if !matches!(cli.command, Command::Token(_) | Command::Outbox(_)) {
         telemetry::init(cli.log_format);
     }
     match run(cli.command).await {
@@ -141,9 +167,66 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let listener = bind(config.backend.listen.unwrap_or(csp_audit::DEFAULT_ADDR)).await?;
             csp_audit::run(config, listener, Shutdown::on_signals()).await
         }
+        Command::Outbox(args) => outbox(args).await,
         Command::Support(config) => {
             let listener = bind(config.backend.listen.unwrap_or(csp_support::DEFAULT_ADDR)).await?;
             csp_support::run(config, listener, Shutdown::on_signals()).await
         }
     }
+}
+
+async fn outbox(args: OutboxArgs) -> anyhow::Result<()> {
+    use csp_kit::clock::Clock as _;
+    use csp_kit::outbox;
+    let db = csp_kit::db::Db::connect_existing(&args.database_url).await?;
+    let has_outbox = outbox::backlog(&db).await.is_ok();
+    anyhow::ensure!(
+        has_outbox,
+        "{} has no outbox: point --database-url at the database of a service that sends events (ordering, licensing, support)",
+        csp_kit::db::redact_url(&args.database_url)
+    );
+    match args.action {
+        OutboxAction::List => {
+            let backlog = outbox::backlog(&db).await?;
+            if backlog.is_empty() {
+                println!("no messages waiting");
+            }
+            for (destination, count) in backlog {
+                println!("{count} message(s) waiting for {destination}");
+            }
+            let dead = outbox::dead_letters(&db).await?;
+            println!("{} dead letter(s)", dead.len());
+            for letter in dead {
+                println!(
+                    "  {} -> {} (stream {}, {} attempt(s)): {}",
+                    letter.event_id,
+                    letter.destination,
+                    letter.stream,
+                    letter.attempts,
+                    letter.reason
+                );
+            }
+        }
+        OutboxAction::Replay { event_ids, all } => {
+            let ids = if all {
+                outbox::dead_letters(&db)
+                    .await?
+                    .into_iter()
+                    .map(|d| d.event_id)
+                    .collect()
+            } else {
+                event_ids
+            };
+            let now = csp_kit::clock::SystemClock.now();
+            for id in ids {
+                if outbox::replay(&db, &id, now).await? {
+                    println!("replayed {id}");
+                } else {
+                    anyhow::bail!("no dead letter with event id {id}");
+                }
+            }
+        }
+    }
+    db.close().await;
+    Ok(())
 }

@@ -102,6 +102,16 @@ impl Db {
     /// Connects to `url`: `sqlite://PATH` (the file is created when missing)
     /// or `postgres://...`.
     pub async fn connect(url: &str) -> anyhow::Result<Db> {
+        Self::open(url, true).await
+    }
+
+    /// Opens an existing database (operator tools): a missing SQLite file is
+    /// an error instead of a new empty database.
+    pub async fn connect_existing(url: &str) -> anyhow::Result<Db> {
+        Self::open(url, false).await
+    }
+
+    async fn open(url: &str, create: bool) -> anyhow::Result<Db> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url)
                 .context("the PostgreSQL URL is not valid")?
@@ -114,6 +124,9 @@ impl Db {
                 .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(url)))?;
             Ok(Db::Postgres(pool))
         } else if let Some(path) = url.strip_prefix("sqlite://") {
+            if !create && !Path::new(path).exists() {
+                anyhow::bail!("there is no SQLite database at {path}");
+            }
             Self::open_sqlite(Path::new(path)).await
         } else {
             anyhow::bail!(
