@@ -63,6 +63,8 @@ fn main() -> anyhow::Result<()> {
         internal_key: internal_key.clone(),
         seed_demo_catalog: true,
         clock: csp_kit::clock::system(),
+        sealing_key: csp_kit::config::Secret::new("bench-sealing-key-0123456789"),
+        content_origin: "https://files.bench/software".to_owned(),
     }))?;
     let addresses = system.addresses;
 

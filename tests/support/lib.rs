@@ -24,6 +24,9 @@ use uuid::Uuid;
 /// server where the tests may create and drop databases.
 pub const POSTGRES_ENV: &str = "CSP_TEST_POSTGRES_URL";
 
+/// Where test systems redirect downloads to.
+pub const CONTENT_ORIGIN: &str = "https://files.test/software";
+
 /// The user-token secret of test systems.
 pub fn jwt_secret() -> Secret {
     Secret::new("test-jwt-secret-0123456789")
@@ -87,6 +90,8 @@ impl TestSystem {
             internal_key: internal_key(),
             seed_demo_catalog: true,
             clock,
+            sealing_key: Secret::new("test-sealing-key-0123456789"),
+            content_origin: CONTENT_ORIGIN.to_owned(),
         })
         .await
         .unwrap_or_else(|error| panic!("the system did not start: {error:#}"));

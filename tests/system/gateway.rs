@@ -313,6 +313,7 @@ async fn an_unreachable_backend_is_unavailable_not_a_hang() {
     let url = |a: std::net::SocketAddr| format!("http://{a}");
     let config = csp_gateway::Config {
         listen: Some(addr),
+        http_listen: None,
         jwt_secret: csp_tests::jwt_secret(),
         internal_key: csp_tests::internal_key(),
         backends: csp_gateway::Backends {
@@ -323,7 +324,8 @@ async fn an_unreachable_backend_is_unavailable_not_a_hang() {
             support: url(system.addresses.support),
         },
     };
-    let gateway = tokio::spawn(csp_gateway::run(config, listener, shutdown));
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway = tokio::spawn(csp_gateway::run(config, listener, http, shutdown));
     let token = mint(system.partner, &[Role::AdminAgent], Duration::from_secs(60));
     let status = raw::call_empty(
         connect(addr).await,
@@ -399,6 +401,7 @@ async fn the_backend_receives_the_verified_caller_deadline_and_request_id_but_no
     let url = format!("http://{backend_addr}");
     let config = csp_gateway::Config {
         listen: Some(gateway_addr),
+        http_listen: None,
         jwt_secret: csp_tests::jwt_secret(),
         internal_key: csp_tests::internal_key(),
         backends: csp_gateway::Backends {
@@ -409,7 +412,8 @@ async fn the_backend_receives_the_verified_caller_deadline_and_request_id_but_no
             support: url,
         },
     };
-    let gateway_task = tokio::spawn(csp_gateway::run(config, listener, shutdown));
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway_task = tokio::spawn(csp_gateway::run(config, listener, http, shutdown));
 
     let partner = uuid::Uuid::new_v4();
     let token = mint(

@@ -12,8 +12,8 @@ use csp_proto::ordering::v1::ordering_service_client::OrderingServiceClient;
 use csp_proto::ordering::v1::{
     CancelSubscriptionRequest, CreateCustomerRequest, GetCustomerRequest, GetOrderRequest,
     GetSubscriptionRequest, ListCustomersRequest, ListOrdersRequest, ListSubscriptionsRequest,
-    Order, OrderLineRequest, OrderingEvent, PlaceOrderRequest, ResolveRefundTargetRequest,
-    SubscriptionStatus, get_customer_request, ordering_event, resolve_refund_target_request,
+    Order, OrderLineRequest, PlaceOrderRequest, ResolveRefundTargetRequest, SubscriptionStatus,
+    get_customer_request, resolve_refund_target_request,
 };
 use csp_tests::{Bearer, TestSystem};
 use prost::Message as _;
@@ -751,7 +751,7 @@ async fn cancellable_one_second_before_sixty_days_and_not_at_sixty() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn placed_and_cancelled_events_wait_in_the_outbox_for_their_receivers() {
+async fn placed_and_cancelled_events_reach_licensing_and_wait_for_audit() {
     let system = TestSystem::start().await;
     let mut ordering = system.ordering(&[Role::AdminAgent]).await;
     let tenant = customer(&mut ordering, "events.example.com", "US").await;
@@ -774,7 +774,32 @@ async fn placed_and_cancelled_events_wait_in_the_outbox_for_their_receivers() {
         .await
         .unwrap();
 
-    // Licensing and audit do not take events yet, so all four wait.
+    // Licensing takes both events in order: the software is listed, revoked.
+    let mut licensing = csp_proto::licensing::v1::licensing_service_client::LicensingServiceClient::with_interceptor(
+        system.gateway().await,
+        Bearer::new(&system.token(&[Role::AdminAgent])),
+    );
+    let mut revoked = false;
+    for _ in 0..300 {
+        let software = licensing
+            .list_software(csp_proto::licensing::v1::ListSoftwareRequest {
+                customer_tenant_id: tenant.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .software;
+        if software.len() == 1
+            && software[0].status == csp_proto::licensing::v1::EntitlementStatus::Revoked as i32
+        {
+            revoked = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(revoked, "licensing did not receive both events");
+
+    // Audit does not take activities yet: its two wait, in the order's stream.
     let db = system.service_db("ordering").await;
     let rows: Vec<(String, String, Vec<u8>)> =
         csp_kit::on_db!(&db, pool => csp_tests::sqlx::query_as(
@@ -784,19 +809,21 @@ async fn placed_and_cancelled_events_wait_in_the_outbox_for_their_receivers() {
     .await)
         .unwrap();
     let destinations: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-    assert_eq!(destinations, ["licensing", "audit", "licensing", "audit"]);
+    assert_eq!(destinations, ["audit", "audit"]);
     assert!(rows.iter().all(|r| r.1 == order.id), "one stream per order");
-    let placed = OrderingEvent::decode(rows[0].2.as_slice()).unwrap();
-    let Some(ordering_event::Payload::OrderPlaced(placed)) = placed.payload else {
-        panic!("the first event is not OrderPlaced")
-    };
-    assert_eq!(placed.order.unwrap(), order);
-    assert_eq!(placed.subscriptions.len(), 1);
-    let cancelled = OrderingEvent::decode(rows[2].2.as_slice()).unwrap();
-    assert!(matches!(
-        cancelled.payload,
-        Some(ordering_event::Payload::SubscriptionCancelled(ref c)) if c.subscription.as_ref().unwrap().id == line.subscription_id
-    ));
+    let placed = csp_proto::audit::v1::ActivityRecord::decode(rows[0].2.as_slice()).unwrap();
+    let activity = placed.activity.unwrap();
+    assert_eq!(
+        activity.r#type,
+        csp_proto::audit::v1::ActivityType::OrderPlaced as i32
+    );
+    assert_eq!(activity.details.get("order_id"), Some(&order.id));
+    assert_eq!(placed.partner_id, system.partner.to_string());
+    let cancelled = csp_proto::audit::v1::ActivityRecord::decode(rows[1].2.as_slice()).unwrap();
+    assert_eq!(
+        cancelled.activity.unwrap().subscription_id,
+        line.subscription_id
+    );
     db.close().await;
     system.stop().await;
 }

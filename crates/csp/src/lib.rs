@@ -31,8 +31,10 @@ pub enum Storage {
 /// The addresses the services listen on. Port 0 picks a free port.
 #[derive(Clone, Copy, Debug)]
 pub struct Addresses {
-    /// The gateway (public).
+    /// The gateway's gRPC API (public).
     pub gateway: SocketAddr,
+    /// The gateway's download listener (public HTTP).
+    pub gateway_http: SocketAddr,
     /// The catalog.
     pub catalog: SocketAddr,
     /// Ordering.
@@ -50,6 +52,7 @@ impl Addresses {
     pub fn local_defaults() -> Self {
         Self {
             gateway: csp_gateway::DEFAULT_ADDR,
+            gateway_http: csp_gateway::DEFAULT_HTTP_ADDR,
             catalog: csp_catalog::DEFAULT_ADDR,
             ordering: csp_ordering::DEFAULT_ADDR,
             licensing: csp_licensing::DEFAULT_ADDR,
@@ -63,6 +66,7 @@ impl Addresses {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         Self {
             gateway: any,
+            gateway_http: any,
             catalog: any,
             ordering: any,
             licensing: any,
@@ -87,6 +91,10 @@ pub struct SystemConfig {
     pub seed_demo_catalog: bool,
     /// Where business time comes from (tests pin it).
     pub clock: Arc<dyn Clock>,
+    /// The key licensing seals product keys and link tokens with.
+    pub sealing_key: Secret,
+    /// Where downloads redirect to.
+    pub content_origin: String,
 }
 
 /// A running system.
@@ -146,6 +154,7 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
     let audit = bind(a.audit).await?;
     let support = bind(a.support).await?;
     let gateway = bind(a.gateway).await?;
+    let gateway_http = bind(a.gateway_http).await?;
     let addresses = Addresses {
         catalog: catalog.local_addr()?,
         ordering: ordering.local_addr()?,
@@ -153,6 +162,7 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         audit: audit.local_addr()?,
         support: support.local_addr()?,
         gateway: gateway.local_addr()?,
+        gateway_http: gateway_http.local_addr()?,
     };
 
     let data_dir = match &config.storage {
@@ -167,10 +177,12 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
     };
     let mut catalog_args = backend(addresses.catalog);
     let mut ordering_args = backend(addresses.ordering);
+    let mut licensing_args = backend(addresses.licensing);
     if let Storage::Postgres { server_url, prefix } = &config.storage {
         for (service, args) in [
             ("catalog", &mut catalog_args),
             ("ordering", &mut ordering_args),
+            ("licensing", &mut licensing_args),
         ] {
             let url = db::ensure_postgres_database(server_url, &format!("{prefix}_{service}"))
                 .await
@@ -202,10 +214,20 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
     let (s, clock) = (shutdown.clone(), config.clock.clone());
     tasks.spawn(async move { ("ordering", csp_ordering::run(c, ordering, s, clock).await) });
     let c = csp_licensing::Config {
-        backend: backend(addresses.licensing),
+        backend: licensing_args,
+        catalog_url: url(addresses.catalog),
+        audit_url: url(addresses.audit),
+        sealing_key: config.sealing_key.clone(),
+        download_base_url: format!("http://{}", addresses.gateway_http),
+        content_origin: config.content_origin.clone(),
     };
-    let s = shutdown.clone();
-    tasks.spawn(async move { ("licensing", csp_licensing::run(c, licensing, s).await) });
+    let (s, clock) = (shutdown.clone(), config.clock.clone());
+    tasks.spawn(async move {
+        (
+            "licensing",
+            csp_licensing::run(c, licensing, s, clock).await,
+        )
+    });
     let c = csp_audit::Config {
         backend: backend(addresses.audit),
     };
@@ -219,6 +241,7 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
 
     let gateway_config = csp_gateway::Config {
         listen: Some(addresses.gateway),
+        http_listen: Some(addresses.gateway_http),
         jwt_secret: config.jwt_secret.clone(),
         internal_key: config.internal_key.clone(),
         backends: csp_gateway::Backends {
@@ -232,7 +255,7 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
     tasks.spawn(async move {
         (
             "gateway",
-            csp_gateway::run(gateway_config, gateway, shutdown).await,
+            csp_gateway::run(gateway_config, gateway, gateway_http, shutdown).await,
         )
     });
 

@@ -141,7 +141,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Gateway(config) => {
             let listener = bind(csp_gateway::listen_addr(&config)).await?;
-            csp_gateway::run(config, listener, Shutdown::on_signals()).await
+            let http = bind(csp_gateway::http_listen_addr(&config)).await?;
+            csp_gateway::run(config, listener, http, Shutdown::on_signals()).await
         }
         Command::Catalog(config) => {
             let listener = bind(config.backend.listen.unwrap_or(csp_catalog::DEFAULT_ADDR)).await?;
@@ -161,7 +162,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Licensing(config) => {
             let listener =
                 bind(config.backend.listen.unwrap_or(csp_licensing::DEFAULT_ADDR)).await?;
-            csp_licensing::run(config, listener, Shutdown::on_signals()).await
+            csp_licensing::run(
+                config,
+                listener,
+                Shutdown::on_signals(),
+                csp_kit::clock::system(),
+            )
+            .await
         }
         Command::Audit(config) => {
             let listener = bind(config.backend.listen.unwrap_or(csp_audit::DEFAULT_ADDR)).await?;

@@ -26,6 +26,16 @@ pub struct UpArgs {
     /// Key caller identities are signed with.
     #[arg(long, env = "CSP_INTERNAL_KEY", default_value = DEV_INTERNAL_KEY, hide_default_value = true)]
     internal_key: Secret,
+    /// Key product keys and link tokens are sealed with in the database.
+    #[arg(long, env = "CSP_LICENSING_KEY", default_value = csp_licensing::DEV_SEALING_KEY, hide_default_value = true)]
+    sealing_key: Secret,
+    /// Where download links redirect to.
+    #[arg(
+        long,
+        env = "CSP_CONTENT_ORIGIN",
+        default_value = "https://download.csp.example/software"
+    )]
+    content_origin: String,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -44,6 +54,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         internal_key: args.internal_key.clone(),
         seed_demo_catalog: true,
         clock: csp_kit::clock::system(),
+        sealing_key: args.sealing_key.clone(),
+        content_origin: args.content_origin.clone(),
     })
     .await?;
     print_banner(&args, &storage, &system.addresses)?;
@@ -58,7 +70,10 @@ fn print_banner(args: &UpArgs, storage: &Storage, addresses: &Addresses) -> anyh
         Storage::Postgres { .. } => "PostgreSQL databases csp_<service>".to_owned(),
     };
     println!();
-    println!("csp is up: gateway gRPC on {gateway} ({data}). Ctrl-C stops it.");
+    println!(
+        "csp is up: gateway gRPC on {gateway}, download links on http://{} ({data}). Ctrl-C stops it.",
+        addresses.gateway_http
+    );
     println!();
     println!("Development tokens for partner {partner} (valid 12 hours):");
     let mut admin_token = String::new();

@@ -17,6 +17,7 @@
 //! - [`paging`]: opaque page tokens.
 //! - [`clock`]: time in microseconds, from a clock tests can set.
 //! - [`outbox`]: the transactional outbox and its relay.
+//! - [`upstream`]: signed channels to other services; the audit destination.
 
 pub mod access;
 pub mod clock;
@@ -30,6 +31,7 @@ pub mod roles;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod upstream;
 
 pub use error::{ApiError, ApiResult, FieldViolation};
 pub use identity::Caller;

@@ -11,6 +11,7 @@
 //! Health and reflection of the public API are served by the gateway itself.
 
 pub mod auth;
+pub mod downloads;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,6 +35,9 @@ use tonic::service::Routes;
 
 use crate::auth::{Hs256Verifier, TokenVerifier};
 
+/// Where the download listener listens by default.
+pub const DEFAULT_HTTP_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
 /// Where the gateway listens by default.
 pub const DEFAULT_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50051);
@@ -44,6 +48,9 @@ pub struct Config {
     /// Address to serve the public gRPC API on [default: 127.0.0.1:50051].
     #[arg(long, env = "CSP_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Address to serve download links (HTTP) on [default: 127.0.0.1:8080].
+    #[arg(long, env = "CSP_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
     /// HS256 secret user tokens are signed with.
     #[arg(long, env = "CSP_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true)]
     pub jwt_secret: Secret,
@@ -172,8 +179,34 @@ fn http_client() -> HttpClient {
         .build(connector)
 }
 
-/// Serves the gateway on `listener` until `shutdown` fires.
-pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+/// Serves the public gRPC API on `listener` and download links on `http`
+/// until `shutdown` fires.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    http: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let key = std::sync::Arc::new(IdentityKey::new(&config.internal_key));
+    let downloads = tokio::spawn(downloads::serve(
+        http,
+        config.backends.licensing.clone(),
+        key,
+        shutdown.clone(),
+    ));
+    let grpc = serve_grpc(config, listener, shutdown).await;
+    let downloads = downloads
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|served| served);
+    grpc.and(downloads)
+}
+
+async fn serve_grpc(
+    config: Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let gateway = Arc::new(Gateway {
         routes: build_routes(&config.backends)?,
         client: http_client(),
@@ -309,6 +342,11 @@ fn request_id(given: Option<&HeaderValue>) -> HeaderValue {
 /// Where the gateway listens when not configured.
 pub fn listen_addr(config: &Config) -> SocketAddr {
     config.listen.unwrap_or(DEFAULT_ADDR)
+}
+
+/// Where the download listener listens when not configured.
+pub fn http_listen_addr(config: &Config) -> SocketAddr {
+    config.http_listen.unwrap_or(DEFAULT_HTTP_ADDR)
 }
 
 #[cfg(test)]

@@ -1,28 +1,48 @@
-//! The licensing service: software entitlements, product keys and download links.
+//! The licensing service: the software bought for each customer, product
+//! keys, and download links that expire two weeks after issue or after 50
+//! downloads, whichever comes first.
 //!
-//! Its contract (`proto/csp/licensing/v1/`) is complete; its RPCs answer
-//! UNIMPLEMENTED until the licensing issue implements them. It already runs as
-//! every csp backend does: health, reflection, and calls accepted only with a
-//! caller identity signed by the gateway or another csp service.
+//! - [`domain`]: link validity and selection rules; no I/O.
+//! - [`secrets`]: product keys, link tokens, sealing.
+//! - [`storage`]: SQL on SQLite or PostgreSQL, and the migrations.
+//! - [`handlers`]: the gRPC APIs, public and internal.
+//!
+//! Entitlements come from ordering's events (provisioned on "order placed"
+//! for software, revoked on "subscription cancelled"), deduplicated by event
+//! id. Key accesses, issued links and downloads go to audit through the
+//! outbox.
+
+pub mod domain;
+pub mod handlers;
+pub mod secrets;
+pub mod storage;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use csp_kit::config::BackendArgs;
+use csp_kit::clock::Clock;
+use csp_kit::config::{BackendArgs, Secret};
+use csp_kit::db::Db;
+use csp_kit::identity::IdentityKey;
+use csp_kit::outbox::{Destination, Relay, RelaySettings};
 use csp_kit::server;
 use csp_kit::shutdown::Shutdown;
-use csp_proto::licensing::v1::licensing_internal_service_server::{
-    LicensingInternalService, LicensingInternalServiceServer,
-};
-use csp_proto::licensing::v1::licensing_service_server::{
-    LicensingService, LicensingServiceServer,
-};
+use csp_kit::upstream::{AuditDestination, signed_channel};
+use csp_proto::licensing::v1::licensing_internal_service_server::LicensingInternalServiceServer;
+use csp_proto::licensing::v1::licensing_service_server::LicensingServiceServer;
 use tokio::net::TcpListener;
 
-/// The service's name in logs, data files and database names.
+use crate::handlers::{LicensingApi, Urls};
+use crate::storage::LicensingStore;
+
+/// The service's name in logs, data files, database names and identities.
 pub const NAME: &str = "licensing";
 /// Where the service listens by default.
 pub const DEFAULT_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50063);
+/// The development default of the key product keys and link tokens are sealed
+/// with; a deployment sets `CSP_LICENSING_KEY`.
+pub const DEV_SEALING_KEY: &str = "csp-development-licensing-key-change-me";
 
 /// The service's configuration.
 #[derive(clap::Args, Clone, Debug)]
@@ -30,27 +50,95 @@ pub struct Config {
     /// Shared backend settings.
     #[command(flatten)]
     pub backend: BackendArgs,
+    /// The catalog service, for download options.
+    #[arg(
+        long = "catalog-url",
+        env = "CSP_CATALOG_URL",
+        default_value = "http://127.0.0.1:50061"
+    )]
+    pub catalog_url: String,
+    /// The audit service, which receives activities.
+    #[arg(
+        long = "audit-url",
+        env = "CSP_AUDIT_URL",
+        default_value = "http://127.0.0.1:50064"
+    )]
+    pub audit_url: String,
+    /// The key product keys and link tokens are sealed with in the database.
+    #[arg(long, env = "CSP_LICENSING_KEY", default_value = DEV_SEALING_KEY, hide_default_value = true)]
+    pub sealing_key: Secret,
+    /// The public base URL of the gateway's download listener, as customers
+    /// reach it.
+    #[arg(
+        long,
+        env = "CSP_DOWNLOAD_BASE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub download_base_url: String,
+    /// Where the files are; a download redirects to
+    /// ORIGIN/PRODUCT/VERSION/LANGUAGE/FILE_TYPE.
+    #[arg(
+        long,
+        env = "CSP_CONTENT_ORIGIN",
+        default_value = "https://download.csp.example/software"
+    )]
+    pub content_origin: String,
 }
 
-/// The API; every RPC answers UNIMPLEMENTED for now.
-#[derive(Clone, Copy, Debug)]
-struct Licensing;
+/// Opens and migrates the database, starts the outbox relay, and serves on
+/// `listener` until `shutdown` fires. Time comes from `clock`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<()> {
+    let url = config.backend.database_url_for(NAME);
+    let db = Db::connect(&url).await?;
+    db.migrate(&storage::MIGRATIONS).await?;
+    tracing::info!(
+        service = NAME,
+        backend = db.backend_name(),
+        "database ready"
+    );
 
-impl LicensingService for Licensing {}
-impl LicensingInternalService for Licensing {}
-
-/// Serves on `listener` until `shutdown` fires.
-pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
-    server::run_backend(
+    let key = Arc::new(IdentityKey::new(&config.backend.internal_key));
+    let destinations: Vec<Arc<dyn Destination>> = vec![Arc::new(AuditDestination::new(
+        signed_channel(&config.audit_url, &key, NAME)?,
+    ))];
+    let relay = Relay::new(
+        db.clone(),
+        destinations,
+        csp_kit::clock::system(),
+        RelaySettings::default(),
+    );
+    let api = LicensingApi::new(
+        LicensingStore::new(db.clone()),
+        signed_channel(&config.catalog_url, &key, NAME)?,
+        secrets::Sealer::new(&config.sealing_key)?,
+        clock,
+        Urls {
+            download_base: config.download_base_url.clone(),
+            content_origin: config.content_origin.clone(),
+        },
+        relay.waker(),
+    );
+    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
+    let served = server::run_backend(
         NAME,
         listener,
         &config.backend.internal_key,
         shutdown,
         |routes| {
             routes
-                .add_service(LicensingServiceServer::new(Licensing))
-                .add_service(LicensingInternalServiceServer::new(Licensing))
+                .add_service(LicensingServiceServer::new(api.clone()))
+                .add_service(LicensingInternalServiceServer::new(api))
         },
     )
-    .await
+    .await;
+    if let Err(error) = relay_task.await {
+        tracing::error!(%error, "the outbox relay task failed");
+    }
+    db.close().await;
+    served
 }

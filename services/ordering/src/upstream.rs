@@ -4,11 +4,10 @@
 
 use std::sync::Arc;
 
-use csp_kit::identity::{IdentityKey, ServiceIdentity};
+use csp_kit::identity::IdentityKey;
 use csp_kit::outbox::{self, Destination, Envelope, Outcome};
+use csp_kit::upstream::{Signed, decode_all};
 use csp_kit::{ApiError, ApiResult};
-use csp_proto::audit::v1::audit_intake_service_client::AuditIntakeServiceClient;
-use csp_proto::audit::v1::{ActivityRecord, RecordActivitiesRequest};
 use csp_proto::catalog::v1::catalog_internal_service_client::CatalogInternalServiceClient;
 use csp_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use csp_proto::catalog::v1::{ListMarketsRequest, Market, QuoteSkusRequest, SkuQuote};
@@ -16,24 +15,13 @@ use csp_proto::licensing::v1::ApplyOrderingEventsRequest;
 use csp_proto::licensing::v1::licensing_internal_service_client::LicensingInternalServiceClient;
 use csp_proto::ordering::v1::OrderingEvent;
 use tonic::Code;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
 use tonic_types::StatusExt as _;
 
-type Signed = InterceptedService<Channel, ServiceIdentity>;
+pub use csp_kit::upstream::{AUDIT, AuditDestination, encode};
 
 /// A lazily connected channel that signs calls as the ordering service.
 pub fn channel(url: &str, key: &Arc<IdentityKey>) -> anyhow::Result<Signed> {
-    let channel = Endpoint::from_shared(url.to_owned())
-        .map_err(|error| anyhow::anyhow!("{url:?} is not a valid URL: {error}"))?
-        .tcp_nodelay(true)
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(15))
-        .connect_lazy();
-    Ok(InterceptedService::new(
-        channel,
-        ServiceIdentity::new(key.clone(), crate::NAME),
-    ))
+    csp_kit::upstream::signed_channel(url, key, crate::NAME)
 }
 
 /// The catalog, as ordering uses it.
@@ -152,8 +140,6 @@ fn unavailable(status: tonic::Status) -> ApiError {
 
 /// The destination name of the licensing service.
 pub const LICENSING: &str = "licensing";
-/// The destination name of the audit service.
-pub const AUDIT: &str = "audit";
 
 /// Delivers ordering events to licensing.
 pub struct LicensingDestination {
@@ -199,71 +185,4 @@ impl Destination for LicensingDestination {
             Err(status) => outbox::failed(&status),
         }
     }
-}
-
-/// Delivers activities to audit.
-pub struct AuditDestination {
-    client: AuditIntakeServiceClient<Signed>,
-}
-
-impl AuditDestination {
-    /// Over `channel`.
-    pub fn new(channel: Signed) -> Self {
-        Self {
-            client: AuditIntakeServiceClient::new(channel),
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl Destination for AuditDestination {
-    fn name(&self) -> &'static str {
-        AUDIT
-    }
-
-    async fn deliver(&self, batch: &[Envelope]) -> Outcome {
-        let (records, mut rejected) = decode_all::<ActivityRecord>(batch);
-        if records.is_empty() {
-            return Outcome::Accepted { rejected };
-        }
-        match self
-            .client
-            .clone()
-            .record_activities(RecordActivitiesRequest { records })
-            .await
-        {
-            Ok(response) => {
-                rejected.extend(
-                    response
-                        .into_inner()
-                        .rejected
-                        .into_iter()
-                        .map(|r| (r.event_id, r.reason)),
-                );
-                Outcome::Accepted { rejected }
-            }
-            Err(status) => outbox::failed(&status),
-        }
-    }
-}
-
-/// Decodes payloads; one that does not decode is rejected (it never will).
-fn decode_all<M: prost::Message + Default>(batch: &[Envelope]) -> (Vec<M>, Vec<(String, String)>) {
-    let mut decoded = Vec::with_capacity(batch.len());
-    let mut rejected = Vec::new();
-    for envelope in batch {
-        match M::decode(envelope.payload.as_slice()) {
-            Ok(message) => decoded.push(message),
-            Err(error) => rejected.push((
-                envelope.event_id.clone(),
-                format!("the payload does not decode: {error}"),
-            )),
-        }
-    }
-    (decoded, rejected)
-}
-
-/// Encodes a message for the outbox.
-pub fn encode<M: prost::Message>(message: &M) -> Vec<u8> {
-    message.encode_to_vec()
 }

@@ -1,0 +1,174 @@
+//! Licensing rules, without I/O: a link lives two weeks or 50 downloads,
+//! whichever comes first; a selection must be one of the product's options.
+
+use csp_kit::clock::{DAY, Micros};
+use csp_kit::{ApiError, FieldViolation};
+
+/// How long a download link lives.
+pub const LINK_LIFETIME: Micros = 14 * DAY;
+/// How many downloads a link allows.
+pub const MAX_DOWNLOADS: i32 = 50;
+
+/// A link as the validity rule sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkState {
+    /// When it stops working.
+    pub expires_at: Micros,
+    /// Downloads so far.
+    pub downloads: i32,
+    /// Downloads it allows.
+    pub max_downloads: i32,
+    /// Whether its subscription was cancelled.
+    pub revoked: bool,
+}
+
+/// Why a link does not work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dead {
+    /// Revoked with its subscription.
+    Revoked,
+    /// Two weeks have passed.
+    Expired,
+    /// 50 downloads were made.
+    UsedUp,
+}
+
+/// Whether a link works at `now`, and if not, why (revocation first, then
+/// expiry, then use).
+pub fn link_status(link: LinkState, now: Micros) -> Result<(), Dead> {
+    if link.revoked {
+        Err(Dead::Revoked)
+    } else if now >= link.expires_at {
+        Err(Dead::Expired)
+    } else if link.downloads >= link.max_downloads {
+        Err(Dead::UsedUp)
+    } else {
+        Ok(())
+    }
+}
+
+/// The plain sentence the customer sees for a dead link.
+pub fn dead_link_sentence(dead: Dead) -> &'static str {
+    match dead {
+        Dead::Expired => {
+            "This download link has expired: links work for two weeks after they are issued. \
+             Your partner can enable a new link for you."
+        }
+        Dead::UsedUp => {
+            "This download link has been used for all of its 50 downloads. \
+             Your partner can enable a new link for you."
+        }
+        Dead::Revoked => {
+            "This download link no longer works because the subscription it belongs to was cancelled. \
+             Your partner can tell you more."
+        }
+    }
+}
+
+/// The download options of a product, from the catalog.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Versions.
+    pub versions: Vec<String>,
+    /// Languages.
+    pub languages: Vec<String>,
+    /// File type ids.
+    pub file_types: Vec<String>,
+}
+
+/// Checks that version, language and file type are among the options,
+/// naming every field that is not.
+pub fn check_selection(
+    options: &Options,
+    version: &str,
+    language: &str,
+    file_type: &str,
+) -> Result<(), ApiError> {
+    let mut violations = Vec::new();
+    let mut check = |field: &str, value: &str, allowed: &[String]| {
+        if !allowed.iter().any(|a| a == value) {
+            violations.push(FieldViolation::new(
+                field,
+                format!(
+                    "{value:?} is not offered; choose one of {}",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+    };
+    check("version", version, &options.versions);
+    check("language", language, &options.languages);
+    check("file_type", file_type, &options.file_types);
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidArgument(violations))
+    }
+}
+
+/// Where a download's file is on the content origin.
+pub fn content_url(
+    origin: &str,
+    product: &str,
+    version: &str,
+    language: &str,
+    file_type: &str,
+) -> String {
+    format!(
+        "{}/{product}/{version}/{language}/{file_type}",
+        origin.trim_end_matches('/')
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use csp_kit::clock::SECOND;
+
+    fn link(downloads: i32) -> LinkState {
+        LinkState {
+            expires_at: LINK_LIFETIME,
+            downloads,
+            max_downloads: MAX_DOWNLOADS,
+            revoked: false,
+        }
+    }
+
+    #[test]
+    fn a_link_lives_two_weeks_or_fifty_downloads() {
+        assert_eq!(link_status(link(0), LINK_LIFETIME - SECOND), Ok(()));
+        assert_eq!(link_status(link(0), LINK_LIFETIME), Err(Dead::Expired));
+        assert_eq!(link_status(link(49), 0), Ok(()));
+        assert_eq!(link_status(link(50), 0), Err(Dead::UsedUp));
+        let revoked = LinkState {
+            revoked: true,
+            ..link(0)
+        };
+        assert_eq!(link_status(revoked, LINK_LIFETIME * 2), Err(Dead::Revoked));
+    }
+
+    #[test]
+    fn selections_must_be_offered() {
+        let options = Options {
+            versions: vec!["2019".into(), "2022".into()],
+            languages: vec!["en-US".into()],
+            file_types: vec!["iso-x64".into()],
+        };
+        assert!(check_selection(&options, "2022", "en-US", "iso-x64").is_ok());
+        let Err(ApiError::InvalidArgument(v)) = check_selection(&options, "2016", "en-US", "zip")
+        else {
+            panic!("expected INVALID_ARGUMENT")
+        };
+        let fields: Vec<&str> = v.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["version", "file_type"]);
+        assert!(v[0].description.contains("2019, 2022"));
+    }
+
+    #[test]
+    fn content_urls_name_the_selection() {
+        assert_eq!(
+            content_url("https://cdn.example/sw/", "ws", "2022", "en-US", "iso-x64"),
+            "https://cdn.example/sw/ws/2022/en-US/iso-x64"
+        );
+    }
+}
