@@ -6,6 +6,8 @@
 pub use sqlx;
 
 pub mod grpcurl;
+pub mod http;
+pub mod logs;
 pub mod raw;
 
 use std::path::PathBuf;
@@ -27,6 +29,11 @@ pub const POSTGRES_ENV: &str = "CSP_TEST_POSTGRES_URL";
 /// Where test systems redirect downloads to.
 pub const CONTENT_ORIGIN: &str = "https://files.test/software";
 
+/// The key test systems seal product keys and link tokens with.
+pub fn sealing_key() -> Secret {
+    Secret::new("test-sealing-key-0123456789")
+}
+
 /// The user-token secret of test systems.
 pub fn jwt_secret() -> Secret {
     Secret::new("test-jwt-secret-0123456789")
@@ -40,7 +47,7 @@ pub fn internal_key() -> Secret {
 /// Fresh storage of the configured kind: a temporary SQLite directory, or a
 /// new database prefix on the PostgreSQL server of `CSP_TEST_POSTGRES_URL`.
 pub fn fresh_storage() -> Storage {
-    csp_kit::telemetry::init_for_tests();
+    logs::init();
     match std::env::var(POSTGRES_ENV) {
         Ok(url) if !url.is_empty() => Storage::Postgres {
             server_url: url,
@@ -60,6 +67,7 @@ pub struct TestSystem {
     /// The partner of tokens made by [`TestSystem::token`].
     pub partner: Uuid,
     storage: Storage,
+    clock: std::sync::Arc<dyn csp_kit::clock::Clock>,
 }
 
 impl TestSystem {
@@ -85,12 +93,12 @@ impl TestSystem {
     ) -> TestSystem {
         let system = csp::start(SystemConfig {
             storage: storage.clone(),
+            clock: clock.clone(),
             addresses: Addresses::ephemeral(),
             jwt_secret: jwt_secret(),
             internal_key: internal_key(),
             seed_demo_catalog: true,
-            clock,
-            sealing_key: Secret::new("test-sealing-key-0123456789"),
+            sealing_key: sealing_key(),
             content_origin: CONTENT_ORIGIN.to_owned(),
         })
         .await
@@ -100,6 +108,7 @@ impl TestSystem {
             system: Some(system),
             partner: Uuid::new_v4(),
             storage,
+            clock,
         }
     }
 
@@ -147,6 +156,19 @@ impl TestSystem {
         )
     }
 
+    /// A licensing client through the gateway, authenticated with `roles`.
+    pub async fn licensing(
+        &self,
+        roles: &[Role],
+    ) -> csp_proto::licensing::v1::licensing_service_client::LicensingServiceClient<
+        InterceptedService<Channel, Bearer>,
+    > {
+        csp_proto::licensing::v1::licensing_service_client::LicensingServiceClient::with_interceptor(
+            self.gateway().await,
+            Bearer::new(&self.token(roles)),
+        )
+    }
+
     /// The ordering service's internal API, called directly as the support
     /// service would.
     pub async fn ordering_internal(
@@ -161,9 +183,9 @@ impl TestSystem {
         )
     }
 
-    /// A connection to a service's own database, to look behind its API.
-    pub async fn service_db(&self, service: &str) -> csp_kit::db::Db {
-        let url = match &self.storage {
+    /// The URL of a service's own database.
+    pub async fn database_url(&self, service: &str) -> String {
+        match &self.storage {
             Storage::Sqlite(dir) => {
                 format!("sqlite://{}", dir.join(format!("{service}.db")).display())
             }
@@ -172,7 +194,12 @@ impl TestSystem {
                     .await
                     .unwrap_or_else(|error| panic!("{error:#}"))
             }
-        };
+        }
+    }
+
+    /// A connection to a service's own database, to look behind its API.
+    pub async fn service_db(&self, service: &str) -> csp_kit::db::Db {
+        let url = self.database_url(service).await;
         csp_kit::db::Db::connect(&url)
             .await
             .unwrap_or_else(|error| panic!("cannot open the {service} database: {error:#}"))
@@ -210,7 +237,7 @@ pub struct TestDb {
 impl TestDb {
     /// A new, empty database.
     pub async fn new() -> TestDb {
-        csp_kit::telemetry::init_for_tests();
+        logs::init();
         let (storage, url) = match std::env::var(POSTGRES_ENV) {
             Ok(server) if !server.is_empty() => {
                 let prefix = format!("t{}", Uuid::new_v4().simple());
@@ -243,6 +270,91 @@ impl TestDb {
     pub async fn remove(self) {
         self.db.close().await;
         remove_storage(&self.storage).await;
+    }
+}
+
+/// A second licensing replica on a system's database, behind a second
+/// gateway of its own: what a deployment with several replicas runs.
+pub struct Replica {
+    /// The second gateway's gRPC address.
+    pub gateway: std::net::SocketAddr,
+    /// The second gateway's download listener.
+    pub gateway_http: std::net::SocketAddr,
+    trigger: csp_kit::shutdown::ShutdownTrigger,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Replica {
+    /// Starts the replica and its gateway.
+    pub async fn licensing_and_gateway(system: &TestSystem) -> Replica {
+        let bind = || async {
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .unwrap_or_else(|e| panic!("cannot bind: {e}"))
+        };
+        let (licensing, gateway, gateway_http) = (bind().await, bind().await, bind().await);
+        let addr = |l: &tokio::net::TcpListener| l.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let (licensing_addr, gateway_addr, http_addr) =
+            (addr(&licensing), addr(&gateway), addr(&gateway_http));
+        let url = |a: std::net::SocketAddr| format!("http://{a}");
+        let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
+        let a = system.addresses;
+        let licensing_config = csp_licensing::Config {
+            backend: csp_kit::config::BackendArgs {
+                listen: Some(licensing_addr),
+                database_url: Some(system.database_url("licensing").await),
+                data_dir: PathBuf::from("data"),
+                internal_key: internal_key(),
+            },
+            catalog_url: url(a.catalog),
+            audit_url: url(a.audit),
+            sealing_key: sealing_key(),
+            download_base_url: url(http_addr),
+            content_origin: CONTENT_ORIGIN.to_owned(),
+        };
+        let gateway_config = csp_gateway::Config {
+            listen: Some(gateway_addr),
+            http_listen: Some(http_addr),
+            jwt_secret: jwt_secret(),
+            internal_key: internal_key(),
+            backends: csp_gateway::Backends {
+                catalog: url(a.catalog),
+                ordering: url(a.ordering),
+                licensing: url(licensing_addr),
+                audit: url(a.audit),
+                support: url(a.support),
+            },
+        };
+        let tasks = vec![
+            tokio::spawn(csp_licensing::run(
+                licensing_config,
+                licensing,
+                shutdown.clone(),
+                system.clock.clone(),
+            )),
+            tokio::spawn(csp_gateway::run(
+                gateway_config,
+                gateway,
+                gateway_http,
+                shutdown,
+            )),
+        ];
+        Replica {
+            gateway: gateway_addr,
+            gateway_http: http_addr,
+            trigger,
+            tasks,
+        }
+    }
+
+    /// Stops both.
+    pub async fn stop(self) {
+        self.trigger.fire();
+        for task in self.tasks {
+            task.await
+                .unwrap_or_else(|e| panic!("a replica task panicked: {e}"))
+                .unwrap_or_else(|e| panic!("a replica failed: {e:#}"));
+        }
     }
 }
 

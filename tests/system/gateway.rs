@@ -377,7 +377,7 @@ impl csp_proto::catalog::v1::catalog_service_server::CatalogService for Recorder
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backend_receives_the_verified_caller_deadline_and_request_id_but_not_the_token() {
-    csp_kit::telemetry::init_for_tests();
+    csp_tests::logs::init();
     // The recording catalog, behind the same identity check as real backends.
     let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend_addr = backend.local_addr().unwrap();

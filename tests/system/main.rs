@@ -8,5 +8,6 @@ mod contract;
 mod gateway;
 mod grpcurl_cli;
 mod hybrid;
+mod licensing;
 mod ordering;
 mod outbox;

@@ -270,7 +270,7 @@ impl LicensingStore {
     ) -> ApiResult<Vec<Entitlement>> {
         let sql = format!(
             "SELECT {ENTITLEMENT_COLUMNS} FROM entitlements WHERE partner_id = $1 AND customer_tenant_id = $2 \
-             ORDER BY provisioned_at_us, subscription_id"
+             ORDER BY product_title, subscription_id"
         );
         let rows: Vec<EntitlementRow> = on_db!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(partner_id)
