@@ -34,6 +34,11 @@ pub fn sealing_key() -> Secret {
     Secret::new("test-sealing-key-0123456789")
 }
 
+/// The key test systems sign audit checkpoints with.
+pub fn audit_key() -> Secret {
+    Secret::new("test-audit-key-0123456789")
+}
+
 /// The user-token secret of test systems.
 pub fn jwt_secret() -> Secret {
     Secret::new("test-jwt-secret-0123456789")
@@ -52,6 +57,7 @@ pub fn fresh_storage() -> Storage {
         Ok(url) if !url.is_empty() => Storage::Postgres {
             server_url: url,
             prefix: format!("t{}", Uuid::new_v4().simple()),
+            files: std::env::temp_dir().join(format!("csp-test-{}", Uuid::new_v4().simple())),
         },
         _ => Storage::Sqlite(
             std::env::temp_dir().join(format!("csp-test-{}", Uuid::new_v4().simple())),
@@ -100,6 +106,7 @@ impl TestSystem {
             seed_demo_catalog: true,
             sealing_key: sealing_key(),
             content_origin: CONTENT_ORIGIN.to_owned(),
+            audit_key: audit_key(),
         })
         .await
         .unwrap_or_else(|error| panic!("the system did not start: {error:#}"));
@@ -189,11 +196,11 @@ impl TestSystem {
             Storage::Sqlite(dir) => {
                 format!("sqlite://{}", dir.join(format!("{service}.db")).display())
             }
-            Storage::Postgres { server_url, prefix } => {
-                csp_kit::db::ensure_postgres_database(server_url, &format!("{prefix}_{service}"))
-                    .await
-                    .unwrap_or_else(|error| panic!("{error:#}"))
-            }
+            Storage::Postgres {
+                server_url, prefix, ..
+            } => csp_kit::db::ensure_postgres_database(server_url, &format!("{prefix}_{service}"))
+                .await
+                .unwrap_or_else(|error| panic!("{error:#}")),
         }
     }
 
@@ -249,6 +256,8 @@ impl TestDb {
                     Storage::Postgres {
                         server_url: server,
                         prefix,
+                        files: std::env::temp_dir()
+                            .join(format!("csp-test-{}", Uuid::new_v4().simple())),
                     },
                     url,
                 )
@@ -364,7 +373,12 @@ pub async fn remove_storage(storage: &Storage) {
         Storage::Sqlite(dir) => {
             let _ = std::fs::remove_dir_all(dir);
         }
-        Storage::Postgres { server_url, prefix } => {
+        Storage::Postgres {
+            server_url,
+            prefix,
+            files,
+        } => {
+            let _ = std::fs::remove_dir_all(files);
             for service in ["catalog", "ordering", "licensing", "audit", "support"] {
                 csp_kit::db::drop_postgres_database(server_url, &format!("{prefix}_{service}"))
                     .await

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 
 use csp_kit::clock::{DAY, ManualClock, SECOND};
 use csp_kit::roles::Role;
+use csp_proto::audit::v1::ActivityType;
 use csp_proto::catalog::v1::{GetSkuPriceRequest, ProductKind};
 use csp_proto::common::v1::Money;
 use csp_proto::ordering::v1::ordering_service_client::OrderingServiceClient;
@@ -16,7 +17,6 @@ use csp_proto::ordering::v1::{
     get_customer_request, resolve_refund_target_request,
 };
 use csp_tests::{Bearer, TestSystem};
-use prost::Message as _;
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -751,7 +751,7 @@ async fn cancellable_one_second_before_sixty_days_and_not_at_sixty() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn placed_and_cancelled_events_reach_licensing_and_wait_for_audit() {
+async fn placed_and_cancelled_events_reach_licensing_and_audit() {
     let system = TestSystem::start().await;
     let mut ordering = system.ordering(&[Role::AdminAgent]).await;
     let tenant = customer(&mut ordering, "events.example.com", "US").await;
@@ -799,31 +799,49 @@ async fn placed_and_cancelled_events_reach_licensing_and_wait_for_audit() {
     }
     assert!(revoked, "licensing did not receive both events");
 
-    // Audit does not take activities yet: its two wait, in the order's stream.
-    let db = system.service_db("ordering").await;
-    let rows: Vec<(String, String, Vec<u8>)> =
-        csp_kit::on_db!(&db, pool => csp_tests::sqlx::query_as(
-        "SELECT destination, stream, payload FROM outbox ORDER BY seq"
-    )
-    .fetch_all(pool)
-    .await)
-        .unwrap();
-    let destinations: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-    assert_eq!(destinations, ["audit", "audit"]);
-    assert!(rows.iter().all(|r| r.1 == order.id), "one stream per order");
-    let placed = csp_proto::audit::v1::ActivityRecord::decode(rows[0].2.as_slice()).unwrap();
-    let activity = placed.activity.unwrap();
+    // Audit records both, in the partner's log.
+    let mut audit =
+        csp_proto::audit::v1::audit_service_client::AuditServiceClient::with_interceptor(
+            system.gateway().await,
+            Bearer::new(&system.token(&[Role::GlobalAdmin])),
+        );
+    let mut kinds = Vec::new();
+    for _ in 0..300 {
+        let listed = audit
+            .list_activity(csp_proto::audit::v1::ListActivityRequest {
+                start_time: Some(prost_types::Timestamp {
+                    seconds: 0,
+                    nanos: 0,
+                }),
+                end_time: Some(prost_types::Timestamp {
+                    seconds: 4_000_000_000,
+                    nanos: 0,
+                }),
+                customer_tenant_id: tenant.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .activities;
+        kinds = listed.iter().map(|a| a.r#type).collect();
+        if kinds.len() == 2 {
+            let placed = listed
+                .iter()
+                .find(|a| a.r#type == ActivityType::OrderPlaced as i32)
+                .unwrap();
+            assert_eq!(placed.details.get("order_id"), Some(&order.id));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    kinds.sort();
     assert_eq!(
-        activity.r#type,
-        csp_proto::audit::v1::ActivityType::OrderPlaced as i32
+        kinds,
+        [
+            ActivityType::OrderPlaced as i32,
+            ActivityType::SubscriptionCancelled as i32
+        ]
     );
-    assert_eq!(activity.details.get("order_id"), Some(&order.id));
-    assert_eq!(placed.partner_id, system.partner.to_string());
-    let cancelled = csp_proto::audit::v1::ActivityRecord::decode(rows[1].2.as_slice()).unwrap();
-    assert_eq!(
-        cancelled.activity.unwrap().subscription_id,
-        line.subscription_id
-    );
-    db.close().await;
     system.stop().await;
 }

@@ -25,6 +25,8 @@ pub enum Storage {
         server_url: String,
         /// Database name prefix.
         prefix: String,
+        /// Where files that are not in a database go (audit checkpoints).
+        files: PathBuf,
     },
 }
 
@@ -95,6 +97,8 @@ pub struct SystemConfig {
     pub sealing_key: Secret,
     /// Where downloads redirect to.
     pub content_origin: String,
+    /// The key audit signs its checkpoints with.
+    pub audit_key: Secret,
 }
 
 /// A running system.
@@ -167,7 +171,7 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
 
     let data_dir = match &config.storage {
         Storage::Sqlite(dir) => dir.clone(),
-        Storage::Postgres { .. } => PathBuf::from("data"),
+        Storage::Postgres { files, .. } => files.clone(),
     };
     let backend = |listen: SocketAddr| BackendArgs {
         listen: Some(listen),
@@ -178,11 +182,16 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
     let mut catalog_args = backend(addresses.catalog);
     let mut ordering_args = backend(addresses.ordering);
     let mut licensing_args = backend(addresses.licensing);
-    if let Storage::Postgres { server_url, prefix } = &config.storage {
+    let mut audit_args = backend(addresses.audit);
+    if let Storage::Postgres {
+        server_url, prefix, ..
+    } = &config.storage
+    {
         for (service, args) in [
             ("catalog", &mut catalog_args),
             ("ordering", &mut ordering_args),
             ("licensing", &mut licensing_args),
+            ("audit", &mut audit_args),
         ] {
             let url = db::ensure_postgres_database(server_url, &format!("{prefix}_{service}"))
                 .await
@@ -229,10 +238,12 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         )
     });
     let c = csp_audit::Config {
-        backend: backend(addresses.audit),
+        backend: audit_args,
+        checkpoint_key: config.audit_key.clone(),
+        checkpoint_file: None,
     };
-    let s = shutdown.clone();
-    tasks.spawn(async move { ("audit", csp_audit::run(c, audit, s).await) });
+    let (s, clock) = (shutdown.clone(), config.clock.clone());
+    tasks.spawn(async move { ("audit", csp_audit::run(c, audit, s, clock).await) });
     let c = csp_support::Config {
         backend: backend(addresses.support),
     };

@@ -172,7 +172,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Audit(config) => {
             let listener = bind(config.backend.listen.unwrap_or(csp_audit::DEFAULT_ADDR)).await?;
-            csp_audit::run(config, listener, Shutdown::on_signals()).await
+            csp_audit::run(
+                config,
+                listener,
+                Shutdown::on_signals(),
+                csp_kit::clock::system(),
+            )
+            .await
         }
         Command::Outbox(args) => outbox(args).await,
         Command::Support(config) => {

@@ -13,7 +13,8 @@ const DEMO_PARTNER: &str = "8f2b6c1e-4d3a-4e5f-9a7b-1c2d3e4f5a6b";
 
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
-    /// Directory for the embedded SQLite databases.
+    /// Directory for the embedded SQLite databases and the audit checkpoint
+    /// file.
     #[arg(long, env = "CSP_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
     /// Use this PostgreSQL server instead of SQLite: one database per service
@@ -29,6 +30,9 @@ pub struct UpArgs {
     /// Key product keys and link tokens are sealed with in the database.
     #[arg(long, env = "CSP_LICENSING_KEY", default_value = csp_licensing::DEV_SEALING_KEY, hide_default_value = true)]
     sealing_key: Secret,
+    /// Key the audit log's checkpoints are signed with.
+    #[arg(long, env = "CSP_AUDIT_KEY", default_value = csp_audit::DEV_CHECKPOINT_KEY, hide_default_value = true)]
+    audit_key: Secret,
     /// Where download links redirect to.
     #[arg(
         long,
@@ -43,6 +47,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         Some(url) => Storage::Postgres {
             server_url: url.clone(),
             prefix: "csp".to_owned(),
+            files: args.data_dir.clone(),
         },
         None => Storage::Sqlite(args.data_dir.clone()),
     };
@@ -56,6 +61,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         clock: csp_kit::clock::system(),
         sealing_key: args.sealing_key.clone(),
         content_origin: args.content_origin.clone(),
+        audit_key: args.audit_key.clone(),
     })
     .await?;
     print_banner(&args, &storage, &system.addresses)?;

@@ -1,26 +1,42 @@
-//! The audit service: the tamper-evident activity log.
+//! The audit service: every partner's activity log, complete and
+//! tamper-evident, queryable by date range.
 //!
-//! Its contract (`proto/csp/audit/v1/`) is complete; its RPCs answer
-//! UNIMPLEMENTED until the audit issue implements them. It already runs as
-//! every csp backend does: health, reflection, and calls accepted only with a
-//! caller identity signed by the gateway or another csp service.
+//! - [`domain`]: record hashes, signed checkpoints, chain verification; no I/O.
+//! - [`storage`]: appending to the chains, reading by range.
+//! - [`checkpoints`]: the checkpoint file outside the database.
+//! - [`export`]: CSV and JSON lines.
+//! - [`handlers`]: the intake (internal) and the query API (public).
+
+pub mod checkpoints;
+pub mod domain;
+pub mod export;
+pub mod handlers;
+pub mod storage;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use csp_kit::config::BackendArgs;
+use csp_kit::clock::Clock;
+use csp_kit::config::{BackendArgs, Secret};
+use csp_kit::db::Db;
 use csp_kit::server;
 use csp_kit::shutdown::Shutdown;
-use csp_proto::audit::v1::audit_intake_service_server::{
-    AuditIntakeService, AuditIntakeServiceServer,
-};
-use csp_proto::audit::v1::audit_service_server::{AuditService, AuditServiceServer};
+use csp_proto::audit::v1::audit_intake_service_server::AuditIntakeServiceServer;
+use csp_proto::audit::v1::audit_service_server::AuditServiceServer;
 use tokio::net::TcpListener;
+
+use crate::handlers::AuditApi;
+use crate::storage::AuditStore;
 
 /// The service's name in logs, data files and database names.
 pub const NAME: &str = "audit";
 /// Where the service listens by default.
 pub const DEFAULT_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50064);
+/// The development default of the checkpoint key; a deployment sets
+/// `CSP_AUDIT_KEY`.
+pub const DEV_CHECKPOINT_KEY: &str = "csp-development-audit-key-change-me";
 
 /// The service's configuration.
 #[derive(clap::Args, Clone, Debug)]
@@ -28,27 +44,49 @@ pub struct Config {
     /// Shared backend settings.
     #[command(flatten)]
     pub backend: BackendArgs,
+    /// The key chain heads are signed with; the database never holds it.
+    #[arg(long, env = "CSP_AUDIT_KEY", default_value = DEV_CHECKPOINT_KEY, hide_default_value = true)]
+    pub checkpoint_key: Secret,
+    /// The file checkpoints are also appended to, outside the database
+    /// [default: DATA_DIR/audit-checkpoints.jsonl].
+    #[arg(long, env = "CSP_AUDIT_CHECKPOINT_FILE")]
+    pub checkpoint_file: Option<PathBuf>,
 }
 
-/// The API; every RPC answers UNIMPLEMENTED for now.
-#[derive(Clone, Copy, Debug)]
-struct Audit;
-
-impl AuditService for Audit {}
-impl AuditIntakeService for Audit {}
-
-/// Serves on `listener` until `shutdown` fires.
-pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
-    server::run_backend(
+/// Opens and migrates the database and serves on `listener` until
+/// `shutdown` fires.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<()> {
+    let url = config.backend.database_url_for(NAME);
+    let db = Db::connect(&url).await?;
+    db.migrate(&storage::MIGRATIONS).await?;
+    let file = config
+        .checkpoint_file
+        .clone()
+        .unwrap_or_else(|| config.backend.data_dir.join("audit-checkpoints.jsonl"));
+    tracing::info!(service = NAME, backend = db.backend_name(), checkpoint_file = %file.display(), "database ready");
+    let api = AuditApi::new(
+        AuditStore::new(db.clone()),
+        domain::Signer::new(config.checkpoint_key.expose().as_bytes()),
+        checkpoints::CheckpointFile::new(file),
+        clock,
+    );
+    let served = server::run_backend(
         NAME,
         listener,
         &config.backend.internal_key,
         shutdown,
         |routes| {
             routes
-                .add_service(AuditServiceServer::new(Audit))
-                .add_service(AuditIntakeServiceServer::new(Audit))
+                .add_service(AuditServiceServer::new(api.clone()))
+                .add_service(AuditIntakeServiceServer::new(api))
         },
     )
-    .await
+    .await;
+    db.close().await;
+    served
 }
