@@ -92,10 +92,25 @@ impl TestSystem {
         TestSystem::start_with(fresh_storage(), clock).await
     }
 
+    /// Starts a system whose audit service is down (its port is free, so
+    /// calls to it fail at once); bring it up with [`AuditInstance::start`]
+    /// on `addresses.audit`.
+    pub async fn start_without_audit() -> TestSystem {
+        TestSystem::start_full(fresh_storage(), csp_kit::clock::system(), false).await
+    }
+
     /// Starts a system on `storage` with business time from `clock`.
     pub async fn start_with(
         storage: Storage,
         clock: std::sync::Arc<dyn csp_kit::clock::Clock>,
+    ) -> TestSystem {
+        TestSystem::start_full(storage, clock, true).await
+    }
+
+    async fn start_full(
+        storage: Storage,
+        clock: std::sync::Arc<dyn csp_kit::clock::Clock>,
+        start_audit: bool,
     ) -> TestSystem {
         let system = csp::start(SystemConfig {
             storage: storage.clone(),
@@ -107,6 +122,7 @@ impl TestSystem {
             sealing_key: sealing_key(),
             content_origin: CONTENT_ORIGIN.to_owned(),
             audit_key: audit_key(),
+            start_audit,
         })
         .await
         .unwrap_or_else(|error| panic!("the system did not start: {error:#}"));
@@ -173,6 +189,32 @@ impl TestSystem {
         csp_proto::licensing::v1::licensing_service_client::LicensingServiceClient::with_interceptor(
             self.gateway().await,
             Bearer::new(&self.token(roles)),
+        )
+    }
+
+    /// An audit client through the gateway, authenticated with `roles`.
+    pub async fn audit(
+        &self,
+        roles: &[Role],
+    ) -> csp_proto::audit::v1::audit_service_client::AuditServiceClient<
+        InterceptedService<Channel, Bearer>,
+    > {
+        csp_proto::audit::v1::audit_service_client::AuditServiceClient::with_interceptor(
+            self.gateway().await,
+            Bearer::new(&self.token(roles)),
+        )
+    }
+
+    /// The audit intake, called directly as a producing service would.
+    pub async fn audit_intake(
+        &self,
+    ) -> csp_proto::audit::v1::audit_intake_service_client::AuditIntakeServiceClient<
+        InterceptedService<Channel, csp_kit::identity::ServiceIdentity>,
+    > {
+        let key = std::sync::Arc::new(csp_kit::identity::IdentityKey::new(&internal_key()));
+        csp_proto::audit::v1::audit_intake_service_client::AuditIntakeServiceClient::with_interceptor(
+            connect(self.addresses.audit).await,
+            csp_kit::identity::ServiceIdentity::new(key, "ordering"),
         )
     }
 
@@ -364,6 +406,54 @@ impl Replica {
                 .unwrap_or_else(|e| panic!("a replica task panicked: {e}"))
                 .unwrap_or_else(|e| panic!("a replica failed: {e:#}"));
         }
+    }
+}
+
+/// An audit service started by a test on a system's audit database, at an
+/// address of the test's choosing (to bring audit back after an outage, or
+/// to run a second replica).
+pub struct AuditInstance {
+    trigger: csp_kit::shutdown::ShutdownTrigger,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl AuditInstance {
+    /// Starts audit on `addr`, on `system`'s audit database and checkpoint file.
+    pub async fn start(system: &TestSystem, addr: std::net::SocketAddr) -> AuditInstance {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("cannot bind {addr}: {e}"));
+        let data_dir = match &system.storage {
+            Storage::Sqlite(dir) => dir.clone(),
+            Storage::Postgres { files, .. } => files.clone(),
+        };
+        let config = csp_audit::Config {
+            backend: csp_kit::config::BackendArgs {
+                listen: Some(addr),
+                database_url: Some(system.database_url("audit").await),
+                data_dir,
+                internal_key: internal_key(),
+            },
+            checkpoint_key: audit_key(),
+            checkpoint_file: None,
+        };
+        let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
+        let task = tokio::spawn(csp_audit::run(
+            config,
+            listener,
+            shutdown,
+            system.clock.clone(),
+        ));
+        AuditInstance { trigger, task }
+    }
+
+    /// Stops it.
+    pub async fn stop(self) {
+        self.trigger.fire();
+        self.task
+            .await
+            .unwrap_or_else(|e| panic!("audit panicked: {e}"))
+            .unwrap_or_else(|e| panic!("audit failed: {e:#}"));
     }
 }
 

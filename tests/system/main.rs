@@ -3,6 +3,7 @@
 //! on PostgreSQL when `CSP_TEST_POSTGRES_URL` is set.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
+mod audit;
 mod catalog;
 mod contract;
 mod gateway;

@@ -99,6 +99,8 @@ pub struct SystemConfig {
     pub content_origin: String,
     /// The key audit signs its checkpoints with.
     pub audit_key: Secret,
+    /// Start the audit service (tests leave it down to show nothing is lost).
+    pub start_audit: bool,
 }
 
 /// A running system.
@@ -242,8 +244,12 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         checkpoint_key: config.audit_key.clone(),
         checkpoint_file: None,
     };
-    let (s, clock) = (shutdown.clone(), config.clock.clone());
-    tasks.spawn(async move { ("audit", csp_audit::run(c, audit, s, clock).await) });
+    if config.start_audit {
+        let (s, clock) = (shutdown.clone(), config.clock.clone());
+        tasks.spawn(async move { ("audit", csp_audit::run(c, audit, s, clock).await) });
+    } else {
+        drop(audit);
+    }
     let c = csp_support::Config {
         backend: backend(addresses.support),
     };

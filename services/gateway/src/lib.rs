@@ -11,6 +11,7 @@
 //! Health and reflection of the public API are served by the gateway itself.
 
 pub mod auth;
+pub mod denied;
 pub mod downloads;
 
 use std::collections::HashMap;
@@ -131,6 +132,7 @@ type HttpClient = Client<HttpConnector, axum::body::Body>;
 /// The routing table and the keys.
 struct Gateway {
     routes: HashMap<String, Route>,
+    denied: denied::DeniedCalls,
     client: HttpClient,
     verifier: Box<dyn TokenVerifier>,
     identity: IdentityKey,
@@ -209,6 +211,11 @@ async fn serve_grpc(
 ) -> anyhow::Result<()> {
     let gateway = Arc::new(Gateway {
         routes: build_routes(&config.backends)?,
+        denied: denied::DeniedCalls::start(
+            &config.backends.audit,
+            &std::sync::Arc::new(IdentityKey::new(&config.internal_key)),
+            shutdown.clone(),
+        )?,
         client: http_client(),
         verifier: Box::new(Hs256Verifier::new(&config.jwt_secret)),
         identity: IdentityKey::new(&config.internal_key),
@@ -267,6 +274,7 @@ impl Gateway {
             ))
         })?;
         authorize(&route.method, &user).inspect_err(|status| {
+            self.denied.report(&user, path, status.message());
             tracing::info!(
                 method = %path,
                 request_id = ?request_id,

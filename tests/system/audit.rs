@@ -1,0 +1,723 @@
+//! The activity log through the gateway: what producers send arrives once,
+//! date ranges, paging under concurrent inserts, isolation, roles, export,
+//! tamper evidence, several replicas, and nothing lost while audit is down.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use csp_kit::roles::Role;
+use csp_proto::audit::v1::audit_service_client::AuditServiceClient;
+use csp_proto::audit::v1::{
+    Activity, ActivityRecord, ActivityType, ExportActivityRequest, ExportFormat,
+    ListActivityRequest, RecordActivitiesRequest, VerifyActivityLogRequest,
+};
+use csp_proto::licensing::v1::{GetKeysAndDownloadsRequest, ListSoftwareRequest};
+use csp_proto::ordering::v1::{CreateCustomerRequest, OrderLineRequest, PlaceOrderRequest};
+use csp_tests::{AuditInstance, Bearer, TestSystem, http};
+use prost_types::Timestamp;
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic_types::StatusExt as _;
+use uuid::Uuid;
+
+type Audit = AuditServiceClient<InterceptedService<Channel, Bearer>>;
+
+const DAY: i64 = 86_400;
+const BASE: i64 = 1_780_000_000;
+
+fn at(seconds: i64) -> Option<Timestamp> {
+    Some(Timestamp { seconds, nanos: 0 })
+}
+
+fn record(partner: &str, id: &str, kind: ActivityType, seconds: i64, user: &str) -> ActivityRecord {
+    ActivityRecord {
+        partner_id: partner.into(),
+        activity: Some(Activity {
+            id: id.into(),
+            r#type: kind as i32,
+            occur_time: at(seconds),
+            user_id: user.into(),
+            user_display_name: format!("{user} name"),
+            customer_tenant_id: "c1".into(),
+            subscription_id: "s1".into(),
+            product_id: "p1".into(),
+            details: HashMap::from([("note".to_owned(), "a, \"quoted\" note".to_owned())]),
+        }),
+    }
+}
+
+async fn list(audit: &mut Audit, start: i64, end: i64) -> Vec<Activity> {
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = audit
+            .list_activity(ListActivityRequest {
+                start_time: at(start),
+                end_time: at(end),
+                page_size: 1000,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        all.extend(page.activities);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        token = page.next_page_token;
+    }
+}
+
+fn produced(list: &[Activity]) -> Vec<&Activity> {
+    list.iter()
+        .filter(|a| {
+            a.r#type != ActivityType::ActivityLogRead as i32
+                && a.r#type != ActivityType::ActivityLogExported as i32
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_include_the_start_exclude_the_end_and_are_checked() {
+    let system = TestSystem::start().await;
+    let partner = system.partner.to_string();
+    let mut intake = system.audit_intake().await;
+    let sent = intake
+        .record_activities(RecordActivitiesRequest {
+            records: vec![
+                record(&partner, "a", ActivityType::KeyAccessed, BASE, "ada"),
+                record(
+                    &partner,
+                    "b",
+                    ActivityType::SoftwareDownloaded,
+                    BASE + DAY,
+                    "bob",
+                ),
+                record(
+                    &partner,
+                    "c",
+                    ActivityType::KeyAccessed,
+                    BASE + 2 * DAY,
+                    "ada",
+                ),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sent.recorded, 3);
+    // Redelivered: stored once.
+    let again = intake
+        .record_activities(RecordActivitiesRequest {
+            records: vec![record(
+                &partner,
+                "a",
+                ActivityType::KeyAccessed,
+                BASE,
+                "ada",
+            )],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.recorded, 0);
+    // Invalid ones are rejected one by one.
+    let mut bad = record(&partner, "d", ActivityType::Unspecified, BASE, "x");
+    bad.partner_id = "nope".into();
+    let rejected = intake
+        .record_activities(RecordActivitiesRequest { records: vec![bad] })
+        .await
+        .unwrap()
+        .into_inner()
+        .rejected;
+    assert_eq!(rejected.len(), 1);
+
+    let mut audit = system.audit(&[Role::AccountAdmin]).await;
+    let ids = |list: Vec<Activity>| -> Vec<String> {
+        produced(&list).iter().map(|a| a.id.clone()).collect()
+    };
+    assert_eq!(ids(list(&mut audit, BASE, BASE + DAY).await), ["a"]);
+    assert_eq!(
+        ids(list(&mut audit, BASE, BASE + DAY + 1).await),
+        ["b", "a"],
+        "newest first"
+    );
+    assert_eq!(
+        ids(list(&mut audit, BASE + 1, BASE + 2 * DAY + 1).await),
+        ["c", "b"]
+    );
+
+    // Filters.
+    let by_user = audit
+        .list_activity(ListActivityRequest {
+            start_time: at(BASE),
+            end_time: at(BASE + 3 * DAY),
+            user_id: "ada".into(),
+            r#type: ActivityType::KeyAccessed as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .activities;
+    assert_eq!(
+        by_user.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        ["c", "a"]
+    );
+    assert_eq!(
+        by_user[0].details.get("note").unwrap(),
+        "a, \"quoted\" note"
+    );
+
+    // Bad ranges name the field.
+    let field = |status: tonic::Status| -> Vec<String> {
+        assert_eq!(status.code(), Code::InvalidArgument);
+        status
+            .get_error_details()
+            .bad_request()
+            .unwrap()
+            .field_violations
+            .iter()
+            .map(|v| v.field.clone())
+            .collect()
+    };
+    let status = audit
+        .list_activity(ListActivityRequest {
+            start_time: at(BASE + 10),
+            end_time: at(BASE),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(field(status), ["start_time"]);
+    let status = audit
+        .list_activity(ListActivityRequest {
+            start_time: None,
+            end_time: Some(Timestamp {
+                seconds: BASE,
+                nanos: -5,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(field(status), ["start_time", "end_time"]);
+    let status = audit
+        .list_activity(ListActivityRequest {
+            start_time: at(BASE),
+            end_time: at(BASE + 1),
+            page_size: -3,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(field(status), ["page_size"]);
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_is_a_snapshot_while_new_events_arrive() {
+    let system = TestSystem::start().await;
+    let partner = system.partner.to_string();
+    let mut intake = system.audit_intake().await;
+    let batch = |from: i64, to: i64| RecordActivitiesRequest {
+        records: (from..to)
+            .map(|i| {
+                record(
+                    &partner,
+                    &format!("e{i:04}"),
+                    ActivityType::KeyAccessed,
+                    BASE + i,
+                    "u",
+                )
+            })
+            .collect(),
+    };
+    intake.record_activities(batch(0, 250)).await.unwrap();
+    let mut audit = system.audit(&[Role::GlobalAdmin]).await;
+    let request = |token: String| ListActivityRequest {
+        start_time: at(BASE - 1000),
+        end_time: at(BASE + 1000),
+        page_size: 100,
+        page_token: token,
+        r#type: ActivityType::KeyAccessed as i32,
+        ..Default::default()
+    };
+    let first = audit
+        .list_activity(request(String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.activities.len(), 100);
+    // New events, newer and older than the first page, arrive mid-listing.
+    let mut newer = batch(250, 260);
+    let mut older = batch(0, 0);
+    older.records = (0..10)
+        .map(|i| {
+            record(
+                &partner,
+                &format!("old{i}"),
+                ActivityType::KeyAccessed,
+                BASE - 500 + i,
+                "u",
+            )
+        })
+        .collect();
+    newer.records.extend(older.records);
+    intake.record_activities(newer).await.unwrap();
+
+    let mut ids: Vec<String> = first.activities.iter().map(|a| a.id.clone()).collect();
+    let mut token = first.next_page_token;
+    while !token.is_empty() {
+        let page = audit
+            .list_activity(request(token))
+            .await
+            .unwrap()
+            .into_inner();
+        ids.extend(page.activities.iter().map(|a| a.id.clone()));
+        token = page.next_page_token;
+    }
+    let expected: Vec<String> = (0..250).rev().map(|i| format!("e{i:04}")).collect();
+    assert_eq!(
+        ids, expected,
+        "every event of the snapshot once, newest first, none of the later ones"
+    );
+
+    // A token is bound to its filters.
+    let first = audit
+        .list_activity(request(String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut other = request(first.next_page_token);
+    other.user_id = "someone".into();
+    assert_eq!(
+        audit.list_activity(other).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_log_roles_read_it_and_only_their_partners_log() {
+    let system = TestSystem::start().await;
+    let partner = system.partner.to_string();
+    system
+        .audit_intake()
+        .await
+        .record_activities(RecordActivitiesRequest {
+            records: vec![record(
+                &partner,
+                "mine",
+                ActivityType::KeyAccessed,
+                BASE,
+                "u",
+            )],
+        })
+        .await
+        .unwrap();
+    for role in [Role::AdminAgent, Role::SalesAgent, Role::HelpdeskAgent] {
+        let status = system
+            .audit(&[role])
+            .await
+            .list_activity(ListActivityRequest {
+                start_time: at(0),
+                end_time: at(BASE * 2),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{role}");
+    }
+    for role in [
+        Role::GlobalAdmin,
+        Role::AccountAdmin,
+        Role::ReferralAdmin,
+        Role::MarketingContentAdmin,
+    ] {
+        let mut audit = system.audit(&[role]).await;
+        let found = list(&mut audit, 0, BASE * 2).await;
+        assert!(found.iter().any(|a| a.id == "mine"), "{role}");
+    }
+    let mut stranger = AuditServiceClient::with_interceptor(
+        system.gateway().await,
+        Bearer::new(&system.token_of(Uuid::new_v4(), &[Role::GlobalAdmin])),
+    );
+    let theirs = list(&mut stranger, 0, BASE * 2).await;
+    assert!(
+        produced(&theirs).is_empty(),
+        "another partner sees nothing of this log"
+    );
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_exports_and_denied_calls_are_recorded_and_exports_open_in_a_spreadsheet() {
+    let system = TestSystem::start().await;
+    let partner = system.partner.to_string();
+    system
+        .audit_intake()
+        .await
+        .record_activities(RecordActivitiesRequest {
+            records: (0..3)
+                .map(|i| {
+                    record(
+                        &partner,
+                        &format!("x{i}"),
+                        ActivityType::SoftwareDownloaded,
+                        BASE + i,
+                        "=cmd",
+                    )
+                })
+                .collect(),
+        })
+        .await
+        .unwrap();
+    let mut audit = system.audit(&[Role::GlobalAdmin]).await;
+
+    let mut csv = Vec::new();
+    let mut stream = audit
+        .export_activity(ExportActivityRequest {
+            start_time: at(BASE),
+            end_time: at(BASE + 10),
+            format: ExportFormat::Csv as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        csv.extend(chunk.data);
+    }
+    let csv = String::from_utf8(csv).unwrap();
+    let lines: Vec<&str> = csv.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert!(
+        lines[0].starts_with("\u{feff}sequence,id,occur_time,type,user_id"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(lines.len(), 4, "{csv}");
+    assert!(lines[1].contains(",x2,"), "newest first: {}", lines[1]);
+    assert!(lines[1].contains(",'=cmd,"), "formula-safe: {}", lines[1]);
+    assert!(
+        lines[1].contains(r#""{""note"":""a, \""quoted\"" note""}""#),
+        "quoted JSON cell: {}",
+        lines[1]
+    );
+
+    let mut json = Vec::new();
+    let mut stream = audit
+        .export_activity(ExportActivityRequest {
+            start_time: at(BASE),
+            end_time: at(BASE + 10),
+            format: ExportFormat::JsonLines as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        json.extend(chunk.data);
+    }
+    let parsed: Vec<serde_json::Value> = String::from_utf8(json)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(parsed.len(), 3);
+    assert_eq!(parsed[0]["details"]["note"], "a, \"quoted\" note");
+    let status = audit
+        .export_activity(ExportActivityRequest {
+            start_time: at(BASE),
+            end_time: at(BASE + 10),
+            format: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // A denied call lands in the partner's log too.
+    let status = system
+        .licensing(&[Role::SalesAgent])
+        .await
+        .list_software(ListSoftwareRequest {
+            customer_tenant_id: Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut kinds = Vec::new();
+    for _ in 0..200 {
+        kinds = list(&mut audit, now - 600, now + 600)
+            .await
+            .iter()
+            .map(|a| a.r#type)
+            .collect();
+        if kinds.contains(&(ActivityType::CallDenied as i32)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        kinds.contains(&(ActivityType::CallDenied as i32)),
+        "{kinds:?}"
+    );
+    // A read is recorded after its own snapshot: the next read shows it.
+    let kinds: Vec<i32> = list(&mut audit, now - 600, now + 600)
+        .await
+        .iter()
+        .map(|a| a.r#type)
+        .collect();
+    assert!(kinds.contains(&(ActivityType::ActivityLogRead as i32)));
+    assert!(kinds.contains(&(ActivityType::ActivityLogExported as i32)));
+    system.stop().await;
+}
+
+async fn verify(audit: &mut Audit) -> csp_proto::audit::v1::VerifyActivityLogResponse {
+    audit
+        .verify_activity_log(VerifyActivityLogRequest {
+            start_time: at(0),
+            end_time: at(BASE * 2),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_names_an_edited_row_a_deleted_row_and_deleted_newest_rows() {
+    let system = TestSystem::start().await;
+    let partner = system.partner.to_string();
+    let mut intake = system.audit_intake().await;
+    for i in 0..10 {
+        // One at a time: one checkpoint per record.
+        intake
+            .record_activities(RecordActivitiesRequest {
+                records: vec![record(
+                    &partner,
+                    &format!("r{i}"),
+                    ActivityType::KeyAccessed,
+                    BASE + i,
+                    "u",
+                )],
+            })
+            .await
+            .unwrap();
+    }
+    let mut audit = system.audit(&[Role::GlobalAdmin]).await;
+    let intact = verify(&mut audit).await;
+    assert!(intact.intact, "{}", intact.summary);
+    assert_eq!(intact.records_checked, 10);
+
+    let db = system.service_db("audit").await;
+    let exec = |sql: &'static str| {
+        let db = db.clone();
+        let partner = partner.clone();
+        async move {
+            csp_kit::on_db!(&db, pool => csp_tests::sqlx::query(sql).bind(partner).execute(pool).await.map(drop)).unwrap();
+        }
+    };
+    // Edit one row.
+    exec("UPDATE activities SET user_id = 'mallory' WHERE partner_id = $1 AND seq = 3").await;
+    let edited = verify(&mut audit).await;
+    assert!(!edited.intact);
+    assert_eq!(edited.first_mismatch_id, "r2", "{}", edited.summary);
+    exec("UPDATE activities SET user_id = 'u' WHERE partner_id = $1 AND seq = 3").await;
+    assert!(verify(&mut audit).await.intact);
+
+    // Delete one row.
+    exec("DELETE FROM activities WHERE partner_id = $1 AND seq = 5").await;
+    let deleted = verify(&mut audit).await;
+    assert!(!deleted.intact);
+    assert_eq!(deleted.missing_sequence_numbers, [5], "{}", deleted.summary);
+
+    // Delete the newest rows with their checkpoints and the chain head: the
+    // checkpoints outside the database still know them.
+    exec("DELETE FROM activities WHERE partner_id = $1 AND seq >= 9").await;
+    exec("DELETE FROM checkpoints WHERE partner_id = $1 AND seq >= 9").await;
+    exec("UPDATE chain_heads SET seq = 8 WHERE partner_id = $1").await;
+    let truncated = verify(&mut audit).await;
+    assert_eq!(
+        truncated.missing_sequence_numbers,
+        [5, 9, 10],
+        "{}",
+        truncated.summary
+    );
+    db.close().await;
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_append_to_one_chain_without_forking() {
+    let system = TestSystem::start().await;
+    let partner = system.partner.to_string();
+    let second_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let second = AuditInstance::start(&system, second_addr).await;
+    let key = std::sync::Arc::new(csp_kit::identity::IdentityKey::new(
+        &csp_tests::internal_key(),
+    ));
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let addr = if i % 2 == 0 {
+            system.addresses.audit
+        } else {
+            second_addr
+        };
+        let channel = csp_tests::connect(addr).await;
+        let mut client = csp_proto::audit::v1::audit_intake_service_client::AuditIntakeServiceClient::with_interceptor(
+            channel,
+            csp_kit::identity::ServiceIdentity::new(key.clone(), "ordering"),
+        );
+        let partner = partner.clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .record_activities(RecordActivitiesRequest {
+                    records: (0..5)
+                        .map(|j| {
+                            record(
+                                &partner,
+                                &format!("p{i}-{j}"),
+                                ActivityType::KeyAccessed,
+                                BASE + j,
+                                "u",
+                            )
+                        })
+                        .collect(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .recorded
+        }));
+    }
+    let mut recorded = 0;
+    for task in tasks {
+        recorded += task.await.unwrap();
+    }
+    assert_eq!(recorded, 200);
+    let mut audit = system.audit(&[Role::GlobalAdmin]).await;
+    let verified = verify(&mut audit).await;
+    assert!(verified.intact, "{}", verified.summary);
+    assert_eq!(verified.records_checked, 200);
+    second.stop().await;
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_lost_while_audit_is_down() {
+    const N: usize = 4;
+    let system = TestSystem::start_without_audit().await;
+    let mut ordering = system.ordering(&[Role::AdminAgent]).await;
+    let customer = ordering
+        .create_customer(CreateCustomerRequest {
+            tenant_id: String::new(),
+            domain_name: "outage.example.com".into(),
+            company_name: "Outage".into(),
+            market: "US".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .customer
+        .unwrap()
+        .tenant_id;
+    let order = ordering
+        .place_order(PlaceOrderRequest {
+            customer_tenant_id: customer.clone(),
+            lines: vec![OrderLineRequest {
+                sku_id: "windows-server-standard-p1y".into(),
+                quantity: 1,
+            }],
+            request_id: Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    let mut licensing = system.licensing(&[Role::AdminAgent]).await;
+    for _ in 0..300 {
+        let listed = licensing
+            .list_software(ListSoftwareRequest {
+                customer_tenant_id: customer.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .software;
+        if !listed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..N {
+        let issued = licensing
+            .get_keys_and_downloads(GetKeysAndDownloadsRequest {
+                customer_tenant_id: customer.clone(),
+                subscription_id: order.lines[0].subscription_id.clone(),
+                version: "2022".into(),
+                language: "en-US".into(),
+                file_type: "iso-x64".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            http::get(&issued.download_link.unwrap().url).await.status,
+            302
+        );
+    }
+
+    // Audit comes back; the producers' outboxes deliver everything once.
+    let audit_instance = AuditInstance::start(&system, system.addresses.audit).await;
+    let mut audit = system.audit(&[Role::GlobalAdmin]).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let count = |list: &[Activity], kind: ActivityType| {
+        list.iter().filter(|a| a.r#type == kind as i32).count()
+    };
+    let mut found = Vec::new();
+    for _ in 0..600 {
+        found = list(&mut audit, now - 3600, now + 3600).await;
+        if count(&found, ActivityType::KeyAccessed) >= N
+            && count(&found, ActivityType::SoftwareDownloaded) >= N
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(count(&found, ActivityType::KeyAccessed), N);
+    assert_eq!(count(&found, ActivityType::SoftwareDownloaded), N);
+    assert_eq!(count(&found, ActivityType::DownloadLinkIssued), 1);
+    assert_eq!(count(&found, ActivityType::OrderPlaced), 1);
+    let download = found
+        .iter()
+        .find(|a| a.r#type == ActivityType::SoftwareDownloaded as i32)
+        .unwrap();
+    assert_eq!(
+        download.details.get("client_address").map(String::as_str),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        download.details.get("user_agent").map(String::as_str),
+        Some("csp-tests/1.0")
+    );
+    assert!(
+        download
+            .details
+            .get("download_count")
+            .unwrap()
+            .ends_with("of 50")
+    );
+    audit_instance.stop().await;
+    system.stop().await;
+}
