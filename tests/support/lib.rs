@@ -444,6 +444,24 @@ impl AuditInstance {
             shutdown,
             system.clock.clone(),
         ));
+        // Wait until it answers, or say why it stopped.
+        for _ in 0..500 {
+            if task.is_finished() {
+                let outcome = task.await;
+                panic!("audit stopped at start: {outcome:?}");
+            }
+            let health = raw::call_empty(
+                connect(addr).await,
+                "/grpc.health.v1.Health/Check",
+                false,
+                None,
+            )
+            .await;
+            if health.code() == tonic::Code::Ok {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         AuditInstance { trigger, task }
     }
 

@@ -202,7 +202,17 @@ impl Db {
             ..Migrator::DEFAULT
         };
         match self {
-            Db::Sqlite(pool) => migrator.run(pool).await,
+            Db::Sqlite(pool) => {
+                // sqlx cannot lock a SQLite database for migrating; two pools
+                // of one process opening the same file at once (a test's
+                // second replica) would both apply the same migration. One
+                // SQLite migration at a time per process. (Several processes
+                // on one SQLite file are not a supported deployment: use
+                // PostgreSQL, where the migrator takes an advisory lock.)
+                static SQLITE_MIGRATIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+                let _one_at_a_time = SQLITE_MIGRATIONS.lock().await;
+                migrator.run(pool).await
+            }
             Db::Postgres(pool) => migrator.run(pool).await,
         }
         .context("database migration failed")
