@@ -209,7 +209,8 @@ impl Db {
                 // SQLite migration at a time per process. (Several processes
                 // on one SQLite file are not a supported deployment: use
                 // PostgreSQL, where the migrator takes an advisory lock.)
-                static SQLITE_MIGRATIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+                static SQLITE_MIGRATIONS: tokio::sync::Mutex<()> =
+                    tokio::sync::Mutex::const_new(());
                 let _one_at_a_time = SQLITE_MIGRATIONS.lock().await;
                 migrator.run(pool).await
             }

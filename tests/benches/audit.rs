@@ -1,0 +1,178 @@
+//! Activity log scale: fills one partner's log with 10 thousand and then
+//! 1 million events (spread over 90 days) and prints the latency of a
+//! one-day and a 30-day page query (100 records, newest first) at both sizes.
+//! Asserts nothing.
+//!
+//! `cargo bench -p csp-tests --bench audit`
+//! Knobs: CSP_BENCH_AUDIT_EVENTS (the large size, default 1000000),
+//! CSP_BENCH_POSTGRES_URL (a server to run on instead of SQLite).
+
+use std::time::Instant;
+
+use csp_audit::domain::{Record, Signer};
+use csp_audit::storage::{AuditStore, Query};
+use csp_kit::clock::{DAY, SECOND};
+use csp_kit::db::Db;
+use hdrhistogram::Histogram;
+
+const START: i64 = 1_780_000_000 * SECOND;
+const SPAN: i64 = 90 * DAY;
+const BATCH: usize = 1000;
+const QUERIES: usize = 300;
+
+fn main() -> anyhow::Result<()> {
+    let large: usize = std::env::var("CSP_BENCH_AUDIT_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(large))
+}
+
+async fn run(large: usize) -> anyhow::Result<()> {
+    let (db, cleanup) = open().await?;
+    db.migrate(&csp_audit::storage::MIGRATIONS).await?;
+    let store = AuditStore::new(db.clone());
+    let signer = Signer::new(b"bench-audit-key");
+    let partner = uuid::Uuid::new_v4().to_string();
+    println!(
+        "activity log scale: one partner, events over 90 days, page of 100 newest first, {QUERIES} queries per figure ({})",
+        db.backend_name()
+    );
+    println!(
+        "{:>10}  {:>8}  {:>10}  {:>10}",
+        "events", "range", "p50 (us)", "p99 (us)"
+    );
+    let mut filled = 0;
+    let mut results = Vec::new();
+    for size in [10_000, large] {
+        let started = Instant::now();
+        while filled < size {
+            let n = BATCH.min(size - filled);
+            let records = (filled..filled + n)
+                .map(|i| record(i, size.max(large)))
+                .collect();
+            store.append(&partner, records, &signer, START).await?;
+            filled += n;
+            if filled % 100_000 == 0 {
+                eprintln!(
+                    "  filled {filled} events ({:.0} s)",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        for (name, days) in [("1 day", 1), ("30 days", 30)] {
+            let (p50, p99) = measure(&store, &partner, days).await?;
+            println!("{size:>10}  {name:>8}  {p50:>10.0}  {p99:>10.0}");
+            results.push((size, name, p50));
+        }
+    }
+    println!();
+    for name in ["1 day", "30 days"] {
+        let small = results
+            .iter()
+            .find(|r| r.0 == 10_000 && r.1 == name)
+            .map(|r| r.2)
+            .unwrap_or(1.0);
+        let big = results
+            .iter()
+            .find(|r| r.0 == large && r.1 == name)
+            .map(|r| r.2)
+            .unwrap_or(0.0);
+        println!(
+            "{name}: p50 at {large} events is {:.2}x the p50 at 10000",
+            big / small
+        );
+    }
+    db.close().await;
+    cleanup.run().await;
+    Ok(())
+}
+
+/// Event `i` of `total`, spread evenly over the 90 days.
+fn record(i: usize, total: usize) -> Record {
+    let at = START + (i as i64 * (SPAN / total as i64)) + (i as i64 % 997);
+    Record {
+        partner_id: String::new(),
+        seq: 0,
+        id: uuid::Uuid::new_v4().to_string(),
+        kind: if i % 3 == 0 {
+            "software_downloaded"
+        } else {
+            "key_accessed"
+        }
+        .to_owned(),
+        occur_at: at,
+        recorded_at: at,
+        user_id: format!("user-{}", i % 50),
+        user_display_name: format!("User {}", i % 50),
+        customer_tenant_id: format!("customer-{}", i % 200),
+        subscription_id: format!("subscription-{}", i % 1000),
+        product_id: "windows-server-datacenter".to_owned(),
+        details: r#"{"version":"2022"}"#.to_owned(),
+        prev_hash: String::new(),
+        hash: String::new(),
+    }
+}
+
+async fn measure(store: &AuditStore, partner: &str, days: i64) -> anyhow::Result<(f64, f64)> {
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let max_seq = store.head_seq(partner).await?;
+    for q in 0..QUERIES {
+        // Ranges ending at different points of the last 60 days.
+        let end = START + SPAN - (q as i64 % 60) * DAY;
+        let query = Query {
+            partner_id: partner.to_owned(),
+            start: end - days * DAY,
+            end,
+            max_seq,
+            ..Query::default()
+        };
+        let started = Instant::now();
+        let page = store.page(&query, None, 101).await?;
+        histogram.record(started.elapsed().as_micros().max(1) as u64)?;
+        anyhow::ensure!(!page.is_empty(), "a query found nothing");
+    }
+    Ok((
+        histogram.value_at_quantile(0.5) as f64,
+        histogram.value_at_quantile(0.99) as f64,
+    ))
+}
+
+/// What to remove after the run.
+enum Cleanup {
+    Postgres { server: String, name: String },
+    Sqlite(std::path::PathBuf),
+}
+
+impl Cleanup {
+    async fn run(self) {
+        match self {
+            Cleanup::Postgres { server, name } => {
+                let _ = csp_kit::db::drop_postgres_database(&server, &name).await;
+            }
+            Cleanup::Sqlite(dir) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+}
+
+async fn open() -> anyhow::Result<(Db, Cleanup)> {
+    match std::env::var("CSP_BENCH_POSTGRES_URL") {
+        Ok(server) if !server.is_empty() => {
+            let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
+            let url = csp_kit::db::ensure_postgres_database(&server, &name).await?;
+            Ok((Db::connect(&url).await?, Cleanup::Postgres { server, name }))
+        }
+        _ => {
+            let dir =
+                std::env::temp_dir().join(format!("csp-bench-{}", uuid::Uuid::new_v4().simple()));
+            let db = Db::open_sqlite(&dir.join("audit.db")).await?;
+            Ok((db, Cleanup::Sqlite(dir)))
+        }
+    }
+}
