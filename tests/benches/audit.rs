@@ -99,7 +99,7 @@ fn record(i: usize, total: usize) -> Record {
         partner_id: String::new(),
         seq: 0,
         id: uuid::Uuid::new_v4().to_string(),
-        kind: if i % 3 == 0 {
+        kind: if i.is_multiple_of(3) {
             "software_downloaded"
         } else {
             "key_accessed"
