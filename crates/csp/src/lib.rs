@@ -185,6 +185,7 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
     let mut ordering_args = backend(addresses.ordering);
     let mut licensing_args = backend(addresses.licensing);
     let mut audit_args = backend(addresses.audit);
+    let mut support_args = backend(addresses.support);
     if let Storage::Postgres {
         server_url, prefix, ..
     } = &config.storage
@@ -194,6 +195,7 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
             ("ordering", &mut ordering_args),
             ("licensing", &mut licensing_args),
             ("audit", &mut audit_args),
+            ("support", &mut support_args),
         ] {
             let url = db::ensure_postgres_database(server_url, &format!("{prefix}_{service}"))
                 .await
@@ -251,10 +253,13 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         drop(audit);
     }
     let c = csp_support::Config {
-        backend: backend(addresses.support),
+        backend: support_args,
+        ordering_url: url(addresses.ordering),
+        licensing_url: url(addresses.licensing),
+        audit_url: url(addresses.audit),
     };
-    let s = shutdown.clone();
-    tasks.spawn(async move { ("support", csp_support::run(c, support, s).await) });
+    let (s, clock) = (shutdown.clone(), config.clock.clone());
+    tasks.spawn(async move { ("support", csp_support::run(c, support, s, clock).await) });
 
     let gateway_config = csp_gateway::Config {
         listen: Some(addresses.gateway),

@@ -183,7 +183,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Outbox(args) => outbox(args).await,
         Command::Support(config) => {
             let listener = bind(config.backend.listen.unwrap_or(csp_support::DEFAULT_ADDR)).await?;
-            csp_support::run(config, listener, Shutdown::on_signals()).await
+            csp_support::run(
+                config,
+                listener,
+                Shutdown::on_signals(),
+                csp_kit::clock::system(),
+            )
+            .await
         }
     }
 }

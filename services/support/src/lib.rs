@@ -1,18 +1,33 @@
-//! The support service: support tickets and the refund workflow.
+//! The support service: tickets ("Report a Partner Center issue") with
+//! comments and attachments, and the refund ticket that cancels a purchase on
+//! behalf of a customer through a durable workflow.
 //!
-//! Its contract (`proto/csp/support/v1/`) is complete; its RPCs answer
-//! UNIMPLEMENTED until the support issue implements them. It already runs as
-//! every csp backend does: health, reflection, and calls accepted only with a
-//! caller identity signed by the gateway or another csp service.
+//! - [`domain`]: validation, fingerprints, refund allocation; no I/O.
+//! - [`storage`]: SQL on SQLite or PostgreSQL, and the migrations.
+//! - [`refunds`]: the refund workflow runner.
+//! - [`handlers`]: the gRPC API.
+
+pub mod domain;
+pub mod handlers;
+pub mod refunds;
+pub mod storage;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use csp_kit::clock::Clock;
 use csp_kit::config::BackendArgs;
+use csp_kit::db::Db;
+use csp_kit::identity::IdentityKey;
+use csp_kit::outbox::{Destination, Relay, RelaySettings};
 use csp_kit::server;
 use csp_kit::shutdown::Shutdown;
-use csp_proto::support::v1::support_service_server::{SupportService, SupportServiceServer};
-
+use csp_kit::upstream::{AuditDestination, signed_channel};
+use csp_proto::support::v1::support_service_server::SupportServiceServer;
 use tokio::net::TcpListener;
+
+use crate::handlers::SupportApi;
+use crate::storage::SupportStore;
 
 /// The service's name in logs, data files and database names.
 pub const NAME: &str = "support";
@@ -26,22 +41,90 @@ pub struct Config {
     /// Shared backend settings.
     #[command(flatten)]
     pub backend: BackendArgs,
+    /// The ordering service, which resolves and cancels purchases.
+    #[arg(
+        long = "ordering-url",
+        env = "CSP_ORDERING_URL",
+        default_value = "http://127.0.0.1:50062"
+    )]
+    pub ordering_url: String,
+    /// The licensing service, which revokes keys and links.
+    #[arg(
+        long = "licensing-url",
+        env = "CSP_LICENSING_URL",
+        default_value = "http://127.0.0.1:50063"
+    )]
+    pub licensing_url: String,
+    /// The audit service, which receives activities.
+    #[arg(
+        long = "audit-url",
+        env = "CSP_AUDIT_URL",
+        default_value = "http://127.0.0.1:50064"
+    )]
+    pub audit_url: String,
 }
 
-/// The API; every RPC answers UNIMPLEMENTED for now.
-#[derive(Clone, Copy, Debug)]
-struct Support;
-
-impl SupportService for Support {}
-
-/// Serves on `listener` until `shutdown` fires.
-pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
-    server::run_backend(
+/// Opens and migrates the database, starts the refund workflow and the
+/// outbox relay, and serves on `listener` until `shutdown` fires.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<()> {
+    let url = config.backend.database_url_for(NAME);
+    let db = Db::connect(&url).await?;
+    db.migrate(&storage::MIGRATIONS).await?;
+    tracing::info!(
+        service = NAME,
+        backend = db.backend_name(),
+        "database ready"
+    );
+    let key = Arc::new(IdentityKey::new(&config.backend.internal_key));
+    let store = SupportStore::new(db.clone());
+    let destinations: Vec<Arc<dyn Destination>> = vec![Arc::new(AuditDestination::new(
+        signed_channel(&config.audit_url, &key, NAME)?,
+    ))];
+    let relay = Relay::new(
+        db.clone(),
+        destinations,
+        csp_kit::clock::system(),
+        RelaySettings::default(),
+    );
+    let refunds = refunds::Refunds::new(
+        store.clone(),
+        signed_channel(&config.ordering_url, &key, NAME)?,
+        signed_channel(&config.licensing_url, &key, NAME)?,
+        clock.clone(),
+    );
+    let api = SupportApi::new(
+        store,
+        signed_channel(&config.ordering_url, &key, NAME)?,
+        clock,
+        refunds.waker(),
+        relay.waker(),
+    );
+    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
+    let refunds_task = tokio::spawn(refunds.run(shutdown.clone()));
+    let served = server::run_backend(
         NAME,
         listener,
         &config.backend.internal_key,
         shutdown,
-        |routes| routes.add_service(SupportServiceServer::new(Support)),
+        |routes| {
+            routes.add_service(
+                SupportServiceServer::new(api)
+                    .max_decoding_message_size(domain::MAX_REQUEST_BYTES)
+                    .max_encoding_message_size(domain::MAX_ATTACHMENT_BYTES + 64 * 1024),
+            )
+        },
     )
-    .await
+    .await;
+    for task in [relay_task, refunds_task] {
+        if let Err(error) = task.await {
+            tracing::error!(%error, "a background task failed");
+        }
+    }
+    db.close().await;
+    served
 }

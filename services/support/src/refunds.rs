@@ -1,0 +1,292 @@
+//! The refund workflow: a durable process over `refund_steps`. Each step
+//! cancels one subscription in ordering (no fee, the refund allotted to it),
+//! then revokes its keys and links in licensing; both calls are idempotent,
+//! so a step repeated after a crash or an outage changes nothing. A failure
+//! that may pass (a service down) is retried with backoff; one that cannot
+//! (the window closed meanwhile) fails the step. When no step is left to
+//! run, the ticket is RESOLVED with what was refunded, or REJECTED with why.
+//! On PostgreSQL one replica runs the steps at a time (advisory lock).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use csp_kit::clock::{Clock, Micros, to_timestamp};
+use csp_kit::db::Db;
+use csp_kit::outbox::Message;
+use csp_kit::shutdown::Shutdown;
+use csp_kit::upstream::{AUDIT, Signed, encode};
+use csp_kit::{ApiResult, clock};
+use csp_proto::audit::v1::{Activity, ActivityRecord, ActivityType};
+use csp_proto::common::v1::Money;
+use csp_proto::licensing::v1::RevokeSubscriptionRequest;
+use csp_proto::licensing::v1::licensing_internal_service_client::LicensingInternalServiceClient;
+use csp_proto::ordering::v1::CancelSubscriptionRequest;
+use csp_proto::ordering::v1::ordering_internal_service_client::OrderingInternalServiceClient;
+use tokio::sync::Notify;
+use tonic::Code;
+
+use crate::storage::{Step, SupportStore, Ticket};
+
+/// Runs refund steps.
+pub struct Refunds {
+    store: SupportStore,
+    ordering: OrderingInternalServiceClient<Signed>,
+    licensing: LicensingInternalServiceClient<Signed>,
+    clock: Arc<dyn Clock>,
+    wake: Arc<Notify>,
+}
+
+impl Refunds {
+    /// A runner over `store`.
+    pub fn new(
+        store: SupportStore,
+        ordering: Signed,
+        licensing: Signed,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            ordering: OrderingInternalServiceClient::new(ordering),
+            licensing: LicensingInternalServiceClient::new(licensing),
+            clock,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Notify this after a refund ticket was stored.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Runs until `shutdown` fires.
+    pub async fn run(self, shutdown: Shutdown) {
+        loop {
+            if let Err(error) = self.pass_locked().await {
+                tracing::warn!(error = %error, "refund workflow pass failed");
+            }
+            tokio::select! {
+                _ = shutdown.clone().wait() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    async fn pass_locked(&self) -> anyhow::Result<()> {
+        match self.store.db() {
+            Db::Sqlite(_) => Ok(self.pass().await?),
+            Db::Postgres(pool) => {
+                let mut lock = pool.acquire().await?;
+                const KEY: i64 = 0x00c5_705e_f00d;
+                let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                    .bind(KEY)
+                    .fetch_one(&mut *lock)
+                    .await?;
+                if !locked {
+                    return Ok(());
+                }
+                let result = self.pass().await;
+                if sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(KEY)
+                    .execute(&mut *lock)
+                    .await
+                    .is_err()
+                {
+                    lock.detach();
+                }
+                Ok(result?)
+            }
+        }
+    }
+
+    /// Runs every due step once, then ends the tickets that are done.
+    pub async fn pass(&self) -> ApiResult<()> {
+        let steps = self.store.due_steps(clock::SystemClock.now(), 50).await?;
+        let mut tickets = BTreeSet::new();
+        let mut loaded: HashMap<String, Ticket> = HashMap::new();
+        for step in steps {
+            tickets.insert((step.partner_id.clone(), step.ticket_id.clone()));
+            if !loaded.contains_key(&step.ticket_id) {
+                match self.store.ticket(&step.partner_id, &step.ticket_id).await? {
+                    Some(ticket) => {
+                        loaded.insert(step.ticket_id.clone(), ticket);
+                    }
+                    None => continue,
+                }
+            }
+            if let Some(ticket) = loaded.get(&step.ticket_id) {
+                self.advance(ticket, step).await?;
+            }
+        }
+        for (partner, ticket_id) in tickets {
+            self.maybe_finish(&partner, &ticket_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn advance(&self, ticket: &Ticket, mut step: Step) -> ApiResult<()> {
+        if step.state == "pending" {
+            let cancelled = self
+                .ordering
+                .clone()
+                .cancel_subscription(CancelSubscriptionRequest {
+                    partner_id: step.partner_id.clone(),
+                    subscription_id: step.subscription_id.clone(),
+                    refund: Some(Money {
+                        currency_code: ticket.refund_currency_code.clone().unwrap_or_default(),
+                        minor_units: step.refund_minor,
+                        minor_unit_digits: u32::try_from(
+                            ticket.refund_minor_unit_digits.unwrap_or(2),
+                        )
+                        .unwrap_or(2),
+                    }),
+                    reason: ticket.refund_reason.clone().unwrap_or_default(),
+                    ticket_id: ticket.id.clone(),
+                })
+                .await;
+            match cancelled {
+                Ok(_) => {
+                    self.store.set_step(&step, "cancelled", None).await?;
+                    step.state = "cancelled".to_owned();
+                }
+                Err(status) if permanent(&status) => {
+                    tracing::warn!(ticket_id = %ticket.id, subscription_id = %step.subscription_id, reason = status.message(), "refund step failed");
+                    return self
+                        .store
+                        .set_step(&step, "failed", Some(status.message()))
+                        .await;
+                }
+                Err(status) => return self.later(&step, "ordering", &status).await,
+            }
+        }
+        let revoked = self
+            .licensing
+            .clone()
+            .revoke_subscription(RevokeSubscriptionRequest {
+                partner_id: step.partner_id.clone(),
+                subscription_id: step.subscription_id.clone(),
+            })
+            .await;
+        match revoked {
+            // NOT_FOUND: nothing to revoke yet (an Azure reservation, or the
+            // order's event has not reached licensing; the cancellation event
+            // follows it in the same stream and revokes it there).
+            Ok(_) => self.store.set_step(&step, "done", None).await,
+            Err(status) if status.code() == Code::NotFound => {
+                self.store.set_step(&step, "done", None).await
+            }
+            Err(status) => self.later(&step, "licensing", &status).await,
+        }
+    }
+
+    async fn later(&self, step: &Step, service: &str, status: &tonic::Status) -> ApiResult<()> {
+        let exponent = step.attempts.clamp(0, 8) as u32;
+        let delay = (Duration::from_millis(200) * 2u32.pow(exponent)).min(Duration::from_secs(30));
+        let error = format!("{service}: {:?}: {}", status.code(), status.message());
+        tracing::warn!(ticket_id = %step.ticket_id, subscription_id = %step.subscription_id, retry_in_ms = delay.as_millis() as u64, error, "refund step postponed");
+        let next = clock::SystemClock.now() + delay.as_micros() as Micros;
+        self.store.retry_step(step, next, &error).await
+    }
+
+    async fn maybe_finish(&self, partner: &str, ticket_id: &str) -> ApiResult<()> {
+        let steps = self.store.steps_of(ticket_id).await?;
+        if steps
+            .iter()
+            .any(|(state, ..)| state == "pending" || state == "cancelled")
+        {
+            return Ok(());
+        }
+        let refunded: i64 = steps.iter().filter(|s| s.0 == "done").map(|s| s.1).sum();
+        let failures: Vec<String> = steps
+            .iter()
+            .filter(|s| s.0 == "failed")
+            .filter_map(|s| s.2.clone())
+            .collect();
+        let (status, rejection) = if steps.iter().any(|s| s.0 == "done") {
+            let note = (!failures.is_empty()).then(|| {
+                format!(
+                    "not every subscription could be cancelled: {}",
+                    failures.join("; ")
+                )
+            });
+            ("resolved", note)
+        } else {
+            ("rejected", Some(failures.join("; ")))
+        };
+        let now = self.clock.now();
+        let Some(ticket) = self.store.ticket(partner, ticket_id).await? else {
+            return Ok(());
+        };
+        let message = activity(
+            &ticket,
+            ActivityType::RefundTicketResolved,
+            now,
+            HashMap::from([
+                ("status".to_owned(), status.to_owned()),
+                ("refunded_minor".to_owned(), refunded.to_string()),
+                (
+                    "currency_code".to_owned(),
+                    ticket.refund_currency_code.clone().unwrap_or_default(),
+                ),
+            ]),
+        );
+        if self
+            .store
+            .finish(
+                ticket_id,
+                status,
+                refunded,
+                rejection.as_deref(),
+                &[message],
+                now,
+            )
+            .await?
+        {
+            tracing::info!(ticket_id, status, refunded, "refund ticket finished");
+        }
+        Ok(())
+    }
+}
+
+/// Whether a failed call can never succeed by retrying.
+fn permanent(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        Code::FailedPrecondition | Code::InvalidArgument | Code::NotFound | Code::OutOfRange
+    )
+}
+
+/// A ticket activity for the audit log, through the outbox.
+pub fn activity(
+    ticket: &Ticket,
+    kind: ActivityType,
+    at: Micros,
+    details: HashMap<String, String>,
+) -> Message {
+    let event_id = uuid::Uuid::new_v4().to_string();
+    let mut details = details;
+    details.insert("ticket_id".to_owned(), ticket.id.clone());
+    if let Some(order) = &ticket.refund_order_id {
+        details.insert("order_id".to_owned(), order.clone());
+    }
+    Message {
+        destination: AUDIT,
+        event_id: event_id.clone(),
+        stream: ticket.id.clone(),
+        payload: encode(&ActivityRecord {
+            partner_id: ticket.partner_id.clone(),
+            activity: Some(Activity {
+                id: event_id,
+                r#type: kind as i32,
+                occur_time: Some(to_timestamp(at)),
+                user_id: ticket.created_by_user_id.clone(),
+                user_display_name: ticket.contact_name.clone(),
+                customer_tenant_id: ticket.refund_customer_tenant_id.clone().unwrap_or_default(),
+                subscription_id: ticket.refund_subscription_id.clone().unwrap_or_default(),
+                product_id: String::new(),
+                details,
+            }),
+        }),
+    }
+}

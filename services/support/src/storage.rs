@@ -1,0 +1,488 @@
+//! Support storage: tickets, comments, attachments and refund steps, scoped
+//! to a partner.
+
+use csp_kit::clock::Micros;
+use csp_kit::db::{self, Db, MigrationSource, Migrations};
+use csp_kit::outbox::{self, Message};
+use csp_kit::{ApiError, ApiResult, on_db, on_tx};
+use sqlx::Row as _;
+
+/// The support service's migrations.
+pub const MIGRATIONS: Migrations = Migrations {
+    sqlite: &[
+        SUPPORT,
+        MigrationSource {
+            version: 2,
+            description: "attachments",
+            sql: include_str!("../migrations/0002_attachments_sqlite.sql"),
+        },
+        outbox::sqlite_migration(3),
+    ],
+    postgres: &[
+        SUPPORT,
+        MigrationSource {
+            version: 2,
+            description: "attachments",
+            sql: include_str!("../migrations/0002_attachments_postgres.sql"),
+        },
+        outbox::postgres_migration(3),
+    ],
+};
+
+const SUPPORT: MigrationSource = MigrationSource {
+    version: 1,
+    description: "support",
+    sql: include_str!("../migrations/0001_support.sql"),
+};
+
+/// A ticket as stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ticket {
+    pub id: String,
+    pub partner_id: String,
+    pub issue_type: String,
+    pub impact: String,
+    pub title: String,
+    pub description: String,
+    pub contact_name: String,
+    pub contact_email: String,
+    pub contact_phone: String,
+    pub status: String,
+    pub refund_customer_tenant_id: Option<String>,
+    pub refund_customer_domain_name: Option<String>,
+    pub refund_order_id: Option<String>,
+    pub refund_subscription_id: Option<String>,
+    pub refund_reason: Option<String>,
+    pub refund_currency_code: Option<String>,
+    pub refund_minor_unit_digits: Option<i32>,
+    pub refund_requested_minor: Option<i64>,
+    pub refunded_minor: Option<i64>,
+    pub rejection_reason: Option<String>,
+    pub request_id: String,
+    pub request_fingerprint: String,
+    pub created_by_user_id: String,
+    pub created_at: Micros,
+    pub updated_at: Micros,
+}
+
+/// A comment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Comment {
+    pub author_user_id: String,
+    pub text: String,
+    pub created_at: Micros,
+}
+
+/// An attachment (content loaded only when asked for).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub id: String,
+    pub file_name: String,
+    pub content_type: String,
+    pub size_bytes: i64,
+    pub sha256: String,
+    pub content: Vec<u8>,
+}
+
+/// A step of a refund: one subscription to cancel and revoke.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub ticket_id: String,
+    pub position: i32,
+    pub partner_id: String,
+    pub subscription_id: String,
+    pub refund_minor: i64,
+    pub state: String,
+    pub attempts: i32,
+}
+
+const TICKET_COLUMNS: &str = "id, partner_id, issue_type, impact, title, description, contact_name, contact_email, \
+    contact_phone, status, refund_customer_tenant_id, refund_customer_domain_name, refund_order_id, \
+    refund_subscription_id, refund_reason, refund_currency_code, refund_minor_unit_digits, refund_requested_minor, \
+    refunded_minor, rejection_reason, request_id, request_fingerprint, created_by_user_id, created_at_us, updated_at_us";
+
+macro_rules! ticket_from_row {
+    ($r:expr) => {
+        Ticket {
+            id: $r.try_get("id")?,
+            partner_id: $r.try_get("partner_id")?,
+            issue_type: $r.try_get("issue_type")?,
+            impact: $r.try_get("impact")?,
+            title: $r.try_get("title")?,
+            description: $r.try_get("description")?,
+            contact_name: $r.try_get("contact_name")?,
+            contact_email: $r.try_get("contact_email")?,
+            contact_phone: $r.try_get("contact_phone")?,
+            status: $r.try_get("status")?,
+            refund_customer_tenant_id: $r.try_get("refund_customer_tenant_id")?,
+            refund_customer_domain_name: $r.try_get("refund_customer_domain_name")?,
+            refund_order_id: $r.try_get("refund_order_id")?,
+            refund_subscription_id: $r.try_get("refund_subscription_id")?,
+            refund_reason: $r.try_get("refund_reason")?,
+            refund_currency_code: $r.try_get("refund_currency_code")?,
+            refund_minor_unit_digits: $r.try_get("refund_minor_unit_digits")?,
+            refund_requested_minor: $r.try_get("refund_requested_minor")?,
+            refunded_minor: $r.try_get("refunded_minor")?,
+            rejection_reason: $r.try_get("rejection_reason")?,
+            request_id: $r.try_get("request_id")?,
+            request_fingerprint: $r.try_get("request_fingerprint")?,
+            created_by_user_id: $r.try_get("created_by_user_id")?,
+            created_at: $r.try_get("created_at_us")?,
+            updated_at: $r.try_get("updated_at_us")?,
+        }
+    };
+}
+
+/// Why a ticket could not be inserted.
+#[derive(Debug)]
+pub enum InsertError {
+    /// A ticket with this request id exists (a racing retry won).
+    RequestIdTaken,
+    /// Anything else.
+    Other(ApiError),
+}
+
+impl From<sqlx::Error> for InsertError {
+    fn from(error: sqlx::Error) -> Self {
+        InsertError::Other(error.into())
+    }
+}
+
+/// Reads and writes the support tables.
+#[derive(Clone, Debug)]
+pub struct SupportStore {
+    db: Db,
+}
+
+impl SupportStore {
+    /// A store over `db` (migrated).
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Inserts a ticket with its attachments, refund steps and outbox
+    /// messages in one transaction.
+    pub async fn insert(
+        &self,
+        t: &Ticket,
+        attachments: &[Attachment],
+        steps: &[Step],
+        messages: &[Message],
+        now: Micros,
+    ) -> Result<(), InsertError> {
+        let mut tx = self.db.begin().await?;
+        let sql = format!(
+            "INSERT INTO tickets ({TICKET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+             $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)"
+        );
+        let inserted = on_tx!(&mut tx, x => sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(&t.id)
+            .bind(&t.partner_id)
+            .bind(&t.issue_type)
+            .bind(&t.impact)
+            .bind(&t.title)
+            .bind(&t.description)
+            .bind(&t.contact_name)
+            .bind(&t.contact_email)
+            .bind(&t.contact_phone)
+            .bind(&t.status)
+            .bind(&t.refund_customer_tenant_id)
+            .bind(&t.refund_customer_domain_name)
+            .bind(&t.refund_order_id)
+            .bind(&t.refund_subscription_id)
+            .bind(&t.refund_reason)
+            .bind(&t.refund_currency_code)
+            .bind(t.refund_minor_unit_digits)
+            .bind(t.refund_requested_minor)
+            .bind(t.refunded_minor)
+            .bind(&t.rejection_reason)
+            .bind(&t.request_id)
+            .bind(&t.request_fingerprint)
+            .bind(&t.created_by_user_id)
+            .bind(t.created_at)
+            .bind(t.updated_at)
+            .execute(&mut **x)
+            .await
+            .map(drop));
+        if let Err(error) = inserted {
+            return Err(match db::unique_violation(&error) {
+                Some(_) => InsertError::RequestIdTaken,
+                None => error.into(),
+            });
+        }
+        for (position, a) in attachments.iter().enumerate() {
+            const SQL: &str = "INSERT INTO ticket_attachments (id, ticket_id, position, file_name, content_type, \
+                               size_bytes, sha256, content) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+            on_tx!(&mut tx, x => sqlx::query(SQL)
+                .bind(&a.id)
+                .bind(&t.id)
+                .bind(position as i32)
+                .bind(&a.file_name)
+                .bind(&a.content_type)
+                .bind(a.size_bytes)
+                .bind(&a.sha256)
+                .bind(&a.content)
+                .execute(&mut **x)
+                .await
+                .map(drop))?;
+        }
+        for s in steps {
+            const SQL: &str = "INSERT INTO refund_steps (ticket_id, position, partner_id, subscription_id, \
+                               refund_minor, state, attempts, next_attempt_at_us) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6)";
+            on_tx!(&mut tx, x => sqlx::query(SQL)
+                .bind(&s.ticket_id)
+                .bind(s.position)
+                .bind(&s.partner_id)
+                .bind(&s.subscription_id)
+                .bind(s.refund_minor)
+                .bind(now)
+                .execute(&mut **x)
+                .await
+                .map(drop))?;
+        }
+        for m in messages {
+            outbox::enqueue(&mut tx, m).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A partner's ticket.
+    pub async fn ticket(&self, partner_id: &str, id: &str) -> ApiResult<Option<Ticket>> {
+        let sql = format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE partner_id = $1 AND id = $2");
+        self.one(&sql, partner_id, id).await
+    }
+
+    /// The ticket a partner filed with `request_id`.
+    pub async fn ticket_by_request(
+        &self,
+        partner_id: &str,
+        request_id: &str,
+    ) -> ApiResult<Option<Ticket>> {
+        let sql = format!(
+            "SELECT {TICKET_COLUMNS} FROM tickets WHERE partner_id = $1 AND request_id = $2"
+        );
+        self.one(&sql, partner_id, request_id).await
+    }
+
+    async fn one(&self, sql: &str, a: &str, b: &str) -> ApiResult<Option<Ticket>> {
+        Ok(on_db!(&self.db, pool => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(a).bind(b).fetch_optional(pool).await?;
+            row.map(|r| Ok::<_, sqlx::Error>(ticket_from_row!(r))).transpose()
+        })?)
+    }
+
+    /// A page of a partner's tickets, newest first, after the cursor.
+    pub async fn list(
+        &self,
+        partner_id: &str,
+        status: &str,
+        issue_type: &str,
+        before: Option<(Micros, &str)>,
+        limit: u32,
+    ) -> ApiResult<Vec<Ticket>> {
+        let (before_at, before_id) = before.unwrap_or((Micros::MAX, ""));
+        let sql = format!(
+            "SELECT {TICKET_COLUMNS} FROM tickets WHERE partner_id = $1 AND ($2 = '' OR status = $2) \
+             AND ($3 = '' OR issue_type = $3) \
+             AND (created_at_us < $4 OR (created_at_us = $4 AND ($5 = '' OR id < $5))) \
+             ORDER BY created_at_us DESC, id DESC LIMIT $6"
+        );
+        Ok(on_db!(&self.db, pool => {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(partner_id)
+                .bind(status)
+                .bind(issue_type)
+                .bind(before_at)
+                .bind(before_id)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(|r| Ok::<_, sqlx::Error>(ticket_from_row!(r))).collect::<Result<Vec<_>, _>>()
+        })?)
+    }
+
+    /// A ticket's comments, oldest first.
+    pub async fn comments(&self, ticket_id: &str) -> ApiResult<Vec<Comment>> {
+        const SQL: &str = "SELECT author_user_id, text, created_at_us FROM ticket_comments WHERE ticket_id = $1 \
+                           ORDER BY position";
+        let rows: Vec<(String, String, i64)> =
+            on_db!(&self.db, pool => sqlx::query_as(SQL).bind(ticket_id).fetch_all(pool).await)?;
+        Ok(rows
+            .into_iter()
+            .map(|(author_user_id, text, created_at)| Comment {
+                author_user_id,
+                text,
+                created_at,
+            })
+            .collect())
+    }
+
+    /// A ticket's attachments; with content only when `content` is set.
+    pub async fn attachments(&self, ticket_id: &str) -> ApiResult<Vec<Attachment>> {
+        const SQL: &str = "SELECT id, file_name, content_type, size_bytes, sha256 FROM ticket_attachments \
+                           WHERE ticket_id = $1 ORDER BY position";
+        let rows: Vec<(String, String, String, i64, String)> =
+            on_db!(&self.db, pool => sqlx::query_as(SQL).bind(ticket_id).fetch_all(pool).await)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, file_name, content_type, size_bytes, sha256)| Attachment {
+                    id,
+                    file_name,
+                    content_type,
+                    size_bytes,
+                    sha256,
+                    content: Vec::new(),
+                },
+            )
+            .collect())
+    }
+
+    /// One attachment with its content.
+    pub async fn attachment(&self, ticket_id: &str, id: &str) -> ApiResult<Option<Attachment>> {
+        const SQL: &str = "SELECT id, file_name, content_type, size_bytes, sha256, content FROM ticket_attachments \
+                           WHERE ticket_id = $1 AND id = $2";
+        let row: Option<(String, String, String, i64, String, Vec<u8>)> = on_db!(&self.db, pool => sqlx::query_as(SQL).bind(ticket_id).bind(id).fetch_optional(pool).await)?;
+        Ok(row.map(
+            |(id, file_name, content_type, size_bytes, sha256, content)| Attachment {
+                id,
+                file_name,
+                content_type,
+                size_bytes,
+                sha256,
+                content,
+            },
+        ))
+    }
+
+    /// Adds a comment.
+    pub async fn add_comment(
+        &self,
+        ticket_id: &str,
+        author: &str,
+        text: &str,
+        now: Micros,
+    ) -> ApiResult<()> {
+        const SQL: &str = "INSERT INTO ticket_comments (ticket_id, position, author_user_id, text, created_at_us) \
+                           SELECT $1, COALESCE(MAX(position), 0) + 1, $2, $3, $4 FROM ticket_comments WHERE ticket_id = $1";
+        const TOUCH: &str = "UPDATE tickets SET updated_at_us = $2 WHERE id = $1";
+        let mut tx = self.db.begin().await?;
+        on_tx!(&mut tx, x => {
+            sqlx::query(SQL).bind(ticket_id).bind(author).bind(text).bind(now).execute(&mut **x).await?;
+            sqlx::query(TOUCH).bind(ticket_id).bind(now).execute(&mut **x).await.map(drop)
+        })?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Closes a ticket (any status but closed).
+    pub async fn close(&self, ticket_id: &str, now: Micros) -> ApiResult<()> {
+        const SQL: &str = "UPDATE tickets SET status = 'closed', updated_at_us = $2 WHERE id = $1";
+        on_db!(&self.db, pool => sqlx::query(SQL).bind(ticket_id).bind(now).execute(pool).await.map(drop))?;
+        Ok(())
+    }
+
+    /// Refund steps due now, oldest first.
+    pub async fn due_steps(&self, now: Micros, limit: u32) -> ApiResult<Vec<Step>> {
+        const SQL: &str = "SELECT ticket_id, position, partner_id, subscription_id, refund_minor, state, attempts \
+                           FROM refund_steps WHERE state IN ('pending', 'cancelled') AND next_attempt_at_us <= $1 \
+                           ORDER BY next_attempt_at_us, ticket_id, position LIMIT $2";
+        let rows: Vec<(String, i32, String, String, i64, String, i32)> = on_db!(&self.db, pool => sqlx::query_as(SQL).bind(now).bind(i64::from(limit)).fetch_all(pool).await)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(
+                    ticket_id,
+                    position,
+                    partner_id,
+                    subscription_id,
+                    refund_minor,
+                    state,
+                    attempts,
+                )| Step {
+                    ticket_id,
+                    position,
+                    partner_id,
+                    subscription_id,
+                    refund_minor,
+                    state,
+                    attempts,
+                },
+            )
+            .collect())
+    }
+
+    /// Moves a step on.
+    pub async fn set_step(&self, s: &Step, state: &str, error: Option<&str>) -> ApiResult<()> {
+        const SQL: &str = "UPDATE refund_steps SET state = $3, last_error = $4 WHERE ticket_id = $1 AND position = $2";
+        on_db!(&self.db, pool => sqlx::query(SQL)
+            .bind(&s.ticket_id)
+            .bind(s.position)
+            .bind(state)
+            .bind(error)
+            .execute(pool)
+            .await
+            .map(drop))?;
+        Ok(())
+    }
+
+    /// Puts a step off until `next`.
+    pub async fn retry_step(&self, s: &Step, next: Micros, error: &str) -> ApiResult<()> {
+        const SQL: &str = "UPDATE refund_steps SET attempts = attempts + 1, next_attempt_at_us = $3, last_error = $4 \
+                           WHERE ticket_id = $1 AND position = $2";
+        on_db!(&self.db, pool => sqlx::query(SQL)
+            .bind(&s.ticket_id)
+            .bind(s.position)
+            .bind(next)
+            .bind(error)
+            .execute(pool)
+            .await
+            .map(drop))?;
+        Ok(())
+    }
+
+    /// Every step of a ticket: (state, refund, last error).
+    pub async fn steps_of(&self, ticket_id: &str) -> ApiResult<Vec<(String, i64, Option<String>)>> {
+        const SQL: &str = "SELECT state, refund_minor, last_error FROM refund_steps WHERE ticket_id = $1 ORDER BY position";
+        Ok(on_db!(&self.db, pool => sqlx::query_as(SQL).bind(ticket_id).fetch_all(pool).await)?)
+    }
+
+    /// Ends a refund ticket once (only while it is submitted), writing the
+    /// outbox messages in the same transaction. Returns whether it ended now.
+    pub async fn finish(
+        &self,
+        ticket_id: &str,
+        status: &str,
+        refunded: i64,
+        rejection: Option<&str>,
+        messages: &[Message],
+        now: Micros,
+    ) -> ApiResult<bool> {
+        const SQL: &str = "UPDATE tickets SET status = $2, refunded_minor = $3, rejection_reason = $4, updated_at_us = $5 \
+                           WHERE id = $1 AND status = 'submitted'";
+        let mut tx = self.db.begin().await?;
+        let changed = on_tx!(&mut tx, x => sqlx::query(SQL)
+            .bind(ticket_id)
+            .bind(status)
+            .bind(refunded)
+            .bind(rejection)
+            .bind(now)
+            .execute(&mut **x)
+            .await
+            .map(|r| r.rows_affected()))?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        for m in messages {
+            outbox::enqueue(&mut tx, m).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+}
