@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
         sealing_key: csp_kit::config::Secret::new("bench-sealing-key-0123456789"),
         content_origin: "https://files.bench/software".to_owned(),
         audit_key: csp_kit::config::Secret::new("bench-audit-key-0123456789"),
-        start_audit: true,
+        held_back: &[],
     }))?;
     let addresses = system.addresses;
 

@@ -96,7 +96,13 @@ impl TestSystem {
     /// calls to it fail at once); bring it up with [`AuditInstance::start`]
     /// on `addresses.audit`.
     pub async fn start_without_audit() -> TestSystem {
-        TestSystem::start_full(fresh_storage(), csp_kit::clock::system(), false).await
+        TestSystem::start_full(fresh_storage(), csp_kit::clock::system(), &["audit"]).await
+    }
+
+    /// Starts a system whose licensing service is down; bring it up with
+    /// [`Instance::licensing`] on `addresses.licensing`.
+    pub async fn start_without_licensing() -> TestSystem {
+        TestSystem::start_full(fresh_storage(), csp_kit::clock::system(), &["licensing"]).await
     }
 
     /// Starts a system on `storage` with business time from `clock`.
@@ -104,13 +110,13 @@ impl TestSystem {
         storage: Storage,
         clock: std::sync::Arc<dyn csp_kit::clock::Clock>,
     ) -> TestSystem {
-        TestSystem::start_full(storage, clock, true).await
+        TestSystem::start_full(storage, clock, &[]).await
     }
 
     async fn start_full(
         storage: Storage,
         clock: std::sync::Arc<dyn csp_kit::clock::Clock>,
-        start_audit: bool,
+        held_back: &'static [&'static str],
     ) -> TestSystem {
         let system = csp::start(SystemConfig {
             storage: storage.clone(),
@@ -122,7 +128,7 @@ impl TestSystem {
             sealing_key: sealing_key(),
             content_origin: CONTENT_ORIGIN.to_owned(),
             audit_key: audit_key(),
-            start_audit,
+            held_back,
         })
         .await
         .unwrap_or_else(|error| panic!("the system did not start: {error:#}"));
@@ -190,6 +196,22 @@ impl TestSystem {
             self.gateway().await,
             Bearer::new(&self.token(roles)),
         )
+    }
+
+    /// A support client through the gateway, authenticated with `roles`,
+    /// able to carry 10 MiB attachments both ways.
+    pub async fn support(
+        &self,
+        roles: &[Role],
+    ) -> csp_proto::support::v1::support_service_client::SupportServiceClient<
+        InterceptedService<Channel, Bearer>,
+    > {
+        csp_proto::support::v1::support_service_client::SupportServiceClient::with_interceptor(
+            self.gateway().await,
+            Bearer::new(&self.token(roles)),
+        )
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024)
     }
 
     /// An audit client through the gateway, authenticated with `roles`.
@@ -409,20 +431,21 @@ impl Replica {
     }
 }
 
-/// An audit service started by a test on a system's audit database, at an
-/// address of the test's choosing (to bring audit back after an outage, or
-/// to run a second replica).
-pub struct AuditInstance {
+/// A service started by a test on a system's database, at an address of the
+/// test's choosing: to bring it back after an outage, or to run a second
+/// replica.
+pub struct Instance {
     trigger: csp_kit::shutdown::ShutdownTrigger,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-impl AuditInstance {
+/// Audit, started by a test.
+pub type AuditInstance = Instance;
+
+impl Instance {
     /// Starts audit on `addr`, on `system`'s audit database and checkpoint file.
-    pub async fn start(system: &TestSystem, addr: std::net::SocketAddr) -> AuditInstance {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .unwrap_or_else(|e| panic!("cannot bind {addr}: {e}"));
+    pub async fn start(system: &TestSystem, addr: std::net::SocketAddr) -> Instance {
+        let listener = bind_exactly(addr).await;
         let data_dir = match &system.storage {
             Storage::Sqlite(dir) => dir.clone(),
             Storage::Postgres { files, .. } => files.clone(),
@@ -444,11 +467,47 @@ impl AuditInstance {
             shutdown,
             system.clock.clone(),
         ));
-        // Wait until it answers, or say why it stopped.
+        Instance::ready(trigger, task, addr).await
+    }
+
+    /// Starts licensing on `addr`, on `system`'s licensing database.
+    pub async fn licensing(system: &TestSystem, addr: std::net::SocketAddr) -> Instance {
+        let listener = bind_exactly(addr).await;
+        let a = system.addresses;
+        let url = |a: std::net::SocketAddr| format!("http://{a}");
+        let config = csp_licensing::Config {
+            backend: csp_kit::config::BackendArgs {
+                listen: Some(addr),
+                database_url: Some(system.database_url("licensing").await),
+                data_dir: PathBuf::from("data"),
+                internal_key: internal_key(),
+            },
+            catalog_url: url(a.catalog),
+            audit_url: url(a.audit),
+            sealing_key: sealing_key(),
+            download_base_url: url(a.gateway_http),
+            content_origin: CONTENT_ORIGIN.to_owned(),
+        };
+        let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
+        let task = tokio::spawn(csp_licensing::run(
+            config,
+            listener,
+            shutdown,
+            system.clock.clone(),
+        ));
+        Instance::ready(trigger, task, addr).await
+    }
+
+    /// Waits until the service answers health checks, or says why it stopped.
+    async fn ready(
+        trigger: csp_kit::shutdown::ShutdownTrigger,
+        task: tokio::task::JoinHandle<anyhow::Result<()>>,
+        addr: std::net::SocketAddr,
+    ) -> Instance {
         for _ in 0..500 {
             if task.is_finished() {
                 let outcome = task.await;
-                panic!("audit stopped at start: {outcome:?}");
+                panic!("the service stopped at start: {outcome:?}");
             }
             let health = raw::call_empty(
                 connect(addr).await,
@@ -462,7 +521,7 @@ impl AuditInstance {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        AuditInstance { trigger, task }
+        Instance { trigger, task }
     }
 
     /// Stops it.
@@ -470,9 +529,15 @@ impl AuditInstance {
         self.trigger.fire();
         self.task
             .await
-            .unwrap_or_else(|e| panic!("audit panicked: {e}"))
-            .unwrap_or_else(|e| panic!("audit failed: {e:#}"));
+            .unwrap_or_else(|e| panic!("the service panicked: {e}"))
+            .unwrap_or_else(|e| panic!("the service failed: {e:#}"));
     }
+}
+
+async fn bind_exactly(addr: std::net::SocketAddr) -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| panic!("cannot bind {addr}: {e}"))
 }
 
 /// Removes a test's databases.

@@ -12,3 +12,4 @@ mod hybrid;
 mod licensing;
 mod ordering;
 mod outbox;
+mod support;

@@ -99,8 +99,9 @@ pub struct SystemConfig {
     pub content_origin: String,
     /// The key audit signs its checkpoints with.
     pub audit_key: Secret,
-    /// Start the audit service (tests leave it down to show nothing is lost).
-    pub start_audit: bool,
+    /// Services not to start (tests leave one down to show nothing is lost
+    /// and start it later on its address): "audit", "licensing".
+    pub held_back: &'static [&'static str],
 }
 
 /// A running system.
@@ -234,19 +235,23 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         download_base_url: format!("http://{}", addresses.gateway_http),
         content_origin: config.content_origin.clone(),
     };
-    let (s, clock) = (shutdown.clone(), config.clock.clone());
-    tasks.spawn(async move {
-        (
-            "licensing",
-            csp_licensing::run(c, licensing, s, clock).await,
-        )
-    });
+    if config.held_back.contains(&"licensing") {
+        drop(licensing);
+    } else {
+        let (s, clock) = (shutdown.clone(), config.clock.clone());
+        tasks.spawn(async move {
+            (
+                "licensing",
+                csp_licensing::run(c, licensing, s, clock).await,
+            )
+        });
+    }
     let c = csp_audit::Config {
         backend: audit_args,
         checkpoint_key: config.audit_key.clone(),
         checkpoint_file: None,
     };
-    if config.start_audit {
+    if !config.held_back.contains(&"audit") {
         let (s, clock) = (shutdown.clone(), config.clock.clone());
         tasks.spawn(async move { ("audit", csp_audit::run(c, audit, s, clock).await) });
     } else {

@@ -62,7 +62,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         sealing_key: args.sealing_key.clone(),
         content_origin: args.content_origin.clone(),
         audit_key: args.audit_key.clone(),
-        start_audit: true,
+        held_back: &[],
     })
     .await?;
     print_banner(&args, &storage, &system.addresses)?;

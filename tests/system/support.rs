@@ -1,0 +1,585 @@
+//! Support tickets and the refund workflow through the gateway.
+
+use std::time::Duration;
+
+use csp_kit::clock::{DAY, ManualClock, SECOND};
+use csp_kit::roles::Role;
+use csp_proto::common::v1::Money;
+use csp_proto::licensing::v1::{GetKeysAndDownloadsRequest, ListSoftwareRequest};
+use csp_proto::ordering::v1::{
+    CreateCustomerRequest, GetSubscriptionRequest, Order, OrderLineRequest, PlaceOrderRequest,
+    SubscriptionStatus,
+};
+use csp_proto::support::v1::{
+    AddCommentRequest, AttachmentUpload, CloseTicketRequest, Contact, CreateTicketRequest,
+    GetAttachmentRequest, GetTicketRequest, Impact, IssueType, ListTicketsRequest, RefundRequest,
+    Ticket, TicketStatus, refund_request,
+};
+use csp_tests::{Instance, TestSystem, http};
+use tonic::Code;
+use tonic_types::StatusExt as _;
+use uuid::Uuid;
+
+async fn purchase(system: &TestSystem, domain: &str, skus: &[&str]) -> (String, Order) {
+    let mut ordering = system.ordering(&[Role::AdminAgent]).await;
+    let customer = ordering
+        .create_customer(CreateCustomerRequest {
+            tenant_id: String::new(),
+            domain_name: domain.into(),
+            company_name: "Customer".into(),
+            market: "US".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .customer
+        .unwrap()
+        .tenant_id;
+    let order = ordering
+        .place_order(PlaceOrderRequest {
+            customer_tenant_id: customer.clone(),
+            lines: skus
+                .iter()
+                .map(|sku| OrderLineRequest {
+                    sku_id: (*sku).into(),
+                    quantity: 1,
+                })
+                .collect(),
+            request_id: Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    (customer, order)
+}
+
+fn contact() -> Option<Contact> {
+    Some(Contact {
+        name: "Ada Agent".into(),
+        email: "ada@partner.example".into(),
+        phone: "+1 425 555 0100".into(),
+    })
+}
+
+fn refund_ticket(
+    customer: refund_request::Customer,
+    target: refund_request::Target,
+    minor: i64,
+) -> CreateTicketRequest {
+    CreateTicketRequest {
+        issue_type: IssueType::PurchaseRefund as i32,
+        impact: Impact::Moderate as i32,
+        title: "Cancel a purchase".into(),
+        description: "The customer bought the wrong edition.".into(),
+        contact: contact(),
+        refund: Some(RefundRequest {
+            customer: Some(customer),
+            target: Some(target),
+            reason: "wrong edition".into(),
+            requested_amount: Some(Money {
+                currency_code: "USD".into(),
+                minor_units: minor,
+                minor_unit_digits: 2,
+            }),
+        }),
+        attachments: vec![],
+        request_id: Uuid::new_v4().to_string(),
+    }
+}
+
+fn plain_ticket() -> CreateTicketRequest {
+    CreateTicketRequest {
+        issue_type: IssueType::Technical as i32,
+        impact: Impact::Minimal as i32,
+        title: "Download stalls".into(),
+        description: "The ISO stops at 40%.".into(),
+        contact: contact(),
+        refund: None,
+        attachments: vec![],
+        request_id: Uuid::new_v4().to_string(),
+    }
+}
+
+fn fields(status: &tonic::Status) -> Vec<String> {
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+async fn settled(system: &TestSystem, ticket: &str) -> Ticket {
+    let mut support = system.support(&[Role::AdminAgent]).await;
+    for _ in 0..600 {
+        let t = support
+            .get_ticket(GetTicketRequest {
+                ticket_id: ticket.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .ticket
+            .unwrap();
+        if t.status != TicketStatus::Submitted as i32 {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("ticket {ticket} never settled");
+}
+
+fn total(order: &Order) -> i64 {
+    order.total.as_ref().unwrap().minor_units
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eligible_refund_by_order_cancels_everything_and_revokes_keys_and_links() {
+    let system = TestSystem::start().await;
+    let (customer, order) = purchase(
+        &system,
+        "refund.example.com",
+        &["windows-server-datacenter-p1y", "sql-server-standard-p1y"],
+    )
+    .await;
+    let mut licensing = system.licensing(&[Role::AdminAgent]).await;
+    let mut link = None;
+    for _ in 0..300 {
+        let listed = licensing
+            .list_software(ListSoftwareRequest {
+                customer_tenant_id: customer.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .software;
+        if listed.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let keys = GetKeysAndDownloadsRequest {
+        customer_tenant_id: customer.clone(),
+        subscription_id: order.lines[0].subscription_id.clone(),
+        version: "2022".into(),
+        language: "en-US".into(),
+        file_type: "iso-x64".into(),
+    };
+    if let Ok(issued) = licensing.get_keys_and_downloads(keys.clone()).await {
+        link = issued.into_inner().download_link.map(|l| l.url);
+    }
+    let link = link.expect("keys before the refund");
+    assert_eq!(http::get(&link).await.status, 302);
+
+    // By domain name and order id, a partial amount spread over both lines.
+    let mut support = system.support(&[Role::AdminAgent]).await;
+    let requested = total(&order) - 100;
+    let ticket = support
+        .create_ticket(refund_ticket(
+            refund_request::Customer::CustomerDomainName("refund.example.com".into()),
+            refund_request::Target::OrderId(order.id.clone()),
+            requested,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap();
+    assert_eq!(ticket.status, TicketStatus::Submitted as i32);
+    let done = settled(&system, &ticket.id).await;
+    assert_eq!(
+        done.status,
+        TicketStatus::Resolved as i32,
+        "{}",
+        done.rejection_reason
+    );
+    assert_eq!(done.refunded_amount.unwrap().minor_units, requested);
+
+    let mut ordering = system.ordering(&[Role::AdminAgent]).await;
+    for line in &order.lines {
+        let s = ordering
+            .get_subscription(GetSubscriptionRequest {
+                subscription_id: line.subscription_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .subscription
+            .unwrap();
+        assert_eq!(s.status, SubscriptionStatus::Cancelled as i32);
+    }
+    let status = licensing.get_keys_and_downloads(keys).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    let gone = http::get(&link).await;
+    assert_eq!(gone.status, 410, "{gone:?}");
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_are_checked_at_once_and_nothing_is_stored_when_they_fail() {
+    let start = 1_790_000_000 * SECOND;
+    let clock = ManualClock::new(start);
+    let system = TestSystem::start_with_clock(clock.clone()).await;
+    let (customer, order) = purchase(
+        &system,
+        "checks.example.com",
+        &["windows-server-standard-p1y"],
+    )
+    .await;
+    let subscription = order.lines[0].subscription_id.clone();
+    let mut support = system.support(&[Role::AdminAgent]).await;
+    let by_tenant = || refund_request::Customer::CustomerTenantId(customer.clone());
+    let sub = || refund_request::Target::SubscriptionId(subscription.clone());
+
+    // More than was paid.
+    let status = support
+        .create_ticket(refund_ticket(by_tenant(), sub(), total(&order) + 1))
+        .await
+        .unwrap_err();
+    assert_eq!(fields(&status), ["refund.requested_amount.minor_units"]);
+    // Another currency.
+    let mut euros = refund_ticket(by_tenant(), sub(), 100);
+    euros
+        .refund
+        .as_mut()
+        .unwrap()
+        .requested_amount
+        .as_mut()
+        .unwrap()
+        .currency_code = "EUR".into();
+    assert_eq!(
+        fields(&support.create_ticket(euros).await.unwrap_err()),
+        ["refund.requested_amount.currency_code"]
+    );
+    // Unknown customer, unknown subscription, another customer's order.
+    let status = support
+        .create_ticket(refund_ticket(
+            refund_request::Customer::CustomerTenantId(Uuid::new_v4().to_string()),
+            sub(),
+            100,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let status = support
+        .create_ticket(refund_ticket(
+            by_tenant(),
+            refund_request::Target::SubscriptionId(Uuid::new_v4().to_string()),
+            100,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let (_, other_order) =
+        purchase(&system, "other.example.com", &["sql-server-standard-p1y"]).await;
+    let status = support
+        .create_ticket(refund_ticket(
+            by_tenant(),
+            refund_request::Target::OrderId(other_order.id),
+            100,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+
+    // The 60-day boundary.
+    clock.set(start + 60 * DAY);
+    let status = support
+        .create_ticket(refund_ticket(by_tenant(), sub(), 100))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("2026-09-21T14:13:20Z"),
+        "purchase date: {}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("2026-11-20T14:13:20Z"),
+        "deadline: {}",
+        status.message()
+    );
+    let stored = support
+        .list_tickets(ListTicketsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .tickets;
+    assert!(stored.is_empty(), "a refused refund stored a ticket");
+
+    clock.set(start + 60 * DAY - SECOND);
+    let ticket = support
+        .create_ticket(refund_ticket(by_tenant(), sub(), total(&order)))
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap();
+    let done = settled(&system, &ticket.id).await;
+    assert_eq!(
+        done.status,
+        TicketStatus::Resolved as i32,
+        "{}",
+        done.rejection_reason
+    );
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_admin_agents_file_refunds_and_sales_agents_file_no_tickets() {
+    let system = TestSystem::start().await;
+    let (customer, order) = purchase(
+        &system,
+        "roles-support.example.com",
+        &["windows-server-standard-p1y"],
+    )
+    .await;
+    let refund = refund_ticket(
+        refund_request::Customer::CustomerTenantId(customer),
+        refund_request::Target::OrderId(order.id),
+        100,
+    );
+    for role in [Role::HelpdeskAgent, Role::GlobalAdmin] {
+        let mut support = system.support(&[role]).await;
+        let status = support.create_ticket(refund.clone()).await.unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{role}");
+        assert!(
+            status.message().contains("admin agent"),
+            "{}",
+            status.message()
+        );
+        support.create_ticket(plain_ticket()).await.unwrap();
+    }
+    let status = system
+        .support(&[Role::SalesAgent])
+        .await
+        .create_ticket(plain_ticket())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_completes_when_licensing_comes_back() {
+    let system = TestSystem::start_without_licensing().await;
+    let (customer, order) = purchase(
+        &system,
+        "outage-support.example.com",
+        &["windows-server-datacenter-p3y"],
+    )
+    .await;
+    let mut support = system.support(&[Role::AdminAgent]).await;
+    let ticket = support
+        .create_ticket(refund_ticket(
+            refund_request::Customer::CustomerTenantId(customer.clone()),
+            refund_request::Target::OrderId(order.id.clone()),
+            total(&order),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap();
+    // Ordering cancels, but licensing is down: the ticket waits.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let waiting = support
+        .get_ticket(GetTicketRequest {
+            ticket_id: ticket.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap();
+    assert_eq!(waiting.status, TicketStatus::Submitted as i32);
+
+    let licensing_instance = Instance::licensing(&system, system.addresses.licensing).await;
+    let done = settled(&system, &ticket.id).await;
+    assert_eq!(
+        done.status,
+        TicketStatus::Resolved as i32,
+        "{}",
+        done.rejection_reason
+    );
+    // The entitlement is revoked and keys are refused.
+    let mut licensing = system.licensing(&[Role::AdminAgent]).await;
+    let mut revoked = false;
+    for _ in 0..300 {
+        let listed = licensing
+            .list_software(ListSoftwareRequest {
+                customer_tenant_id: customer.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .software;
+        if listed.len() == 1
+            && listed[0].status == csp_proto::licensing::v1::EntitlementStatus::Revoked as i32
+        {
+            revoked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(revoked);
+    let status = licensing
+        .get_keys_and_downloads(GetKeysAndDownloadsRequest {
+            customer_tenant_id: customer,
+            subscription_id: order.lines[0].subscription_id.clone(),
+            version: "2022".into(),
+            language: "en-US".into(),
+            file_type: "iso-x64".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    licensing_instance.stop().await;
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickets_validate_keep_attachments_and_are_idempotent() {
+    let system = TestSystem::start().await;
+    let mut support = system.support(&[Role::HelpdeskAgent]).await;
+
+    let mut bad = plain_ticket();
+    bad.contact = Some(Contact {
+        name: "".into(),
+        email: "not-an-email".into(),
+        phone: "555-0100".into(),
+    });
+    bad.title = "x".repeat(201);
+    assert_eq!(
+        fields(&support.create_ticket(bad).await.unwrap_err()),
+        ["title", "contact.name", "contact.email", "contact.phone"]
+    );
+    let file = |size: usize, content_type: &str| AttachmentUpload {
+        file_name: "evidence.pdf".into(),
+        content_type: content_type.into(),
+        content: vec![7; size],
+    };
+    let mut too_many = plain_ticket();
+    too_many.attachments = (0..6).map(|_| file(10, "application/pdf")).collect();
+    assert_eq!(
+        fields(&support.create_ticket(too_many).await.unwrap_err()),
+        ["attachments"]
+    );
+    let mut too_big = plain_ticket();
+    too_big.attachments = vec![file(10 * 1024 * 1024 + 1, "application/pdf")];
+    assert_eq!(
+        fields(&support.create_ticket(too_big).await.unwrap_err()),
+        ["attachments[0].content"]
+    );
+    let mut wrong_type = plain_ticket();
+    wrong_type.attachments = vec![file(10, "application/x-msdownload")];
+    assert_eq!(
+        fields(&support.create_ticket(wrong_type).await.unwrap_err()),
+        ["attachments[0].content_type"]
+    );
+
+    // The largest allowed file goes through the gateway and comes back whole.
+    let mut with_files = plain_ticket();
+    let mut big = file(10 * 1024 * 1024, "application/pdf");
+    big.content[12345] = 42;
+    with_files.attachments = vec![big.clone(), file(3, "text/plain")];
+    let created = support
+        .create_ticket(with_files.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap();
+    assert_eq!(created.attachments.len(), 2);
+    assert_eq!(created.contact.as_ref().unwrap().phone, "+14255550100");
+    let fetched = support
+        .get_attachment(GetAttachmentRequest {
+            ticket_id: created.id.clone(),
+            attachment_id: created.attachments[0].id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fetched.content, big.content);
+    let meta = fetched.attachment.unwrap();
+    assert_eq!(meta.size_bytes, 10 * 1024 * 1024);
+    use sha2::Digest as _;
+    let expected: String = sha2::Sha256::digest(&big.content)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(meta.sha256, expected);
+
+    // A retry returns the same ticket; another body with the same id is refused.
+    let again = support
+        .create_ticket(with_files.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap();
+    assert_eq!(again.id, created.id);
+    let mut changed = with_files;
+    changed.title = "Another title".into();
+    assert_eq!(
+        fields(&support.create_ticket(changed).await.unwrap_err()),
+        ["request_id"]
+    );
+
+    // Comments, closing, listing.
+    let commented = support
+        .add_comment(AddCommentRequest {
+            ticket_id: created.id.clone(),
+            text: "It happens on every mirror.".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap();
+    assert_eq!(commented.comments.len(), 1);
+    let closed = support
+        .close_ticket(CloseTicketRequest {
+            ticket_id: created.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap();
+    assert_eq!(closed.status, TicketStatus::Closed as i32);
+    let status = support
+        .add_comment(AddCommentRequest {
+            ticket_id: created.id.clone(),
+            text: "more".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    let listed = support
+        .list_tickets(ListTicketsRequest {
+            status: TicketStatus::Closed as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tickets;
+    assert_eq!(listed.len(), 1);
+
+    // Another partner's ticket is not found.
+    let mut stranger =
+        csp_proto::support::v1::support_service_client::SupportServiceClient::with_interceptor(
+            system.gateway().await,
+            csp_tests::Bearer::new(&system.token_of(Uuid::new_v4(), &[Role::AdminAgent])),
+        );
+    let status = stranger
+        .get_ticket(GetTicketRequest {
+            ticket_id: created.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    system.stop().await;
+}
