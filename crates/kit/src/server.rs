@@ -125,3 +125,27 @@ pub async fn run_backend(
     let key = Arc::new(IdentityKey::new(internal_key));
     serve(listener, routes, health, Some(key), shutdown).await
 }
+
+/// Opens a backend's database (the configured URL, or its SQLite file in the
+/// data directory) and applies its migrations.
+pub async fn open_database(
+    service: &str,
+    args: &crate::config::BackendArgs,
+    migrations: &crate::db::Migrations,
+) -> anyhow::Result<crate::db::Db> {
+    let db = crate::db::Db::connect(&args.database_url_for(service)).await?;
+    db.migrate(migrations).await?;
+    tracing::info!(service, backend = db.backend_name(), "database ready");
+    Ok(db)
+}
+
+/// After the server stopped: waits for the background tasks (which stop on
+/// the same shutdown signal), then closes the database.
+pub async fn wind_down(db: &crate::db::Db, tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for task in tasks {
+        if let Err(error) = task.await {
+            tracing::error!(%error, "a background task failed");
+        }
+    }
+    db.close().await;
+}

@@ -19,7 +19,6 @@ use std::sync::Arc;
 
 use csp_kit::clock::Clock;
 use csp_kit::config::{BackendArgs, Secret};
-use csp_kit::db::Db;
 use csp_kit::server;
 use csp_kit::shutdown::Shutdown;
 use csp_proto::audit::v1::audit_intake_service_server::AuditIntakeServiceServer;
@@ -61,14 +60,12 @@ pub async fn run(
     shutdown: Shutdown,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
-    let url = config.backend.database_url_for(NAME);
-    let db = Db::connect(&url).await?;
-    db.migrate(&storage::MIGRATIONS).await?;
+    let db = server::open_database(NAME, &config.backend, &storage::MIGRATIONS).await?;
     let file = config
         .checkpoint_file
         .clone()
         .unwrap_or_else(|| config.backend.data_dir.join("audit-checkpoints.jsonl"));
-    tracing::info!(service = NAME, backend = db.backend_name(), checkpoint_file = %file.display(), "database ready");
+    tracing::info!(service = NAME, checkpoint_file = %file.display(), "checkpoints also go to a file");
     let api = AuditApi::new(
         AuditStore::new(db.clone()),
         domain::Signer::new(config.checkpoint_key.expose().as_bytes()),
@@ -87,6 +84,6 @@ pub async fn run(
         },
     )
     .await;
-    db.close().await;
+    server::wind_down(&db, Vec::new()).await;
     served
 }

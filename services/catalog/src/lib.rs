@@ -16,7 +16,6 @@ pub mod storage;
 use std::net::SocketAddr;
 
 use csp_kit::config::BackendArgs;
-use csp_kit::db::Db;
 use csp_kit::server;
 use csp_kit::shutdown::Shutdown;
 use csp_proto::catalog::v1::catalog_internal_service_server::CatalogInternalServiceServer;
@@ -46,17 +45,10 @@ pub struct Config {
 /// Opens the database, migrates and seeds it, then serves on `listener`
 /// until `shutdown` fires.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
-    let url = config.backend.database_url_for(NAME);
-    let db = Db::connect(&url).await?;
-    db.migrate(&storage::MIGRATIONS).await?;
+    let db = server::open_database(NAME, &config.backend, &storage::MIGRATIONS).await?;
     if config.seed_demo_catalog {
         seed::seed_demo_catalog(&db).await?;
     }
-    tracing::info!(
-        service = NAME,
-        backend = db.backend_name(),
-        "database ready"
-    );
     let store = CatalogStore::new(db.clone());
     let served = server::run_backend(
         NAME,
@@ -72,6 +64,6 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         },
     )
     .await;
-    db.close().await;
+    server::wind_down(&db, Vec::new()).await;
     served
 }

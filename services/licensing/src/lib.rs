@@ -22,7 +22,6 @@ use std::sync::Arc;
 
 use csp_kit::clock::Clock;
 use csp_kit::config::{BackendArgs, Secret};
-use csp_kit::db::Db;
 use csp_kit::identity::IdentityKey;
 use csp_kit::outbox::{Destination, Relay, RelaySettings};
 use csp_kit::server;
@@ -93,14 +92,7 @@ pub async fn run(
     shutdown: Shutdown,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
-    let url = config.backend.database_url_for(NAME);
-    let db = Db::connect(&url).await?;
-    db.migrate(&storage::MIGRATIONS).await?;
-    tracing::info!(
-        service = NAME,
-        backend = db.backend_name(),
-        "database ready"
-    );
+    let db = server::open_database(NAME, &config.backend, &storage::MIGRATIONS).await?;
 
     let key = Arc::new(IdentityKey::new(&config.backend.internal_key));
     let destinations: Vec<Arc<dyn Destination>> = vec![Arc::new(AuditDestination::new(
@@ -136,9 +128,6 @@ pub async fn run(
         },
     )
     .await;
-    if let Err(error) = relay_task.await {
-        tracing::error!(%error, "the outbox relay task failed");
-    }
-    db.close().await;
+    server::wind_down(&db, vec![relay_task]).await;
     served
 }
