@@ -52,9 +52,7 @@ async fn run(large: usize) -> anyhow::Result<()> {
         let started = Instant::now();
         while filled < size {
             let n = BATCH.min(size - filled);
-            let records = (filled..filled + n)
-                .map(|i| record(i, size.max(large)))
-                .collect();
+            let records = (filled..filled + n).map(record).collect();
             store.append(&partner, records, &signer, START).await?;
             filled += n;
             if filled % 100_000 == 0 {
@@ -92,9 +90,10 @@ async fn run(large: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Event `i` of `total`, spread evenly over the 90 days.
-fn record(i: usize, total: usize) -> Record {
-    let at = START + (i as i64 * (SPAN / total as i64)) + (i as i64 % 997);
+/// Event `i`, at a pseudo-random time in the 90 days (the same for the same
+/// `i`), so the log covers the whole span at any size.
+fn record(i: usize) -> Record {
+    let at = START + (splitmix64(i as u64) % SPAN as u64) as i64;
     Record {
         partner_id: String::new(),
         seq: 0,
@@ -116,6 +115,13 @@ fn record(i: usize, total: usize) -> Record {
         prev_hash: String::new(),
         hash: String::new(),
     }
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 async fn measure(store: &AuditStore, partner: &str, days: i64) -> anyhow::Result<(f64, f64)> {

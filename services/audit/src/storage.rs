@@ -184,7 +184,7 @@ impl AuditStore {
             "SELECT {COLUMNS} FROM activities WHERE partner_id = $1 AND occur_at_us >= $2 AND occur_at_us < $3 \
              AND seq <= $4 AND ($5 = '' OR kind = $5) AND ($6 = '' OR customer_tenant_id = $6) \
              AND ($7 = '' OR user_id = $7) \
-             AND (occur_at_us < $8 OR (occur_at_us = $8 AND seq < $9)) \
+             AND (occur_at_us, seq) < ($8, $9) \
              ORDER BY occur_at_us DESC, seq DESC LIMIT $10"
         );
         Ok(on_db!(&self.db, pool => {

@@ -349,7 +349,7 @@ impl OrderingStore {
         let sql = format!(
             "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE partner_id = $1 \
              AND (company_name_folded LIKE $2 ESCAPE '\\' OR domain_name LIKE $2 ESCAPE '\\') \
-             AND (company_name_folded > $3 OR (company_name_folded = $3 AND tenant_id > $4)) \
+             AND (company_name_folded, tenant_id) > ($3, $4) \
              ORDER BY company_name_folded, tenant_id LIMIT $5"
         );
         let rows: Vec<CustomerRow> = on_db!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
@@ -456,7 +456,7 @@ impl OrderingStore {
         let (before_at, before_id) = before.unwrap_or((Micros::MAX, ""));
         let sql = format!(
             "SELECT {ORDER_COLUMNS} FROM orders WHERE partner_id = $1 AND customer_tenant_id = $2 \
-             AND (created_at_us < $3 OR (created_at_us = $3 AND ($4 = '' OR id < $4))) \
+             AND (created_at_us, id) < ($3, $4) \
              ORDER BY created_at_us DESC, id DESC LIMIT $5"
         );
         let mut orders: Vec<Order> = on_db!(&self.db, pool => {
@@ -520,7 +520,7 @@ impl OrderingStore {
         let sql = format!(
             "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE partner_id = $1 AND customer_tenant_id = $2 \
              AND ($3 = '' OR status = $3) \
-             AND (purchased_at_us > $4 OR (purchased_at_us = $4 AND id > $5)) \
+             AND (purchased_at_us, id) > ($4, $5) \
              ORDER BY purchased_at_us, id LIMIT $6"
         );
         Ok(on_db!(&self.db, pool => {

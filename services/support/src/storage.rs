@@ -290,7 +290,7 @@ impl SupportStore {
         let sql = format!(
             "SELECT {TICKET_COLUMNS} FROM tickets WHERE partner_id = $1 AND ($2 = '' OR status = $2) \
              AND ($3 = '' OR issue_type = $3) \
-             AND (created_at_us < $4 OR (created_at_us = $4 AND ($5 = '' OR id < $5))) \
+             AND (created_at_us, id) < ($4, $5) \
              ORDER BY created_at_us DESC, id DESC LIMIT $6"
         );
         Ok(on_db!(&self.db, pool => {
