@@ -62,6 +62,9 @@ async fn run(large: usize) -> anyhow::Result<()> {
                 );
             }
         }
+        // Fresh statistics, as autovacuum (PostgreSQL) or a periodic ANALYZE
+        // keeps them on a live system.
+        csp_kit::on_db!(&db, pool => sqlx::query("ANALYZE").execute(pool).await.map(drop))?;
         for (name, days) in [("1 day", 1), ("30 days", 30)] {
             let (p50, p99) = measure(&store, &partner, days).await?;
             println!("{size:>10}  {name:>8}  {p50:>10.0}  {p99:>10.0}");

@@ -230,6 +230,7 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
     let c = csp_licensing::Config {
         backend: licensing_args,
         catalog_url: url(addresses.catalog),
+        ordering_url: url(addresses.ordering),
         audit_url: url(addresses.audit),
         sealing_key: config.sealing_key.clone(),
         download_base_url: format!("http://{}", addresses.gateway_http),

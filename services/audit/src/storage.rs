@@ -179,25 +179,31 @@ impl AuditStore {
         before: Option<(Micros, i64)>,
         limit: u32,
     ) -> ApiResult<Vec<Record>> {
-        let (before_at, before_seq) = before.unwrap_or((Micros::MAX, i64::MAX));
+        // One upper bound, (occur_at, seq) below the cursor or below the range's
+        // end: databases start the backward index scan right there. (With two
+        // bounds, PostgreSQL starts from the looser one and filters its way
+        // down.)
+        let (upper_at, upper_seq) = match before {
+            Some((at, seq)) if at < q.end => (at, seq),
+            _ => (q.end, i64::MIN),
+        };
         let sql = format!(
-            "SELECT {COLUMNS} FROM activities WHERE partner_id = $1 AND occur_at_us >= $2 AND occur_at_us < $3 \
-             AND seq <= $4 AND ($5 = '' OR kind = $5) AND ($6 = '' OR customer_tenant_id = $6) \
-             AND ($7 = '' OR user_id = $7) \
-             AND (occur_at_us, seq) < ($8, $9) \
-             ORDER BY occur_at_us DESC, seq DESC LIMIT $10"
+            "SELECT {COLUMNS} FROM activities WHERE partner_id = $1 AND occur_at_us >= $2 \
+             AND (occur_at_us, seq) < ($3, $4) \
+             AND seq <= $5 AND ($6 = '' OR kind = $6) AND ($7 = '' OR customer_tenant_id = $7) \
+             AND ($8 = '' OR user_id = $8) \
+             ORDER BY occur_at_us DESC, seq DESC LIMIT $9"
         );
         Ok(on_db!(&self.db, pool => {
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(&q.partner_id)
                 .bind(q.start)
-                .bind(q.end)
+                .bind(upper_at)
+                .bind(upper_seq)
                 .bind(q.max_seq)
                 .bind(&q.kind)
                 .bind(&q.customer_tenant_id)
                 .bind(&q.user_id)
-                .bind(before_at)
-                .bind(before_seq)
                 .bind(i64::from(limit))
                 .fetch_all(pool)
                 .await?;

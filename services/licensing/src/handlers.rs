@@ -14,7 +14,8 @@ use csp_proto::common::v1::RejectedEvent;
 use csp_proto::licensing::v1 as pb;
 use csp_proto::licensing::v1::licensing_internal_service_server::LicensingInternalService;
 use csp_proto::licensing::v1::licensing_service_server::LicensingService;
-use csp_proto::ordering::v1::{OrderingEvent, ordering_event};
+use csp_proto::ordering::v1::ordering_internal_service_client::OrderingInternalServiceClient;
+use csp_proto::ordering::v1::{CheckCustomerRequest, OrderingEvent, ordering_event};
 use tokio::sync::Notify;
 use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
@@ -38,6 +39,7 @@ pub struct Urls {
 pub struct LicensingApi {
     store: LicensingStore,
     catalog: CatalogServiceClient<Signed>,
+    ordering: OrderingInternalServiceClient<Signed>,
     sealer: Arc<Sealer>,
     clock: Arc<dyn Clock>,
     urls: Arc<Urls>,
@@ -49,6 +51,7 @@ impl LicensingApi {
     pub fn new(
         store: LicensingStore,
         catalog: Signed,
+        ordering: Signed,
         sealer: Sealer,
         clock: Arc<dyn Clock>,
         urls: Urls,
@@ -57,6 +60,7 @@ impl LicensingApi {
         Self {
             store,
             catalog: CatalogServiceClient::new(catalog),
+            ordering: OrderingInternalServiceClient::new(ordering),
             sealer: Arc::new(sealer),
             clock,
             urls: Arc::new(urls),
@@ -332,6 +336,30 @@ impl LicensingService for LicensingApi {
         let partner = Caller::user_of(&request)?.partner_id.to_string();
         let customer = parse_uuid("customer_tenant_id", &request.get_ref().customer_tenant_id)?;
         let entitlements = self.store.entitlements_of(&partner, &customer).await?;
+        if entitlements.is_empty() {
+            // Nothing bought, or no such customer for this partner: ordering knows.
+            let checked = self
+                .ordering
+                .clone()
+                .check_customer(CheckCustomerRequest {
+                    partner_id: partner.clone(),
+                    tenant_id: customer.clone(),
+                })
+                .await;
+            match checked {
+                Ok(_) => {}
+                Err(status) if status.code() == Code::NotFound => {
+                    return Err(ApiError::not_found("customer", &customer).into());
+                }
+                Err(status) => {
+                    return Err(ApiError::Unavailable(format!(
+                        "ordering is unavailable ({}); try again",
+                        status.message()
+                    ))
+                    .into());
+                }
+            }
+        }
         let mut options: HashMap<String, DownloadOptions> = HashMap::new();
         let mut software = Vec::with_capacity(entitlements.len());
         for e in entitlements {

@@ -56,6 +56,13 @@ pub struct Config {
         default_value = "http://127.0.0.1:50061"
     )]
     pub catalog_url: String,
+    /// The ordering service, which knows the partner's customers.
+    #[arg(
+        long = "ordering-url",
+        env = "CSP_ORDERING_URL",
+        default_value = "http://127.0.0.1:50062"
+    )]
+    pub ordering_url: String,
     /// The audit service, which receives activities.
     #[arg(
         long = "audit-url",
@@ -107,6 +114,7 @@ pub async fn run(
     let api = LicensingApi::new(
         LicensingStore::new(db.clone()),
         signed_channel(&config.catalog_url, &key, NAME)?,
+        signed_channel(&config.ordering_url, &key, NAME)?,
         secrets::Sealer::new(&config.sealing_key)?,
         clock,
         Urls {

@@ -812,6 +812,20 @@ impl OrderingInternalService for OrderingApi {
         Ok(Response::new(self.resolve(request.into_inner()).await?))
     }
 
+    async fn check_customer(
+        &self,
+        request: Request<pb::CheckCustomerRequest>,
+    ) -> Result<Response<pb::CheckCustomerResponse>, Status> {
+        Caller::service_of(&request)?;
+        let r = request.into_inner();
+        let partner = domain::parse_uuid("partner_id", &r.partner_id)?.to_string();
+        let tenant = domain::parse_uuid("tenant_id", &r.tenant_id)?.to_string();
+        let customer = self.customer_of(&partner, &tenant).await?;
+        Ok(Response::new(pb::CheckCustomerResponse {
+            customer: Some(convert::customer(&customer)),
+        }))
+    }
+
     async fn cancel_subscription(
         &self,
         request: Request<pb::CancelSubscriptionRequest>,
