@@ -413,6 +413,8 @@ impl Replica {
                 shutdown,
             )),
         ];
+        wait_serving(licensing_addr).await;
+        wait_serving(gateway_addr).await;
         Replica {
             gateway: gateway_addr,
             gateway_http: http_addr,
@@ -506,24 +508,17 @@ impl Instance {
         task: tokio::task::JoinHandle<anyhow::Result<()>>,
         addr: std::net::SocketAddr,
     ) -> Instance {
-        for _ in 0..500 {
+        for _ in 0..3000 {
             if task.is_finished() {
                 let outcome = task.await;
                 panic!("the service stopped at start: {outcome:?}");
             }
-            let health = raw::call_empty(
-                connect(addr).await,
-                "/grpc.health.v1.Health/Check",
-                false,
-                None,
-            )
-            .await;
-            if health.code() == tonic::Code::Ok {
-                break;
+            if serving(addr).await {
+                return Instance { trigger, task };
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Instance { trigger, task }
+        panic!("the service at {addr} never became SERVING");
     }
 
     /// Stops it.
@@ -534,6 +529,32 @@ impl Instance {
             .unwrap_or_else(|e| panic!("the service panicked: {e}"))
             .unwrap_or_else(|e| panic!("the service failed: {e:#}"));
     }
+}
+
+/// Whether the server at `addr` answers its health check SERVING.
+pub async fn serving(addr: std::net::SocketAddr) -> bool {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let Ok(endpoint) = Endpoint::from_shared(format!("http://{addr}")) else {
+        return false;
+    };
+    let Ok(channel) = endpoint.connect().await else {
+        return false;
+    };
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
+}
+
+/// Waits until the server at `addr` is SERVING (at most 60 s).
+pub async fn wait_serving(addr: std::net::SocketAddr) {
+    for _ in 0..3000 {
+        if serving(addr).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{addr} never became SERVING");
 }
 
 async fn bind_exactly(addr: std::net::SocketAddr) -> tokio::net::TcpListener {

@@ -473,3 +473,71 @@ fn grpc_timeout(value: &str) -> Option<Duration> {
         _ => return None,
     })
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_backend_is_not_serving_and_refuses_calls_until_ready() {
+    csp_tests::logs::init();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
+    let starting =
+        csp_kit::server::start_backend("recorder", listener, &csp_tests::internal_key(), shutdown)
+            .await
+            .unwrap();
+
+    let health = |addr| async move {
+        let mut client = tonic_health::pb::health_client::HealthClient::new(connect(addr).await);
+        client
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    };
+    assert_eq!(
+        health(addr).await,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
+    let user = UserCaller {
+        partner_id: uuid::Uuid::new_v4(),
+        user_id: "u".into(),
+        display_name: "U".into(),
+        roles: [Role::AdminAgent].into_iter().collect(),
+    };
+    let key = IdentityKey::new(&csp_tests::internal_key());
+    let mut client = CatalogServiceClient::with_interceptor(
+        connect(addr).await,
+        Identity(key.mint_for_user(&user, LIST_MARKETS).unwrap()),
+    );
+    let status = client
+        .list_markets(ListMarketsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("starting"),
+        "{}",
+        status.message()
+    );
+
+    let served = tokio::spawn(starting.ready(|routes| {
+        routes.add_service(
+            csp_proto::catalog::v1::catalog_service_server::CatalogServiceServer::new(Recorder),
+        )
+    }));
+    for _ in 0..100 {
+        if health(addr).await
+            == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        health(addr).await,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    assert!(client.list_markets(ListMarketsRequest {}).await.is_ok());
+    trigger.fire();
+    served.await.unwrap().unwrap();
+}

@@ -287,9 +287,66 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         )
     });
 
-    Ok(RunningSystem {
+    let mut system = RunningSystem {
         addresses,
         trigger,
         tasks,
-    })
+    };
+    system.wait_until_serving(config.held_back).await?;
+    Ok(system)
+}
+
+impl RunningSystem {
+    /// Waits until every started service answers its health check SERVING
+    /// (its database migrated), or fails with the error of a service that
+    /// stopped.
+    async fn wait_until_serving(&mut self, held_back: &[&str]) -> anyhow::Result<()> {
+        let a = self.addresses;
+        let services = [
+            ("catalog", a.catalog),
+            ("ordering", a.ordering),
+            ("licensing", a.licensing),
+            ("audit", a.audit),
+            ("support", a.support),
+            ("gateway", a.gateway),
+        ];
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+        for (name, addr) in services
+            .into_iter()
+            .filter(|(name, _)| !held_back.contains(name))
+        {
+            loop {
+                if let Some(joined) = self.tasks.try_join_next() {
+                    let error = failure_of(joined)
+                        .unwrap_or_else(|| anyhow::anyhow!("a service stopped during start-up"));
+                    self.trigger.fire();
+                    return Err(error);
+                }
+                if serving(addr).await {
+                    break;
+                }
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "the {name} service did not become ready within 120 s"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether the server at `addr` answers its health check SERVING.
+async fn serving(addr: SocketAddr) -> bool {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+        return false;
+    };
+    let Ok(channel) = endpoint.connect().await else {
+        return false;
+    };
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
 }

@@ -15,6 +15,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::identity::{IdentityKey, IdentityLayer};
 use crate::shutdown::Shutdown;
+use axum::body as axum_body;
 
 /// Which services reflection lists.
 #[derive(Clone, Debug)]
@@ -109,8 +110,9 @@ pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
 
 /// Runs a backend until `shutdown` fires: health, reflection of every
 /// service, caller identity checks under `internal_key`, and the service's
-/// own gRPC services, which `add_services` adds to the routes. Health turns
-/// SERVING once listening.
+/// own gRPC services, which `add_services` adds to the routes. For a service
+/// with nothing to prepare; others use [`start_backend`] and
+/// [`Starting::ready`].
 pub async fn run_backend(
     name: &str,
     listener: TcpListener,
@@ -118,12 +120,10 @@ pub async fn run_backend(
     shutdown: Shutdown,
     add_services: impl FnOnce(Routes) -> Routes,
 ) -> anyhow::Result<()> {
-    let (health, routes) = base_routes(ReflectionScope::All)?;
-    let routes = add_services(routes);
-    tracing::info!(service = name, addr = %listener.local_addr()?, "serving");
-    set_serving(&health, true).await;
-    let key = Arc::new(IdentityKey::new(internal_key));
-    serve(listener, routes, health, Some(key), shutdown).await
+    start_backend(name, listener, internal_key, shutdown)
+        .await?
+        .ready(add_services)
+        .await
 }
 
 /// Opens a backend's database (the configured URL, or its SQLite file in the
@@ -148,4 +148,99 @@ pub async fn wind_down(db: &crate::db::Db, tasks: Vec<tokio::task::JoinHandle<()
         }
     }
     db.close().await;
+}
+
+/// A backend that is up but not ready: it already answers health checks
+/// (NOT_SERVING) and reflection, and answers its own RPCs with UNAVAILABLE
+/// until [`Starting::ready`] hands it its services, after its database is
+/// migrated. Orchestrators probe it from the first moment.
+pub struct Starting {
+    name: String,
+    health: HealthReporter,
+    slot: Arc<std::sync::OnceLock<Routes>>,
+    served: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Starts serving health (NOT_SERVING) and reflection on `listener` at once.
+pub async fn start_backend(
+    name: &str,
+    listener: TcpListener,
+    internal_key: &crate::config::Secret,
+    shutdown: Shutdown,
+) -> anyhow::Result<Starting> {
+    let (health, routes) = base_routes(ReflectionScope::All)?;
+    set_serving(&health, false).await;
+    let slot = Arc::new(std::sync::OnceLock::new());
+    let routes = Routes::from(
+        routes
+            .into_axum_router()
+            .fallback_service(Deferred(slot.clone())),
+    );
+    let key = Arc::new(IdentityKey::new(internal_key));
+    tracing::info!(service = name, addr = %listener.local_addr()?, "listening; starting up");
+    let served = tokio::spawn(serve(listener, routes, health.clone(), Some(key), shutdown));
+    Ok(Starting {
+        name: name.to_owned(),
+        health,
+        slot,
+        served: Some(served),
+    })
+}
+
+impl Starting {
+    /// Installs the service's own gRPC services, turns health SERVING, and
+    /// serves until the shutdown signal.
+    pub async fn ready(
+        mut self,
+        add_services: impl FnOnce(Routes) -> Routes,
+    ) -> anyhow::Result<()> {
+        let _ = self.slot.set(add_services(Routes::default()));
+        set_serving(&self.health, true).await;
+        tracing::info!(service = %self.name, "serving");
+        match self.served.take() {
+            Some(served) => served.await.context("the server task failed")?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Starting {
+    /// A backend that never became ready (its start-up failed) stops serving.
+    fn drop(&mut self) {
+        if let Some(served) = self.served.take() {
+            served.abort();
+        }
+    }
+}
+
+/// Routes a call to the service's own services once they are installed.
+#[derive(Clone)]
+struct Deferred(Arc<std::sync::OnceLock<Routes>>);
+
+impl tower::Service<http::Request<axum_body::Body>> for Deferred {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<axum_body::Body>) -> Self::Future {
+        use tower::ServiceExt as _;
+        match self.0.get() {
+            Some(routes) => Box::pin(routes.clone().oneshot(request)),
+            None => Box::pin(async {
+                Ok(tonic::Status::unavailable(
+                    "the service is starting (migrating its database); try again shortly",
+                )
+                .into_http())
+            }),
+        }
+    }
 }

@@ -60,6 +60,13 @@ pub async fn run(
     shutdown: Shutdown,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
+    let starting = server::start_backend(
+        NAME,
+        listener,
+        &config.backend.internal_key,
+        shutdown.clone(),
+    )
+    .await?;
     let db = server::open_database(NAME, &config.backend, &storage::MIGRATIONS).await?;
     let file = config
         .checkpoint_file
@@ -72,18 +79,13 @@ pub async fn run(
         checkpoints::CheckpointFile::new(file),
         clock,
     );
-    let served = server::run_backend(
-        NAME,
-        listener,
-        &config.backend.internal_key,
-        shutdown,
-        |routes| {
+    let served = starting
+        .ready(|routes| {
             routes
                 .add_service(AuditServiceServer::new(api.clone()))
                 .add_service(AuditIntakeServiceServer::new(api))
-        },
-    )
-    .await;
+        })
+        .await;
     server::wind_down(&db, Vec::new()).await;
     served
 }

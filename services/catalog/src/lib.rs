@@ -45,25 +45,27 @@ pub struct Config {
 /// Opens the database, migrates and seeds it, then serves on `listener`
 /// until `shutdown` fires.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+    let starting = server::start_backend(
+        NAME,
+        listener,
+        &config.backend.internal_key,
+        shutdown.clone(),
+    )
+    .await?;
     let db = server::open_database(NAME, &config.backend, &storage::MIGRATIONS).await?;
     if config.seed_demo_catalog {
         seed::seed_demo_catalog(&db).await?;
     }
     let store = CatalogStore::new(db.clone());
-    let served = server::run_backend(
-        NAME,
-        listener,
-        &config.backend.internal_key,
-        shutdown,
-        |routes| {
+    let served = starting
+        .ready(|routes| {
             routes
                 .add_service(CatalogServiceServer::new(CatalogApi::new(store.clone())))
                 .add_service(CatalogInternalServiceServer::new(
                     handlers::CatalogInternalApi::new(store),
                 ))
-        },
-    )
-    .await;
+        })
+        .await;
     server::wind_down(&db, Vec::new()).await;
     served
 }

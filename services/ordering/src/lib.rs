@@ -75,6 +75,13 @@ pub async fn run(
     shutdown: Shutdown,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
+    let starting = server::start_backend(
+        NAME,
+        listener,
+        &config.backend.internal_key,
+        shutdown.clone(),
+    )
+    .await?;
     let db = server::open_database(NAME, &config.backend, &storage::MIGRATIONS).await?;
 
     let key = Arc::new(IdentityKey::new(&config.backend.internal_key));
@@ -103,18 +110,13 @@ pub async fn run(
     );
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));
 
-    let served = server::run_backend(
-        NAME,
-        listener,
-        &config.backend.internal_key,
-        shutdown,
-        |routes| {
+    let served = starting
+        .ready(|routes| {
             routes
                 .add_service(OrderingServiceServer::new(api.clone()))
                 .add_service(OrderingInternalServiceServer::new(api))
-        },
-    )
-    .await;
+        })
+        .await;
     server::wind_down(&db, vec![relay_task]).await;
     served
 }

@@ -71,6 +71,13 @@ pub async fn run(
     shutdown: Shutdown,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
+    let starting = server::start_backend(
+        NAME,
+        listener,
+        &config.backend.internal_key,
+        shutdown.clone(),
+    )
+    .await?;
     let db = server::open_database(NAME, &config.backend, &storage::MIGRATIONS).await?;
     let key = Arc::new(IdentityKey::new(&config.backend.internal_key));
     let store = SupportStore::new(db.clone());
@@ -98,20 +105,15 @@ pub async fn run(
     );
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));
     let refunds_task = tokio::spawn(refunds.run(shutdown.clone()));
-    let served = server::run_backend(
-        NAME,
-        listener,
-        &config.backend.internal_key,
-        shutdown,
-        |routes| {
+    let served = starting
+        .ready(|routes| {
             routes.add_service(
                 SupportServiceServer::new(api)
                     .max_decoding_message_size(domain::MAX_REQUEST_BYTES)
                     .max_encoding_message_size(domain::MAX_ATTACHMENT_BYTES + 64 * 1024),
             )
-        },
-    )
-    .await;
+        })
+        .await;
     server::wind_down(&db, vec![relay_task, refunds_task]).await;
     served
 }
