@@ -49,6 +49,23 @@ pub fn decode<T: DeserializeOwned>(token: &str) -> Result<Option<T>, ApiError> {
         .map_err(|_| invalid())
 }
 
+/// Ends a page that was fetched with one row more than `size`: cuts it to
+/// `size` and returns the token of the next page, made from the last row
+/// kept; empty when this is the last page.
+pub fn finish_page<T, C: Serialize>(
+    rows: &mut Vec<T>,
+    size: u32,
+    cursor: impl FnOnce(&T) -> C,
+) -> String {
+    if rows.len() <= size as usize {
+        return String::new();
+    }
+    rows.truncate(size as usize);
+    rows.last()
+        .map(|last| encode(&cursor(last)))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,6 +85,27 @@ mod tests {
         assert_eq!(decode::<Cursor>("").unwrap(), None);
         assert!(decode::<Cursor>("!!!").is_err());
         assert!(decode::<Cursor>(&URL_SAFE_NO_PAD.encode("{}")).is_err());
+    }
+
+    #[test]
+    fn a_page_with_one_row_more_has_a_next_page() {
+        let mut rows = vec![1, 2, 3];
+        let token = finish_page(&mut rows, 2, |last| Cursor {
+            after: last.to_string(),
+        });
+        assert_eq!(rows, [1, 2]);
+        assert_eq!(
+            decode::<Cursor>(&token).unwrap(),
+            Some(Cursor { after: "2".into() })
+        );
+        let mut last_page = vec![1, 2];
+        assert_eq!(
+            finish_page(&mut last_page, 2, |_| Cursor {
+                after: String::new()
+            }),
+            ""
+        );
+        assert_eq!(last_page, [1, 2]);
     }
 
     #[test]

@@ -280,22 +280,12 @@ impl AuditService for AuditApi {
             .store
             .page(&query, cursor.as_ref().map(|c| (c.at, c.seq)), size + 1)
             .await?;
-        let next_page_token = if records.len() > size as usize {
-            records.truncate(size as usize);
-            records
-                .last()
-                .map(|last| {
-                    paging::encode(&Cursor {
-                        at: last.occur_at,
-                        seq: last.seq,
-                        max_seq,
-                        filter: filter.clone(),
-                    })
-                })
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::finish_page(&mut records, size, |last| Cursor {
+            at: last.occur_at,
+            seq: last.seq,
+            max_seq,
+            filter: filter.clone(),
+        });
         if cursor.is_none() {
             let details = HashMap::from([
                 ("start_time".to_owned(), csp_kit::clock::to_rfc3339(start)),

@@ -102,17 +102,11 @@ impl CatalogService for CatalogApi {
                 page_size + 1,
             )
             .await?;
-        let next_page_token = if products.len() > page_size as usize {
-            products.truncate(page_size as usize);
-            let last = products.last().map(|p| p.id.clone()).unwrap_or_default();
-            paging::encode(&ProductCursor {
-                after: last,
-                market: market.code.clone(),
-                kind: request.kind,
-            })
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::finish_page(&mut products, page_size, |last| ProductCursor {
+            after: last.id.clone(),
+            market: market.code.clone(),
+            kind: request.kind,
+        });
         Ok(Response::new(pb::ListProductsResponse {
             products: products
                 .iter()

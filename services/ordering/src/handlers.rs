@@ -624,21 +624,11 @@ impl OrderingService for OrderingApi {
                 size + 1,
             )
             .await?;
-        let next_page_token = if customers.len() > size as usize {
-            customers.truncate(size as usize);
-            customers
-                .last()
-                .map(|c| {
-                    paging::encode(&NameCursor {
-                        name: c.company_name.to_lowercase(),
-                        id: c.tenant_id.clone(),
-                        query: query.clone(),
-                    })
-                })
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::finish_page(&mut customers, size, |c| NameCursor {
+            name: c.company_name.to_lowercase(),
+            id: c.tenant_id.clone(),
+            query: query.clone(),
+        });
         Ok(Response::new(pb::ListCustomersResponse {
             customers: customers.iter().map(convert::customer).collect(),
             next_page_token,
@@ -698,22 +688,12 @@ impl OrderingService for OrderingApi {
                 size + 1,
             )
             .await?;
-        let next_page_token = if orders.len() > size as usize {
-            orders.truncate(size as usize);
-            orders
-                .last()
-                .map(|o| {
-                    paging::encode(&TimeCursor {
-                        at: o.created_at,
-                        id: o.id.clone(),
-                        customer: customer.clone(),
-                        status: 0,
-                    })
-                })
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::finish_page(&mut orders, size, |o| TimeCursor {
+            at: o.created_at,
+            id: o.id.clone(),
+            customer: customer.clone(),
+            status: 0,
+        });
         Ok(Response::new(pb::ListOrdersResponse {
             orders: orders.iter().map(convert::order).collect(),
             next_page_token,
@@ -779,22 +759,12 @@ impl OrderingService for OrderingApi {
                 size + 1,
             )
             .await?;
-        let next_page_token = if found.len() > size as usize {
-            found.truncate(size as usize);
-            found
-                .last()
-                .map(|s| {
-                    paging::encode(&TimeCursor {
-                        at: s.purchased_at,
-                        id: s.id.clone(),
-                        customer: customer.clone(),
-                        status: r.status,
-                    })
-                })
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::finish_page(&mut found, size, |s| TimeCursor {
+            at: s.purchased_at,
+            id: s.id.clone(),
+            customer: customer.clone(),
+            status: r.status,
+        });
         Ok(Response::new(pb::ListSubscriptionsResponse {
             subscriptions: found.iter().map(convert::subscription).collect(),
             next_page_token,

@@ -486,22 +486,12 @@ impl SupportService for SupportApi {
                 size + 1,
             )
             .await?;
-        let next_page_token = if tickets.len() > size as usize {
-            tickets.truncate(size as usize);
-            tickets
-                .last()
-                .map(|t| {
-                    paging::encode(&Cursor {
-                        at: t.created_at,
-                        id: t.id.clone(),
-                        status: r.status,
-                        issue_type: r.issue_type,
-                    })
-                })
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::finish_page(&mut tickets, size, |t| Cursor {
+            at: t.created_at,
+            id: t.id.clone(),
+            status: r.status,
+            issue_type: r.issue_type,
+        });
         let mut views = Vec::with_capacity(tickets.len());
         for t in &tickets {
             views.push(self.view(t).await?);
