@@ -498,6 +498,15 @@ async fn a_starting_backend_is_not_serving_and_refuses_calls_until_ready() {
         health(addr).await,
         tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
     );
+    // What `csp health` and the probes ask: liveness is SERVING from the
+    // first moment, so a migrating pod is not restarted.
+    assert_eq!(csp::health_status(addr, "").await.unwrap(), "NOT_SERVING");
+    assert_eq!(
+        csp::health_status(addr, csp_kit::server::LIVENESS)
+            .await
+            .unwrap(),
+        "SERVING"
+    );
     let user = UserCaller {
         partner_id: uuid::Uuid::new_v4(),
         user_id: "u".into(),

@@ -338,15 +338,30 @@ impl RunningSystem {
 
 /// Whether the server at `addr` answers its health check SERVING.
 async fn serving(addr: SocketAddr) -> bool {
-    use tonic_health::pb::health_check_response::ServingStatus;
-    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
-        return false;
-    };
-    let Ok(channel) = endpoint.connect().await else {
-        return false;
-    };
-    tonic_health::pb::health_client::HealthClient::new(channel)
-        .check(tonic_health::pb::HealthCheckRequest::default())
+    health_status(addr, "")
         .await
-        .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
+        .is_ok_and(|status| status == "SERVING")
+}
+
+/// What the server at `addr` answers to a health check of `service` ("" is
+/// the whole server): `SERVING`, `NOT_SERVING`, ...; an error when it cannot
+/// be asked (not listening, unknown service, no answer within 5 s).
+pub async fn health_status(addr: SocketAddr, service: &str) -> anyhow::Result<String> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(5));
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .map_err(|status| anyhow::anyhow!("{addr} answered {status}"))?;
+    let status =
+        ServingStatus::try_from(answer.into_inner().status).map_or("UNKNOWN", |s| s.as_str_name());
+    Ok(status.to_owned())
 }

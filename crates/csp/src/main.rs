@@ -53,6 +53,33 @@ enum Command {
     Support(csp_support::Config),
     /// Inspect a service's outbox: what waits, and the dead letters.
     Outbox(OutboxArgs),
+    /// Apply a service's database migrations and exit (a deployment's init
+    /// step; services also migrate at start, under a lock).
+    Migrate(MigrateArgs),
+    /// Ask a server's gRPC health check; exits 0 when it is SERVING (for
+    /// container health checks: the runtime image has no shell).
+    Health(HealthArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct MigrateArgs {
+    /// The service whose database to migrate.
+    #[arg(value_parser = ["catalog", "ordering", "licensing", "audit", "support"])]
+    service: String,
+    /// Where the database is.
+    #[command(flatten)]
+    backend: csp_kit::config::BackendArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct HealthArgs {
+    /// The server's gRPC address.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    addr: std::net::SocketAddr,
+    /// The health service name to ask about ("" is the whole server;
+    /// "liveness" answers SERVING while the process runs).
+    #[arg(long, default_value = "")]
+    service: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -112,7 +139,10 @@ fn parse_role(name: &str) -> Result<Role, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Token(_) | Command::Outbox(_)) {
+    if !matches!(
+        cli.command,
+        Command::Token(_) | Command::Outbox(_) | Command::Health(_)
+    ) {
         telemetry::init(cli.log_format);
     }
     match run(cli.command).await {
@@ -181,6 +211,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             .await
         }
         Command::Outbox(args) => outbox(args).await,
+        Command::Migrate(args) => migrate(args).await,
+        Command::Health(args) => {
+            let status = csp::health_status(args.addr, &args.service).await?;
+            println!("{status}");
+            anyhow::ensure!(status == "SERVING", "{} is {status}", args.addr);
+            Ok(())
+        }
         Command::Support(config) => {
             let listener = bind(config.backend.listen.unwrap_or(csp_support::DEFAULT_ADDR)).await?;
             csp_support::run(
@@ -192,6 +229,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
             .await
         }
     }
+}
+
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let migrations = match args.service.as_str() {
+        "catalog" => &csp_catalog::storage::MIGRATIONS,
+        "ordering" => &csp_ordering::storage::MIGRATIONS,
+        "licensing" => &csp_licensing::storage::MIGRATIONS,
+        "audit" => &csp_audit::storage::MIGRATIONS,
+        "support" => &csp_support::storage::MIGRATIONS,
+        other => anyhow::bail!("no service named {other:?}"),
+    };
+    let db = csp_kit::server::open_database(&args.service, &args.backend, migrations).await?;
+    db.close().await;
+    Ok(())
 }
 
 async fn outbox(args: OutboxArgs) -> anyhow::Result<()> {

@@ -27,11 +27,21 @@ pub enum ReflectionScope {
     Only(Vec<String>),
 }
 
+/// The health service name that answers SERVING for as long as the process
+/// runs, whatever the readiness: what liveness probes ask, so a service that
+/// is migrating, draining or has lost its database is taken out of traffic
+/// but not restarted.
+pub const LIVENESS: &str = "liveness";
+
 /// Routes holding health and reflection over the csp descriptor set, and the
 /// reporter that sets the health status. The overall status ("") starts
-/// NOT_SERVING; call [`set_serving`] when the service is ready.
-pub fn base_routes(scope: ReflectionScope) -> anyhow::Result<(HealthReporter, Routes)> {
+/// NOT_SERVING; call [`set_serving`] when the service is ready. [`LIVENESS`]
+/// is SERVING from the start.
+pub async fn base_routes(scope: ReflectionScope) -> anyhow::Result<(HealthReporter, Routes)> {
     let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(LIVENESS, ServingStatus::Serving)
+        .await;
     let builder = || {
         let mut builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(csp_proto::FILE_DESCRIPTOR_SET)
@@ -168,7 +178,7 @@ pub async fn start_backend(
     internal_key: &crate::config::Secret,
     shutdown: Shutdown,
 ) -> anyhow::Result<Starting> {
-    let (health, routes) = base_routes(ReflectionScope::All)?;
+    let (health, routes) = base_routes(ReflectionScope::All).await?;
     set_serving(&health, false).await;
     let slot = Arc::new(std::sync::OnceLock::new());
     let routes = Routes::from(

@@ -221,7 +221,7 @@ async fn serve_grpc(
         identity: IdentityKey::new(&config.internal_key),
     });
     let public = access::public_services(csp_proto::FILE_DESCRIPTOR_SET)?;
-    let (health, routes) = server::base_routes(ReflectionScope::Only(public))?;
+    let (health, routes) = server::base_routes(ReflectionScope::Only(public)).await?;
     let proxy = tower::service_fn(move |request: http::Request<axum::body::Body>| {
         let gateway = gateway.clone();
         async move { Ok::<_, std::convert::Infallible>(gateway.forward(request).await) }
