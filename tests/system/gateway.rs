@@ -316,6 +316,7 @@ async fn an_unreachable_backend_is_unavailable_not_a_hang() {
         http_listen: None,
         jwt_secret: csp_tests::jwt_secret(),
         internal_key: csp_tests::internal_key(),
+        metrics_listen: None,
         backends: csp_gateway::Backends {
             catalog: url(dead_addr),
             ordering: url(system.addresses.ordering),
@@ -404,6 +405,7 @@ async fn the_backend_receives_the_verified_caller_deadline_and_request_id_but_no
         http_listen: None,
         jwt_secret: csp_tests::jwt_secret(),
         internal_key: csp_tests::internal_key(),
+        metrics_listen: None,
         backends: csp_gateway::Backends {
             catalog: url.clone(),
             ordering: url.clone(),

@@ -13,6 +13,10 @@ use csp_kit::server::bind;
 use csp_kit::shutdown::{Shutdown, ShutdownTrigger};
 use tokio::task::JoinSet;
 
+/// Where `csp up` serves metrics.
+pub const DEFAULT_METRICS_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9090);
+
 /// Where the services keep their data.
 #[derive(Clone, Debug)]
 pub enum Storage {
@@ -47,6 +51,9 @@ pub struct Addresses {
     pub audit: SocketAddr,
     /// Support.
     pub support: SocketAddr,
+    /// Prometheus metrics of every service in the process (`GET /metrics`),
+    /// when wanted.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Addresses {
@@ -60,6 +67,7 @@ impl Addresses {
             licensing: csp_licensing::DEFAULT_ADDR,
             audit: csp_audit::DEFAULT_ADDR,
             support: csp_support::DEFAULT_ADDR,
+            metrics: Some(DEFAULT_METRICS_ADDR),
         }
     }
 
@@ -74,6 +82,7 @@ impl Addresses {
             licensing: any,
             audit: any,
             support: any,
+            metrics: Some(any),
         }
     }
 }
@@ -162,6 +171,10 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
     let support = bind(a.support).await?;
     let gateway = bind(a.gateway).await?;
     let gateway_http = bind(a.gateway_http).await?;
+    let metrics = match a.metrics {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let addresses = Addresses {
         catalog: catalog.local_addr()?,
         ordering: ordering.local_addr()?,
@@ -170,6 +183,10 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         support: support.local_addr()?,
         gateway: gateway.local_addr()?,
         gateway_http: gateway_http.local_addr()?,
+        metrics: match &metrics {
+            Some(listener) => Some(listener.local_addr()?),
+            None => None,
+        },
     };
 
     let data_dir = match &config.storage {
@@ -181,6 +198,7 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         database_url: None,
         data_dir: data_dir.clone(),
         internal_key: config.internal_key.clone(),
+        metrics_listen: None,
     };
     let mut catalog_args = backend(addresses.catalog);
     let mut ordering_args = backend(addresses.ordering);
@@ -208,6 +226,10 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
 
     let (trigger, shutdown) = Shutdown::new();
     let mut tasks = JoinSet::new();
+    if let Some(listener) = metrics {
+        let s = shutdown.clone();
+        tasks.spawn(async move { ("metrics", csp_kit::metrics::serve(listener, s).await) });
+    }
     let catalog_config = csp_catalog::Config {
         backend: catalog_args,
         seed_demo_catalog: config.seed_demo_catalog,
@@ -272,6 +294,7 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         http_listen: Some(addresses.gateway_http),
         jwt_secret: config.jwt_secret.clone(),
         internal_key: config.internal_key.clone(),
+        metrics_listen: None,
         backends: csp_gateway::Backends {
             catalog: url(addresses.catalog),
             ordering: url(addresses.ordering),

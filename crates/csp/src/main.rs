@@ -169,47 +169,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Gateway(config) => {
-            let listener = bind(csp_gateway::listen_addr(&config)).await?;
-            let http = bind(csp_gateway::http_listen_addr(&config)).await?;
-            csp_gateway::run(config, listener, http, Shutdown::on_signals()).await
-        }
-        Command::Catalog(config) => {
-            let listener = bind(config.backend.listen.unwrap_or(csp_catalog::DEFAULT_ADDR)).await?;
-            csp_catalog::run(config, listener, Shutdown::on_signals()).await
-        }
-        Command::Ordering(config) => {
-            let listener =
-                bind(config.backend.listen.unwrap_or(csp_ordering::DEFAULT_ADDR)).await?;
-            csp_ordering::run(
-                config,
-                listener,
-                Shutdown::on_signals(),
-                csp_kit::clock::system(),
-            )
-            .await
-        }
-        Command::Licensing(config) => {
-            let listener =
-                bind(config.backend.listen.unwrap_or(csp_licensing::DEFAULT_ADDR)).await?;
-            csp_licensing::run(
-                config,
-                listener,
-                Shutdown::on_signals(),
-                csp_kit::clock::system(),
-            )
-            .await
-        }
-        Command::Audit(config) => {
-            let listener = bind(config.backend.listen.unwrap_or(csp_audit::DEFAULT_ADDR)).await?;
-            csp_audit::run(
-                config,
-                listener,
-                Shutdown::on_signals(),
-                csp_kit::clock::system(),
-            )
-            .await
-        }
         Command::Outbox(args) => outbox(args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Health(args) => {
@@ -218,17 +177,73 @@ async fn run(command: Command) -> anyhow::Result<()> {
             anyhow::ensure!(status == "SERVING", "{} is {status}", args.addr);
             Ok(())
         }
+        service => run_service(service).await,
+    }
+}
+
+/// Runs one service until SIGTERM or SIGINT, with its metrics listener when
+/// configured.
+async fn run_service(command: Command) -> anyhow::Result<()> {
+    let shutdown = Shutdown::on_signals();
+    let metrics_listen = match &command {
+        Command::Gateway(config) => config.metrics_listen,
+        Command::Catalog(config) => config.backend.metrics_listen,
+        Command::Ordering(config) => config.backend.metrics_listen,
+        Command::Licensing(config) => config.backend.metrics_listen,
+        Command::Audit(config) => config.backend.metrics_listen,
+        Command::Support(config) => config.backend.metrics_listen,
+        _ => None,
+    };
+    let metrics = match metrics_listen {
+        Some(addr) => {
+            let listener = bind(addr).await?;
+            Some(tokio::spawn(csp_kit::metrics::serve(
+                listener,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+    let clock = csp_kit::clock::system();
+    let served = match command {
+        Command::Gateway(config) => {
+            let listener = bind(csp_gateway::listen_addr(&config)).await?;
+            let http = bind(csp_gateway::http_listen_addr(&config)).await?;
+            csp_gateway::run(config, listener, http, shutdown).await
+        }
+        Command::Catalog(config) => {
+            let listener = bind(config.backend.listen.unwrap_or(csp_catalog::DEFAULT_ADDR)).await?;
+            csp_catalog::run(config, listener, shutdown).await
+        }
+        Command::Ordering(config) => {
+            let listener =
+                bind(config.backend.listen.unwrap_or(csp_ordering::DEFAULT_ADDR)).await?;
+            csp_ordering::run(config, listener, shutdown, clock).await
+        }
+        Command::Licensing(config) => {
+            let listener =
+                bind(config.backend.listen.unwrap_or(csp_licensing::DEFAULT_ADDR)).await?;
+            csp_licensing::run(config, listener, shutdown, clock).await
+        }
+        Command::Audit(config) => {
+            let listener = bind(config.backend.listen.unwrap_or(csp_audit::DEFAULT_ADDR)).await?;
+            csp_audit::run(config, listener, shutdown, clock).await
+        }
         Command::Support(config) => {
             let listener = bind(config.backend.listen.unwrap_or(csp_support::DEFAULT_ADDR)).await?;
-            csp_support::run(
-                config,
-                listener,
-                Shutdown::on_signals(),
-                csp_kit::clock::system(),
-            )
-            .await
+            csp_support::run(config, listener, shutdown, clock).await
+        }
+        _ => Ok(()),
+    };
+    if let Some(metrics) = metrics {
+        // The service has stopped; so has the metrics listener (same signal),
+        // unless the service failed first.
+        metrics.abort();
+        if let Ok(Err(error)) = metrics.await {
+            tracing::warn!(error = %format!("{error:#}"), "the metrics listener failed");
         }
     }
+    served
 }
 
 async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {

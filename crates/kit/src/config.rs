@@ -69,6 +69,10 @@ pub struct BackendArgs {
     /// Key the gateway signs caller identities with; shared by all services.
     #[arg(long, env = "CSP_INTERNAL_KEY", default_value = DEV_INTERNAL_KEY, hide_default_value = true)]
     pub internal_key: Secret,
+    /// Address to serve Prometheus metrics on (`GET /metrics`, HTTP/1.1)
+    /// [default: no metrics listener].
+    #[arg(long, env = "CSP_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl BackendArgs {

@@ -219,6 +219,15 @@ impl Db {
         .context("database migration failed")
     }
 
+    /// How the connection pool is used now.
+    pub fn pool_stats(&self) -> PoolStats {
+        on_db!(self, pool => PoolStats {
+            size: pool.size(),
+            idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+            max: pool.options().get_max_connections(),
+        })
+    }
+
     /// Checks that the database answers.
     pub async fn ping(&self) -> anyhow::Result<()> {
         on_db!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))?;
@@ -229,6 +238,17 @@ impl Db {
     pub async fn close(&self) {
         on_db!(self, pool => pool.close().await)
     }
+}
+
+/// A snapshot of a connection pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections open.
+    pub size: u32,
+    /// Of those, idle.
+    pub idle: u32,
+    /// The most it opens.
+    pub max: u32,
 }
 
 /// The constraint a unique violation broke, if `error` is one.

@@ -12,6 +12,8 @@
 //! - [`identity`]: the gateway-issued caller identity, minted by the gateway
 //!   and verified by every backend.
 //! - [`error`]: the one mapping from API errors to `tonic::Status`.
+//! - [`metrics`]: Prometheus metrics (calls, latency, outbox, pools) and
+//!   their `/metrics` endpoint.
 //! - [`server`]: a gRPC server with health, reflection, identity checks and
 //!   graceful shutdown.
 //! - [`paging`]: opaque page tokens.
@@ -25,6 +27,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod identity;
+pub mod metrics;
 pub mod outbox;
 pub mod paging;
 pub mod roles;

@@ -504,6 +504,12 @@ pub async fn backlog(db: &Db) -> anyhow::Result<Vec<(String, i64)>> {
     Ok(on_db!(db, pool => sqlx::query_as(SQL).fetch_all(pool).await)?)
 }
 
+/// Dead letters per destination.
+pub async fn dead_letter_counts(db: &Db) -> anyhow::Result<Vec<(String, i64)>> {
+    const SQL: &str = "SELECT destination, COUNT(*) FROM outbox_dead_letters GROUP BY destination ORDER BY destination";
+    Ok(on_db!(db, pool => sqlx::query_as(SQL).fetch_all(pool).await)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::identity::{IdentityKey, IdentityLayer};
+use crate::metrics::MetricsLayer;
 use crate::shutdown::Shutdown;
 use axum::body as axum_body;
 
@@ -82,6 +83,7 @@ pub async fn set_serving(reporter: &HealthReporter, serving: bool) {
 /// identity. On shutdown, health turns NOT_SERVING first, then the server
 /// stops accepting and waits for in-flight calls.
 pub async fn serve(
+    name: &'static str,
     listener: TcpListener,
     routes: Routes,
     health: HealthReporter,
@@ -96,6 +98,7 @@ pub async fn serve(
     let result = match identity {
         Some(key) => {
             Server::builder()
+                .layer(MetricsLayer::new(name))
                 .layer(IdentityLayer::new(key))
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, signal)
@@ -103,6 +106,7 @@ pub async fn serve(
         }
         None => {
             Server::builder()
+                .layer(MetricsLayer::new(name))
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, signal)
                 .await
@@ -124,7 +128,7 @@ pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
 /// with nothing to prepare; others use [`start_backend`] and
 /// [`Starting::ready`].
 pub async fn run_backend(
-    name: &str,
+    name: &'static str,
     listener: TcpListener,
     internal_key: &crate::config::Secret,
     shutdown: Shutdown,
@@ -173,7 +177,7 @@ pub struct Starting {
 
 /// Starts serving health (NOT_SERVING) and reflection on `listener` at once.
 pub async fn start_backend(
-    name: &str,
+    name: &'static str,
     listener: TcpListener,
     internal_key: &crate::config::Secret,
     shutdown: Shutdown,
@@ -188,7 +192,14 @@ pub async fn start_backend(
     );
     let key = Arc::new(IdentityKey::new(internal_key));
     tracing::info!(service = name, addr = %listener.local_addr()?, "listening; starting up");
-    let served = tokio::spawn(serve(listener, routes, health.clone(), Some(key), shutdown));
+    let served = tokio::spawn(serve(
+        name,
+        listener,
+        routes,
+        health.clone(),
+        Some(key),
+        shutdown,
+    ));
     Ok(Starting {
         name: name.to_owned(),
         health,

@@ -58,6 +58,10 @@ pub struct Config {
     /// Key the gateway signs caller identities with; shared with the backends.
     #[arg(long, env = "CSP_INTERNAL_KEY", default_value = DEV_INTERNAL_KEY, hide_default_value = true)]
     pub internal_key: Secret,
+    /// Address to serve Prometheus metrics on (`GET /metrics`, HTTP/1.1)
+    /// [default: no metrics listener].
+    #[arg(long, env = "CSP_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Where each backend serves gRPC.
     #[command(flatten)]
     pub backends: Backends,
@@ -229,14 +233,32 @@ async fn serve_grpc(
     let routes = Routes::from(routes.into_axum_router().fallback_service(proxy));
     tracing::info!(service = "gateway", addr = %listener.local_addr()?, "serving");
     server::set_serving(&health, true).await;
-    server::serve(listener, routes, health, None, shutdown).await
+    server::serve("gateway", listener, routes, health, None, shutdown).await
 }
 
 impl Gateway {
     /// Authenticates, authorizes and forwards one call; every answer carries
     /// the request id.
     async fn forward(&self, request: http::Request<axum::body::Body>) -> http::Response<Body> {
+        use tracing::Instrument as _;
         let request_id = request_id(request.headers().get(REQUEST_ID_HEADER));
+        // Every line logged while the call is handled carries its request id
+        // and method (in JSON: under "span").
+        let span = tracing::info_span!(
+            "rpc",
+            method = %request.uri().path(),
+            request_id = %String::from_utf8_lossy(request_id.as_bytes()),
+        );
+        self.forward_with_id(request, request_id)
+            .instrument(span)
+            .await
+    }
+
+    async fn forward_with_id(
+        &self,
+        request: http::Request<axum::body::Body>,
+        request_id: HeaderValue,
+    ) -> http::Response<Body> {
         let mut response = match self.admit(request, &request_id) {
             Ok((route, request)) => match self.client.request(request).await {
                 Ok(response) => response.map(Body::new),

@@ -1,0 +1,173 @@
+//! Prometheus metrics on `/metrics`: calls by service, method and status
+//! code, latency histograms, outbox backlog, database pools.
+//!
+//! The registry is per process and tests run side by side, so counts are
+//! checked as "at least"; what one test caused is told apart by method and
+//! code.
+
+use csp_kit::roles::Role;
+use csp_proto::catalog::v1::{GetProductRequest, ListMarketsRequest};
+use csp_proto::ordering::v1::{CreateCustomerRequest, OrderLineRequest, PlaceOrderRequest};
+use csp_tests::TestSystem;
+use tonic::Code;
+use uuid::Uuid;
+
+/// The value of the sample `name{labels}` in an OpenMetrics text, when the
+/// labels are exactly these, in this order.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let prefix = format!("{name}{{{}}} ", labels.join(","));
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.split_whitespace().next())
+        .and_then(|value| value.parse().ok())
+}
+
+async fn scrape(system: &TestSystem) -> String {
+    let addr = system
+        .addresses
+        .metrics
+        .expect("test systems serve metrics");
+    let answer = csp_tests::http::get(&format!("http://{addr}/metrics")).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(
+        answer
+            .header("content-type")
+            .is_some_and(|v| v.starts_with("application/openmetrics-text")),
+        "{:?}",
+        answer.headers
+    );
+    assert!(answer.body.ends_with("# EOF\n"), "{}", answer.body);
+    answer.body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_counted_by_service_method_and_code_and_timed() {
+    let system = TestSystem::start().await;
+    let mut catalog = system.catalog(&[Role::SalesAgent]).await;
+    catalog.list_markets(ListMarketsRequest {}).await.unwrap();
+    let missing = catalog
+        .get_product(GetProductRequest {
+            product_id: "no-such-product".into(),
+            market: "US".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    let text = scrape(&system).await;
+    const LIST: &str = "/csp.catalog.v1.CatalogService/ListMarkets";
+    const GET: &str = "/csp.catalog.v1.CatalogService/GetProduct";
+    for service in ["gateway", "catalog"] {
+        let ok = sample(
+            &text,
+            "csp_grpc_server_handled_total",
+            &[("service", service), ("method", LIST), ("code", "OK")],
+        );
+        assert!(ok >= Some(1.0), "{service} {LIST} OK: {ok:?}\n{text}");
+        let not_found = sample(
+            &text,
+            "csp_grpc_server_handled_total",
+            &[("service", service), ("method", GET), ("code", "NOT_FOUND")],
+        );
+        assert!(
+            not_found >= Some(1.0),
+            "{service} {GET}: {not_found:?}\n{text}"
+        );
+        let timed = sample(
+            &text,
+            "csp_grpc_server_handling_seconds_count",
+            &[("service", service), ("method", LIST)],
+        );
+        assert!(timed >= Some(1.0), "{service} latency count: {timed:?}");
+        let slowest_bucket = sample(
+            &text,
+            "csp_grpc_server_handling_seconds_bucket",
+            &[("le", "+Inf"), ("service", service), ("method", LIST)],
+        );
+        assert_eq!(
+            slowest_bucket, timed,
+            "every call falls in the +Inf bucket\n{text}"
+        );
+    }
+    // Health probes are counted under their own method; nothing else leaks
+    // an unbounded label.
+    assert!(
+        !text.contains("no-such"),
+        "a request field became a label:\n{text}"
+    );
+    for service in ["catalog", "ordering", "licensing", "audit", "support"] {
+        let max = sample(
+            &text,
+            "csp_db_pool_max_connections",
+            &[("service", service)],
+        );
+        assert!(max >= Some(1.0), "{service} pool size: {max:?}\n{text}");
+    }
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_path_is_counted_as_other() {
+    let system = TestSystem::start().await;
+    let bearer = format!("Bearer {}", system.token(&[Role::SalesAgent]));
+    let status = csp_tests::raw::call_empty(
+        system.gateway().await,
+        "/csp.catalog.v1.NoSuchService/Nothing",
+        false,
+        Some(&bearer),
+    )
+    .await;
+    assert_eq!(status.code(), Code::Unimplemented);
+    let text = scrape(&system).await;
+    let other = sample(
+        &text,
+        "csp_grpc_server_handled_total",
+        &[
+            ("service", "gateway"),
+            ("method", "other"),
+            ("code", "UNIMPLEMENTED"),
+        ],
+    );
+    assert!(other >= Some(1.0), "{other:?}\n{text}");
+    assert!(!text.contains("NoSuchService"), "{text}");
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_backlog_shows_what_waits_for_a_service_that_is_down() {
+    let system = TestSystem::start_without_audit().await;
+    let mut ordering = system.ordering(&[Role::AdminAgent]).await;
+    let customer = ordering
+        .create_customer(CreateCustomerRequest {
+            tenant_id: String::new(),
+            domain_name: format!("metrics-{}.example.com", Uuid::new_v4().simple()),
+            company_name: "Metrics".into(),
+            market: "US".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .customer
+        .unwrap()
+        .tenant_id;
+    ordering
+        .place_order(PlaceOrderRequest {
+            customer_tenant_id: customer,
+            lines: vec![OrderLineRequest {
+                sku_id: "windows-server-standard-p1y".into(),
+                quantity: 1,
+            }],
+            request_id: Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap();
+    let text = scrape(&system).await;
+    let waiting = sample(
+        &text,
+        "csp_outbox_backlog",
+        &[("service", "ordering"), ("destination", "audit")],
+    );
+    assert!(waiting >= Some(1.0), "{waiting:?}\n{text}");
+    system.stop().await;
+}
