@@ -601,6 +601,17 @@ pub fn mint(partner: Uuid, roles: &[Role], lifetime: Duration) -> String {
     .unwrap_or_else(|error| panic!("cannot mint a token: {error:#}"))
 }
 
+/// The value of the sample `name{labels}` in an OpenMetrics text (what
+/// `/metrics` serves), when the labels are exactly these, in this order.
+pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let prefix = format!("{name}{{{}}} ", labels.join(","));
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.split_whitespace().next())
+        .and_then(|value| value.parse().ok())
+}
+
 /// A channel to `addr`.
 pub async fn connect(addr: std::net::SocketAddr) -> Channel {
     Endpoint::from_shared(format!("http://{addr}"))

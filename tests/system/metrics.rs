@@ -12,17 +12,6 @@ use csp_tests::TestSystem;
 use tonic::Code;
 use uuid::Uuid;
 
-/// The value of the sample `name{labels}` in an OpenMetrics text, when the
-/// labels are exactly these, in this order.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    let prefix = format!("{name}{{{}}} ", labels.join(","));
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|value| value.split_whitespace().next())
-        .and_then(|value| value.parse().ok())
-}
-
 async fn scrape(system: &TestSystem) -> String {
     let addr = system
         .addresses
@@ -59,13 +48,13 @@ async fn calls_are_counted_by_service_method_and_code_and_timed() {
     const LIST: &str = "/csp.catalog.v1.CatalogService/ListMarkets";
     const GET: &str = "/csp.catalog.v1.CatalogService/GetProduct";
     for service in ["gateway", "catalog"] {
-        let ok = sample(
+        let ok = csp_tests::metric_sample(
             &text,
             "csp_grpc_server_handled_total",
             &[("service", service), ("method", LIST), ("code", "OK")],
         );
         assert!(ok >= Some(1.0), "{service} {LIST} OK: {ok:?}\n{text}");
-        let not_found = sample(
+        let not_found = csp_tests::metric_sample(
             &text,
             "csp_grpc_server_handled_total",
             &[("service", service), ("method", GET), ("code", "NOT_FOUND")],
@@ -74,13 +63,13 @@ async fn calls_are_counted_by_service_method_and_code_and_timed() {
             not_found >= Some(1.0),
             "{service} {GET}: {not_found:?}\n{text}"
         );
-        let timed = sample(
+        let timed = csp_tests::metric_sample(
             &text,
             "csp_grpc_server_handling_seconds_count",
             &[("service", service), ("method", LIST)],
         );
         assert!(timed >= Some(1.0), "{service} latency count: {timed:?}");
-        let slowest_bucket = sample(
+        let slowest_bucket = csp_tests::metric_sample(
             &text,
             "csp_grpc_server_handling_seconds_bucket",
             &[("le", "+Inf"), ("service", service), ("method", LIST)],
@@ -97,7 +86,7 @@ async fn calls_are_counted_by_service_method_and_code_and_timed() {
         "a request field became a label:\n{text}"
     );
     for service in ["catalog", "ordering", "licensing", "audit", "support"] {
-        let max = sample(
+        let max = csp_tests::metric_sample(
             &text,
             "csp_db_pool_max_connections",
             &[("service", service)],
@@ -120,7 +109,7 @@ async fn an_unknown_path_is_counted_as_other() {
     .await;
     assert_eq!(status.code(), Code::Unimplemented);
     let text = scrape(&system).await;
-    let other = sample(
+    let other = csp_tests::metric_sample(
         &text,
         "csp_grpc_server_handled_total",
         &[
@@ -163,7 +152,7 @@ async fn the_outbox_backlog_shows_what_waits_for_a_service_that_is_down() {
         .await
         .unwrap();
     let text = scrape(&system).await;
-    let waiting = sample(
+    let waiting = csp_tests::metric_sample(
         &text,
         "csp_outbox_backlog",
         &[("service", "ordering"), ("destination", "audit")],

@@ -78,10 +78,17 @@ pub async fn set_serving(reporter: &HealthReporter, serving: bool) {
     reporter.set_service_status("", status).await;
 }
 
+/// How long in-flight calls may take to finish after the shutdown signal.
+/// Past it the server closes what is still open and returns, so the process
+/// exits inside Kubernetes' default grace period (30 s) even when a peer
+/// never lets its connection go.
+pub const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Serves `routes` on `listener` until `shutdown` fires. With an identity key,
 /// every call except health and reflection must carry a valid caller
 /// identity. On shutdown, health turns NOT_SERVING first, then the server
-/// stops accepting and waits for in-flight calls.
+/// stops accepting and waits for in-flight calls, at most [`DRAIN_LIMIT`].
+/// Every call is counted and timed under `name` ([`MetricsLayer`]).
 pub async fn serve(
     name: &'static str,
     listener: TcpListener,
@@ -91,28 +98,43 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let fired = shutdown.clone();
     let signal = async move {
         shutdown.wait().await;
         set_serving(&health, false).await;
     };
-    let result = match identity {
-        Some(key) => {
+    let served: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match identity {
+        Some(key) => Box::pin(
             Server::builder()
                 .layer(MetricsLayer::new(name))
                 .layer(IdentityLayer::new(key))
                 .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, signal)
-                .await
-        }
-        None => {
+                .serve_with_incoming_shutdown(incoming, signal),
+        ),
+        None => Box::pin(
             Server::builder()
                 .layer(MetricsLayer::new(name))
                 .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, signal)
-                .await
-        }
+                .serve_with_incoming_shutdown(incoming, signal),
+        ),
     };
-    result.context("the gRPC server failed")
+    let overdue = async move {
+        fired.wait().await;
+        tokio::time::sleep(DRAIN_LIMIT).await;
+    };
+    tokio::select! {
+        result = served => result.context("the gRPC server failed"),
+        () = overdue => {
+            tracing::warn!(
+                service = name,
+                limit = ?DRAIN_LIMIT,
+                "calls or connections still open after the drain limit; closing them"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Binds a TCP listener, with a message that names the address on failure.

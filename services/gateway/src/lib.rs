@@ -11,6 +11,7 @@
 //! Health and reflection of the public API are served by the gateway itself.
 
 pub mod auth;
+pub mod balance;
 pub mod denied;
 pub mod downloads;
 
@@ -35,6 +36,7 @@ use tonic::body::Body;
 use tonic::service::Routes;
 
 use crate::auth::{Hs256Verifier, TokenVerifier};
+use crate::balance::{HeldBody, Replicas};
 
 /// Where the download listener listens by default.
 pub const DEFAULT_HTTP_ADDR: SocketAddr =
@@ -67,7 +69,8 @@ pub struct Config {
     pub backends: Backends,
 }
 
-/// The backends' gRPC URLs.
+/// The backends' gRPC URLs. Each may be several comma-separated URLs; every
+/// address they resolve to is a replica the gateway spreads calls over.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Backends {
     /// The catalog service.
@@ -125,8 +128,8 @@ impl Backends {
 struct Route {
     method: PublicMethod,
     backend: &'static str,
-    /// The backend's scheme and authority, `http://127.0.0.1:50061`.
-    origin: http::uri::Uri,
+    /// The backend's replicas.
+    replicas: Arc<Replicas>,
 }
 
 /// An HTTP/2 client that keeps one long-lived connection per backend and
@@ -143,18 +146,24 @@ struct Gateway {
 }
 
 /// Builds the routing table: every public RPC of the descriptor set, with its
-/// roles and its backend.
-fn build_routes(backends: &Backends) -> anyhow::Result<HashMap<String, Route>> {
+/// roles and its backend's replicas (resolved once per backend).
+async fn build_routes(
+    backends: &Backends,
+) -> anyhow::Result<(HashMap<String, Route>, Vec<Arc<Replicas>>)> {
+    let mut replicas: HashMap<&'static str, Arc<Replicas>> = HashMap::new();
     let mut routes = HashMap::new();
     for method in access::public_methods(csp_proto::FILE_DESCRIPTOR_SET)? {
-        let (backend, url) = backends
+        let (backend, urls) = backends
             .for_package(&method.package)
             .with_context(|| format!("no backend is configured for package {}", method.package))?;
-        let origin: http::uri::Uri = url
-            .parse()
-            .ok()
-            .filter(|u: &http::uri::Uri| u.scheme_str() == Some("http") && u.authority().is_some())
-            .with_context(|| format!("the {backend} URL {url:?} is not an http://HOST:PORT URL"))?;
+        let backend_replicas = match replicas.get(backend) {
+            Some(known) => known.clone(),
+            None => {
+                let resolved = Replicas::resolve(backend, urls).await?;
+                replicas.insert(backend, resolved.clone());
+                resolved
+            }
+        };
         if !method.declares_access {
             tracing::warn!(method = %method.path, "public RPC declares no roles; everyone is denied");
         }
@@ -163,11 +172,11 @@ fn build_routes(backends: &Backends) -> anyhow::Result<HashMap<String, Route>> {
             Route {
                 method,
                 backend,
-                origin,
+                replicas: backend_replicas,
             },
         );
     }
-    Ok(routes)
+    Ok((routes, replicas.into_values().collect()))
 }
 
 /// The client the gateway forwards with: HTTP/2 only (prior knowledge), no
@@ -193,14 +202,18 @@ pub async fn run(
     http: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let (routes, replicas) = build_routes(&config.backends).await?;
+    let mut licensing = None;
+    for backend in replicas {
+        if backend.name == "licensing" {
+            licensing = Some(backend.clone());
+        }
+        tokio::spawn(backend.refresh_until(shutdown.clone()));
+    }
+    let licensing = licensing.context("no route leads to licensing")?;
     let key = std::sync::Arc::new(IdentityKey::new(&config.internal_key));
-    let downloads = tokio::spawn(downloads::serve(
-        http,
-        config.backends.licensing.clone(),
-        key,
-        shutdown.clone(),
-    ));
-    let grpc = serve_grpc(config, listener, shutdown).await;
+    let downloads = tokio::spawn(downloads::serve(http, licensing, key, shutdown.clone()));
+    let grpc = serve_grpc(config, routes, listener, shutdown).await;
     let downloads = downloads
         .await
         .map_err(anyhow::Error::from)
@@ -210,11 +223,12 @@ pub async fn run(
 
 async fn serve_grpc(
     config: Config,
+    routes: HashMap<String, Route>,
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let gateway = Arc::new(Gateway {
-        routes: build_routes(&config.backends)?,
+        routes,
         denied: denied::DeniedCalls::start(
             &config.backends.audit,
             &std::sync::Arc::new(IdentityKey::new(&config.internal_key)),
@@ -260,21 +274,74 @@ impl Gateway {
         request_id: HeaderValue,
     ) -> http::Response<Body> {
         let mut response = match self.admit(request, &request_id) {
-            Ok((route, request)) => match self.client.request(request).await {
-                Ok(response) => response.map(Body::new),
-                Err(error) => {
-                    tracing::warn!(backend = route.backend, request_id = ?request_id, %error, "backend unavailable");
-                    Status::unavailable(format!(
-                        "the {} service is unavailable; try again shortly",
-                        route.backend
-                    ))
-                    .into_http()
-                }
-            },
+            Ok((route, request)) => self.send(route, request).await,
             Err(status) => status.into_http(),
         };
         response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
         response
+    }
+
+    /// Sends an admitted call to one of the backend's replicas; when a
+    /// replica cannot be connected to (the call reached no service), to the
+    /// next, as long as the request body could be held.
+    async fn send(
+        &self,
+        route: &Route,
+        request: http::Request<axum::body::Body>,
+    ) -> http::Response<Body> {
+        let (parts, body) = request.into_parts();
+        let mut body = match HeldBody::read(body).await {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::info!(%error, "the caller's request body ended early");
+                return Status::cancelled("the request body could not be read").into_http();
+            }
+        };
+        let unavailable = || {
+            Status::unavailable(format!(
+                "the {} service is unavailable; try again shortly",
+                route.backend
+            ))
+            .into_http()
+        };
+        let attempts = route.replicas.len().max(1);
+        for attempt in 1..=attempts {
+            let Some(origin) = route.replicas.pick() else {
+                tracing::warn!(
+                    backend = route.backend,
+                    "no replica of the backend resolved"
+                );
+                return unavailable();
+            };
+            let Some(this_body) = body.take() else {
+                break;
+            };
+            let mut uri = origin.uri().clone().into_parts();
+            uri.path_and_query = parts.uri.path_and_query().cloned();
+            let Ok(uri) = http::Uri::from_parts(uri) else {
+                return Status::internal("cannot build the backend URI").into_http();
+            };
+            let mut request = http::Request::new(this_body);
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = uri;
+            *request.version_mut() = parts.version;
+            *request.headers_mut() = parts.headers.clone();
+            match self.client.request(request).await {
+                Ok(response) => return response.map(Body::new),
+                Err(error) if balance::not_processed(&error) && attempt < attempts => {
+                    balance::refused(&origin);
+                    tracing::info!(backend = route.backend, replica = %origin.uri(), error = ?error, "a replica did not take the call; trying the next");
+                }
+                Err(error) => {
+                    if balance::not_processed(&error) {
+                        balance::refused(&origin);
+                    }
+                    tracing::warn!(backend = route.backend, replica = %origin.uri(), error = ?error, "backend unavailable");
+                    return unavailable();
+                }
+            }
+        }
+        unavailable()
     }
 
     /// Decides whether a call goes through, and prepares it for the backend.
@@ -311,10 +378,6 @@ impl Gateway {
             .map_err(|_| Status::internal("the signed identity is not valid metadata"))?;
 
         let (mut parts, body) = request.into_parts();
-        let mut uri = route.origin.clone().into_parts();
-        uri.path_and_query = parts.uri.path_and_query().cloned();
-        parts.uri = http::Uri::from_parts(uri)
-            .map_err(|_| Status::internal("cannot build the backend URI"))?;
         parts.headers.remove(http::header::AUTHORIZATION);
         parts.headers.insert(IDENTITY_HEADER, identity);
         parts.headers.insert(REQUEST_ID_HEADER, request_id.clone());

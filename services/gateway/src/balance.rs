@@ -1,0 +1,361 @@
+//! The replicas of one backend, and forwarding a call to one of them.
+//!
+//! A backend is configured as one or more URLs (`http://licensing:50063`, or
+//! `http://10.0.0.5:50063,http://10.0.0.6:50063`). Every address their hosts
+//! resolve to is a replica (a Kubernetes headless Service resolves to every
+//! ready pod); the list is resolved again every few seconds. Calls go to the
+//! replicas in turn, each over its own long-lived HTTP/2 connection, so load
+//! spreads over all of them instead of sticking to the first.
+//!
+//! A replica that is shutting down closes its listener after its last call
+//! (health NOT_SERVING first); a call that then cannot connect to it has not
+//! reached any service, so it is sent to the next replica, and the refusing
+//! one is skipped for a moment. That needs the request body again: bodies up
+//! to [`RETRY_BUFFER`] are held until the call is sent; larger ones (ticket
+//! attachments) stream through and are not retried.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Body as AxumBody;
+use bytes::{Bytes, BytesMut};
+use http_body::Frame;
+use http_body_util::BodyExt as _;
+
+use csp_kit::shutdown::Shutdown;
+
+/// Request bodies up to this size are kept so the call can be retried on
+/// another replica when the first cannot be connected to.
+pub const RETRY_BUFFER: usize = 4 * 1024 * 1024;
+
+/// How often the URLs' hosts are resolved again.
+const REFRESH: Duration = Duration::from_secs(5);
+
+/// How long a replica that refused a connection is skipped.
+const BENCH: Duration = Duration::from_secs(2);
+
+/// One backend's replicas.
+pub struct Replicas {
+    /// The backend's name, for messages.
+    pub name: &'static str,
+    /// `host:port` of each configured URL.
+    targets: Vec<String>,
+    origins: RwLock<Vec<Arc<Origin>>>,
+    next: AtomicUsize,
+}
+
+/// One replica.
+pub struct Origin {
+    addr: SocketAddr,
+    /// `http://ADDR`, the scheme and authority of requests to it.
+    uri: http::Uri,
+    benched_until: RwLock<Option<Instant>>,
+}
+
+impl Origin {
+    fn new(addr: SocketAddr) -> Option<Arc<Origin>> {
+        let uri = format!("http://{addr}").parse().ok()?;
+        Some(Arc::new(Origin {
+            addr,
+            uri,
+            benched_until: RwLock::new(None),
+        }))
+    }
+
+    fn is_benched(&self, now: Instant) -> bool {
+        self.benched_until
+            .read()
+            .map(|until| until.is_some_and(|until| now < until))
+            .unwrap_or(false)
+    }
+
+    fn bench(&self) {
+        if let Ok(mut until) = self.benched_until.write() {
+            *until = Some(Instant::now() + BENCH);
+        }
+    }
+
+    /// `http://ADDR`.
+    pub fn uri(&self) -> &http::Uri {
+        &self.uri
+    }
+
+    /// The replica's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Replicas {
+    /// The replicas behind `urls` (comma-separated `http://HOST:PORT`),
+    /// resolved once now; [`Replicas::refresh_until`] keeps them current.
+    pub async fn resolve(name: &'static str, urls: &str) -> anyhow::Result<Arc<Replicas>> {
+        let mut targets = Vec::new();
+        for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            let uri: http::Uri = url
+                .parse()
+                .ok()
+                .filter(|u: &http::Uri| {
+                    u.scheme_str() == Some("http")
+                        && u.authority().is_some_and(|a| a.port_u16().is_some())
+                })
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "the {name} URL {url:?} is not an http://HOST:PORT URL (several are separated by commas)"
+                    )
+                })?;
+            if let Some(authority) = uri.authority() {
+                targets.push(authority.as_str().to_owned());
+            }
+        }
+        anyhow::ensure!(!targets.is_empty(), "no URL is configured for {name}");
+        let replicas = Arc::new(Replicas {
+            name,
+            targets,
+            origins: RwLock::new(Vec::new()),
+            next: AtomicUsize::new(0),
+        });
+        replicas.refresh().await;
+        Ok(replicas)
+    }
+
+    /// Resolves the targets again every few seconds until `shutdown`.
+    pub async fn refresh_until(self: Arc<Self>, shutdown: Shutdown) {
+        loop {
+            tokio::select! {
+                _ = shutdown.clone().wait() => return,
+                _ = tokio::time::sleep(REFRESH) => self.refresh().await,
+            }
+        }
+    }
+
+    /// Resolves every target; keeps the known replicas (and their state)
+    /// that still resolve, adds new ones. When nothing resolves (DNS down),
+    /// keeps the last list.
+    async fn refresh(&self) {
+        let mut resolved: Vec<SocketAddr> = Vec::new();
+        for target in &self.targets {
+            match tokio::net::lookup_host(target.as_str()).await {
+                Ok(addrs) => resolved.extend(addrs),
+                Err(error) => {
+                    tracing::warn!(backend = self.name, %target, %error, "cannot resolve a backend address");
+                }
+            }
+        }
+        resolved.sort();
+        resolved.dedup();
+        if resolved.is_empty() {
+            return;
+        }
+        let Ok(mut origins) = self.origins.write() else {
+            return;
+        };
+        let before: Vec<SocketAddr> = origins.iter().map(|o| o.addr).collect();
+        if before == resolved {
+            return;
+        }
+        let kept: Vec<Arc<Origin>> = resolved
+            .iter()
+            .filter_map(|addr| {
+                origins
+                    .iter()
+                    .find(|o| o.addr == *addr)
+                    .cloned()
+                    .or_else(|| Origin::new(*addr))
+            })
+            .collect();
+        tracing::info!(backend = self.name, replicas = ?resolved, "backend replicas");
+        *origins = kept;
+    }
+
+    /// The next replica in turn that is not benched (or, when all are, the
+    /// next one anyway).
+    pub fn pick(&self) -> Option<Arc<Origin>> {
+        let origins = self.origins.read().ok()?;
+        if origins.is_empty() {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        (0..origins.len())
+            .map(|i| &origins[(start + i) % origins.len()])
+            .find(|o| !o.is_benched(now))
+            .or_else(|| origins.get(start % origins.len()))
+            .cloned()
+    }
+
+    /// How many replicas there are now.
+    pub fn len(&self) -> usize {
+        self.origins.read().map(|o| o.len()).unwrap_or(0)
+    }
+
+    /// Whether none resolved yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A request body, held in memory when small enough to be sent again.
+pub enum HeldBody {
+    /// The whole body, and its trailers if any.
+    Held(Bytes, Option<http::HeaderMap>),
+    /// Too large to hold: what was read, then the rest, to send once.
+    Streaming(AxumBody),
+    /// The streaming body has been sent.
+    Sent,
+}
+
+impl HeldBody {
+    /// Reads `body` up to [`RETRY_BUFFER`] bytes.
+    pub async fn read(mut body: AxumBody) -> Result<HeldBody, axum::Error> {
+        let mut held = BytesMut::new();
+        loop {
+            match body.frame().await {
+                None => return Ok(HeldBody::Held(held.freeze(), None)),
+                Some(Err(error)) => return Err(error),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        held.extend_from_slice(&data);
+                        if held.len() > RETRY_BUFFER {
+                            let rest = Prefixed {
+                                prefix: Some(held.freeze()),
+                                rest: body,
+                            };
+                            return Ok(HeldBody::Streaming(AxumBody::new(rest)));
+                        }
+                    }
+                    Err(frame) => {
+                        let trailers = frame.into_trailers().ok();
+                        return Ok(HeldBody::Held(held.freeze(), trailers));
+                    }
+                },
+            }
+        }
+    }
+
+    /// A body to send: a copy of the held one, or the streaming one (once).
+    pub fn take(&mut self) -> Option<AxumBody> {
+        match self {
+            HeldBody::Held(data, trailers) => {
+                let mut frames = vec![Ok::<_, std::convert::Infallible>(Frame::data(data.clone()))];
+                if let Some(trailers) = trailers {
+                    frames.push(Ok(Frame::trailers(trailers.clone())));
+                }
+                Some(AxumBody::new(http_body_util::StreamBody::new(
+                    tokio_stream::iter(frames),
+                )))
+            }
+            HeldBody::Streaming(_) => match std::mem::replace(self, HeldBody::Sent) {
+                HeldBody::Streaming(body) => Some(body),
+                _ => None,
+            },
+            HeldBody::Sent => None,
+        }
+    }
+}
+
+/// Bytes already read, then the rest of the body.
+struct Prefixed {
+    prefix: Option<Bytes>,
+    rest: AxumBody,
+}
+
+impl http_body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return std::task::Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.is_end_stream()
+    }
+}
+
+/// Whether a failed forward certainly reached no service, so sending it to
+/// another replica cannot run it twice: the connection was refused, the
+/// request was cancelled before it was written (its connection closed), or
+/// the replica refused the stream (REFUSED_STREAM, or a GOAWAY that left it
+/// out: a draining replica's).
+pub fn not_processed(error: &hyper_util::client::legacy::Error) -> bool {
+    if error.is_connect() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
+        }
+        if cause.downcast_ref::<h2::Error>().is_some_and(|h2| {
+            h2.reason() == Some(h2::Reason::REFUSED_STREAM) || (h2.is_go_away() && h2.is_remote())
+        }) {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// Marks a replica that refused a connection so the next calls skip it.
+pub fn refused(origin: &Origin) {
+    origin.bench();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn replicas_are_taken_in_turn_and_a_refusing_one_is_skipped() {
+        let replicas = Replicas::resolve("test", "http://127.0.0.1:1001, http://127.0.0.1:1002")
+            .await
+            .unwrap();
+        assert_eq!(replicas.len(), 2);
+        let a = replicas.pick().unwrap().addr;
+        let b = replicas.pick().unwrap().addr;
+        assert_ne!(a, b);
+        let first = replicas.pick().unwrap();
+        refused(&first);
+        for _ in 0..4 {
+            assert_ne!(replicas.pick().unwrap().addr, first.addr);
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_urls_are_refused_with_the_backend_named() {
+        for url in ["", "https://x:1", "http://no-port", "licensing:50063"] {
+            let error = match Replicas::resolve("licensing", url).await {
+                Ok(_) => panic!("{url:?} was accepted"),
+                Err(error) => error.to_string(),
+            };
+            assert!(error.contains("licensing"), "{error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn small_bodies_are_held_and_large_ones_stream_once() {
+        let mut small = HeldBody::read(AxumBody::from("hello")).await.unwrap();
+        for _ in 0..2 {
+            let body = small.take().unwrap();
+            let bytes = body.collect().await.unwrap().to_bytes();
+            assert_eq!(&bytes[..], b"hello");
+        }
+        let big = vec![7u8; RETRY_BUFFER + 10];
+        let mut large = HeldBody::read(AxumBody::from(big.clone())).await.unwrap();
+        let body = large.take().unwrap();
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), big.len());
+        assert!(large.take().is_none(), "a streamed body is sent once");
+    }
+}
