@@ -552,3 +552,60 @@ async fn a_starting_backend_is_not_serving_and_refuses_calls_until_ready() {
     trigger.fire();
     served.await.unwrap().unwrap();
 }
+
+/// Waits (bounded) until the overall health of `addr` is `wanted`.
+async fn health_becomes(addr: std::net::SocketAddr, wanted: &str) -> String {
+    let mut status = String::new();
+    for _ in 0..200 {
+        status = csp::health_status(addr, "").await.unwrap();
+        if status == wanted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_whose_database_stops_answering_is_not_serving_but_alive() {
+    csp_tests::logs::init();
+    let dir = std::env::temp_dir().join(format!("csp-test-{}", uuid::Uuid::new_v4().simple()));
+    let db = csp_kit::db::Db::connect(&format!("sqlite://{}", dir.join("watched.db").display()))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
+    let starting =
+        csp_kit::server::start_backend("watched", listener, &csp_tests::internal_key(), shutdown)
+            .await
+            .unwrap();
+    let watched = db.clone();
+    let served = tokio::spawn(async move {
+        starting
+            .ready_on(&watched, Duration::from_millis(20), |routes| {
+                routes.add_service(
+                    csp_proto::catalog::v1::catalog_service_server::CatalogServiceServer::new(
+                        Recorder,
+                    ),
+                )
+            })
+            .await
+    });
+    assert_eq!(health_becomes(addr, "SERVING").await, "SERVING");
+
+    // The database goes away (here: its pool is closed).
+    db.close().await;
+    assert_eq!(health_becomes(addr, "NOT_SERVING").await, "NOT_SERVING");
+    assert_eq!(
+        csp::health_status(addr, csp_kit::server::LIVENESS)
+            .await
+            .unwrap(),
+        "SERVING",
+        "a process without its database is taken out of traffic, not restarted"
+    );
+
+    trigger.fire();
+    served.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}

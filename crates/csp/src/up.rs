@@ -40,6 +40,9 @@ pub struct UpArgs {
         default_value = "https://download.csp.example/software"
     )]
     content_origin: String,
+    /// Where Prometheus metrics of all six services are served (GET /metrics).
+    #[arg(long, env = "CSP_METRICS_LISTEN", default_value = "127.0.0.1:9090")]
+    metrics_listen: std::net::SocketAddr,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -54,7 +57,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let shutdown = Shutdown::on_signals();
     let system = csp::start(SystemConfig {
         storage: storage.clone(),
-        addresses: Addresses::local_defaults(),
+        addresses: Addresses {
+            metrics: Some(args.metrics_listen),
+            ..Addresses::local_defaults()
+        },
         jwt_secret: args.jwt_secret.clone(),
         internal_key: args.internal_key.clone(),
         seed_demo_catalog: true,
@@ -81,6 +87,9 @@ fn print_banner(args: &UpArgs, storage: &Storage, addresses: &Addresses) -> anyh
         "csp is up: gateway gRPC on {gateway}, download links on http://{} ({data}). Ctrl-C stops it.",
         addresses.gateway_http
     );
+    if let Some(metrics) = addresses.metrics {
+        println!("Prometheus metrics of every service: http://{metrics}/metrics");
+    }
     println!();
     println!("Development tokens for partner {partner} (valid 12 hours):");
     let mut admin_token = String::new();

@@ -191,8 +191,9 @@ pub async fn wind_down(db: &crate::db::Db, tasks: Vec<tokio::task::JoinHandle<()
 /// until [`Starting::ready`] hands it its services, after its database is
 /// migrated. Orchestrators probe it from the first moment.
 pub struct Starting {
-    name: String,
+    name: &'static str,
     health: HealthReporter,
+    shutdown: Shutdown,
     slot: Arc<std::sync::OnceLock<Routes>>,
     served: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -220,11 +221,12 @@ pub async fn start_backend(
         routes,
         health.clone(),
         Some(key),
-        shutdown,
+        shutdown.clone(),
     ));
     Ok(Starting {
-        name: name.to_owned(),
+        name,
         health,
+        shutdown,
         slot,
         served: Some(served),
     })
@@ -239,10 +241,72 @@ impl Starting {
     ) -> anyhow::Result<()> {
         let _ = self.slot.set(add_services(Routes::default()));
         set_serving(&self.health, true).await;
-        tracing::info!(service = %self.name, "serving");
+        tracing::info!(service = self.name, "serving");
         match self.served.take() {
             Some(served) => served.await.context("the server task failed")?,
             None => Ok(()),
+        }
+    }
+}
+
+/// How often a serving backend checks that its database answers.
+pub const DATABASE_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Starting {
+    /// Like [`Starting::ready`], and while serving checks every `every` that
+    /// `db` answers: health is NOT_SERVING while it does not (so readiness
+    /// probes take the replica out of traffic; liveness stays SERVING), and
+    /// SERVING again once it does.
+    pub async fn ready_on(
+        self,
+        db: &crate::db::Db,
+        every: std::time::Duration,
+        add_services: impl FnOnce(Routes) -> Routes,
+    ) -> anyhow::Result<()> {
+        let watch = tokio::spawn(watch_database(
+            self.name,
+            db.clone(),
+            self.health.clone(),
+            self.shutdown.clone(),
+            every,
+        ));
+        let served = self.ready(add_services).await;
+        watch.abort();
+        served
+    }
+}
+
+/// Turns health NOT_SERVING while `db` does not answer, SERVING when it does
+/// again; stops at shutdown (which owns the status from then on).
+async fn watch_database(
+    name: &'static str,
+    db: crate::db::Db,
+    health: HealthReporter,
+    shutdown: Shutdown,
+    every: std::time::Duration,
+) {
+    let mut answering = true;
+    loop {
+        tokio::select! {
+            () = shutdown.clone().wait() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let limit = every.min(std::time::Duration::from_secs(3));
+        let answers = matches!(tokio::time::timeout(limit, db.ping()).await, Ok(Ok(())));
+        if shutdown.is_fired() {
+            return;
+        }
+        if answers != answering {
+            answering = answers;
+            set_serving(&health, answers).await;
+            if answers {
+                tracing::info!(service = name, "the database answers again; serving");
+            } else {
+                tracing::warn!(
+                    service = name,
+                    "the database does not answer; NOT_SERVING until it does"
+                );
+            }
         }
     }
 }

@@ -81,7 +81,7 @@ pub async fn run(
         clock,
     );
     let served = starting
-        .ready(|routes| {
+        .ready_on(&db, server::DATABASE_CHECK, |routes| {
             routes
                 .add_service(AuditServiceServer::new(api.clone()))
                 .add_service(AuditIntakeServiceServer::new(api))

@@ -59,7 +59,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
     }
     let store = CatalogStore::new(db.clone());
     let served = starting
-        .ready(|routes| {
+        .ready_on(&db, server::DATABASE_CHECK, |routes| {
             routes
                 .add_service(CatalogServiceServer::new(CatalogApi::new(store.clone())))
                 .add_service(CatalogInternalServiceServer::new(

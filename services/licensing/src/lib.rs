@@ -133,7 +133,7 @@ pub async fn run(
     );
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));
     let served = starting
-        .ready(|routes| {
+        .ready_on(&db, server::DATABASE_CHECK, |routes| {
             routes
                 .add_service(LicensingServiceServer::new(api.clone()))
                 .add_service(LicensingInternalServiceServer::new(api))

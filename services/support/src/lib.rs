@@ -107,7 +107,7 @@ pub async fn run(
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));
     let refunds_task = tokio::spawn(refunds.run(shutdown.clone()));
     let served = starting
-        .ready(|routes| {
+        .ready_on(&db, server::DATABASE_CHECK, |routes| {
             routes.add_service(
                 SupportServiceServer::new(api)
                     .max_decoding_message_size(domain::MAX_REQUEST_BYTES)
