@@ -452,13 +452,21 @@ fn via(link: &str, http_port: u16) -> String {
 }
 
 /// JSON log lines of `text` whose call span carries `request_id`; panics on
-/// a line that is not a JSON object.
+/// a line that is not a JSON object, or a line of a call without its id.
 fn lines_of_call(name: &str, text: &str, request_id: &str) -> Vec<serde_json::Value> {
     let mut found = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let value: serde_json::Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("{name} logged a line that is not JSON ({e}): {line}"));
         assert!(value.is_object(), "{name}: {line}");
+        if value["span"]["name"] == "rpc" {
+            assert!(
+                value["span"]["request_id"]
+                    .as_str()
+                    .is_some_and(|id| !id.is_empty()),
+                "{name} logged a line of a call without a request id: {line}"
+            );
+        }
         if line.contains(request_id) {
             assert_eq!(
                 value["span"]["request_id"], request_id,

@@ -267,12 +267,15 @@ where
         if is_open_path(&path) {
             return Box::pin(inner.call(request));
         }
+        // Calls from the gateway carry the caller's request id; calls between
+        // services (outbox deliveries, the refund workflow) get one here, so
+        // every line logged for a call has an id to find the others by.
         let request_id = request
             .headers()
             .get(REQUEST_ID_HEADER)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
+            .filter(|id| !id.is_empty())
+            .map_or_else(|| Uuid::new_v4().to_string(), str::to_owned);
         let span = tracing::info_span!("rpc", method = %path, request_id = %request_id);
         let token = request
             .headers()
