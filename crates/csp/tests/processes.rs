@@ -9,7 +9,7 @@
 //! call may fail; the replica exits 0 well inside the grace period), a
 //! refund ticket, and the link answers 410. Metrics and JSON log lines with
 //! request ids are read from the processes as Prometheus and a log pipeline
-//! would.
+//! would. At the end every process gets SIGTERM and must exit 0.
 //!
 //! It needs PostgreSQL: `CSP_TEST_POSTGRES_URL`, or the local server at
 //! `postgres://postgres@127.0.0.1:5432/postgres`. Without one it fails.
@@ -802,6 +802,19 @@ async fn separate_processes_on_postgres_survive_a_replica_terminated_under_load(
         ) >= Some(1.0),
         "{text}"
     );
+
+    // Every process stops cleanly on SIGTERM, as at a rollout.
+    for process in deployment.processes.values() {
+        process.terminate();
+    }
+    for (name, process) in deployment.processes.iter_mut() {
+        let status = process.exited(GRACE).await;
+        assert!(
+            status.success(),
+            "{name} exited with {status} after SIGTERM:\n{}",
+            process.log_tail()
+        );
+    }
 
     deployment.stop().await;
 }
