@@ -195,6 +195,8 @@ struct Deployment {
     common: BTreeMap<String, String>,
     /// Every licensing replica's URL, comma-separated.
     licensing_replicas: String,
+    /// Whether [`Deployment::stop`] cleaned up.
+    stopped: bool,
 }
 
 impl Deployment {
@@ -338,6 +340,7 @@ impl Deployment {
             processes: BTreeMap::new(),
             common,
             licensing_replicas: licensing,
+            stopped: false,
         };
 
         // The databases the DBA creates (deploy/README.md, step 1).
@@ -427,6 +430,35 @@ impl Deployment {
                 .await;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        self.stopped = true;
+    }
+}
+
+impl Drop for Deployment {
+    /// A failed test still stops its processes and drops its databases; the
+    /// logs stay in the temporary directory for the failure report.
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.processes.clear();
+        let server_url = self.server_url.clone();
+        let names: Vec<String> = BACKENDS.iter().map(|s| self.database(s)).collect();
+        let dropped = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                for name in names {
+                    let _ = csp_kit::db::drop_postgres_database(&server_url, &name).await;
+                }
+            });
+        });
+        let _ = dropped.join();
+        eprintln!("deployment logs: {}", self.dir.display());
     }
 }
 
