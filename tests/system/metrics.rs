@@ -97,6 +97,31 @@ async fn calls_are_counted_by_service_method_and_code_and_timed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_answers_are_counted_by_status_without_the_token() {
+    let system = TestSystem::start().await;
+    let token = "not-a-real-download-token-0123456789";
+    let answer = csp_tests::http::get(&format!(
+        "http://{}/download/{token}",
+        system.addresses.gateway_http
+    ))
+    .await;
+    assert_eq!(answer.status, 404, "{answer:?}");
+    let text = scrape(&system).await;
+    let counted = csp_tests::metric_sample(
+        &text,
+        "csp_http_server_responses_total",
+        &[
+            ("service", "gateway"),
+            ("route", "/download"),
+            ("code", "404"),
+        ],
+    );
+    assert!(counted >= Some(1.0), "{counted:?}\n{text}");
+    assert!(!text.contains(token), "a download token became a label");
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_path_is_counted_as_other() {
     let system = TestSystem::start().await;
     let bearer = format!("Bearer {}", system.token(&[Role::SalesAgent]));

@@ -10,6 +10,8 @@
 //!   waiting, and dead letters, per service and destination.
 //! - `csp_db_pool_connections` (gauge, by service and `state` = `idle` or
 //!   `in_use`) and `csp_db_pool_max_connections`.
+//! - `csp_http_server_responses` (counter): plain HTTP answers (the
+//!   gateway's download links), by service, route and status code.
 //!
 //! Methods outside the descriptor set and health (reflection, unknown paths)
 //! are counted as `other`, so a caller cannot grow the label set. Database gauges are read
@@ -46,6 +48,7 @@ struct Metrics {
     dead_letters: Family<MethodLabels, Gauge>,
     pool_connections: Family<MethodLabels, Gauge>,
     pool_max: Family<ServiceLabels, Gauge>,
+    http_responses: Family<CallLabels, Counter>,
     known_methods: HashSet<String>,
     databases: Mutex<Vec<(u64, &'static str, Db)>>,
     /// One scrape at a time: gauges are cleared and refilled per scrape.
@@ -99,8 +102,15 @@ fn metrics() -> &'static Metrics {
             "The most connections the database pool opens",
             pool_max.clone(),
         );
+        let http_responses = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "http_server_responses",
+            "Plain HTTP answers (download links), by service, route and status code",
+            http_responses.clone(),
+        );
         Metrics {
             registry,
+            http_responses,
             handled,
             latency,
             outbox_backlog,
@@ -143,6 +153,19 @@ fn method_label(path: &str) -> String {
     } else {
         "other".to_owned()
     }
+}
+
+/// Counts one plain HTTP answer of `service` on `route` (a fixed route
+/// name, never the request's path: it may hold a secret token).
+pub fn count_http(service: &'static str, route: &'static str, status: u16) {
+    metrics()
+        .http_responses
+        .get_or_create(&[
+            ("service", service.to_owned()),
+            ("route", route.to_owned()),
+            ("code", status.to_string()),
+        ])
+        .inc();
 }
 
 /// Keeps a database in the scraped gauges until dropped.

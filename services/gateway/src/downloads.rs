@@ -121,6 +121,17 @@ pub async fn serve(
 }
 
 async fn download(
+    state: State<Licensing>,
+    client: ConnectInfo<SocketAddr>,
+    token: Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let response = answer_download(state, client, token, headers).await;
+    csp_kit::metrics::count_http("gateway", "/download", response.status().as_u16());
+    response
+}
+
+async fn answer_download(
     State(licensing): State<Licensing>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     Path(token): Path<String>,
