@@ -1,4 +1,5 @@
-//! The replicas of one backend, and forwarding a call to one of them.
+//! The replicas of one backend, and forwarding a call to one of them: what
+//! the gateway's gRPC routes and its download listener both send through.
 //!
 //! A backend is configured as one or more URLs (`http://licensing:50063`, or
 //! `http://10.0.0.5:50063,http://10.0.0.6:50063`). Every address their hosts
@@ -7,12 +8,12 @@
 //! replicas in turn, each over its own long-lived HTTP/2 connection, so load
 //! spreads over all of them instead of sticking to the first.
 //!
-//! A replica that is shutting down closes its listener after its last call
-//! (health NOT_SERVING first); a call that then cannot connect to it has not
-//! reached any service, so it is sent to the next replica, and the refusing
-//! one is skipped for a moment. That needs the request body again: bodies up
-//! to [`RETRY_BUFFER`] are held until the call is sent; larger ones (ticket
-//! attachments) stream through and are not retried.
+//! A call that certainly reached no service ([`not_processed`]: the
+//! connection was refused, a draining replica's GOAWAY left it out, ...) is
+//! sent to the next replica, and the refusing one is skipped for a moment.
+//! That needs the request body again: bodies up to [`RETRY_BUFFER`] are held
+//! until the call is sent; larger ones (ticket attachments) stream through
+//! and are sent once.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,9 +26,12 @@ use http_body::Frame;
 use http_body_util::BodyExt as _;
 
 use csp_kit::shutdown::Shutdown;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-/// Request bodies up to this size are kept so the call can be retried on
-/// another replica when the first cannot be connected to.
+/// Request bodies up to this size are kept so the call can be sent to
+/// another replica when the first did not take it.
 pub const RETRY_BUFFER: usize = 4 * 1024 * 1024;
 
 /// How often the URLs' hosts are resolved again.
@@ -71,6 +75,7 @@ impl Origin {
             .unwrap_or(false)
     }
 
+    /// Skips this replica for a moment.
     fn bench(&self) {
         if let Ok(mut until) = self.benched_until.write() {
             *until = Some(Instant::now() + BENCH);
@@ -308,9 +313,137 @@ pub fn not_processed(error: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
-/// Marks a replica that refused a connection so the next calls skip it.
-pub fn refused(origin: &Origin) {
-    origin.bench();
+/// The HTTP/2 client every call leaves the gateway by: HTTP/2 only (prior
+/// knowledge), no Nagle delay, keep-alive pings so idle connections stay
+/// usable; one pooled connection per replica.
+#[derive(Clone)]
+pub struct Forwarder {
+    client: Client<HttpConnector, AxumBody>,
+}
+
+impl Default for Forwarder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Forwarder {
+    /// A forwarder with its own connection pool.
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .http2_only(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_keep_alive_while_idle(true)
+            .build(connector);
+        Self { client }
+    }
+
+    /// Sends `request` (its path; the authority is the chosen replica's) to
+    /// one of `replicas`; to the next when one did not take it, as long as
+    /// the body could be held. Failures are gRPC answers (UNAVAILABLE).
+    pub async fn send(
+        &self,
+        replicas: &Replicas,
+        request: http::Request<AxumBody>,
+    ) -> http::Response<tonic::body::Body> {
+        let (parts, body) = request.into_parts();
+        let mut body = match HeldBody::read(body).await {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::info!(%error, "the caller's request body ended early");
+                return tonic::Status::cancelled("the request body could not be read").into_http();
+            }
+        };
+        let unavailable = || {
+            tonic::Status::unavailable(format!(
+                "the {} service is unavailable; try again shortly",
+                replicas.name
+            ))
+            .into_http()
+        };
+        let attempts = replicas.len().max(1);
+        for attempt in 1..=attempts {
+            let Some(origin) = replicas.pick() else {
+                tracing::warn!(
+                    backend = replicas.name,
+                    "no replica of the backend resolved"
+                );
+                return unavailable();
+            };
+            let Some(this_body) = body.take() else {
+                break;
+            };
+            let mut uri = origin.uri().clone().into_parts();
+            uri.path_and_query = parts.uri.path_and_query().cloned();
+            let Ok(uri) = http::Uri::from_parts(uri) else {
+                return tonic::Status::internal("cannot build the backend URI").into_http();
+            };
+            let mut request = http::Request::new(this_body);
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = uri;
+            *request.version_mut() = parts.version;
+            *request.headers_mut() = parts.headers.clone();
+            match self.client.request(request).await {
+                Ok(response) => return response.map(tonic::body::Body::new),
+                Err(error) if not_processed(&error) && attempt < attempts => {
+                    origin.bench();
+                    tracing::info!(backend = replicas.name, replica = %origin.uri(), error = ?error, "a replica did not take the call; trying the next");
+                }
+                Err(error) => {
+                    if not_processed(&error) {
+                        origin.bench();
+                    }
+                    tracing::warn!(backend = replicas.name, replica = %origin.uri(), error = ?error, "backend unavailable");
+                    return unavailable();
+                }
+            }
+        }
+        unavailable()
+    }
+
+    /// A tower service sending to `replicas` through this forwarder, for
+    /// tonic clients (`LicensingInternalServiceClient::new(..)`).
+    pub fn to(&self, replicas: Arc<Replicas>) -> ReplicaChannel {
+        ReplicaChannel {
+            forwarder: self.clone(),
+            replicas,
+        }
+    }
+}
+
+/// A gRPC channel to a backend's replicas, over a [`Forwarder`].
+#[derive(Clone)]
+pub struct ReplicaChannel {
+    forwarder: Forwarder,
+    replicas: Arc<Replicas>,
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for ReplicaChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let request = request.map(AxumBody::new);
+            Ok(this.forwarder.send(&this.replicas, request).await)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -327,7 +460,7 @@ mod tests {
         let b = replicas.pick().unwrap().addr;
         assert_ne!(a, b);
         let first = replicas.pick().unwrap();
-        refused(&first);
+        first.bench();
         for _ in 0..4 {
             assert_ne!(replicas.pick().unwrap().addr, first.addr);
         }

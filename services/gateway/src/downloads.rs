@@ -4,9 +4,8 @@
 //! used-up, expired or revoked link answers 410 Gone with a sentence saying
 //! which; an unknown token answers 404. Tokens are never logged.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, State};
@@ -14,99 +13,32 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use csp_kit::identity::IdentityKey;
+use csp_kit::identity::ServiceIdentity;
 use csp_kit::shutdown::Shutdown;
-use csp_kit::upstream::{Signed, signed_channel};
 use csp_proto::licensing::v1::licensing_internal_service_client::LicensingInternalServiceClient;
 use csp_proto::licensing::v1::{RedeemDownloadLinkRequest, RedeemOutcome};
 use tokio::net::TcpListener;
-use tonic::Status;
+use tonic::service::interceptor::InterceptedService;
 
-use crate::balance::{self, Replicas};
+use crate::balance::ReplicaChannel;
 
-type Client = LicensingInternalServiceClient<Signed>;
-
-/// Licensing's replicas, each with its own lazily connected client; calls go
-/// to them in turn, like the gateway's gRPC calls.
-#[derive(Clone)]
-struct Licensing {
-    replicas: Arc<Replicas>,
-    key: Arc<IdentityKey>,
-    clients: Arc<Mutex<HashMap<SocketAddr, Client>>>,
-}
-
-impl Licensing {
-    fn client(&self, addr: SocketAddr) -> Result<Client, Status> {
-        let mut clients = self
-            .clients
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(client) = clients.get(&addr) {
-            return Ok(client.clone());
-        }
-        let channel = signed_channel(&format!("http://{addr}"), &self.key, "gateway")
-            .map_err(|error| Status::internal(error.to_string()))?;
-        let client = LicensingInternalServiceClient::new(channel);
-        clients.insert(addr, client.clone());
-        Ok(client)
-    }
-
-    /// Redeems on one replica; on the next when one refuses the connection
-    /// (the call reached no replica, so the download is not counted twice).
-    async fn redeem(
-        &self,
-        request: RedeemDownloadLinkRequest,
-    ) -> Result<tonic::Response<csp_proto::licensing::v1::RedeemDownloadLinkResponse>, Status> {
-        let attempts = self.replicas.len().max(1);
-        let mut last = Status::unavailable("no licensing replica is known");
-        for _ in 0..attempts {
-            let Some(origin) = self.replicas.pick() else {
-                break;
-            };
-            match self
-                .client(origin.addr())?
-                .redeem_download_link(request.clone())
-                .await
-            {
-                Err(status) if connection_refused(&status) => {
-                    balance::refused(&origin);
-                    last = status;
-                }
-                answer => return answer,
-            }
-        }
-        Err(last)
-    }
-}
-
-/// Whether a failed call never reached the server: its connection was
-/// refused.
-fn connection_refused(status: &Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(cause) = source {
-        if cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
-        {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
-}
+/// Licensing's internal API, over the gateway's own forwarding (its
+/// replicas in turn), signed as the gateway.
+type Licensing =
+    LicensingInternalServiceClient<InterceptedService<ReplicaChannel, ServiceIdentity>>;
 
 /// Serves downloads on `listener` until `shutdown` fires, redeeming links
-/// with licensing's `replicas`.
+/// with licensing through `channel`.
 pub async fn serve(
     listener: TcpListener,
-    replicas: Arc<Replicas>,
+    channel: ReplicaChannel,
     key: Arc<IdentityKey>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let licensing = Licensing {
-        replicas,
-        key,
-        clients: Arc::new(Mutex::new(HashMap::new())),
-    };
+    let licensing: Licensing = LicensingInternalServiceClient::new(InterceptedService::new(
+        channel,
+        ServiceIdentity::new(key, "gateway"),
+    ));
     let app = Router::new()
         .route("/download/{token}", get(download))
         .with_state(licensing);
@@ -145,7 +77,8 @@ async fn answer_download(
         .take(512)
         .collect();
     let answer = licensing
-        .redeem(RedeemDownloadLinkRequest {
+        .clone()
+        .redeem_download_link(RedeemDownloadLinkRequest {
             token,
             client_address: client.ip().to_string(),
             user_agent,

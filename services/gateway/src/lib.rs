@@ -27,16 +27,13 @@ use csp_kit::roles::RoleSet;
 use csp_kit::server::{self, ReflectionScope};
 use csp_kit::shutdown::Shutdown;
 use http::HeaderValue;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::service::Routes;
 
 use crate::auth::{Hs256Verifier, TokenVerifier};
-use crate::balance::{HeldBody, Replicas};
+use crate::balance::{Forwarder, Replicas};
 
 /// Where the download listener listens by default.
 pub const DEFAULT_HTTP_ADDR: SocketAddr =
@@ -127,20 +124,15 @@ impl Backends {
 /// One routed public RPC.
 struct Route {
     method: PublicMethod,
-    backend: &'static str,
     /// The backend's replicas.
     replicas: Arc<Replicas>,
 }
-
-/// An HTTP/2 client that keeps one long-lived connection per backend and
-/// forwards requests without decoding them.
-type HttpClient = Client<HttpConnector, axum::body::Body>;
 
 /// The routing table and the keys.
 struct Gateway {
     routes: HashMap<String, Route>,
     denied: denied::DeniedCalls,
-    client: HttpClient,
+    forwarder: Forwarder,
     verifier: Box<dyn TokenVerifier>,
     identity: IdentityKey,
 }
@@ -171,27 +163,11 @@ async fn build_routes(
             method.path.clone(),
             Route {
                 method,
-                backend,
                 replicas: backend_replicas,
             },
         );
     }
     Ok((routes, replicas.into_values().collect()))
-}
-
-/// The client the gateway forwards with: HTTP/2 only (prior knowledge), no
-/// Nagle delay, keep-alive pings so idle connections stay usable.
-fn http_client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .http2_only(true)
-        .http2_keep_alive_interval(std::time::Duration::from_secs(30))
-        .http2_keep_alive_while_idle(true)
-        .build(connector)
 }
 
 /// Serves the public gRPC API on `listener` and download links on `http`
@@ -211,9 +187,15 @@ pub async fn run(
         tokio::spawn(backend.refresh_until(shutdown.clone()));
     }
     let licensing = licensing.context("no route leads to licensing")?;
+    let forwarder = Forwarder::new();
     let key = std::sync::Arc::new(IdentityKey::new(&config.internal_key));
-    let downloads = tokio::spawn(downloads::serve(http, licensing, key, shutdown.clone()));
-    let grpc = serve_grpc(config, routes, listener, shutdown).await;
+    let downloads = tokio::spawn(downloads::serve(
+        http,
+        forwarder.to(licensing),
+        key,
+        shutdown.clone(),
+    ));
+    let grpc = serve_grpc(config, routes, forwarder, listener, shutdown).await;
     let downloads = downloads
         .await
         .map_err(anyhow::Error::from)
@@ -224,6 +206,7 @@ pub async fn run(
 async fn serve_grpc(
     config: Config,
     routes: HashMap<String, Route>,
+    forwarder: Forwarder,
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
@@ -234,7 +217,7 @@ async fn serve_grpc(
             &std::sync::Arc::new(IdentityKey::new(&config.internal_key)),
             shutdown.clone(),
         )?,
-        client: http_client(),
+        forwarder,
         verifier: Box::new(Hs256Verifier::new(&config.jwt_secret)),
         identity: IdentityKey::new(&config.internal_key),
     });
@@ -274,74 +257,11 @@ impl Gateway {
         request_id: HeaderValue,
     ) -> http::Response<Body> {
         let mut response = match self.admit(request, &request_id) {
-            Ok((route, request)) => self.send(route, request).await,
+            Ok((route, request)) => self.forwarder.send(&route.replicas, request).await,
             Err(status) => status.into_http(),
         };
         response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
         response
-    }
-
-    /// Sends an admitted call to one of the backend's replicas; when a
-    /// replica cannot be connected to (the call reached no service), to the
-    /// next, as long as the request body could be held.
-    async fn send(
-        &self,
-        route: &Route,
-        request: http::Request<axum::body::Body>,
-    ) -> http::Response<Body> {
-        let (parts, body) = request.into_parts();
-        let mut body = match HeldBody::read(body).await {
-            Ok(body) => body,
-            Err(error) => {
-                tracing::info!(%error, "the caller's request body ended early");
-                return Status::cancelled("the request body could not be read").into_http();
-            }
-        };
-        let unavailable = || {
-            Status::unavailable(format!(
-                "the {} service is unavailable; try again shortly",
-                route.backend
-            ))
-            .into_http()
-        };
-        let attempts = route.replicas.len().max(1);
-        for attempt in 1..=attempts {
-            let Some(origin) = route.replicas.pick() else {
-                tracing::warn!(
-                    backend = route.backend,
-                    "no replica of the backend resolved"
-                );
-                return unavailable();
-            };
-            let Some(this_body) = body.take() else {
-                break;
-            };
-            let mut uri = origin.uri().clone().into_parts();
-            uri.path_and_query = parts.uri.path_and_query().cloned();
-            let Ok(uri) = http::Uri::from_parts(uri) else {
-                return Status::internal("cannot build the backend URI").into_http();
-            };
-            let mut request = http::Request::new(this_body);
-            *request.method_mut() = parts.method.clone();
-            *request.uri_mut() = uri;
-            *request.version_mut() = parts.version;
-            *request.headers_mut() = parts.headers.clone();
-            match self.client.request(request).await {
-                Ok(response) => return response.map(Body::new),
-                Err(error) if balance::not_processed(&error) && attempt < attempts => {
-                    balance::refused(&origin);
-                    tracing::info!(backend = route.backend, replica = %origin.uri(), error = ?error, "a replica did not take the call; trying the next");
-                }
-                Err(error) => {
-                    if balance::not_processed(&error) {
-                        balance::refused(&origin);
-                    }
-                    tracing::warn!(backend = route.backend, replica = %origin.uri(), error = ?error, "backend unavailable");
-                    return unavailable();
-                }
-            }
-        }
-        unavailable()
     }
 
     /// Decides whether a call goes through, and prepares it for the backend.
