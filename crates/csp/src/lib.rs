@@ -11,6 +11,7 @@ use csp_kit::config::{BackendArgs, Secret};
 use csp_kit::db;
 use csp_kit::server::bind;
 use csp_kit::shutdown::{Shutdown, ShutdownTrigger};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 /// Where `csp up` serves metrics.
@@ -183,10 +184,7 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         support: support.local_addr()?,
         gateway: gateway.local_addr()?,
         gateway_http: gateway_http.local_addr()?,
-        metrics: match &metrics {
-            Some(listener) => Some(listener.local_addr()?),
-            None => None,
-        },
+        metrics: metrics.as_ref().map(TcpListener::local_addr).transpose()?,
     };
 
     let data_dir = match &config.storage {

@@ -14,8 +14,9 @@
 //!   gateway's download links), by service, route and status code.
 //!
 //! Methods outside the descriptor set and health (reflection, unknown paths)
-//! are counted as `other`, so a caller cannot grow the label set. Database gauges are read
-//! when scraped, from every database registered with [`watch_database`].
+//! are counted as `other`, so a caller cannot grow the label set. Database
+//! gauges are read when scraped, from every database registered with
+//! [`watch_database`] (outbox queries only where it says there is one).
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -35,22 +36,21 @@ use tonic::body::Body;
 use crate::db::Db;
 use crate::shutdown::Shutdown;
 
-type CallLabels = [(&'static str, String); 3];
-type MethodLabels = [(&'static str, String); 2];
-type ServiceLabels = [(&'static str, String); 1];
+/// A label set of `N` labels.
+type Labels<const N: usize> = [(&'static str, String); N];
 
 /// The process's metrics.
 struct Metrics {
     registry: Registry,
-    handled: Family<CallLabels, Counter>,
-    latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
-    outbox_backlog: Family<MethodLabels, Gauge>,
-    dead_letters: Family<MethodLabels, Gauge>,
-    pool_connections: Family<MethodLabels, Gauge>,
-    pool_max: Family<ServiceLabels, Gauge>,
-    http_responses: Family<CallLabels, Counter>,
+    handled: Family<Labels<3>, Counter>,
+    latency: Family<Labels<2>, Histogram, fn() -> Histogram>,
+    outbox_backlog: Family<Labels<2>, Gauge>,
+    dead_letters: Family<Labels<2>, Gauge>,
+    pool_connections: Family<Labels<2>, Gauge>,
+    pool_max: Family<Labels<1>, Gauge>,
+    http_responses: Family<Labels<3>, Counter>,
     known_methods: HashSet<String>,
-    databases: Mutex<Vec<(u64, &'static str, Db)>>,
+    databases: Mutex<Vec<Watched>>,
     /// One scrape at a time: gauges are cleared and refilled per scrape.
     scrape: tokio::sync::Mutex<()>,
 }
@@ -64,13 +64,13 @@ fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(|| {
         let mut registry = Registry::with_prefix("csp");
-        let handled = Family::<CallLabels, Counter>::default();
+        let handled = Family::<Labels<3>, Counter>::default();
         registry.register(
             "grpc_server_handled",
             "gRPC calls finished, by service, method and status code",
             handled.clone(),
         );
-        let latency = Family::<MethodLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+        let latency = Family::<Labels<2>, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram,
         );
         registry.register(
@@ -78,31 +78,31 @@ fn metrics() -> &'static Metrics {
             "gRPC call latency, from the request to the end of the response",
             latency.clone(),
         );
-        let outbox_backlog = Family::<MethodLabels, Gauge>::default();
+        let outbox_backlog = Family::<Labels<2>, Gauge>::default();
         registry.register(
             "outbox_backlog",
             "Outbox messages waiting for delivery, by destination",
             outbox_backlog.clone(),
         );
-        let dead_letters = Family::<MethodLabels, Gauge>::default();
+        let dead_letters = Family::<Labels<2>, Gauge>::default();
         registry.register(
             "outbox_dead_letters",
             "Outbox messages a receiver rejected, waiting for replay, by destination",
             dead_letters.clone(),
         );
-        let pool_connections = Family::<MethodLabels, Gauge>::default();
+        let pool_connections = Family::<Labels<2>, Gauge>::default();
         registry.register(
             "db_pool_connections",
             "Database pool connections, idle or in use",
             pool_connections.clone(),
         );
-        let pool_max = Family::<ServiceLabels, Gauge>::default();
+        let pool_max = Family::<Labels<1>, Gauge>::default();
         registry.register(
             "db_pool_max_connections",
             "The most connections the database pool opens",
             pool_max.clone(),
         );
-        let http_responses = Family::<CallLabels, Counter>::default();
+        let http_responses = Family::<Labels<3>, Counter>::default();
         registry.register(
             "http_server_responses",
             "Plain HTTP answers (download links), by service, route and status code",
@@ -168,6 +168,24 @@ pub fn count_http(service: &'static str, route: &'static str, status: u16) {
         .inc();
 }
 
+/// Whether a database holds the outbox tables (services that send events).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outbox {
+    /// It does: its backlog and dead letters are reported.
+    Present,
+    /// It does not: only its pool is reported.
+    Absent,
+}
+
+/// A database reported on every scrape.
+#[derive(Clone)]
+struct Watched {
+    id: u64,
+    service: &'static str,
+    db: Db,
+    outbox: Outbox,
+}
+
 /// Keeps a database in the scraped gauges until dropped.
 #[derive(Debug)]
 pub struct DatabaseWatch(u64);
@@ -178,20 +196,25 @@ impl Drop for DatabaseWatch {
             .databases
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        databases.retain(|(id, _, _)| *id != self.0);
+        databases.retain(|watched| watched.id != self.0);
     }
 }
 
-/// Reports `db`'s pool (and outbox, when it has one) under `service` on
+/// Reports `db`'s pool (and its outbox, when it has one) under `service` on
 /// every scrape, until the returned watch is dropped.
-pub fn watch_database(service: &'static str, db: &Db) -> DatabaseWatch {
+pub fn watch_database(service: &'static str, db: &Db, outbox: Outbox) -> DatabaseWatch {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     metrics()
         .databases
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .push((id, service, db.clone()));
+        .push(Watched {
+            id,
+            service,
+            db: db.clone(),
+            outbox,
+        });
     DatabaseWatch(id)
 }
 
@@ -200,20 +223,24 @@ pub fn watch_database(service: &'static str, db: &Db) -> DatabaseWatch {
 pub async fn render() -> String {
     let m = metrics();
     let _one_at_a_time = m.scrape.lock().await;
-    let databases: Vec<(&'static str, Db)> = m
+    let databases: Vec<Watched> = m
         .databases
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .iter()
-        .map(|(_, service, db)| (*service, db.clone()))
-        .collect();
+        .clone();
     m.outbox_backlog.clear();
     m.dead_letters.clear();
     m.pool_connections.clear();
     m.pool_max.clear();
-    for (service, db) in databases {
+    for Watched {
+        service,
+        db,
+        outbox,
+        ..
+    } in databases
+    {
         let stats = db.pool_stats();
-        let labels = |key: &'static str, value: &str| -> MethodLabels {
+        let labels = |key: &'static str, value: &str| -> Labels<2> {
             [("service", service.to_owned()), (key, value.to_owned())]
         };
         m.pool_connections
@@ -225,6 +252,9 @@ pub async fn render() -> String {
         m.pool_max
             .get_or_create(&[("service", service.to_owned())])
             .inc_by(i64::from(stats.max));
+        if outbox == Outbox::Absent {
+            continue;
+        }
         if let Ok(backlog) = crate::outbox::backlog(&db).await {
             for (destination, count) in backlog {
                 m.outbox_backlog

@@ -68,7 +68,7 @@ pub async fn run(
     )
     .await?;
     let db = server::open_database(NAME, &config.backend, &storage::MIGRATIONS).await?;
-    let _metrics = csp_kit::metrics::watch_database(NAME, &db);
+    let _metrics = csp_kit::metrics::watch_database(NAME, &db, csp_kit::metrics::Outbox::Absent);
     let file = config
         .checkpoint_file
         .clone()

@@ -79,7 +79,7 @@ pub async fn run(
     )
     .await?;
     let db = server::open_database(NAME, &config.backend, &storage::MIGRATIONS).await?;
-    let _metrics = csp_kit::metrics::watch_database(NAME, &db);
+    let _metrics = csp_kit::metrics::watch_database(NAME, &db, csp_kit::metrics::Outbox::Present);
     let key = Arc::new(IdentityKey::new(&config.backend.internal_key));
     let store = SupportStore::new(db.clone());
     let destinations: Vec<Arc<dyn Destination>> = vec![Arc::new(AuditDestination::new(
