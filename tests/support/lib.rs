@@ -17,6 +17,12 @@ use csp::{Addresses, RunningSystem, Storage, SystemConfig};
 use csp_kit::config::Secret;
 use csp_kit::roles::Role;
 use csp_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
+use csp_proto::common::v1::Money;
+use csp_proto::ordering::v1::ordering_service_client::OrderingServiceClient;
+use csp_proto::ordering::v1::{CreateCustomerRequest, Order, OrderLineRequest, PlaceOrderRequest};
+use csp_proto::support::v1::{
+    Contact, CreateTicketRequest, Impact, IssueType, RefundRequest, refund_request,
+};
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -183,6 +189,12 @@ impl TestSystem {
             self.gateway().await,
             Bearer::new(&self.token(roles)),
         )
+    }
+
+    /// A customer of this partner in the US (admin agent) with one order of
+    /// one of each of `skus`, placed through the gateway.
+    pub async fn purchase(&self, domain: &str, skus: &[&str]) -> (String, Order) {
+        purchase_with(&mut self.ordering(&[Role::AdminAgent]).await, domain, skus).await
     }
 
     /// A licensing client through the gateway, authenticated with `roles`.
@@ -599,6 +611,85 @@ pub fn mint(partner: Uuid, roles: &[Role], lifetime: Duration) -> String {
         lifetime,
     )
     .unwrap_or_else(|error| panic!("cannot mint a token: {error:#}"))
+}
+
+/// An ordering client through a gateway, with a bearer token.
+pub type OrderingClient = OrderingServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Creates a customer in the US with `domain`, then one order of one of each
+/// of `skus`, through `ordering`; the customer's tenant id and the order.
+pub async fn purchase_with(
+    ordering: &mut OrderingClient,
+    domain: &str,
+    skus: &[&str],
+) -> (String, Order) {
+    let customer = ordering
+        .create_customer(CreateCustomerRequest {
+            tenant_id: String::new(),
+            domain_name: domain.into(),
+            company_name: "Customer".into(),
+            market: "US".into(),
+        })
+        .await
+        .unwrap_or_else(|status| panic!("cannot create customer {domain}: {status:?}"))
+        .into_inner()
+        .customer
+        .unwrap_or_else(|| panic!("no customer in the answer"))
+        .tenant_id;
+    let order = ordering
+        .place_order(PlaceOrderRequest {
+            customer_tenant_id: customer.clone(),
+            lines: skus
+                .iter()
+                .map(|sku| OrderLineRequest {
+                    sku_id: (*sku).into(),
+                    quantity: 1,
+                })
+                .collect(),
+            request_id: Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap_or_else(|status| panic!("cannot order {skus:?}: {status:?}"))
+        .into_inner()
+        .order
+        .unwrap_or_else(|| panic!("no order in the answer"));
+    (customer, order)
+}
+
+/// The contact of test tickets.
+pub fn contact() -> Option<Contact> {
+    Some(Contact {
+        name: "Ada Agent".into(),
+        email: "ada@partner.example".into(),
+        phone: "+1 425 555 0100".into(),
+    })
+}
+
+/// A refund ticket for `target` of `customer`, asking `minor` US cents back.
+pub fn refund_ticket(
+    customer: refund_request::Customer,
+    target: refund_request::Target,
+    minor: i64,
+) -> CreateTicketRequest {
+    CreateTicketRequest {
+        issue_type: IssueType::PurchaseRefund as i32,
+        impact: Impact::Moderate as i32,
+        title: "Cancel a purchase".into(),
+        description: "The customer bought the wrong edition.".into(),
+        contact: contact(),
+        refund: Some(RefundRequest {
+            customer: Some(customer),
+            target: Some(target),
+            reason: "wrong edition".into(),
+            requested_amount: Some(Money {
+                currency_code: "USD".into(),
+                minor_units: minor,
+                minor_unit_digits: 2,
+            }),
+        }),
+        attachments: vec![],
+        request_id: Uuid::new_v4().to_string(),
+    }
 }
 
 /// The value of the sample `name{labels}` in an OpenMetrics text (what

@@ -11,9 +11,7 @@ use csp_proto::licensing::v1::licensing_service_client::LicensingServiceClient;
 use csp_proto::licensing::v1::{
     EntitlementStatus, GetKeysAndDownloadsRequest, ListSoftwareRequest, Software,
 };
-use csp_proto::ordering::v1::{
-    CancelSubscriptionRequest, CreateCustomerRequest, OrderLineRequest, PlaceOrderRequest,
-};
+use csp_proto::ordering::v1::CancelSubscriptionRequest;
 use csp_tests::{Bearer, TestSystem, http};
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
@@ -26,41 +24,16 @@ type Licensing = LicensingServiceClient<InterceptedService<Channel, Bearer>>;
 /// A customer with an order of Windows Server Datacenter, SQL Server and an
 /// Azure reservation; returns (customer, order lines' subscription ids).
 async fn bought(system: &TestSystem, domain: &str) -> (String, Vec<String>) {
-    let mut ordering = system.ordering(&[Role::AdminAgent]).await;
-    let customer = ordering
-        .create_customer(CreateCustomerRequest {
-            tenant_id: String::new(),
-            domain_name: domain.into(),
-            company_name: "Customer".into(),
-            market: "US".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .customer
-        .unwrap()
-        .tenant_id;
-    let order = ordering
-        .place_order(PlaceOrderRequest {
-            customer_tenant_id: customer.clone(),
-            lines: [
+    let (customer, order) = system
+        .purchase(
+            domain,
+            &[
                 "windows-server-datacenter-p1y",
                 "sql-server-standard-p3y",
                 "azure-reserved-vm-d2s-v3-p1y",
-            ]
-            .iter()
-            .map(|sku| OrderLineRequest {
-                sku_id: (*sku).into(),
-                quantity: 1,
-            })
-            .collect(),
-            request_id: Uuid::new_v4().to_string(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap();
+            ],
+        )
+        .await;
     (
         customer,
         order.lines.into_iter().map(|l| l.subscription_id).collect(),

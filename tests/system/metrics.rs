@@ -7,7 +7,6 @@
 
 use csp_kit::roles::Role;
 use csp_proto::catalog::v1::{GetProductRequest, ListMarketsRequest};
-use csp_proto::ordering::v1::{CreateCustomerRequest, OrderLineRequest, PlaceOrderRequest};
 use csp_tests::TestSystem;
 use tonic::Code;
 use uuid::Uuid;
@@ -151,31 +150,12 @@ async fn an_unknown_path_is_counted_as_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outbox_backlog_shows_what_waits_for_a_service_that_is_down() {
     let system = TestSystem::start_without_audit().await;
-    let mut ordering = system.ordering(&[Role::AdminAgent]).await;
-    let customer = ordering
-        .create_customer(CreateCustomerRequest {
-            tenant_id: String::new(),
-            domain_name: format!("metrics-{}.example.com", Uuid::new_v4().simple()),
-            company_name: "Metrics".into(),
-            market: "US".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .customer
-        .unwrap()
-        .tenant_id;
-    ordering
-        .place_order(PlaceOrderRequest {
-            customer_tenant_id: customer,
-            lines: vec![OrderLineRequest {
-                sku_id: "windows-server-standard-p1y".into(),
-                quantity: 1,
-            }],
-            request_id: Uuid::new_v4().to_string(),
-        })
-        .await
-        .unwrap();
+    system
+        .purchase(
+            &format!("metrics-{}.example.com", Uuid::new_v4().simple()),
+            &["windows-server-standard-p1y"],
+        )
+        .await;
     let text = scrape(&system).await;
     let waiting = csp_tests::metric_sample(
         &text,

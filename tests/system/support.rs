@@ -4,90 +4,17 @@ use std::time::Duration;
 
 use csp_kit::clock::{DAY, ManualClock, SECOND};
 use csp_kit::roles::Role;
-use csp_proto::common::v1::Money;
 use csp_proto::licensing::v1::{GetKeysAndDownloadsRequest, ListSoftwareRequest};
-use csp_proto::ordering::v1::{
-    CreateCustomerRequest, GetSubscriptionRequest, Order, OrderLineRequest, PlaceOrderRequest,
-    SubscriptionStatus,
-};
+use csp_proto::ordering::v1::{GetSubscriptionRequest, Order, SubscriptionStatus};
 use csp_proto::support::v1::{
     AddCommentRequest, AttachmentUpload, CloseTicketRequest, Contact, CreateTicketRequest,
-    GetAttachmentRequest, GetTicketRequest, Impact, IssueType, ListTicketsRequest, RefundRequest,
-    Ticket, TicketStatus, refund_request,
+    GetAttachmentRequest, GetTicketRequest, Impact, IssueType, ListTicketsRequest, Ticket,
+    TicketStatus, refund_request,
 };
 use csp_tests::{Instance, TestSystem, http};
 use tonic::Code;
 use tonic_types::StatusExt as _;
 use uuid::Uuid;
-
-async fn purchase(system: &TestSystem, domain: &str, skus: &[&str]) -> (String, Order) {
-    let mut ordering = system.ordering(&[Role::AdminAgent]).await;
-    let customer = ordering
-        .create_customer(CreateCustomerRequest {
-            tenant_id: String::new(),
-            domain_name: domain.into(),
-            company_name: "Customer".into(),
-            market: "US".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .customer
-        .unwrap()
-        .tenant_id;
-    let order = ordering
-        .place_order(PlaceOrderRequest {
-            customer_tenant_id: customer.clone(),
-            lines: skus
-                .iter()
-                .map(|sku| OrderLineRequest {
-                    sku_id: (*sku).into(),
-                    quantity: 1,
-                })
-                .collect(),
-            request_id: Uuid::new_v4().to_string(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap();
-    (customer, order)
-}
-
-fn contact() -> Option<Contact> {
-    Some(Contact {
-        name: "Ada Agent".into(),
-        email: "ada@partner.example".into(),
-        phone: "+1 425 555 0100".into(),
-    })
-}
-
-fn refund_ticket(
-    customer: refund_request::Customer,
-    target: refund_request::Target,
-    minor: i64,
-) -> CreateTicketRequest {
-    CreateTicketRequest {
-        issue_type: IssueType::PurchaseRefund as i32,
-        impact: Impact::Moderate as i32,
-        title: "Cancel a purchase".into(),
-        description: "The customer bought the wrong edition.".into(),
-        contact: contact(),
-        refund: Some(RefundRequest {
-            customer: Some(customer),
-            target: Some(target),
-            reason: "wrong edition".into(),
-            requested_amount: Some(Money {
-                currency_code: "USD".into(),
-                minor_units: minor,
-                minor_unit_digits: 2,
-            }),
-        }),
-        attachments: vec![],
-        request_id: Uuid::new_v4().to_string(),
-    }
-}
 
 fn plain_ticket() -> CreateTicketRequest {
     CreateTicketRequest {
@@ -95,7 +22,7 @@ fn plain_ticket() -> CreateTicketRequest {
         impact: Impact::Minimal as i32,
         title: "Download stalls".into(),
         description: "The ISO stops at 40%.".into(),
-        contact: contact(),
+        contact: csp_tests::contact(),
         refund: None,
         attachments: vec![],
         request_id: Uuid::new_v4().to_string(),
@@ -137,12 +64,12 @@ fn total(order: &Order) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_eligible_refund_by_order_cancels_everything_and_revokes_keys_and_links() {
     let system = TestSystem::start().await;
-    let (customer, order) = purchase(
-        &system,
-        "refund.example.com",
-        &["windows-server-datacenter-p1y", "sql-server-standard-p1y"],
-    )
-    .await;
+    let (customer, order) = system
+        .purchase(
+            "refund.example.com",
+            &["windows-server-datacenter-p1y", "sql-server-standard-p1y"],
+        )
+        .await;
     let mut licensing = system.licensing(&[Role::AdminAgent]).await;
     let mut link = None;
     for _ in 0..300 {
@@ -176,7 +103,7 @@ async fn an_eligible_refund_by_order_cancels_everything_and_revokes_keys_and_lin
     let mut support = system.support(&[Role::AdminAgent]).await;
     let requested = total(&order) - 100;
     let ticket = support
-        .create_ticket(refund_ticket(
+        .create_ticket(csp_tests::refund_ticket(
             refund_request::Customer::CustomerDomainName("refund.example.com".into()),
             refund_request::Target::OrderId(order.id.clone()),
             requested,
@@ -221,12 +148,9 @@ async fn refunds_are_checked_at_once_and_nothing_is_stored_when_they_fail() {
     let start = 1_790_000_000 * SECOND;
     let clock = ManualClock::new(start);
     let system = TestSystem::start_with_clock(clock.clone()).await;
-    let (customer, order) = purchase(
-        &system,
-        "checks.example.com",
-        &["windows-server-standard-p1y"],
-    )
-    .await;
+    let (customer, order) = system
+        .purchase("checks.example.com", &["windows-server-standard-p1y"])
+        .await;
     let subscription = order.lines[0].subscription_id.clone();
     let mut support = system.support(&[Role::AdminAgent]).await;
     let by_tenant = || refund_request::Customer::CustomerTenantId(customer.clone());
@@ -234,12 +158,16 @@ async fn refunds_are_checked_at_once_and_nothing_is_stored_when_they_fail() {
 
     // More than was paid.
     let status = support
-        .create_ticket(refund_ticket(by_tenant(), sub(), total(&order) + 1))
+        .create_ticket(csp_tests::refund_ticket(
+            by_tenant(),
+            sub(),
+            total(&order) + 1,
+        ))
         .await
         .unwrap_err();
     assert_eq!(fields(&status), ["refund.requested_amount.minor_units"]);
     // Another currency.
-    let mut euros = refund_ticket(by_tenant(), sub(), 100);
+    let mut euros = csp_tests::refund_ticket(by_tenant(), sub(), 100);
     euros
         .refund
         .as_mut()
@@ -254,7 +182,7 @@ async fn refunds_are_checked_at_once_and_nothing_is_stored_when_they_fail() {
     );
     // Unknown customer, unknown subscription, another customer's order.
     let status = support
-        .create_ticket(refund_ticket(
+        .create_ticket(csp_tests::refund_ticket(
             refund_request::Customer::CustomerTenantId(Uuid::new_v4().to_string()),
             sub(),
             100,
@@ -263,7 +191,7 @@ async fn refunds_are_checked_at_once_and_nothing_is_stored_when_they_fail() {
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     let status = support
-        .create_ticket(refund_ticket(
+        .create_ticket(csp_tests::refund_ticket(
             by_tenant(),
             refund_request::Target::SubscriptionId(Uuid::new_v4().to_string()),
             100,
@@ -271,10 +199,11 @@ async fn refunds_are_checked_at_once_and_nothing_is_stored_when_they_fail() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
-    let (_, other_order) =
-        purchase(&system, "other.example.com", &["sql-server-standard-p1y"]).await;
+    let (_, other_order) = system
+        .purchase("other.example.com", &["sql-server-standard-p1y"])
+        .await;
     let status = support
-        .create_ticket(refund_ticket(
+        .create_ticket(csp_tests::refund_ticket(
             by_tenant(),
             refund_request::Target::OrderId(other_order.id),
             100,
@@ -286,7 +215,7 @@ async fn refunds_are_checked_at_once_and_nothing_is_stored_when_they_fail() {
     // The 60-day boundary.
     clock.set(start + 60 * DAY);
     let status = support
-        .create_ticket(refund_ticket(by_tenant(), sub(), 100))
+        .create_ticket(csp_tests::refund_ticket(by_tenant(), sub(), 100))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
@@ -310,7 +239,7 @@ async fn refunds_are_checked_at_once_and_nothing_is_stored_when_they_fail() {
 
     clock.set(start + 60 * DAY - SECOND);
     let ticket = support
-        .create_ticket(refund_ticket(by_tenant(), sub(), total(&order)))
+        .create_ticket(csp_tests::refund_ticket(by_tenant(), sub(), total(&order)))
         .await
         .unwrap()
         .into_inner()
@@ -329,13 +258,13 @@ async fn refunds_are_checked_at_once_and_nothing_is_stored_when_they_fail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_admin_agents_file_refunds_and_sales_agents_file_no_tickets() {
     let system = TestSystem::start().await;
-    let (customer, order) = purchase(
-        &system,
-        "roles-support.example.com",
-        &["windows-server-standard-p1y"],
-    )
-    .await;
-    let refund = refund_ticket(
+    let (customer, order) = system
+        .purchase(
+            "roles-support.example.com",
+            &["windows-server-standard-p1y"],
+        )
+        .await;
+    let refund = csp_tests::refund_ticket(
         refund_request::Customer::CustomerTenantId(customer),
         refund_request::Target::OrderId(order.id),
         100,
@@ -364,15 +293,15 @@ async fn only_admin_agents_file_refunds_and_sales_agents_file_no_tickets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_completes_when_licensing_comes_back() {
     let system = TestSystem::start_without_licensing().await;
-    let (customer, order) = purchase(
-        &system,
-        "outage-support.example.com",
-        &["windows-server-datacenter-p3y"],
-    )
-    .await;
+    let (customer, order) = system
+        .purchase(
+            "outage-support.example.com",
+            &["windows-server-datacenter-p3y"],
+        )
+        .await;
     let mut support = system.support(&[Role::AdminAgent]).await;
     let ticket = support
-        .create_ticket(refund_ticket(
+        .create_ticket(csp_tests::refund_ticket(
             refund_request::Customer::CustomerTenantId(customer.clone()),
             refund_request::Target::OrderId(order.id.clone()),
             total(&order),

@@ -26,13 +26,10 @@ use std::time::{Duration, Instant};
 use csp_kit::roles::Role;
 use csp_proto::licensing::v1::licensing_service_client::LicensingServiceClient;
 use csp_proto::licensing::v1::{GetKeysAndDownloadsRequest, ListSoftwareRequest};
+use csp_proto::ordering::v1::CreateCustomerRequest;
 use csp_proto::ordering::v1::ordering_service_client::OrderingServiceClient;
-use csp_proto::ordering::v1::{CreateCustomerRequest, OrderLineRequest, PlaceOrderRequest};
 use csp_proto::support::v1::support_service_client::SupportServiceClient;
-use csp_proto::support::v1::{
-    Contact, CreateTicketRequest, GetTicketRequest, Impact, IssueType, RefundRequest, TicketStatus,
-    refund_request,
-};
+use csp_proto::support::v1::{GetTicketRequest, TicketStatus, refund_request};
 use csp_tests::{Bearer, connect, http};
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
@@ -522,35 +519,12 @@ async fn separate_processes_on_postgres_survive_a_replica_terminated_under_load(
 
     // Purchase through gateway B, read through gateway A.
     let domain = format!("e2e-{}.example.com", Uuid::new_v4().simple());
-    let customer = ordering(b, &admin)
-        .await
-        .create_customer(CreateCustomerRequest {
-            tenant_id: String::new(),
-            domain_name: domain.clone(),
-            company_name: "Deployed".into(),
-            market: "US".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .customer
-        .unwrap()
-        .tenant_id;
-    let order = ordering(b, &admin)
-        .await
-        .place_order(PlaceOrderRequest {
-            customer_tenant_id: customer.clone(),
-            lines: vec![OrderLineRequest {
-                sku_id: "windows-server-standard-p1y".into(),
-                quantity: 1,
-            }],
-            request_id: Uuid::new_v4().to_string(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap();
+    let (customer, order) = csp_tests::purchase_with(
+        &mut ordering(b, &admin).await,
+        &domain,
+        &["windows-server-standard-p1y"],
+    )
+    .await;
     let mut keys_client = licensing(a, &admin).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -712,25 +686,11 @@ async fn separate_processes_on_postgres_survive_a_replica_terminated_under_load(
     // A refund ticket through gateway B cancels the purchase.
     let mut tickets = support(b, &admin).await;
     let ticket = tickets
-        .create_ticket(CreateTicketRequest {
-            issue_type: IssueType::PurchaseRefund as i32,
-            impact: Impact::Moderate as i32,
-            title: "Cancel a purchase".into(),
-            description: "Bought by mistake.".into(),
-            contact: Some(Contact {
-                name: "Ada Agent".into(),
-                email: "ada@partner.example".into(),
-                phone: "+1 425 555 0100".into(),
-            }),
-            refund: Some(RefundRequest {
-                customer: Some(refund_request::Customer::CustomerDomainName(domain.clone())),
-                target: Some(refund_request::Target::OrderId(order.id.clone())),
-                reason: "bought by mistake".into(),
-                requested_amount: order.total.clone(),
-            }),
-            attachments: vec![],
-            request_id: Uuid::new_v4().to_string(),
-        })
+        .create_ticket(csp_tests::refund_ticket(
+            refund_request::Customer::CustomerDomainName(domain.clone()),
+            refund_request::Target::OrderId(order.id.clone()),
+            order.total.as_ref().unwrap().minor_units,
+        ))
         .await
         .unwrap()
         .into_inner()
