@@ -41,7 +41,7 @@ pub struct UpArgs {
     )]
     content_origin: String,
     /// Where Prometheus metrics of all six services are served (GET /metrics).
-    #[arg(long, env = "CSP_METRICS_LISTEN", default_value = "127.0.0.1:9090")]
+    #[arg(long, env = "CSP_METRICS_LISTEN", default_value_t = csp::DEFAULT_METRICS_ADDR)]
     metrics_listen: std::net::SocketAddr,
 }
 
