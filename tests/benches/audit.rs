@@ -12,7 +12,7 @@ use std::time::Instant;
 use csp_audit::domain::{Record, Signer};
 use csp_audit::storage::{AuditStore, Query};
 use csp_kit::clock::{DAY, SECOND};
-use csp_kit::db::Db;
+use csp_store::db::Db;
 use hdrhistogram::Histogram;
 
 const START: i64 = 1_780_000_000 * SECOND;
@@ -64,7 +64,7 @@ async fn run(large: usize) -> anyhow::Result<()> {
         }
         // Fresh statistics, as autovacuum (PostgreSQL) or a periodic ANALYZE
         // keeps them on a live system.
-        csp_kit::on_db!(&db, pool => sqlx::query("ANALYZE").execute(pool).await.map(drop))?;
+        csp_store::on_db!(&db, pool => sqlx::query("ANALYZE").execute(pool).await.map(drop))?;
         for (name, days) in [("1 day", 1), ("30 days", 30)] {
             let (p50, p99) = measure(&store, &partner, days).await?;
             println!("{size:>10}  {name:>8}  {p50:>10.0}  {p99:>10.0}");
@@ -161,7 +161,7 @@ impl Cleanup {
     async fn run(self) {
         match self {
             Cleanup::Postgres { server, name } => {
-                let _ = csp_kit::db::drop_postgres_database(&server, &name).await;
+                let _ = csp_store::db::drop_postgres_database(&server, &name).await;
             }
             Cleanup::Sqlite(dir) => {
                 let _ = std::fs::remove_dir_all(dir);
@@ -174,7 +174,7 @@ async fn open() -> anyhow::Result<(Db, Cleanup)> {
     match std::env::var("CSP_BENCH_POSTGRES_URL") {
         Ok(server) if !server.is_empty() => {
             let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
-            let url = csp_kit::db::ensure_postgres_database(&server, &name).await?;
+            let url = csp_store::db::ensure_postgres_database(&server, &name).await?;
             Ok((Db::connect(&url).await?, Cleanup::Postgres { server, name }))
         }
         _ => {

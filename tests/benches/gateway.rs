@@ -85,7 +85,7 @@ fn main() -> anyhow::Result<()> {
     )?;
     let identity_key = IdentityKey::new(&internal_key);
     let user = UserCaller {
-        partner_id: partner,
+        partner_id: partner.into(),
         user_id: "bench".into(),
         display_name: "Bench".into(),
         roles: [Role::SalesAgent].into_iter().collect(),

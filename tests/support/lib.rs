@@ -274,16 +274,18 @@ impl TestSystem {
             }
             Storage::Postgres {
                 server_url, prefix, ..
-            } => csp_kit::db::ensure_postgres_database(server_url, &format!("{prefix}_{service}"))
-                .await
-                .unwrap_or_else(|error| panic!("{error:#}")),
+            } => {
+                csp_store::db::ensure_postgres_database(server_url, &format!("{prefix}_{service}"))
+                    .await
+                    .unwrap_or_else(|error| panic!("{error:#}"))
+            }
         }
     }
 
     /// A connection to a service's own database, to look behind its API.
-    pub async fn service_db(&self, service: &str) -> csp_kit::db::Db {
+    pub async fn service_db(&self, service: &str) -> csp_store::db::Db {
         let url = self.database_url(service).await;
-        csp_kit::db::Db::connect(&url)
+        csp_store::db::Db::connect(&url)
             .await
             .unwrap_or_else(|error| panic!("cannot open the {service} database: {error:#}"))
     }
@@ -311,7 +313,7 @@ impl TestSystem {
 /// `CSP_TEST_POSTGRES_URL` is set. Drop it with [`TestDb::remove`].
 pub struct TestDb {
     /// The database.
-    pub db: csp_kit::db::Db,
+    pub db: csp_store::db::Db,
     /// Its URL, to open it again (a second replica, a restart).
     pub url: String,
     storage: Storage,
@@ -325,7 +327,7 @@ impl TestDb {
             Ok(server) if !server.is_empty() => {
                 let prefix = format!("t{}", Uuid::new_v4().simple());
                 let url =
-                    csp_kit::db::ensure_postgres_database(&server, &format!("{prefix}_catalog"))
+                    csp_store::db::ensure_postgres_database(&server, &format!("{prefix}_catalog"))
                         .await
                         .unwrap_or_else(|error| panic!("cannot create a test database: {error:#}"));
                 (
@@ -345,7 +347,7 @@ impl TestDb {
                 (Storage::Sqlite(dir), url)
             }
         };
-        let db = csp_kit::db::Db::connect(&url)
+        let db = csp_store::db::Db::connect(&url)
             .await
             .unwrap_or_else(|error| panic!("cannot open the test database: {error:#}"));
         TestDb { db, url, storage }
@@ -392,9 +394,9 @@ impl Replica {
                 internal_key: internal_key(),
                 metrics_listen: None,
             },
-            catalog_url: url(a.catalog),
-            ordering_url: url(a.ordering),
-            audit_url: url(a.audit),
+            catalog: url(a.catalog).into(),
+            ordering: url(a.ordering).into(),
+            audit: url(a.audit).into(),
             sealing_key: sealing_key(),
             download_base_url: url(http_addr),
             content_origin: CONTENT_ORIGIN.to_owned(),
@@ -405,13 +407,13 @@ impl Replica {
             jwt_secret: jwt_secret(),
             internal_key: internal_key(),
             metrics_listen: None,
-            backends: csp_gateway::Backends {
-                catalog: url(a.catalog),
-                ordering: url(a.ordering),
-                licensing: url(licensing_addr),
-                audit: url(a.audit),
-                support: url(a.support),
-            },
+            backends: csp_gateway::Backends::at(
+                url(a.catalog),
+                url(a.ordering),
+                url(licensing_addr),
+                url(a.audit),
+                url(a.support),
+            ),
         };
         let tasks = vec![
             tokio::spawn(csp_licensing::run(
@@ -501,9 +503,9 @@ impl Instance {
                 internal_key: internal_key(),
                 metrics_listen: None,
             },
-            catalog_url: url(a.catalog),
-            ordering_url: url(a.ordering),
-            audit_url: url(a.audit),
+            catalog: url(a.catalog).into(),
+            ordering: url(a.ordering).into(),
+            audit: url(a.audit).into(),
             sealing_key: sealing_key(),
             download_base_url: url(a.gateway_http),
             content_origin: CONTENT_ORIGIN.to_owned(),
@@ -592,7 +594,7 @@ pub async fn remove_storage(storage: &Storage) {
         } => {
             let _ = std::fs::remove_dir_all(files);
             for service in ["catalog", "ordering", "licensing", "audit", "support"] {
-                csp_kit::db::drop_postgres_database(server_url, &format!("{prefix}_{service}"))
+                csp_store::db::drop_postgres_database(server_url, &format!("{prefix}_{service}"))
                     .await
                     .unwrap_or_else(|error| panic!("cannot drop a test database: {error:#}"));
             }

@@ -518,7 +518,7 @@ async fn verification_names_an_edited_row_a_deleted_row_and_deleted_newest_rows(
         let db = db.clone();
         let partner = partner.clone();
         async move {
-            csp_kit::on_db!(&db, pool => csp_tests::sqlx::query(sql).bind(partner).execute(pool).await.map(drop)).unwrap();
+            csp_store::on_db!(&db, pool => csp_tests::sqlx::query(sql).bind(partner).execute(pool).await.map(drop)).unwrap();
         }
     };
     // Edit one row.

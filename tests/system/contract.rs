@@ -1,5 +1,5 @@
 //! The contract itself: every public RPC declares who may call it, and the
-//! declarations match the capability matrix of `shared/domain.md`.
+//! declarations match the capability matrix of `DOMAIN.md`.
 
 use csp_kit::access::{self, PublicMethod};
 use csp_kit::roles::{Role, RoleSet};

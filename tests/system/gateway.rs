@@ -162,7 +162,7 @@ async fn a_backend_called_directly_refuses_calls_without_the_gateway_identity() 
 
     // With an identity signed by another key.
     let user = UserCaller {
-        partner_id: system.partner,
+        partner_id: system.partner.into(),
         user_id: "mallory".into(),
         display_name: "Mallory".into(),
         roles: Role::ALL.into_iter().collect(),
@@ -232,7 +232,7 @@ async fn a_caller_cannot_smuggle_an_identity_through_the_gateway() {
     // A browse-only user sends a self-made identity claiming admin_agent: the
     // gateway decides on the bearer token and replaces the header.
     let user = UserCaller {
-        partner_id: system.partner,
+        partner_id: system.partner.into(),
         user_id: "mallory".into(),
         display_name: "Mallory".into(),
         roles: [Role::AdminAgent].into_iter().collect(),
@@ -317,13 +317,13 @@ async fn an_unreachable_backend_is_unavailable_not_a_hang() {
         jwt_secret: csp_tests::jwt_secret(),
         internal_key: csp_tests::internal_key(),
         metrics_listen: None,
-        backends: csp_gateway::Backends {
-            catalog: url(dead_addr),
-            ordering: url(system.addresses.ordering),
-            licensing: url(system.addresses.licensing),
-            audit: url(system.addresses.audit),
-            support: url(system.addresses.support),
-        },
+        backends: csp_gateway::Backends::at(
+            url(dead_addr),
+            url(system.addresses.ordering),
+            url(system.addresses.licensing),
+            url(system.addresses.audit),
+            url(system.addresses.support),
+        ),
     };
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gateway = tokio::spawn(csp_gateway::run(config, listener, http, shutdown));
@@ -406,13 +406,13 @@ async fn the_backend_receives_the_verified_caller_deadline_and_request_id_but_no
         jwt_secret: csp_tests::jwt_secret(),
         internal_key: csp_tests::internal_key(),
         metrics_listen: None,
-        backends: csp_gateway::Backends {
-            catalog: url.clone(),
-            ordering: url.clone(),
-            licensing: url.clone(),
-            audit: url.clone(),
-            support: url,
-        },
+        backends: csp_gateway::Backends::at(
+            url.clone(),
+            url.clone(),
+            url.clone(),
+            url.clone(),
+            url,
+        ),
     };
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gateway_task = tokio::spawn(csp_gateway::run(config, listener, http, shutdown));
@@ -510,7 +510,7 @@ async fn a_starting_backend_is_not_serving_and_refuses_calls_until_ready() {
         "SERVING"
     );
     let user = UserCaller {
-        partner_id: uuid::Uuid::new_v4(),
+        partner_id: uuid::Uuid::new_v4().into(),
         user_id: "u".into(),
         display_name: "U".into(),
         roles: [Role::AdminAgent].into_iter().collect(),
@@ -570,7 +570,7 @@ async fn health_becomes(addr: std::net::SocketAddr, wanted: &str) -> String {
 async fn a_backend_whose_database_stops_answering_is_not_serving_but_alive() {
     csp_tests::logs::init();
     let dir = std::env::temp_dir().join(format!("csp-test-{}", uuid::Uuid::new_v4().simple()));
-    let db = csp_kit::db::Db::connect(&format!("sqlite://{}", dir.join("watched.db").display()))
+    let db = csp_store::db::Db::connect(&format!("sqlite://{}", dir.join("watched.db").display()))
         .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -583,13 +583,17 @@ async fn a_backend_whose_database_stops_answering_is_not_serving_but_alive() {
     let watched = db.clone();
     let served = tokio::spawn(async move {
         starting
-            .ready_on(&watched, Duration::from_millis(20), |routes| {
-                routes.add_service(
-                    csp_proto::catalog::v1::catalog_service_server::CatalogServiceServer::new(
-                        Recorder,
-                    ),
-                )
-            })
+            .ready_watching(
+                csp_store::backend::probe(&watched),
+                Duration::from_millis(20),
+                |routes| {
+                    routes.add_service(
+                        csp_proto::catalog::v1::catalog_service_server::CatalogServiceServer::new(
+                            Recorder,
+                        ),
+                    )
+                },
+            )
             .await
     });
     assert_eq!(health_becomes(addr, "SERVING").await, "SERVING");

@@ -461,13 +461,13 @@ async fn keys_and_tokens_are_neither_stored_in_the_clear_nor_logged() {
 
     // A copy of the database holds no key and no token in the clear.
     let db = system.service_db("licensing").await;
-    let keys: Vec<(String,)> = csp_kit::on_db!(&db, pool => csp_tests::sqlx::query_as(
+    let keys: Vec<(String,)> = csp_store::on_db!(&db, pool => csp_tests::sqlx::query_as(
         "SELECT sealed_key FROM product_keys"
     )
     .fetch_all(pool)
     .await)
     .unwrap();
-    let links: Vec<(String, String)> = csp_kit::on_db!(&db, pool => csp_tests::sqlx::query_as(
+    let links: Vec<(String, String)> = csp_store::on_db!(&db, pool => csp_tests::sqlx::query_as(
         "SELECT token_hash, sealed_token FROM download_links"
     )
     .fetch_all(pool)

@@ -306,7 +306,7 @@ async fn orders_freeze_catalog_prices_and_tax_flags_and_bill_the_total() {
 
     // The price changes in the catalog; the order does not.
     let catalog_db = system.service_db("catalog").await;
-    csp_kit::on_db!(&catalog_db, pool => csp_tests::sqlx::query(
+    csp_store::on_db!(&catalog_db, pool => csp_tests::sqlx::query(
         "UPDATE prices SET amount_minor = 1 WHERE sku_id = 'windows-server-standard-p1y'"
     )
     .execute(pool)
@@ -338,7 +338,7 @@ async fn orders_freeze_catalog_prices_and_tax_flags_and_bill_the_total() {
 
     // The partner was billed the total.
     let ordering_db = system.service_db("ordering").await;
-    let billed: Vec<(String, i64)> = csp_kit::on_db!(&ordering_db, pool => csp_tests::sqlx::query_as(
+    let billed: Vec<(String, i64)> = csp_store::on_db!(&ordering_db, pool => csp_tests::sqlx::query_as(
         "SELECT currency_code, CAST(SUM(amount_minor) AS BIGINT) FROM partner_billing GROUP BY currency_code"
     )
     .fetch_all(pool)

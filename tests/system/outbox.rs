@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use csp_kit::clock;
-use csp_kit::db::{Db, Migrations};
-use csp_kit::outbox::{self, Destination, Envelope, Message, Outcome, Relay, RelaySettings};
 use csp_kit::shutdown::Shutdown;
+use csp_store::db::{Db, Migrations};
+use csp_store::outbox::{self, Destination, Envelope, Message, Outcome, Relay, RelaySettings};
 use csp_tests::TestDb;
 
 const MIGRATIONS: Migrations = Migrations {

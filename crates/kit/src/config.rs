@@ -87,3 +87,101 @@ impl BackendArgs {
         })
     }
 }
+
+/// Where each service listens when nothing else is said, and so where its
+/// callers look for it by default.
+pub mod ports {
+    /// The gateway's public gRPC port.
+    pub const GATEWAY: u16 = 50051;
+    /// The catalog.
+    pub const CATALOG: u16 = 50061;
+    /// Ordering.
+    pub const ORDERING: u16 = 50062;
+    /// Licensing.
+    pub const LICENSING: u16 = 50063;
+    /// Audit.
+    pub const AUDIT: u16 = 50064;
+    /// Support.
+    pub const SUPPORT: u16 = 50065;
+}
+
+/// `127.0.0.1:port`, a service's default listen address.
+pub const fn local(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), port)
+}
+
+/// Defines the option naming where one peer service serves gRPC, once for
+/// every binary that calls it.
+macro_rules! peer_url {
+    ($(#[$doc:meta])* $name:ident, $field:ident, $flag:literal, $env:literal, $default:literal) => {
+        $(#[$doc])*
+        #[derive(clap::Args, Clone, Debug)]
+        pub struct $name {
+            $(#[$doc])*
+            /// The gateway takes several comma-separated URLs and spreads
+            /// calls over every address they resolve to.
+            #[arg(id = $flag, long = $flag, env = $env, default_value = $default)]
+            pub $field: String,
+        }
+
+        impl From<String> for $name {
+            fn from($field: String) -> Self {
+                Self { $field }
+            }
+        }
+    };
+}
+
+peer_url!(
+    /// Where the catalog service serves gRPC.
+    CatalogUrl, catalog_url, "catalog-url", "CSP_CATALOG_URL", "http://127.0.0.1:50061"
+);
+peer_url!(
+    /// Where the ordering service serves gRPC.
+    OrderingUrl, ordering_url, "ordering-url", "CSP_ORDERING_URL", "http://127.0.0.1:50062"
+);
+peer_url!(
+    /// Where the licensing service serves gRPC.
+    LicensingUrl, licensing_url, "licensing-url", "CSP_LICENSING_URL", "http://127.0.0.1:50063"
+);
+peer_url!(
+    /// Where the audit service serves gRPC.
+    AuditUrl, audit_url, "audit-url", "CSP_AUDIT_URL", "http://127.0.0.1:50064"
+);
+peer_url!(
+    /// Where the support service serves gRPC.
+    SupportUrl, support_url, "support-url", "CSP_SUPPORT_URL", "http://127.0.0.1:50065"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_url_defaults_follow_the_default_ports() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            catalog: CatalogUrl,
+            #[command(flatten)]
+            ordering: OrderingUrl,
+            #[command(flatten)]
+            licensing: LicensingUrl,
+            #[command(flatten)]
+            audit: AuditUrl,
+            #[command(flatten)]
+            support: SupportUrl,
+        }
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        for (url, port) in [
+            (cli.catalog.catalog_url, ports::CATALOG),
+            (cli.ordering.ordering_url, ports::ORDERING),
+            (cli.licensing.licensing_url, ports::LICENSING),
+            (cli.audit.audit_url, ports::AUDIT),
+            (cli.support.support_url, ports::SUPPORT),
+        ] {
+            assert_eq!(url, format!("http://{}", local(port)));
+        }
+    }
+}

@@ -39,7 +39,7 @@ pub enum ApiError {
     #[error("{}", describe_violations(.0))]
     InvalidArgument(Vec<FieldViolation>),
     /// A resource does not exist, or belongs to another partner (NOT_FOUND).
-    #[error("{resource_type} {name:?} was not found")]
+    #[error("{resource_type} {} was not found", quoted(.name))]
     NotFound {
         /// For example `product`.
         resource_type: &'static str,
@@ -110,10 +110,26 @@ impl ApiError {
     }
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(error: sqlx::Error) -> Self {
-        ApiError::Internal(anyhow::Error::new(error).context("database error"))
+/// The longest caller value a message repeats whole.
+const MAX_QUOTED: usize = 64;
+
+/// A caller's value for a message: quoted, and cut short when long, so an
+/// error never repeats a large value back (its size stays bounded).
+pub fn quoted(value: &str) -> String {
+    if value.chars().count() <= MAX_QUOTED {
+        return format!("{value:?}");
     }
+    let head: String = value.chars().take(MAX_QUOTED / 2).collect();
+    format!("{head:?}… ({} bytes)", value.len())
+}
+
+/// A caller's value for a machine-readable detail: cut short when long.
+pub fn shortened(value: &str) -> String {
+    if value.chars().count() <= MAX_QUOTED {
+        return value.to_owned();
+    }
+    let head: String = value.chars().take(MAX_QUOTED / 2).collect();
+    format!("{head}…")
 }
 
 fn describe_violations(violations: &[FieldViolation]) -> String {
@@ -141,7 +157,7 @@ impl From<ApiError> for Status {
             } => Status::with_error_details(
                 Code::NotFound,
                 message,
-                ErrorDetails::with_resource_info(resource_type, name, "", "not found"),
+                ErrorDetails::with_resource_info(resource_type, shortened(&name), "", "not found"),
             ),
             ApiError::AlreadyExists {
                 resource_type,
@@ -150,7 +166,12 @@ impl From<ApiError> for Status {
             } => Status::with_error_details(
                 Code::AlreadyExists,
                 message,
-                ErrorDetails::with_resource_info(resource_type, name, "", "already exists"),
+                ErrorDetails::with_resource_info(
+                    resource_type,
+                    shortened(&name),
+                    "",
+                    "already exists",
+                ),
             ),
             ApiError::FailedPrecondition {
                 reason,
@@ -199,6 +220,17 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(fields, ["market", "page_size"]);
         assert!(status.message().contains("market: unknown market"));
+    }
+
+    #[test]
+    fn long_values_are_never_repeated_whole() {
+        let long = "p".repeat(8192);
+        let status: Status = ApiError::not_found("product", long.as_str()).into();
+        assert!(status.message().len() < 120, "{}", status.message());
+        assert!(status.message().contains("8192 bytes"));
+        let details = status.get_error_details();
+        assert!(details.resource_info().unwrap().resource_name.len() < 80);
+        assert_eq!(quoted("US"), "\"US\"");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::config::Secret;
+use crate::ids::PartnerId;
 use crate::roles::{Role, RoleSet};
 
 /// The metadata key of the internal identity token.
@@ -38,7 +39,7 @@ const LIFETIME_SECS: u64 = 60;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserCaller {
     /// The partner the user acts for.
-    pub partner_id: Uuid,
+    pub partner_id: PartnerId,
     /// The user's id (token subject).
     pub user_id: String,
     /// The user's display name.
@@ -95,7 +96,7 @@ struct Claims {
     /// The RPC path the token is good for.
     mth: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pid: Option<Uuid>,
+    pid: Option<PartnerId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sub: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -346,7 +347,7 @@ mod tests {
 
     fn user() -> UserCaller {
         UserCaller {
-            partner_id: Uuid::new_v4(),
+            partner_id: PartnerId::new(),
             user_id: "ada".to_owned(),
             display_name: "Ada".to_owned(),
             roles: [Role::AdminAgent].into_iter().collect(),

@@ -16,7 +16,7 @@
 //! Methods outside the descriptor set and health (reflection, unknown paths)
 //! are counted as `other`, so a caller cannot grow the label set. Database
 //! gauges are read when scraped, from every database registered with
-//! [`watch_database`] (outbox queries only where it says there is one).
+//! [`watch_database`] (`csp-store` reports a service's database).
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -33,7 +33,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tonic::body::Body;
 
-use crate::db::Db;
 use crate::shutdown::Shutdown;
 
 /// A label set of `N` labels.
@@ -168,13 +167,26 @@ pub fn count_http(service: &'static str, route: &'static str, status: u16) {
         .inc();
 }
 
-/// Whether a database holds the outbox tables (services that send events).
+/// What a database reports on every scrape: its pool, and its outbox where
+/// it has one. `csp-store` implements it for a service's database.
+#[tonic::async_trait]
+pub trait DatabaseGauges: Send + Sync + 'static {
+    /// The pool now.
+    fn pool(&self) -> PoolGauges;
+    /// Messages waiting per destination, and dead letters per destination;
+    /// `None` for a database without an outbox (or one that did not answer).
+    async fn outbox(&self) -> Option<(Vec<(String, i64)>, Vec<(String, i64)>)>;
+}
+
+/// A snapshot of a connection pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outbox {
-    /// It does: its backlog and dead letters are reported.
-    Present,
-    /// It does not: only its pool is reported.
-    Absent,
+pub struct PoolGauges {
+    /// Connections open.
+    pub size: u32,
+    /// Of those, idle.
+    pub idle: u32,
+    /// The most it opens.
+    pub max: u32,
 }
 
 /// A database reported on every scrape.
@@ -182,8 +194,7 @@ pub enum Outbox {
 struct Watched {
     id: u64,
     service: &'static str,
-    db: Db,
-    outbox: Outbox,
+    source: std::sync::Arc<dyn DatabaseGauges>,
 }
 
 /// Keeps a database in the scraped gauges until dropped.
@@ -200,9 +211,12 @@ impl Drop for DatabaseWatch {
     }
 }
 
-/// Reports `db`'s pool (and its outbox, when it has one) under `service` on
-/// every scrape, until the returned watch is dropped.
-pub fn watch_database(service: &'static str, db: &Db, outbox: Outbox) -> DatabaseWatch {
+/// Reports `source` under `service` on every scrape, until the returned
+/// watch is dropped.
+pub fn watch_database(
+    service: &'static str,
+    source: std::sync::Arc<dyn DatabaseGauges>,
+) -> DatabaseWatch {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     metrics()
@@ -212,8 +226,7 @@ pub fn watch_database(service: &'static str, db: &Db, outbox: Outbox) -> Databas
         .push(Watched {
             id,
             service,
-            db: db.clone(),
-            outbox,
+            source,
         });
     DatabaseWatch(id)
 }
@@ -233,13 +246,10 @@ pub async fn render() -> String {
     m.pool_connections.clear();
     m.pool_max.clear();
     for Watched {
-        service,
-        db,
-        outbox,
-        ..
+        service, source, ..
     } in databases
     {
-        let stats = db.pool_stats();
+        let stats = source.pool();
         let labels = |key: &'static str, value: &str| -> Labels<2> {
             [("service", service.to_owned()), (key, value.to_owned())]
         };
@@ -252,22 +262,18 @@ pub async fn render() -> String {
         m.pool_max
             .get_or_create(&[("service", service.to_owned())])
             .inc_by(i64::from(stats.max));
-        if outbox == Outbox::Absent {
+        let Some((backlog, dead)) = source.outbox().await else {
             continue;
+        };
+        for (destination, count) in backlog {
+            m.outbox_backlog
+                .get_or_create(&labels("destination", &destination))
+                .inc_by(count);
         }
-        if let Ok(backlog) = crate::outbox::backlog(&db).await {
-            for (destination, count) in backlog {
-                m.outbox_backlog
-                    .get_or_create(&labels("destination", &destination))
-                    .inc_by(count);
-            }
-        }
-        if let Ok(dead) = crate::outbox::dead_letter_counts(&db).await {
-            for (destination, count) in dead {
-                m.dead_letters
-                    .get_or_create(&labels("destination", &destination))
-                    .inc_by(count);
-            }
+        for (destination, count) in dead {
+            m.dead_letters
+                .get_or_create(&labels("destination", &destination))
+                .inc_by(count);
         }
     }
     let mut text = String::new();

@@ -147,8 +147,8 @@ pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
 /// Runs a backend until `shutdown` fires: health, reflection of every
 /// service, caller identity checks under `internal_key`, and the service's
 /// own gRPC services, which `add_services` adds to the routes. For a service
-/// with nothing to prepare; others use [`start_backend`] and
-/// [`Starting::ready`].
+/// with nothing to prepare (tests' stand-ins); the five backends start with
+/// `csp_store::backend::Backend`.
 pub async fn run_backend(
     name: &'static str,
     listener: TcpListener,
@@ -160,30 +160,6 @@ pub async fn run_backend(
         .await?
         .ready(add_services)
         .await
-}
-
-/// Opens a backend's database (the configured URL, or its SQLite file in the
-/// data directory) and applies its migrations.
-pub async fn open_database(
-    service: &str,
-    args: &crate::config::BackendArgs,
-    migrations: &crate::db::Migrations,
-) -> anyhow::Result<crate::db::Db> {
-    let db = crate::db::Db::connect(&args.database_url_for(service)).await?;
-    db.migrate(migrations).await?;
-    tracing::info!(service, backend = db.backend_name(), "database ready");
-    Ok(db)
-}
-
-/// After the server stopped: waits for the background tasks (which stop on
-/// the same shutdown signal), then closes the database.
-pub async fn wind_down(db: &crate::db::Db, tasks: Vec<tokio::task::JoinHandle<()>>) {
-    for task in tasks {
-        if let Err(error) = task.await {
-            tracing::error!(%error, "a background task failed");
-        }
-    }
-    db.close().await;
 }
 
 /// A backend that is up but not ready: it already answers health checks
@@ -252,20 +228,25 @@ impl Starting {
 /// How often a serving backend checks that its database answers.
 pub const DATABASE_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Whether a backend's database answers now; `csp-store` implements it.
+pub type Probe = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync,
+>;
+
 impl Starting {
-    /// Like [`Starting::ready`], and while serving checks every `every` that
-    /// `db` answers: health is NOT_SERVING while it does not (so readiness
-    /// probes take the replica out of traffic; liveness stays SERVING), and
-    /// SERVING again once it does.
-    pub async fn ready_on(
+    /// Like [`Starting::ready`], and while serving asks `probe` every `every`
+    /// whether the database answers: health is NOT_SERVING while it does not
+    /// (so readiness probes take the replica out of traffic; liveness stays
+    /// SERVING), and SERVING again once it does.
+    pub async fn ready_watching(
         self,
-        db: &crate::db::Db,
+        probe: Probe,
         every: std::time::Duration,
         add_services: impl FnOnce(Routes) -> Routes,
     ) -> anyhow::Result<()> {
         let watch = tokio::spawn(watch_database(
             self.name,
-            db.clone(),
+            probe,
             self.health.clone(),
             self.shutdown.clone(),
             every,
@@ -274,13 +255,18 @@ impl Starting {
         watch.abort();
         served
     }
+
+    /// The service's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
 }
 
-/// Turns health NOT_SERVING while `db` does not answer, SERVING when it does
-/// again; stops at shutdown (which owns the status from then on).
+/// Turns health NOT_SERVING while the database does not answer, SERVING
+/// when it does again; stops at shutdown (which owns the status from then on).
 async fn watch_database(
     name: &'static str,
-    db: crate::db::Db,
+    probe: Probe,
     health: HealthReporter,
     shutdown: Shutdown,
     every: std::time::Duration,
@@ -292,7 +278,7 @@ async fn watch_database(
             () = tokio::time::sleep(every) => {}
         }
         let limit = every.min(std::time::Duration::from_secs(3));
-        let answers = matches!(tokio::time::timeout(limit, db.ping()).await, Ok(Ok(())));
+        let answers = matches!(tokio::time::timeout(limit, probe()).await, Ok(true));
         if shutdown.is_fired() {
             return;
         }

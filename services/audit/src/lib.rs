@@ -18,11 +18,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use csp_kit::clock::Clock;
-use csp_kit::config::{BackendArgs, Secret};
-use csp_kit::server;
+use csp_kit::config::{self, BackendArgs, Secret};
 use csp_kit::shutdown::Shutdown;
 use csp_proto::audit::v1::audit_intake_service_server::AuditIntakeServiceServer;
 use csp_proto::audit::v1::audit_service_server::AuditServiceServer;
+use csp_store::backend::{Backend, Outbox};
 use tokio::net::TcpListener;
 
 use crate::handlers::AuditApi;
@@ -31,8 +31,7 @@ use crate::storage::AuditStore;
 /// The service's name in logs, data files and database names.
 pub const NAME: &str = "audit";
 /// Where the service listens by default.
-pub const DEFAULT_ADDR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50064);
+pub const DEFAULT_ADDR: SocketAddr = config::local(config::ports::AUDIT);
 /// The development default of the checkpoint key; a deployment sets
 /// `CSP_AUDIT_KEY`.
 pub const DEV_CHECKPOINT_KEY: &str = "csp-development-audit-key-change-me";
@@ -60,33 +59,31 @@ pub async fn run(
     shutdown: Shutdown,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
-    let starting = server::start_backend(
+    let backend = Backend::start(
         NAME,
+        &config.backend,
         listener,
-        &config.backend.internal_key,
-        shutdown.clone(),
+        shutdown,
+        &storage::MIGRATIONS,
+        Outbox::Absent,
     )
     .await?;
-    let db = server::open_database(NAME, &config.backend, &storage::MIGRATIONS).await?;
-    let _metrics = csp_kit::metrics::watch_database(NAME, &db, csp_kit::metrics::Outbox::Absent);
     let file = config
         .checkpoint_file
         .clone()
         .unwrap_or_else(|| config.backend.data_dir.join("audit-checkpoints.jsonl"));
     tracing::info!(service = NAME, checkpoint_file = %file.display(), "checkpoints also go to a file");
     let api = AuditApi::new(
-        AuditStore::new(db.clone()),
+        AuditStore::new(backend.db().clone()),
         domain::Signer::new(config.checkpoint_key.expose().as_bytes()),
         checkpoints::CheckpointFile::new(file),
         clock,
     );
-    let served = starting
-        .ready_on(&db, server::DATABASE_CHECK, |routes| {
+    backend
+        .serve(|routes| {
             routes
                 .add_service(AuditServiceServer::new(api.clone()))
                 .add_service(AuditIntakeServiceServer::new(api))
         })
-        .await;
-    server::wind_down(&db, Vec::new()).await;
-    served
+        .await
 }

@@ -3,8 +3,8 @@
 //! walking a chain for verification.
 
 use csp_kit::clock::Micros;
-use csp_kit::db::{Db, MigrationSource, Migrations};
-use csp_kit::{ApiResult, on_db, on_tx};
+use csp_store::db::{Db, MigrationSource, Migrations};
+use csp_store::{StoreResult, on_db, on_tx};
 use sqlx::Row as _;
 
 use crate::domain::{self, Checkpoint, GENESIS, Record, Signer};
@@ -91,7 +91,7 @@ impl AuditStore {
         records: Vec<Record>,
         signer: &Signer,
         now: Micros,
-    ) -> ApiResult<(u32, Option<Checkpoint>)> {
+    ) -> StoreResult<(u32, Option<Checkpoint>)> {
         let mut tx = self.db.begin().await?;
         const HEAD_INIT: &str = "INSERT INTO chain_heads (partner_id, seq, hash) VALUES ($1, 0, $2) \
                                  ON CONFLICT (partner_id) DO NOTHING";
@@ -164,7 +164,7 @@ impl AuditStore {
     }
 
     /// The newest sequence number of a partner's chain (0 when empty).
-    pub async fn head_seq(&self, partner_id: &str) -> ApiResult<i64> {
+    pub async fn head_seq(&self, partner_id: &str) -> StoreResult<i64> {
         const SQL: &str = "SELECT COALESCE(MAX(seq), 0) FROM activities WHERE partner_id = $1";
         Ok(
             on_db!(&self.db, pool => sqlx::query_scalar::<_, i64>(SQL).bind(partner_id).fetch_one(pool).await)?,
@@ -178,7 +178,7 @@ impl AuditStore {
         q: &Query,
         before: Option<(Micros, i64)>,
         limit: u32,
-    ) -> ApiResult<Vec<Record>> {
+    ) -> StoreResult<Vec<Record>> {
         // One upper bound, (occur_at, seq) below the cursor or below the range's
         // end: databases start the backward index scan right there. (With two
         // bounds, PostgreSQL starts from the looser one and filters its way
@@ -217,7 +217,7 @@ impl AuditStore {
         partner_id: &str,
         after_seq: i64,
         limit: u32,
-    ) -> ApiResult<Vec<Record>> {
+    ) -> StoreResult<Vec<Record>> {
         let sql = format!(
             "SELECT {COLUMNS} FROM activities WHERE partner_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
         );
@@ -233,7 +233,7 @@ impl AuditStore {
     }
 
     /// A partner's checkpoints kept in the database.
-    pub async fn checkpoints(&self, partner_id: &str) -> ApiResult<Vec<Checkpoint>> {
+    pub async fn checkpoints(&self, partner_id: &str) -> StoreResult<Vec<Checkpoint>> {
         const SQL: &str =
             "SELECT partner_id, seq, hash, mac FROM checkpoints WHERE partner_id = $1 ORDER BY seq";
         let rows: Vec<(String, i64, String, String)> =

@@ -1,6 +1,7 @@
 //! gRPC handlers: decode, validate, call storage and the domain rules, map
 //! to the contract. Errors leave through `ApiError -> Status`.
 
+use csp_kit::market::MarketCode;
 use csp_kit::paging;
 use csp_kit::{ApiError, ApiResult};
 use csp_proto::catalog::v1 as pb;
@@ -28,8 +29,8 @@ impl CatalogApi {
 
     /// The market named by a request field: well-formed and known.
     async fn market(&self, field: &str, code: &str) -> ApiResult<Market> {
-        let code = domain::parse_market_code(field, code)?;
-        match self.store.get_market(&code).await? {
+        let code = MarketCode::parse(field, code)?;
+        match self.store.get_market(code.as_str()).await? {
             Some(market) => Ok(market),
             None => {
                 let known: Vec<String> = self
@@ -39,7 +40,7 @@ impl CatalogApi {
                     .into_iter()
                     .map(|m| m.code)
                     .collect();
-                Err(domain::unknown_market(field, &code, &known))
+                Err(domain::unknown_market(field, code.as_str(), &known))
             }
         }
     }

@@ -15,11 +15,11 @@ pub mod storage;
 
 use std::net::SocketAddr;
 
-use csp_kit::config::BackendArgs;
-use csp_kit::server;
+use csp_kit::config::{self, BackendArgs};
 use csp_kit::shutdown::Shutdown;
 use csp_proto::catalog::v1::catalog_internal_service_server::CatalogInternalServiceServer;
 use csp_proto::catalog::v1::catalog_service_server::CatalogServiceServer;
+use csp_store::backend::{Backend, Outbox};
 use tokio::net::TcpListener;
 
 use crate::handlers::CatalogApi;
@@ -28,8 +28,7 @@ use crate::storage::CatalogStore;
 /// The service's name in logs, data files and database names.
 pub const NAME: &str = "catalog";
 /// Where the catalog listens by default.
-pub const DEFAULT_ADDR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50061);
+pub const DEFAULT_ADDR: SocketAddr = config::local(config::ports::CATALOG);
 
 /// The catalog's configuration.
 #[derive(clap::Args, Clone, Debug)]
@@ -45,28 +44,26 @@ pub struct Config {
 /// Opens the database, migrates and seeds it, then serves on `listener`
 /// until `shutdown` fires.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
-    let starting = server::start_backend(
+    let backend = Backend::start(
         NAME,
+        &config.backend,
         listener,
-        &config.backend.internal_key,
-        shutdown.clone(),
+        shutdown,
+        &storage::MIGRATIONS,
+        Outbox::Absent,
     )
     .await?;
-    let db = server::open_database(NAME, &config.backend, &storage::MIGRATIONS).await?;
-    let _metrics = csp_kit::metrics::watch_database(NAME, &db, csp_kit::metrics::Outbox::Absent);
     if config.seed_demo_catalog {
-        seed::seed_demo_catalog(&db).await?;
+        seed::seed_demo_catalog(backend.db()).await?;
     }
-    let store = CatalogStore::new(db.clone());
-    let served = starting
-        .ready_on(&db, server::DATABASE_CHECK, |routes| {
+    let store = CatalogStore::new(backend.db().clone());
+    backend
+        .serve(|routes| {
             routes
                 .add_service(CatalogServiceServer::new(CatalogApi::new(store.clone())))
                 .add_service(CatalogInternalServiceServer::new(
                     handlers::CatalogInternalApi::new(store),
                 ))
         })
-        .await;
-    server::wind_down(&db, Vec::new()).await;
-    served
+        .await
 }

@@ -6,8 +6,8 @@
 //! integer arithmetic. In AU and BR, where prices include tax, the rate folds
 //! in the tax (AU: 10% GST; BR: an indicative 15%).
 
-use csp_kit::db::Db;
-use csp_kit::on_db;
+use csp_store::db::Db;
+use csp_store::on_db;
 
 /// (code, name, currency, minor digits, tax included, reservations offered,
 /// local minor units per 10 000 US cents).

@@ -1,8 +1,8 @@
 //! Catalog storage: SQL over SQLite or PostgreSQL. Each SQL text is written
 //! once and runs on either backend.
 
-use csp_kit::db::{Db, MigrationSource, Migrations};
-use csp_kit::{ApiError, ApiResult, on_db};
+use csp_store::db::{Db, MigrationSource, Migrations};
+use csp_store::{StoreError, StoreResult, on_db};
 
 use crate::domain::{DownloadOptions, FileType, Market, Product, ProductKind, Sku, Term};
 use crate::hybrid::Rates;
@@ -49,7 +49,7 @@ impl CatalogStore {
     }
 
     /// Every market, by code.
-    pub async fn list_markets(&self) -> ApiResult<Vec<Market>> {
+    pub async fn list_markets(&self) -> StoreResult<Vec<Market>> {
         let sql = "SELECT code, display_name, currency_code, minor_unit_digits, tax_included, azure_reservations_available \
                    FROM markets ORDER BY code";
         let rows: Vec<MarketRow> =
@@ -58,7 +58,7 @@ impl CatalogStore {
     }
 
     /// A market by its (normalized) code.
-    pub async fn get_market(&self, code: &str) -> ApiResult<Option<Market>> {
+    pub async fn get_market(&self, code: &str) -> StoreResult<Option<Market>> {
         const SQL: &str = "SELECT code, display_name, currency_code, minor_unit_digits, tax_included, azure_reservations_available \
                            FROM markets WHERE code = $1";
         let row: Option<MarketRow> =
@@ -76,7 +76,7 @@ impl CatalogStore {
         include_reservations: bool,
         after: &str,
         limit: u32,
-    ) -> ApiResult<Vec<Product>> {
+    ) -> StoreResult<Vec<Product>> {
         const SQL: &str = "SELECT id, title, description, kind, cancellation_window_days FROM products \
                            WHERE id > $1 AND ($2 = '' OR kind = $2) AND ($3 OR kind <> 'azure_reservation') \
                            ORDER BY id LIMIT $4";
@@ -93,7 +93,11 @@ impl CatalogStore {
 
     /// One product with its SKUs (priced when `market` is given) and download
     /// options.
-    pub async fn get_product(&self, id: &str, market: Option<&str>) -> ApiResult<Option<Product>> {
+    pub async fn get_product(
+        &self,
+        id: &str,
+        market: Option<&str>,
+    ) -> StoreResult<Option<Product>> {
         const SQL: &str = "SELECT id, title, description, kind, cancellation_window_days FROM products WHERE id = $1";
         let rows: Vec<ProductRow> =
             on_db!(&self.db, pool => sqlx::query_as(SQL).bind(id).fetch_all(pool).await)?;
@@ -101,14 +105,14 @@ impl CatalogStore {
     }
 
     /// The product id of a SKU.
-    pub async fn product_of_sku(&self, sku_id: &str) -> ApiResult<Option<String>> {
+    pub async fn product_of_sku(&self, sku_id: &str) -> StoreResult<Option<String>> {
         const SQL: &str = "SELECT product_id FROM skus WHERE id = $1";
         let id: Option<String> = on_db!(&self.db, pool => sqlx::query_scalar(SQL).bind(sku_id).fetch_optional(pool).await)?;
         Ok(id)
     }
 
     /// The compute rates of a market, for Azure Hybrid Benefit estimates.
-    pub async fn compute_rates(&self, market: &str) -> ApiResult<Option<Rates>> {
+    pub async fn compute_rates(&self, market: &str) -> StoreResult<Option<Rates>> {
         const SQL: &str = "SELECT windows_rate_micro_minor, base_rate_micro_minor FROM compute_rates WHERE market = $1";
         let row: Option<(i64, i64)> =
             on_db!(&self.db, pool => sqlx::query_as(SQL).bind(market).fetch_optional(pool).await)?;
@@ -124,7 +128,7 @@ impl CatalogStore {
         &self,
         rows: Vec<ProductRow>,
         market: Option<&str>,
-    ) -> ApiResult<Vec<Product>> {
+    ) -> StoreResult<Vec<Product>> {
         let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
             return Ok(Vec::new());
         };
@@ -145,11 +149,10 @@ impl CatalogStore {
             .into_iter()
             .map(|(id, title, description, kind, window)| {
                 Ok(Product {
-                    kind: ProductKind::parse(&kind).ok_or_else(|| {
-                        corrupt(format!("product {id} has unknown kind {kind:?}"))
-                    })?,
+                    kind: ProductKind::parse(&kind)
+                        .ok_or_else(|| StoreError::corrupt("products.kind", kind))?,
                     cancellation_window_days: u32::try_from(window).map_err(|_| {
-                        corrupt(format!("product {id} has a negative cancellation window"))
+                        StoreError::corrupt("products.cancellation_window_days", window.to_string())
                     })?,
                     id,
                     title,
@@ -158,14 +161,13 @@ impl CatalogStore {
                     download_options: DownloadOptions::default(),
                 })
             })
-            .collect::<ApiResult<Vec<Product>>>()?;
+            .collect::<StoreResult<Vec<Product>>>()?;
 
         for (id, product_id, title, term, price) in skus {
             let Some(product) = products.iter_mut().find(|p| p.id == product_id) else {
                 continue; // a product in the id range but filtered out
             };
-            let term = Term::parse(&term)
-                .ok_or_else(|| corrupt(format!("SKU {id} has unknown term {term:?}")))?;
+            let term = Term::parse(&term).ok_or_else(|| StoreError::corrupt("skus.term", term))?;
             product.skus.push(Sku {
                 id,
                 product_id,
@@ -182,10 +184,11 @@ impl CatalogStore {
             match kind.as_str() {
                 "version" => options.versions.push(value),
                 "language" => options.languages.push(value),
-                _ => options.file_types.push(FileType {
+                "file_type" => options.file_types.push(FileType {
                     id: value,
                     display_name,
                 }),
+                _ => return Err(StoreError::corrupt("download_options.kind", kind)),
             }
         }
         Ok(products)
@@ -203,8 +206,4 @@ fn market_from_row(row: MarketRow) -> Market {
         tax_included,
         azure_reservations_available,
     }
-}
-
-fn corrupt(message: String) -> ApiError {
-    ApiError::Internal(anyhow::anyhow!("catalog data is inconsistent: {message}"))
 }

@@ -108,7 +108,9 @@ impl TokenVerifier for Hs256Verifier {
 
 /// Checks claims that every verifier shares.
 pub fn user_from_claims(claims: UserClaims) -> Result<UserCaller, AuthError> {
-    let partner_id = Uuid::parse_str(&claims.partner_id)
+    let partner_id = claims
+        .partner_id
+        .parse()
         .map_err(|_| AuthError::BadClaim("partner_id claim is not a UUID".to_owned()))?;
     if claims.sub.trim().is_empty() {
         return Err(AuthError::BadClaim("sub claim is empty".to_owned()));
@@ -184,7 +186,7 @@ mod tests {
         )
         .unwrap();
         let user = Hs256Verifier::new(&secret()).verify(&token).unwrap();
-        assert_eq!(user.partner_id, partner);
+        assert_eq!(user.partner_id, partner.into());
         assert!(user.roles.contains(Role::AdminAgent));
         assert_eq!(user.display_name, "Ada");
     }

@@ -4,21 +4,24 @@
 //! still fails is logged as lost. Unauthenticated calls name no partner and
 //! are only logged.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use csp_kit::clock::{Clock as _, SystemClock, to_timestamp};
+use csp_kit::activity::Activity;
+use csp_kit::backoff::Backoff;
+use csp_kit::clock::{Clock as _, SystemClock};
 use csp_kit::identity::{IdentityKey, UserCaller};
+use csp_kit::peer::signed_channel;
 use csp_kit::shutdown::Shutdown;
-use csp_kit::upstream::signed_channel;
 use csp_proto::audit::v1::audit_intake_service_client::AuditIntakeServiceClient;
-use csp_proto::audit::v1::{Activity, ActivityRecord, ActivityType, RecordActivitiesRequest};
+use csp_proto::audit::v1::{ActivityRecord, ActivityType, RecordActivitiesRequest};
 use tokio::sync::mpsc;
 
 const QUEUE: usize = 10_000;
 const BATCH: usize = 100;
-const ATTEMPTS: u32 = 6;
+const ATTEMPTS: i32 = 6;
+/// How a batch is retried while audit does not take it.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
 
 /// Reports denied calls to audit.
 #[derive(Clone, Debug)]
@@ -41,23 +44,12 @@ impl DeniedCalls {
 
     /// Queues a denied call.
     pub fn report(&self, user: &UserCaller, method: &str, reason: &str) {
-        let id = uuid::Uuid::new_v4().to_string();
-        let record = ActivityRecord {
-            partner_id: user.partner_id.to_string(),
-            activity: Some(Activity {
-                id,
-                r#type: ActivityType::CallDenied as i32,
-                occur_time: Some(to_timestamp(SystemClock.now())),
-                user_id: user.user_id.clone(),
-                user_display_name: user.display_name.clone(),
-                details: HashMap::from([
-                    ("method".to_owned(), method.to_owned()),
-                    ("reason".to_owned(), reason.to_owned()),
-                    ("roles".to_owned(), user.roles.names().join(",")),
-                ]),
-                ..Default::default()
-            }),
-        };
+        let record = Activity::new(user.partner_id, ActivityType::CallDenied, SystemClock.now())
+            .by_user(user)
+            .detail("method", method)
+            .detail("reason", reason)
+            .detail("roles", user.roles.names().join(","))
+            .record();
         if self.tx.try_send(record).is_err() {
             tracing::warn!(
                 method,
@@ -68,7 +60,7 @@ impl DeniedCalls {
 }
 
 async fn deliver(
-    client: AuditIntakeServiceClient<csp_kit::upstream::Signed>,
+    client: AuditIntakeServiceClient<csp_kit::peer::Signed>,
     mut rx: mpsc::Receiver<ActivityRecord>,
     shutdown: Shutdown,
 ) {
@@ -85,7 +77,6 @@ async fn deliver(
                 Err(_) => break,
             }
         }
-        let mut delay = Duration::from_millis(200);
         let mut sent = false;
         for attempt in 1..=ATTEMPTS {
             match client
@@ -101,8 +92,7 @@ async fn deliver(
                 }
                 Err(status) if attempt < ATTEMPTS => {
                     tracing::debug!(code = ?status.code(), attempt, "audit unavailable for denied calls; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
+                    tokio::time::sleep(RETRY.delay(attempt)).await;
                 }
                 Err(_) => {}
             }

@@ -21,7 +21,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use csp_kit::access::{self, PublicMethod};
-use csp_kit::config::{DEV_INTERNAL_KEY, DEV_JWT_SECRET, Secret};
+use csp_kit::config::{
+    self as kit_config, AuditUrl, CatalogUrl, DEV_INTERNAL_KEY, DEV_JWT_SECRET, LicensingUrl,
+    OrderingUrl, Secret, SupportUrl,
+};
 use csp_kit::identity::{IDENTITY_HEADER, IdentityKey, REQUEST_ID_HEADER, UserCaller};
 use csp_kit::roles::RoleSet;
 use csp_kit::server::{self, ReflectionScope};
@@ -36,11 +39,9 @@ use crate::auth::{Hs256Verifier, TokenVerifier};
 use crate::balance::{Forwarder, Replicas};
 
 /// Where the download listener listens by default.
-pub const DEFAULT_HTTP_ADDR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+pub const DEFAULT_HTTP_ADDR: SocketAddr = kit_config::local(8080);
 /// Where the gateway listens by default.
-pub const DEFAULT_ADDR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50051);
+pub const DEFAULT_ADDR: SocketAddr = kit_config::local(kit_config::ports::GATEWAY);
 
 /// The gateway's configuration.
 #[derive(clap::Args, Clone, Debug)]
@@ -66,56 +67,62 @@ pub struct Config {
     pub backends: Backends,
 }
 
-/// The backends' gRPC URLs. Each may be several comma-separated URLs; every
-/// address they resolve to is a replica the gateway spreads calls over.
+/// The backends' gRPC URLs (the options every caller shares). Each may be
+/// several comma-separated URLs; every address they resolve to is a replica
+/// the gateway spreads calls over.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Backends {
     /// The catalog service.
-    #[arg(
-        long = "catalog-url",
-        env = "CSP_CATALOG_URL",
-        default_value = "http://127.0.0.1:50061"
-    )]
-    pub catalog: String,
+    #[command(flatten)]
+    pub catalog: CatalogUrl,
     /// The ordering service.
-    #[arg(
-        long = "ordering-url",
-        env = "CSP_ORDERING_URL",
-        default_value = "http://127.0.0.1:50062"
-    )]
-    pub ordering: String,
+    #[command(flatten)]
+    pub ordering: OrderingUrl,
     /// The licensing service.
-    #[arg(
-        long = "licensing-url",
-        env = "CSP_LICENSING_URL",
-        default_value = "http://127.0.0.1:50063"
-    )]
-    pub licensing: String,
+    #[command(flatten)]
+    pub licensing: LicensingUrl,
     /// The audit service.
-    #[arg(
-        long = "audit-url",
-        env = "CSP_AUDIT_URL",
-        default_value = "http://127.0.0.1:50064"
-    )]
-    pub audit: String,
+    #[command(flatten)]
+    pub audit: AuditUrl,
     /// The support service.
-    #[arg(
-        long = "support-url",
-        env = "CSP_SUPPORT_URL",
-        default_value = "http://127.0.0.1:50065"
-    )]
-    pub support: String,
+    #[command(flatten)]
+    pub support: SupportUrl,
 }
 
 impl Backends {
+    /// The backends at these URLs.
+    pub fn at(
+        catalog: String,
+        ordering: String,
+        licensing: String,
+        audit: String,
+        support: String,
+    ) -> Self {
+        Self {
+            catalog: CatalogUrl {
+                catalog_url: catalog,
+            },
+            ordering: OrderingUrl {
+                ordering_url: ordering,
+            },
+            licensing: LicensingUrl {
+                licensing_url: licensing,
+            },
+            audit: AuditUrl { audit_url: audit },
+            support: SupportUrl {
+                support_url: support,
+            },
+        }
+    }
+
     /// The backend serving a proto package, by name and URL.
     fn for_package(&self, package: &str) -> Option<(&'static str, &str)> {
         match package {
-            "csp.catalog.v1" => Some(("catalog", &self.catalog)),
-            "csp.ordering.v1" => Some(("ordering", &self.ordering)),
-            "csp.licensing.v1" => Some(("licensing", &self.licensing)),
-            "csp.audit.v1" => Some(("audit", &self.audit)),
-            "csp.support.v1" => Some(("support", &self.support)),
+            "csp.catalog.v1" => Some(("catalog", &self.catalog.catalog_url)),
+            "csp.ordering.v1" => Some(("ordering", &self.ordering.ordering_url)),
+            "csp.licensing.v1" => Some(("licensing", &self.licensing.licensing_url)),
+            "csp.audit.v1" => Some(("audit", &self.audit.audit_url)),
+            "csp.support.v1" => Some(("support", &self.support.support_url)),
             _ => None,
         }
     }
@@ -213,7 +220,7 @@ async fn serve_grpc(
     let gateway = Arc::new(Gateway {
         routes,
         denied: denied::DeniedCalls::start(
-            &config.backends.audit,
+            &config.backends.audit.audit_url,
             &std::sync::Arc::new(IdentityKey::new(&config.internal_key)),
             shutdown.clone(),
         )?,

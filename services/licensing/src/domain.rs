@@ -120,6 +120,45 @@ pub fn content_url(
     )
 }
 
+/// Whether software bought for a customer can still be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntitlementStatus {
+    /// Keys and links may be handed out.
+    Active,
+    /// The subscription was cancelled: keys and links are revoked.
+    Revoked,
+}
+
+impl EntitlementStatus {
+    /// The stored spelling.
+    pub fn as_db(self) -> &'static str {
+        match self {
+            EntitlementStatus::Active => "active",
+            EntitlementStatus::Revoked => "revoked",
+        }
+    }
+
+    /// The status a stored spelling names; `None` for anything else.
+    pub fn from_db(value: &str) -> Option<Self> {
+        match value {
+            "active" => Some(EntitlementStatus::Active),
+            "revoked" => Some(EntitlementStatus::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// FAILED_PRECONDITION for a revoked entitlement.
+pub fn revoked_error(subscription_id: &str) -> ApiError {
+    ApiError::failed_precondition(
+        "SUBSCRIPTION_CANCELLED",
+        format!("subscription/{subscription_id}"),
+        format!(
+            "subscription {subscription_id} was cancelled: its product keys and download links are revoked"
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

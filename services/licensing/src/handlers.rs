@@ -3,11 +3,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use csp_kit::activity::Activity;
 use csp_kit::clock::{Clock, Micros, to_rfc3339, to_timestamp};
-use csp_kit::outbox::Message;
-use csp_kit::upstream::{AUDIT, Signed, encode};
+use csp_kit::ids::{PartnerId, SubscriptionId, TenantId};
+use csp_kit::peer::{PeerResult as _, Signed};
 use csp_kit::{ApiError, ApiResult, Caller};
-use csp_proto::audit::v1::{Activity, ActivityRecord, ActivityType};
+use csp_proto::audit::v1::ActivityType;
 use csp_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use csp_proto::catalog::v1::{DownloadOptions, GetProductRequest, ProductKind};
 use csp_proto::common::v1::RejectedEvent;
@@ -16,13 +17,16 @@ use csp_proto::licensing::v1::licensing_internal_service_server::LicensingIntern
 use csp_proto::licensing::v1::licensing_service_server::LicensingService;
 use csp_proto::ordering::v1::ordering_internal_service_client::OrderingInternalServiceClient;
 use csp_proto::ordering::v1::{CheckCustomerRequest, OrderingEvent, ordering_event};
+use csp_store::outbox::Message;
 use tokio::sync::Notify;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::domain::EntitlementStatus;
 use crate::domain::{self, LINK_LIFETIME, MAX_DOWNLOADS, Options};
 use crate::secrets::{self, Sealer};
-use crate::storage::{Download, Entitlement, LicensingStore, NewLink, Redeemed, Selection};
+use crate::storage::{Entitlement, LicensingStore, NewLink, Redeemed, Selection};
+use csp_store::StoreError;
 
 /// Where links point and files live.
 #[derive(Clone, Debug)]
@@ -77,17 +81,14 @@ impl LicensingApi {
                 market: String::new(),
             })
             .await
+            .peer("catalog")
         {
-            Ok(response) => Ok(response
-                .into_inner()
+            Ok(answer) => Ok(answer
                 .product
                 .and_then(|p| p.download_options)
                 .unwrap_or_default()),
-            Err(status) if status.code() == Code::NotFound => Ok(DownloadOptions::default()),
-            Err(status) => Err(ApiError::Unavailable(format!(
-                "the catalog is unavailable ({}); try again",
-                status.message()
-            ))),
+            Err(error) if error.is_not_found() => Ok(DownloadOptions::default()),
+            Err(error) => Err(error.into()),
         }
     }
 
@@ -97,16 +98,17 @@ impl LicensingApi {
         r: pb::GetKeysAndDownloadsRequest,
     ) -> ApiResult<pb::GetKeysAndDownloadsResponse> {
         let partner = user.partner_id.to_string();
-        let customer = parse_uuid("customer_tenant_id", &r.customer_tenant_id)?;
-        let subscription = parse_uuid("subscription_id", &r.subscription_id)?;
+        let customer = TenantId::parse("customer_tenant_id", &r.customer_tenant_id)?.to_string();
+        let subscription =
+            SubscriptionId::parse("subscription_id", &r.subscription_id)?.to_string();
         let entitlement = self
             .store
             .entitlement(&partner, &subscription)
             .await?
             .filter(|e| e.customer_tenant_id == customer)
             .ok_or_else(|| ApiError::not_found("subscription", &subscription))?;
-        if entitlement.status != "active" {
-            return Err(crate::storage::revoked_error(&subscription));
+        if entitlement.status != EntitlementStatus::Active {
+            return Err(domain::revoked_error(&subscription));
         }
         let options = self.options(&entitlement.product_id).await?;
         let options = Options {
@@ -141,6 +143,24 @@ impl LicensingApi {
             max_downloads: MAX_DOWNLOADS,
             issued_by_user_id: user.user_id.clone(),
         };
+        let activity = |kind| {
+            self.activity(kind, &entitlement, now)
+                .by_user(user)
+                .detail("version", &selection.version)
+                .detail("language", &selection.language)
+                .detail("file_type", &selection.file_type)
+        };
+        let key_accessed = Message::activity(
+            &entitlement.subscription_id,
+            activity(ActivityType::KeyAccessed),
+        );
+        let link_issued = Message::activity(
+            &entitlement.subscription_id,
+            activity(ActivityType::DownloadLinkIssued)
+                .detail("link_id", &fresh_link.id)
+                .detail("expires_at", to_rfc3339(fresh_link.expires_at))
+                .detail("max_downloads", fresh_link.max_downloads),
+        );
         let issued = self
             .store
             .issue(
@@ -149,42 +169,11 @@ impl LicensingApi {
                 now,
                 &fresh_key,
                 &fresh_link,
-                |issued| {
-                    let details = |extra: &[(&str, String)]| {
-                        let mut map = HashMap::from([
-                            ("version".to_owned(), selection.version.clone()),
-                            ("language".to_owned(), selection.language.clone()),
-                            ("file_type".to_owned(), selection.file_type.clone()),
-                        ]);
-                        map.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
-                        map
-                    };
-                    let mut messages = vec![self.activity(
-                        ActivityType::KeyAccessed,
-                        &entitlement,
-                        now,
-                        &user.user_id,
-                        &user.display_name,
-                        details(&[]),
-                    )];
-                    if issued.link_is_new {
-                        messages.push(self.activity(
-                            ActivityType::DownloadLinkIssued,
-                            &entitlement,
-                            now,
-                            &user.user_id,
-                            &user.display_name,
-                            details(&[
-                                ("link_id", issued.link.id.clone()),
-                                ("expires_at", to_rfc3339(issued.link.expires_at)),
-                                ("max_downloads", issued.link.max_downloads.to_string()),
-                            ]),
-                        ));
-                    }
-                    messages
-                },
+                &[key_accessed],
+                &[link_issued],
             )
-            .await?;
+            .await?
+            .ok_or_else(|| domain::revoked_error(&subscription))?;
         self.relay.notify_one();
         let product_key = self.sealer.open(&issued.sealed_key, &key_context)?;
         let token = self
@@ -212,49 +201,30 @@ impl LicensingApi {
         })
     }
 
-    /// An activity for the audit log, through the outbox, in the
-    /// subscription's stream.
-    fn activity(
-        &self,
-        kind: ActivityType,
-        e: &Entitlement,
-        at: Micros,
-        user_id: &str,
-        user_name: &str,
-        details: HashMap<String, String>,
-    ) -> Message {
-        let event_id = Uuid::new_v4().to_string();
-        Message {
-            destination: AUDIT,
-            event_id: event_id.clone(),
-            stream: e.subscription_id.clone(),
-            payload: encode(&ActivityRecord {
-                partner_id: e.partner_id.clone(),
-                activity: Some(Activity {
-                    id: event_id,
-                    r#type: kind as i32,
-                    occur_time: Some(to_timestamp(at)),
-                    user_id: user_id.to_owned(),
-                    user_display_name: user_name.to_owned(),
-                    customer_tenant_id: e.customer_tenant_id.clone(),
-                    subscription_id: e.subscription_id.clone(),
-                    product_id: e.product_id.clone(),
-                    details,
-                }),
-            }),
-        }
+    /// An activity about an entitlement, for the audit log.
+    fn activity(&self, kind: ActivityType, e: &Entitlement, at: Micros) -> Activity {
+        Activity::new(e.partner_id, kind, at)
+            .customer(&e.customer_tenant_id)
+            .subscription(&e.subscription_id)
+            .product(&e.product_id)
     }
 
-    async fn apply(&self, event: OrderingEvent) -> Result<bool, String> {
+    /// Applies one of ordering's events once; `Ok(false)` when it was
+    /// applied before.
+    async fn apply(&self, event: OrderingEvent) -> Result<bool, ApplyError> {
         let now = self.clock.now();
         if Uuid::parse_str(&event.event_id).is_err() {
-            return Err("event_id is not a UUID".to_owned());
+            return Err(ApplyError::Invalid("event_id is not a UUID"));
         }
+        let partner_id: PartnerId = event
+            .partner_id
+            .parse()
+            .map_err(|_| ApplyError::Invalid("the partner id is missing or not a UUID"))?;
         match event.payload {
             Some(ordering_event::Payload::OrderPlaced(placed)) => {
-                let order = placed
-                    .order
-                    .ok_or("an OrderPlaced event without its order")?;
+                let order = placed.order.ok_or(ApplyError::Invalid(
+                    "an OrderPlaced event without its order",
+                ))?;
                 let titles: HashMap<&str, &str> = order
                     .lines
                     .iter()
@@ -266,7 +236,7 @@ impl LicensingApi {
                     .filter(|s| s.product_kind == ProductKind::ServerSubscription as i32)
                     .map(|s| Entitlement {
                         subscription_id: s.id.clone(),
-                        partner_id: event.partner_id.clone(),
+                        partner_id,
                         customer_tenant_id: s.customer_tenant_id.clone(),
                         order_id: s.order_id.clone(),
                         product_id: s.product_id.clone(),
@@ -275,56 +245,64 @@ impl LicensingApi {
                             .copied()
                             .unwrap_or(&s.product_id)
                             .to_owned(),
-                        status: "active".to_owned(),
+                        status: EntitlementStatus::Active,
                         provisioned_at: now,
                         revoked_at: None,
                     })
                     .collect();
-                if entitlements.iter().any(|e| {
-                    Uuid::parse_str(&e.subscription_id).is_err() || e.partner_id.is_empty()
-                }) {
-                    return Err("a subscription id or the partner id is missing".to_owned());
+                if entitlements
+                    .iter()
+                    .any(|e| Uuid::parse_str(&e.subscription_id).is_err())
+                {
+                    return Err(ApplyError::Invalid("a subscription id is missing"));
                 }
-                self.store
+                Ok(self
+                    .store
                     .provision(&event.event_id, &entitlements, now)
-                    .await
-                    .map_err(|e| format!("retry: {e}"))
+                    .await?)
             }
             Some(ordering_event::Payload::SubscriptionCancelled(cancelled)) => {
-                let s = cancelled
-                    .subscription
-                    .ok_or("a SubscriptionCancelled event without its subscription")?;
+                let s = cancelled.subscription.ok_or(ApplyError::Invalid(
+                    "a SubscriptionCancelled event without its subscription",
+                ))?;
                 let tombstone = Entitlement {
                     subscription_id: s.id.clone(),
-                    partner_id: event.partner_id.clone(),
+                    partner_id,
                     customer_tenant_id: s.customer_tenant_id.clone(),
                     order_id: s.order_id.clone(),
                     product_id: s.product_id.clone(),
                     product_title: s.product_id.clone(),
-                    status: "revoked".to_owned(),
+                    status: EntitlementStatus::Revoked,
                     provisioned_at: now,
                     revoked_at: Some(now),
                 };
                 let applied = self
                     .store
                     .revoke_from_event(&event.event_id, &tombstone, now)
-                    .await
-                    .map_err(|e| format!("retry: {e}"))?;
+                    .await?;
                 if applied {
                     tracing::info!(subscription_id = %s.id, "entitlement revoked: subscription cancelled");
                 }
                 Ok(applied)
             }
-            None => Err("the event carries no payload".to_owned()),
+            None => Err(ApplyError::Invalid("the event carries no payload")),
         }
     }
 }
 
-fn parse_uuid(field: &str, value: &str) -> ApiResult<String> {
-    let value = value.trim();
-    Uuid::parse_str(value)
-        .map(|u| u.to_string())
-        .map_err(|_| ApiError::invalid(field, format!("{value:?} is not a UUID")))
+/// Why an event was not applied.
+#[derive(Debug)]
+enum ApplyError {
+    /// The event can never be applied: rejected, with the reason.
+    Invalid(&'static str),
+    /// Storage failed: the whole batch comes again.
+    Store(StoreError),
+}
+
+impl From<StoreError> for ApplyError {
+    fn from(error: StoreError) -> Self {
+        ApplyError::Store(error)
+    }
 }
 
 #[tonic::async_trait]
@@ -334,7 +312,9 @@ impl LicensingService for LicensingApi {
         request: Request<pb::ListSoftwareRequest>,
     ) -> Result<Response<pb::ListSoftwareResponse>, Status> {
         let partner = Caller::user_of(&request)?.partner_id.to_string();
-        let customer = parse_uuid("customer_tenant_id", &request.get_ref().customer_tenant_id)?;
+        let customer =
+            TenantId::parse("customer_tenant_id", &request.get_ref().customer_tenant_id)?
+                .to_string();
         let entitlements = self.store.entitlements_of(&partner, &customer).await?;
         if entitlements.is_empty() {
             // Nothing bought, or no such customer for this partner: ordering knows.
@@ -345,19 +325,14 @@ impl LicensingService for LicensingApi {
                     partner_id: partner.clone(),
                     tenant_id: customer.clone(),
                 })
-                .await;
+                .await
+                .peer("ordering");
             match checked {
                 Ok(_) => {}
-                Err(status) if status.code() == Code::NotFound => {
+                Err(error) if error.is_not_found() => {
                     return Err(ApiError::not_found("customer", &customer).into());
                 }
-                Err(status) => {
-                    return Err(ApiError::Unavailable(format!(
-                        "ordering is unavailable ({}); try again",
-                        status.message()
-                    ))
-                    .into());
-                }
+                Err(error) => return Err(ApiError::from(error).into()),
             }
         }
         let mut options: HashMap<String, DownloadOptions> = HashMap::new();
@@ -371,10 +346,9 @@ impl LicensingService for LicensingApi {
                 subscription_id: e.subscription_id.clone(),
                 product_id: e.product_id.clone(),
                 product_title: e.product_title.clone(),
-                status: if e.status == "active" {
-                    pb::EntitlementStatus::Active
-                } else {
-                    pb::EntitlementStatus::Revoked
+                status: match e.status {
+                    EntitlementStatus::Active => pb::EntitlementStatus::Active,
+                    EntitlementStatus::Revoked => pb::EntitlementStatus::Revoked,
                 } as i32,
                 download_options: options.get(&e.product_id).cloned(),
             });
@@ -408,11 +382,17 @@ impl LicensingInternalService for LicensingApi {
             match self.apply(event).await {
                 Ok(true) => applied += 1,
                 Ok(false) => {}
-                Err(reason) if reason.starts_with("retry: ") => {
-                    // A storage failure: the whole batch comes again.
-                    return Err(Status::unavailable(reason));
+                Err(ApplyError::Store(error)) => {
+                    // The whole batch comes again; the cause stays in this log.
+                    tracing::warn!(error = %anyhow::Error::new(error), "cannot store ordering events; the sender retries");
+                    return Err(Status::unavailable(
+                        "licensing cannot store events now; send the batch again later",
+                    ));
                 }
-                Err(reason) => rejected.push(RejectedEvent { event_id, reason }),
+                Err(ApplyError::Invalid(reason)) => rejected.push(RejectedEvent {
+                    event_id,
+                    reason: reason.to_owned(),
+                }),
             }
         }
         Ok(Response::new(pb::ApplyOrderingEventsResponse {
@@ -427,8 +407,9 @@ impl LicensingInternalService for LicensingApi {
     ) -> Result<Response<pb::RevokeSubscriptionResponse>, Status> {
         Caller::service_of(&request)?;
         let r = request.into_inner();
-        let partner = parse_uuid("partner_id", &r.partner_id)?;
-        let subscription = parse_uuid("subscription_id", &r.subscription_id)?;
+        let partner = PartnerId::parse("partner_id", &r.partner_id)?.to_string();
+        let subscription =
+            SubscriptionId::parse("subscription_id", &r.subscription_id)?.to_string();
         let revoked = self
             .store
             .revoke(&partner, &subscription, self.clock.now())
@@ -459,35 +440,28 @@ impl LicensingInternalService for LicensingApi {
         let now = self.clock.now();
         let redeemed = self
             .store
-            .redeem(&secrets::token_hash(&r.token), now, |d: &Download| {
-                let e = Entitlement {
-                    subscription_id: d.subscription_id.clone(),
-                    partner_id: d.partner_id.clone(),
-                    customer_tenant_id: d.customer_tenant_id.clone(),
-                    order_id: String::new(),
-                    product_id: d.product_id.clone(),
-                    product_title: String::new(),
-                    status: "active".to_owned(),
-                    provisioned_at: now,
-                    revoked_at: None,
-                };
-                let details = HashMap::from([
-                    ("link_id".to_owned(), d.link_id.clone()),
-                    (
-                        "download_count".to_owned(),
-                        format!("{} of {}", d.count, d.max_downloads),
-                    ),
-                    ("client_address".to_owned(), r.client_address.clone()),
-                    ("user_agent".to_owned(), r.user_agent.clone()),
-                    ("version".to_owned(), d.selection.version.clone()),
-                    ("language".to_owned(), d.selection.language.clone()),
-                    ("file_type".to_owned(), d.selection.file_type.clone()),
-                ]);
-                vec![self.activity(ActivityType::SoftwareDownloaded, &e, now, "", "", details)]
-            })
+            .redeem(&secrets::token_hash(&r.token), now)
             .await?;
         let response = match redeemed {
-            Redeemed::Counted(d) => {
+            Redeemed::Counted(counted) => {
+                let (d, pending) = *counted;
+                let downloaded = Activity::new(d.partner_id, ActivityType::SoftwareDownloaded, now)
+                    .customer(&d.customer_tenant_id)
+                    .subscription(&d.subscription_id)
+                    .product(&d.product_id)
+                    .detail("link_id", &d.link_id)
+                    .detail(
+                        "download_count",
+                        format!("{} of {}", d.count, d.max_downloads),
+                    )
+                    .detail("client_address", &r.client_address)
+                    .detail("user_agent", &r.user_agent)
+                    .detail("version", &d.selection.version)
+                    .detail("language", &d.selection.language)
+                    .detail("file_type", &d.selection.file_type);
+                pending
+                    .commit(&[Message::activity(&d.subscription_id, downloaded)])
+                    .await?;
                 self.relay.notify_one();
                 pb::RedeemDownloadLinkResponse {
                     outcome: pb::RedeemOutcome::Redirect as i32,

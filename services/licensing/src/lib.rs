@@ -21,14 +21,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use csp_kit::clock::Clock;
-use csp_kit::config::{BackendArgs, Secret};
-use csp_kit::identity::IdentityKey;
-use csp_kit::outbox::{Destination, Relay, RelaySettings};
-use csp_kit::server;
+use csp_kit::config::{self, AuditUrl, BackendArgs, CatalogUrl, OrderingUrl, Secret};
 use csp_kit::shutdown::Shutdown;
-use csp_kit::upstream::{AuditDestination, signed_channel};
 use csp_proto::licensing::v1::licensing_internal_service_server::LicensingInternalServiceServer;
 use csp_proto::licensing::v1::licensing_service_server::LicensingServiceServer;
+use csp_store::backend::{Backend, Outbox};
+use csp_store::outbox::audit_destination;
 use tokio::net::TcpListener;
 
 use crate::handlers::{LicensingApi, Urls};
@@ -37,8 +35,7 @@ use crate::storage::LicensingStore;
 /// The service's name in logs, data files, database names and identities.
 pub const NAME: &str = "licensing";
 /// Where the service listens by default.
-pub const DEFAULT_ADDR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50063);
+pub const DEFAULT_ADDR: SocketAddr = config::local(config::ports::LICENSING);
 /// The development default of the key product keys and link tokens are sealed
 /// with; a deployment sets `CSP_LICENSING_KEY`.
 pub const DEV_SEALING_KEY: &str = "csp-development-licensing-key-change-me";
@@ -49,27 +46,15 @@ pub struct Config {
     /// Shared backend settings.
     #[command(flatten)]
     pub backend: BackendArgs,
-    /// The catalog service, for download options.
-    #[arg(
-        long = "catalog-url",
-        env = "CSP_CATALOG_URL",
-        default_value = "http://127.0.0.1:50061"
-    )]
-    pub catalog_url: String,
-    /// The ordering service, which knows the partner's customers.
-    #[arg(
-        long = "ordering-url",
-        env = "CSP_ORDERING_URL",
-        default_value = "http://127.0.0.1:50062"
-    )]
-    pub ordering_url: String,
-    /// The audit service, which receives activities.
-    #[arg(
-        long = "audit-url",
-        env = "CSP_AUDIT_URL",
-        default_value = "http://127.0.0.1:50064"
-    )]
-    pub audit_url: String,
+    /// The catalog, for download options.
+    #[command(flatten)]
+    pub catalog: CatalogUrl,
+    /// Ordering, to tell an unknown customer from one with nothing bought.
+    #[command(flatten)]
+    pub ordering: OrderingUrl,
+    /// Audit, which receives activities.
+    #[command(flatten)]
+    pub audit: AuditUrl,
     /// The key product keys and link tokens are sealed with in the database.
     #[arg(long, env = "CSP_LICENSING_KEY", default_value = DEV_SEALING_KEY, hide_default_value = true)]
     pub sealing_key: Secret,
@@ -99,46 +84,35 @@ pub async fn run(
     shutdown: Shutdown,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
-    let starting = server::start_backend(
+    let mut backend = Backend::start(
         NAME,
+        &config.backend,
         listener,
-        &config.backend.internal_key,
-        shutdown.clone(),
+        shutdown,
+        &storage::MIGRATIONS,
+        Outbox::Present,
     )
     .await?;
-    let db = server::open_database(NAME, &config.backend, &storage::MIGRATIONS).await?;
-    let _metrics = csp_kit::metrics::watch_database(NAME, &db, csp_kit::metrics::Outbox::Present);
-
-    let key = Arc::new(IdentityKey::new(&config.backend.internal_key));
-    let destinations: Vec<Arc<dyn Destination>> = vec![Arc::new(AuditDestination::new(
-        signed_channel(&config.audit_url, &key, NAME)?,
-    ))];
-    let relay = Relay::new(
-        db.clone(),
-        destinations,
-        csp_kit::clock::system(),
-        RelaySettings::default(),
-    );
+    let relay = backend.relay(vec![audit_destination(
+        backend.channel(&config.audit.audit_url)?,
+    )]);
     let api = LicensingApi::new(
-        LicensingStore::new(db.clone()),
-        signed_channel(&config.catalog_url, &key, NAME)?,
-        signed_channel(&config.ordering_url, &key, NAME)?,
+        LicensingStore::new(backend.db().clone()),
+        backend.channel(&config.catalog.catalog_url)?,
+        backend.channel(&config.ordering.ordering_url)?,
         secrets::Sealer::new(&config.sealing_key)?,
         clock,
         Urls {
             download_base: config.download_base_url.clone(),
             content_origin: config.content_origin.clone(),
         },
-        relay.waker(),
+        relay,
     );
-    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
-    let served = starting
-        .ready_on(&db, server::DATABASE_CHECK, |routes| {
+    backend
+        .serve(|routes| {
             routes
                 .add_service(LicensingServiceServer::new(api.clone()))
                 .add_service(LicensingInternalServiceServer::new(api))
         })
-        .await;
-    server::wind_down(&db, vec![relay_task]).await;
-    served
+        .await
 }

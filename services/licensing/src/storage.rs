@@ -2,9 +2,13 @@
 //! partner; secrets arrive here already sealed.
 
 use csp_kit::clock::Micros;
-use csp_kit::db::{Db, MigrationSource, Migrations};
-use csp_kit::outbox::{self, Message};
-use csp_kit::{ApiError, ApiResult, on_db, on_tx};
+use csp_kit::ids::PartnerId;
+use csp_store::error::parse;
+
+use crate::domain::EntitlementStatus;
+use csp_store::db::{Db, DbTx, MigrationSource, Migrations};
+use csp_store::outbox::{self, Message};
+use csp_store::{StoreError, StoreResult, on_db, on_tx};
 
 /// The licensing service's migrations.
 pub const MIGRATIONS: Migrations = Migrations {
@@ -24,7 +28,7 @@ pub struct Entitlement {
     /// The subscription.
     pub subscription_id: String,
     /// The partner.
-    pub partner_id: String,
+    pub partner_id: PartnerId,
     /// The customer.
     pub customer_tenant_id: String,
     /// The order.
@@ -33,8 +37,8 @@ pub struct Entitlement {
     pub product_id: String,
     /// Its title.
     pub product_title: String,
-    /// `active` or `revoked`.
-    pub status: String,
+    /// Active, or revoked.
+    pub status: EntitlementStatus,
     /// When it was provisioned.
     pub provisioned_at: Micros,
     /// When it was revoked.
@@ -53,7 +57,7 @@ type EntitlementRow = (
     Option<i64>,
 );
 
-fn entitlement(row: EntitlementRow) -> Entitlement {
+fn entitlement(row: EntitlementRow) -> StoreResult<Entitlement> {
     let (
         subscription_id,
         partner_id,
@@ -65,17 +69,18 @@ fn entitlement(row: EntitlementRow) -> Entitlement {
         at,
         revoked,
     ) = row;
-    Entitlement {
+    Ok(Entitlement {
         subscription_id,
-        partner_id,
+        partner_id: parse("entitlements.partner_id", &partner_id)?,
         customer_tenant_id,
         order_id,
         product_id,
         product_title,
-        status,
+        status: EntitlementStatus::from_db(&status)
+            .ok_or_else(|| StoreError::corrupt("entitlements.status", status))?,
         provisioned_at: at,
         revoked_at: revoked,
-    }
+    })
 }
 
 const ENTITLEMENT_COLUMNS: &str = "subscription_id, partner_id, customer_tenant_id, order_id, product_id, \
@@ -145,7 +150,7 @@ pub struct Download {
     /// Downloads the link allows.
     pub max_downloads: i32,
     /// Partner.
-    pub partner_id: String,
+    pub partner_id: PartnerId,
     /// Customer.
     pub customer_tenant_id: String,
     /// Subscription.
@@ -157,10 +162,10 @@ pub struct Download {
 }
 
 /// What redeeming a token came to.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum Redeemed {
-    /// Counted.
-    Counted(Download),
+    /// Counted, to be committed with its activity.
+    Counted(Box<(Download, PendingDownload)>),
     /// Not counted: the link's state says why.
     Refused(crate::domain::LinkState),
     /// No such link.
@@ -187,7 +192,7 @@ impl LicensingStore {
         event_id: &str,
         entitlements: &[Entitlement],
         now: Micros,
-    ) -> ApiResult<bool> {
+    ) -> StoreResult<bool> {
         let mut tx = self.db.begin().await?;
         if !first_time(&mut tx, event_id, now).await? {
             return Ok(false);
@@ -199,7 +204,7 @@ impl LicensingStore {
             );
             on_tx!(&mut tx, t => sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(&e.subscription_id)
-                .bind(&e.partner_id)
+                .bind(e.partner_id.to_string())
                 .bind(&e.customer_tenant_id)
                 .bind(&e.order_id)
                 .bind(&e.product_id)
@@ -222,7 +227,7 @@ impl LicensingStore {
         event_id: &str,
         tombstone: &Entitlement,
         now: Micros,
-    ) -> ApiResult<bool> {
+    ) -> StoreResult<bool> {
         let mut tx = self.db.begin().await?;
         if !first_time(&mut tx, event_id, now).await? {
             return Ok(false);
@@ -234,7 +239,7 @@ impl LicensingStore {
         let e = tombstone;
         on_tx!(&mut tx, t => sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(&e.subscription_id)
-            .bind(&e.partner_id)
+            .bind(e.partner_id.to_string())
             .bind(&e.customer_tenant_id)
             .bind(&e.order_id)
             .bind(&e.product_id)
@@ -243,7 +248,7 @@ impl LicensingStore {
             .execute(&mut **t)
             .await
             .map(drop))?;
-        revoke_in(&mut tx, &e.partner_id, &e.subscription_id, now).await?;
+        revoke_in(&mut tx, &e.partner_id.to_string(), &e.subscription_id, now).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -255,7 +260,7 @@ impl LicensingStore {
         partner_id: &str,
         subscription_id: &str,
         now: Micros,
-    ) -> ApiResult<Option<u64>> {
+    ) -> StoreResult<Option<u64>> {
         let mut tx = self.db.begin().await?;
         let found = revoke_in(&mut tx, partner_id, subscription_id, now).await?;
         tx.commit().await?;
@@ -267,7 +272,7 @@ impl LicensingStore {
         &self,
         partner_id: &str,
         customer: &str,
-    ) -> ApiResult<Vec<Entitlement>> {
+    ) -> StoreResult<Vec<Entitlement>> {
         let sql = format!(
             "SELECT {ENTITLEMENT_COLUMNS} FROM entitlements WHERE partner_id = $1 AND customer_tenant_id = $2 \
              ORDER BY product_title, subscription_id"
@@ -277,7 +282,7 @@ impl LicensingStore {
             .bind(customer)
             .fetch_all(pool)
             .await)?;
-        Ok(rows.into_iter().map(entitlement).collect())
+        rows.into_iter().map(entitlement).collect()
     }
 
     /// A partner's entitlement for a subscription.
@@ -285,7 +290,7 @@ impl LicensingStore {
         &self,
         partner_id: &str,
         subscription_id: &str,
-    ) -> ApiResult<Option<Entitlement>> {
+    ) -> StoreResult<Option<Entitlement>> {
         let sql = format!(
             "SELECT {ENTITLEMENT_COLUMNS} FROM entitlements WHERE partner_id = $1 AND subscription_id = $2"
         );
@@ -294,14 +299,16 @@ impl LicensingStore {
             .bind(subscription_id)
             .fetch_optional(pool)
             .await)?;
-        Ok(row.map(entitlement))
+        row.map(entitlement).transpose()
     }
 
-    /// In one transaction: keeps the entitlement active (FAILED_PRECONDITION
-    /// otherwise), takes the subscription's key for the version (storing
-    /// `fresh_key` when there is none), takes the current valid link for the
-    /// selection (storing `fresh_link` when there is none), and writes the
-    /// outbox messages `messages` makes for what was settled on.
+    /// In one transaction: checks the entitlement is still active (`None`
+    /// when it is not), takes the subscription's key for the version
+    /// (storing `fresh_key` when there is none), takes the current valid link
+    /// for the selection (storing `fresh_link` when there is none), and
+    /// writes `messages` to the outbox, and `new_link_messages` too when
+    /// `fresh_link` was stored.
+    #[allow(clippy::too_many_arguments)]
     pub async fn issue(
         &self,
         e: &Entitlement,
@@ -309,8 +316,9 @@ impl LicensingStore {
         now: Micros,
         fresh_key: &str,
         fresh_link: &NewLink,
-        messages: impl FnOnce(&Issued) -> Vec<Message>,
-    ) -> ApiResult<Issued> {
+        messages: &[Message],
+        new_link_messages: &[Message],
+    ) -> StoreResult<Option<Issued>> {
         let mut tx = self.db.begin().await?;
         // Touching the row serializes concurrent calls for one subscription
         // (a row lock on PostgreSQL; SQLite writers are serialized anyway).
@@ -321,7 +329,7 @@ impl LicensingStore {
             .await
             .map(|r| r.rows_affected()))?;
         if active == 0 {
-            return Err(revoked_error(&e.subscription_id));
+            return Ok(None);
         }
 
         const INSERT_KEY: &str = "INSERT INTO product_keys (subscription_id, version, sealed_key, created_at_us) \
@@ -372,7 +380,7 @@ impl LicensingStore {
                     .bind(&l.id)
                     .bind(&l.token_hash)
                     .bind(&l.sealed_token)
-                    .bind(&e.partner_id)
+                    .bind(e.partner_id.to_string())
                     .bind(&e.customer_tenant_id)
                     .bind(&e.subscription_id)
                     .bind(&e.product_id)
@@ -398,27 +406,23 @@ impl LicensingStore {
                 )
             }
         };
-        let issued = Issued {
+        let extra = if link_is_new { new_link_messages } else { &[] };
+        for message in messages.iter().chain(extra) {
+            outbox::enqueue(&mut tx, message).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(Issued {
             sealed_key,
             link,
             link_is_new,
-        };
-        for message in messages(&issued) {
-            outbox::enqueue(&mut tx, &message).await?;
-        }
-        tx.commit().await?;
-        Ok(issued)
+        }))
     }
 
     /// Counts one download of the link with `token_hash` if it still works,
-    /// atomically, writing the outbox messages `messages` makes for it in the
-    /// same transaction.
-    pub async fn redeem(
-        &self,
-        token_hash: &str,
-        now: Micros,
-        messages: impl FnOnce(&Download) -> Vec<Message>,
-    ) -> ApiResult<Redeemed> {
+    /// atomically. A counted download is not committed yet: the caller
+    /// finishes it with [`PendingDownload::commit`], which writes its outbox
+    /// messages in the same transaction.
+    pub async fn redeem(&self, token_hash: &str, now: Micros) -> StoreResult<Redeemed> {
         const COUNT: &str = "UPDATE download_links SET downloads = downloads + 1 \
                              WHERE token_hash = $1 AND revoked_at_us IS NULL AND expires_at_us > $2 \
                              AND downloads < max_downloads \
@@ -475,7 +479,7 @@ impl LicensingStore {
             link_id,
             count,
             max_downloads,
-            partner_id,
+            partner_id: parse("download_links.partner_id", &partner_id)?,
             customer_tenant_id: customer,
             subscription_id: subscription,
             product_id: product,
@@ -485,16 +489,27 @@ impl LicensingStore {
                 file_type,
             },
         };
-        for message in messages(&download) {
-            outbox::enqueue(&mut tx, &message).await?;
+        Ok(Redeemed::Counted(Box::new((download, PendingDownload(tx)))))
+    }
+}
+
+/// A counted download whose transaction is still open.
+#[derive(Debug)]
+pub struct PendingDownload(DbTx);
+
+impl PendingDownload {
+    /// Writes `messages` to the outbox and commits the count with them.
+    pub async fn commit(mut self, messages: &[Message]) -> StoreResult<()> {
+        for message in messages {
+            outbox::enqueue(&mut self.0, message).await?;
         }
-        tx.commit().await?;
-        Ok(Redeemed::Counted(download))
+        self.0.commit().await?;
+        Ok(())
     }
 }
 
 /// Records `event_id`; false when it was recorded before.
-async fn first_time(tx: &mut csp_kit::db::DbTx, event_id: &str, now: Micros) -> ApiResult<bool> {
+async fn first_time(tx: &mut DbTx, event_id: &str, now: Micros) -> StoreResult<bool> {
     const SQL: &str = "INSERT INTO processed_events (event_id, processed_at_us) VALUES ($1, $2) \
                        ON CONFLICT (event_id) DO NOTHING";
     let inserted = on_tx!(tx, t => sqlx::query(SQL)
@@ -508,11 +523,11 @@ async fn first_time(tx: &mut csp_kit::db::DbTx, event_id: &str, now: Micros) -> 
 
 /// Revokes inside `tx`; `None` when the partner has no such entitlement.
 async fn revoke_in(
-    tx: &mut csp_kit::db::DbTx,
+    tx: &mut DbTx,
     partner_id: &str,
     subscription_id: &str,
     now: Micros,
-) -> ApiResult<Option<u64>> {
+) -> StoreResult<Option<u64>> {
     const ENTITLEMENT: &str = "UPDATE entitlements SET status = 'revoked', \
                                revoked_at_us = COALESCE(revoked_at_us, $3) \
                                WHERE partner_id = $1 AND subscription_id = $2";
@@ -535,15 +550,4 @@ async fn revoke_in(
         .await
         .map(|r| r.rows_affected()))?;
     Ok(Some(links))
-}
-
-/// FAILED_PRECONDITION for a revoked entitlement.
-pub fn revoked_error(subscription_id: &str) -> ApiError {
-    ApiError::failed_precondition(
-        "SUBSCRIPTION_CANCELLED",
-        format!("subscription/{subscription_id}"),
-        format!(
-            "subscription {subscription_id} was cancelled: its product keys and download links are revoked"
-        ),
-    )
 }

@@ -1,10 +1,7 @@
 //! Stored rows to the contract's messages, and the events the outbox carries.
 
-use std::collections::HashMap;
-
 use csp_kit::clock::{Micros, to_timestamp};
 use csp_kit::identity::UserCaller;
-use csp_proto::audit::v1 as audit;
 use csp_proto::catalog::v1::{ProductKind, Term};
 use csp_proto::common::v1::Money;
 use csp_proto::ordering::v1 as pb;
@@ -19,11 +16,14 @@ fn money(currency: &str, digits: i32, minor_units: i64) -> Money {
     }
 }
 
-/// The stored spelling of a product kind.
-pub fn kind_to_db(kind: i32) -> &'static str {
+/// The stored spelling of a product kind; `None` for a kind this version
+/// does not know (never stored as a default: a default kind could get
+/// software entitlements it should not).
+pub fn kind_to_db(kind: i32) -> Option<&'static str> {
     match ProductKind::try_from(kind) {
-        Ok(ProductKind::AzureReservation) => "azure_reservation",
-        _ => "server_subscription",
+        Ok(ProductKind::AzureReservation) => Some("azure_reservation"),
+        Ok(ProductKind::ServerSubscription) => Some("server_subscription"),
+        _ => None,
     }
 }
 
@@ -166,35 +166,5 @@ pub fn subscription_cancelled(
                 ticket_id: ticket_id.to_owned(),
             },
         )),
-    }
-}
-
-/// An activity for the audit log.
-#[allow(clippy::too_many_arguments)]
-pub fn activity(
-    event_id: &str,
-    partner_id: &str,
-    kind: audit::ActivityType,
-    at: Micros,
-    user_id: &str,
-    user_display_name: &str,
-    customer_tenant_id: &str,
-    subscription_id: &str,
-    product_id: &str,
-    details: HashMap<String, String>,
-) -> audit::ActivityRecord {
-    audit::ActivityRecord {
-        partner_id: partner_id.to_owned(),
-        activity: Some(audit::Activity {
-            id: event_id.to_owned(),
-            r#type: kind as i32,
-            occur_time: Some(to_timestamp(at)),
-            user_id: user_id.to_owned(),
-            user_display_name: user_display_name.to_owned(),
-            customer_tenant_id: customer_tenant_id.to_owned(),
-            subscription_id: subscription_id.to_owned(),
-            product_id: product_id.to_owned(),
-            details,
-        }),
     }
 }

@@ -14,18 +14,6 @@ pub const MAX_LINES: usize = 100;
 /// The longest company name.
 pub const MAX_COMPANY_NAME: usize = 200;
 
-/// Parses a required UUID field.
-pub fn parse_uuid(field: &str, value: &str) -> Result<Uuid, ApiError> {
-    let value = value.trim();
-    if value.is_empty() {
-        return Err(ApiError::invalid(
-            field,
-            "required: a UUID such as 3f2504e0-4f89-11d3-9a0c-0305e82c3301",
-        ));
-    }
-    Uuid::parse_str(value).map_err(|_| ApiError::invalid(field, format!("{value:?} is not a UUID")))
-}
-
 /// Checks and normalizes a domain name (lower case, no trailing dot):
 /// labels of 1 to 63 letters, digits and hyphens, not starting or ending with
 /// a hyphen, at least two labels, a top-level label that is not all digits,

@@ -1,17 +1,20 @@
 //! gRPC handlers, public and internal: decode, validate, call storage and
 //! the domain rules, map to the contract.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use csp_kit::activity::Activity;
 use csp_kit::clock::{Clock, Micros};
 use csp_kit::identity::UserCaller;
-use csp_kit::outbox::Message;
+use csp_kit::ids::{PartnerId, RecordId, parse_uuid};
+use csp_kit::market::MarketCode;
 use csp_kit::{ApiError, ApiResult, Caller, paging};
 use csp_proto::audit::v1::ActivityType;
 use csp_proto::ordering::v1 as pb;
 use csp_proto::ordering::v1::ordering_internal_service_server::OrderingInternalService;
 use csp_proto::ordering::v1::ordering_service_server::OrderingService;
+use csp_store::idempotency::{CreateOnce, Replayable};
+use csp_store::outbox::{self, Message};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
@@ -19,10 +22,8 @@ use uuid::Uuid;
 
 use crate::convert;
 use crate::domain::{self, CancellationTerms};
-use crate::storage::{
-    Cancellation, Customer, InsertOrderError, Order, OrderLine, OrderingStore, Subscription,
-};
-use crate::upstream::{self, AUDIT, Catalog, LICENSING};
+use crate::storage::{Cancellation, Customer, Order, OrderLine, OrderingStore, Subscription};
+use crate::upstream::{Catalog, LICENSING};
 
 /// The ordering API (public and internal).
 #[derive(Clone)]
@@ -65,10 +66,7 @@ impl OrderingApi {
         let tenant_id = if r.tenant_id.trim().is_empty() {
             Some(Uuid::new_v4())
         } else {
-            collect(
-                &mut violations,
-                domain::parse_uuid("tenant_id", &r.tenant_id),
-            )
+            collect(&mut violations, parse_uuid("tenant_id", &r.tenant_id))
         };
         let domain_name = collect(
             &mut violations,
@@ -78,18 +76,23 @@ impl OrderingApi {
             &mut violations,
             domain::parse_company_name("company_name", &r.company_name),
         );
-        let market = collect(&mut violations, csp_kit_market("market", &r.market));
+        let market = collect(
+            &mut violations,
+            MarketCode::parse("market", &r.market).map(|code| code.to_string()),
+        );
         let (Some(tenant_id), Some(domain_name), Some(company_name), Some(market)) =
             (tenant_id, domain_name, company_name, market)
         else {
             return Err(ApiError::InvalidArgument(violations));
         };
-        if self.catalog.market(&market).await?.is_none() {
-            let known = self.catalog.market_codes().await?;
+        let markets = self.catalog.markets().await?;
+        if !markets.iter().any(|m| m.code == market) {
+            let known: Vec<&str> = markets.iter().map(|m| m.code.as_str()).collect();
             return Err(ApiError::invalid(
                 "market",
                 format!(
-                    "unknown market {market:?}; the catalog sells in {}",
+                    "unknown market {}; the catalog sells in {}",
+                    csp_kit::error::quoted(&market),
                     known.join(", ")
                 ),
             ));
@@ -102,8 +105,30 @@ impl OrderingApi {
             market,
             created_at: self.clock.now(),
         };
-        self.store.insert_customer(&customer).await?;
-        Ok(customer)
+        match self.store.insert_customer(&customer).await {
+            Ok(()) => Ok(customer),
+            Err(error) if error.is_unique("customers_domain_name_key", "domain_name") => {
+                Err(ApiError::AlreadyExists {
+                    resource_type: "customer",
+                    name: customer.domain_name.clone(),
+                    message: format!(
+                        "domain_name: a customer with the domain {} already exists",
+                        customer.domain_name
+                    ),
+                })
+            }
+            Err(error) if error.is_unique("customers_pkey", "tenant_id") => {
+                Err(ApiError::AlreadyExists {
+                    resource_type: "customer",
+                    name: customer.tenant_id.clone(),
+                    message: format!(
+                        "tenant_id: a customer with the tenant id {} already exists",
+                        customer.tenant_id
+                    ),
+                })
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     async fn place_order(&self, user: &UserCaller, r: pb::PlaceOrderRequest) -> ApiResult<Order> {
@@ -111,12 +136,9 @@ impl OrderingApi {
         let mut violations = Vec::new();
         let customer_id = collect(
             &mut violations,
-            domain::parse_uuid("customer_tenant_id", &r.customer_tenant_id),
+            parse_uuid("customer_tenant_id", &r.customer_tenant_id),
         );
-        let request_id = collect(
-            &mut violations,
-            domain::parse_uuid("request_id", &r.request_id),
-        );
+        let request_id = collect(&mut violations, parse_uuid("request_id", &r.request_id));
         let lines = collect(
             &mut violations,
             domain::check_lines(
@@ -133,8 +155,11 @@ impl OrderingApi {
         let request_id = request_id.to_string();
         let fingerprint = domain::fingerprint(customer_id, &lines);
 
-        if let Some(existing) = self.store.order_by_request(&partner, &request_id).await? {
-            return same_order(existing, &fingerprint);
+        let once = CreateOnce::new("order", "orders_partner_request_key", &fingerprint);
+        if let Some(first) =
+            once.replay(self.store.order_by_request(&partner, &request_id).await?)?
+        {
+            return Ok(first);
         }
         let customer = self.customer_of(&partner, &customer_id.to_string()).await?;
         let sku_ids: Vec<String> = lines.iter().map(|l| l.sku_id.clone()).collect();
@@ -175,7 +200,13 @@ impl OrderingApi {
                 .ok_or_else(|| ApiError::invalid("lines", "the order total is too large"))?;
             let subscription_id = Uuid::new_v4().to_string();
             let line_number = i32::try_from(i + 1).unwrap_or(i32::MAX);
-            let kind = convert::kind_to_db(product.kind);
+            let kind = convert::kind_to_db(product.kind).ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!(
+                    "the catalog sent product {} with unknown kind {}",
+                    product.id,
+                    product.kind
+                ))
+            })?;
             order_lines.push(OrderLine {
                 line_number,
                 sku_id: sku.id.clone(),
@@ -228,66 +259,43 @@ impl OrderingApi {
             lines: order_lines,
         };
 
-        let event_id = Uuid::new_v4().to_string();
-        let details = HashMap::from([
-            ("order_id".to_owned(), order_id.clone()),
-            ("total_minor".to_owned(), total.to_string()),
-            ("currency_code".to_owned(), currency),
-            ("lines".to_owned(), order.lines.len().to_string()),
-        ]);
+        let event_id = RecordId::new();
+        let placed = Activity::with_id(event_id, user.partner_id, ActivityType::OrderPlaced, now)
+            .by_user(user)
+            .customer(&customer.tenant_id)
+            .detail("order_id", &order_id)
+            .detail("total_minor", total)
+            .detail("currency_code", &currency)
+            .detail("lines", order.lines.len());
         let messages = [
             Message {
                 destination: LICENSING,
-                event_id: event_id.clone(),
+                event_id: event_id.to_string(),
                 stream: order_id.clone(),
-                payload: upstream::encode(&convert::order_placed(
-                    &event_id,
+                payload: outbox::encode(&convert::order_placed(
+                    &event_id.to_string(),
                     user,
                     &order,
                     &subscriptions,
                 )),
             },
-            Message {
-                destination: AUDIT,
-                event_id: event_id.clone(),
-                stream: order_id.clone(),
-                payload: upstream::encode(&convert::activity(
-                    &event_id,
-                    &partner,
-                    ActivityType::OrderPlaced,
-                    now,
-                    &user.user_id,
-                    &user.display_name,
-                    &customer.tenant_id,
-                    "",
-                    "",
-                    details,
-                )),
-            },
+            Message::activity(&order_id, placed),
         ];
-        match self
+        let inserted = self
             .store
             .insert_order(&order, &subscriptions, &messages)
             .await
-        {
-            Ok(()) => {
-                self.relay.notify_one();
-                tracing::info!(order_id = %order.id, partner_id = %partner, lines = order.lines.len(), "order placed");
-                Ok(order)
-            }
-            Err(InsertOrderError::RequestIdTaken) => {
-                // A copy of this request won the race: answer with its order.
-                let existing = self
-                    .store
-                    .order_by_request(&partner, &request_id)
-                    .await?
-                    .ok_or_else(|| {
-                        ApiError::Internal(anyhow::anyhow!("the winning order of a retry vanished"))
-                    })?;
-                same_order(existing, &fingerprint)
-            }
-            Err(InsertOrderError::Other(error)) => Err(error),
+            .map(|()| order);
+        let order = once
+            .settle(inserted, || {
+                self.store.order_by_request(&partner, &request_id)
+            })
+            .await?;
+        if order.id == order_id {
+            self.relay.notify_one();
+            tracing::info!(order_id = %order.id, partner_id = %partner, lines = order.lines.len(), "order placed");
         }
+        Ok(order)
     }
 
     async fn cancel(
@@ -296,13 +304,10 @@ impl OrderingApi {
         actor: &str,
     ) -> ApiResult<Subscription> {
         let mut violations = Vec::new();
-        let partner = collect(
-            &mut violations,
-            domain::parse_uuid("partner_id", &r.partner_id),
-        );
+        let partner = collect(&mut violations, parse_uuid("partner_id", &r.partner_id));
         let subscription_id = collect(
             &mut violations,
-            domain::parse_uuid("subscription_id", &r.subscription_id),
+            parse_uuid("subscription_id", &r.subscription_id),
         );
         let refund = r.refund.clone();
         if refund.is_none() {
@@ -316,6 +321,7 @@ impl OrderingApi {
         else {
             return Err(ApiError::InvalidArgument(violations));
         };
+        let partner_id = PartnerId::from_uuid(partner);
         let (partner, subscription_id) = (partner.to_string(), subscription_id.to_string());
         let current = self
             .store
@@ -339,43 +345,35 @@ impl OrderingApi {
         cancelled.refunded_minor = Some(refund.minor_units);
         cancelled.cancel_reason = Some(r.reason.clone());
         cancelled.cancel_ticket_id = Some(r.ticket_id.clone());
-        let event_id = Uuid::new_v4().to_string();
-        let details = HashMap::from([
-            ("order_id".to_owned(), current.order_id.clone()),
-            ("refunded_minor".to_owned(), refund.minor_units.to_string()),
-            ("currency_code".to_owned(), current.currency_code.clone()),
-            ("ticket_id".to_owned(), r.ticket_id.clone()),
-        ]);
+        let event_id = RecordId::new();
+        let activity = Activity::with_id(
+            event_id,
+            partner_id,
+            ActivityType::SubscriptionCancelled,
+            now,
+        )
+        .by(actor, actor)
+        .customer(&current.customer_tenant_id)
+        .subscription(&current.id)
+        .product(&current.product_id)
+        .detail("order_id", &current.order_id)
+        .detail("refunded_minor", refund.minor_units)
+        .detail("currency_code", &current.currency_code)
+        .detail("ticket_id", &r.ticket_id);
         let messages = [
             Message {
                 destination: LICENSING,
-                event_id: event_id.clone(),
+                event_id: event_id.to_string(),
                 stream: current.order_id.clone(),
-                payload: upstream::encode(&convert::subscription_cancelled(
-                    &event_id,
+                payload: outbox::encode(&convert::subscription_cancelled(
+                    &event_id.to_string(),
                     actor,
                     now,
                     &cancelled,
                     &r.ticket_id,
                 )),
             },
-            Message {
-                destination: AUDIT,
-                event_id: event_id.clone(),
-                stream: current.order_id.clone(),
-                payload: upstream::encode(&convert::activity(
-                    &event_id,
-                    &partner,
-                    ActivityType::SubscriptionCancelled,
-                    now,
-                    actor,
-                    actor,
-                    &current.customer_tenant_id,
-                    &current.id,
-                    &current.product_id,
-                    details,
-                )),
-            },
+            Message::activity(&current.order_id, activity),
         ];
         let cancellation = Cancellation {
             partner_id: partner.clone(),
@@ -406,15 +404,15 @@ impl OrderingApi {
         &self,
         r: pb::ResolveRefundTargetRequest,
     ) -> ApiResult<pb::ResolveRefundTargetResponse> {
-        let partner = domain::parse_uuid("partner_id", &r.partner_id)?.to_string();
-        let customer = match r.customer {
+        let partner = parse_uuid("partner_id", &r.partner_id)?.to_string();
+        let (customer, named_customer) = match r.customer {
             Some(pb::resolve_refund_target_request::Customer::CustomerTenantId(id)) => {
-                let id = domain::parse_uuid("customer_tenant_id", &id)?.to_string();
-                self.store.customer_by_tenant(&partner, &id).await?
+                let id = parse_uuid("customer_tenant_id", &id)?.to_string();
+                (self.store.customer_by_tenant(&partner, &id).await?, id)
             }
             Some(pb::resolve_refund_target_request::Customer::CustomerDomainName(name)) => {
                 let name = domain::parse_domain_name("customer_domain_name", &name)?;
-                self.store.customer_by_domain(&partner, &name).await?
+                (self.store.customer_by_domain(&partner, &name).await?, name)
             }
             None => {
                 return Err(ApiError::invalid(
@@ -422,11 +420,11 @@ impl OrderingApi {
                     "name the customer by tenant id or domain name",
                 ));
             }
-        }
-        .ok_or_else(|| ApiError::not_found("customer", "the named customer"))?;
+        };
+        let customer = customer.ok_or_else(|| ApiError::not_found("customer", named_customer))?;
         let subscriptions = match r.target {
             Some(pb::resolve_refund_target_request::Target::OrderId(id)) => {
-                let id = domain::parse_uuid("order_id", &id)?.to_string();
+                let id = parse_uuid("order_id", &id)?.to_string();
                 let found = self.store.subscriptions_of_order(&partner, &id).await?;
                 if found.is_empty()
                     || found
@@ -438,7 +436,7 @@ impl OrderingApi {
                 found
             }
             Some(pb::resolve_refund_target_request::Target::SubscriptionId(id)) => {
-                let id = domain::parse_uuid("subscription_id", &id)?.to_string();
+                let id = parse_uuid("subscription_id", &id)?.to_string();
                 match self.store.subscription(&partner, &id).await? {
                     Some(s) if s.customer_tenant_id == customer.tenant_id => vec![s],
                     _ => return Err(ApiError::not_found("subscription", id)),
@@ -492,22 +490,6 @@ fn terms(s: &Subscription) -> CancellationTerms {
     }
 }
 
-/// The original order for a retry, or INVALID_ARGUMENT when the request id
-/// was used for a different order.
-fn same_order(existing: Order, fingerprint: &str) -> ApiResult<Order> {
-    if existing.request_fingerprint == fingerprint {
-        return Ok(existing);
-    }
-    Err(ApiError::invalid(
-        "request_id",
-        format!(
-            "request id {} was already used for order {} with other contents; a retry must repeat the same \
-             request, and a new order needs a new request id",
-            existing.request_id, existing.id
-        ),
-    ))
-}
-
 /// Keeps a field's value, or its violations for the one error that names
 /// every bad field.
 fn collect<T>(violations: &mut Vec<csp_kit::FieldViolation>, result: ApiResult<T>) -> Option<T> {
@@ -522,17 +504,6 @@ fn collect<T>(violations: &mut Vec<csp_kit::FieldViolation>, result: ApiResult<T
             None
         }
     }
-}
-
-fn csp_kit_market(field: &str, code: &str) -> ApiResult<String> {
-    let code = code.trim();
-    if code.len() != 2 || !code.chars().all(|c| c.is_ascii_alphabetic()) {
-        return Err(ApiError::invalid(
-            field,
-            format!("{code:?} is not an ISO 3166-1 alpha-2 country code such as \"US\""),
-        ));
-    }
-    Ok(code.to_ascii_uppercase())
 }
 
 #[derive(Serialize, Deserialize)]
@@ -577,7 +548,7 @@ impl OrderingService for OrderingApi {
         let partner = Caller::user_of(&request)?.partner_id.to_string();
         let found = match request.into_inner().customer {
             Some(pb::get_customer_request::Customer::TenantId(id)) => {
-                let id = domain::parse_uuid("tenant_id", &id)?.to_string();
+                let id = parse_uuid("tenant_id", &id)?.to_string();
                 self.store
                     .customer_by_tenant(&partner, &id)
                     .await?
@@ -651,7 +622,7 @@ impl OrderingService for OrderingApi {
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
         let partner = Caller::user_of(&request)?.partner_id.to_string();
-        let id = domain::parse_uuid("order_id", &request.get_ref().order_id)?.to_string();
+        let id = parse_uuid("order_id", &request.get_ref().order_id)?.to_string();
         let order = self
             .store
             .order(&partner, &id)
@@ -668,7 +639,7 @@ impl OrderingService for OrderingApi {
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
         let partner = Caller::user_of(&request)?.partner_id.to_string();
         let r = request.into_inner();
-        let customer = domain::parse_uuid("customer_tenant_id", &r.customer_tenant_id)?.to_string();
+        let customer = parse_uuid("customer_tenant_id", &r.customer_tenant_id)?.to_string();
         let size = paging::page_size(
             r.page_size,
             paging::DEFAULT_PAGE_SIZE,
@@ -705,8 +676,7 @@ impl OrderingService for OrderingApi {
         request: Request<pb::GetSubscriptionRequest>,
     ) -> Result<Response<pb::GetSubscriptionResponse>, Status> {
         let partner = Caller::user_of(&request)?.partner_id.to_string();
-        let id =
-            domain::parse_uuid("subscription_id", &request.get_ref().subscription_id)?.to_string();
+        let id = parse_uuid("subscription_id", &request.get_ref().subscription_id)?.to_string();
         let found = self
             .store
             .subscription(&partner, &id)
@@ -723,7 +693,7 @@ impl OrderingService for OrderingApi {
     ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
         let partner = Caller::user_of(&request)?.partner_id.to_string();
         let r = request.into_inner();
-        let customer = domain::parse_uuid("customer_tenant_id", &r.customer_tenant_id)?.to_string();
+        let customer = parse_uuid("customer_tenant_id", &r.customer_tenant_id)?.to_string();
         let status = match pb::SubscriptionStatus::try_from(r.status) {
             Ok(pb::SubscriptionStatus::Unspecified) => None,
             Ok(pb::SubscriptionStatus::Active) => Some("active"),
@@ -788,8 +758,8 @@ impl OrderingInternalService for OrderingApi {
     ) -> Result<Response<pb::CheckCustomerResponse>, Status> {
         Caller::service_of(&request)?;
         let r = request.into_inner();
-        let partner = domain::parse_uuid("partner_id", &r.partner_id)?.to_string();
-        let tenant = domain::parse_uuid("tenant_id", &r.tenant_id)?.to_string();
+        let partner = parse_uuid("partner_id", &r.partner_id)?.to_string();
+        let tenant = parse_uuid("tenant_id", &r.tenant_id)?.to_string();
         let customer = self.customer_of(&partner, &tenant).await?;
         Ok(Response::new(pb::CheckCustomerResponse {
             customer: Some(convert::customer(&customer)),
@@ -805,5 +775,19 @@ impl OrderingInternalService for OrderingApi {
         Ok(Response::new(pb::CancelSubscriptionResponse {
             subscription: Some(convert::subscription(&cancelled)),
         }))
+    }
+}
+
+impl Replayable for Order {
+    fn fingerprint(&self) -> &str {
+        &self.request_fingerprint
+    }
+
+    fn request_id(&self) -> String {
+        self.request_id.clone()
+    }
+
+    fn id(&self) -> String {
+        self.id.clone()
     }
 }

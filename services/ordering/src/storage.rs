@@ -2,9 +2,9 @@
 //! partner, so another partner's rows are simply not found.
 
 use csp_kit::clock::Micros;
-use csp_kit::db::{self, Db, MigrationSource, Migrations};
-use csp_kit::outbox::{self, Message};
-use csp_kit::{ApiError, ApiResult, on_db, on_tx};
+use csp_store::db::{Db, MigrationSource, Migrations};
+use csp_store::outbox::{self, Message};
+use csp_store::{StoreResult, on_db, on_tx};
 use sqlx::Row as _;
 
 /// The ordering service's migrations.
@@ -224,22 +224,6 @@ fn customer_from_row(row: CustomerRow) -> Customer {
     }
 }
 
-/// Why an order could not be inserted.
-#[derive(Debug)]
-pub enum InsertOrderError {
-    /// The partner already has an order with this request id (a racing
-    /// retry won).
-    RequestIdTaken,
-    /// Anything else.
-    Other(ApiError),
-}
-
-impl From<sqlx::Error> for InsertOrderError {
-    fn from(error: sqlx::Error) -> Self {
-        InsertOrderError::Other(error.into())
-    }
-}
-
 /// Reads and writes the ordering tables.
 #[derive(Clone, Debug)]
 pub struct OrderingStore {
@@ -252,14 +236,9 @@ impl OrderingStore {
         Self { db }
     }
 
-    /// The database.
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
-    /// Inserts a customer. A taken domain name or tenant id is
-    /// ALREADY_EXISTS.
-    pub async fn insert_customer(&self, customer: &Customer) -> ApiResult<()> {
+    /// Inserts a customer. A taken domain name (`customers_domain_name_key`)
+    /// or tenant id is a [`csp_store::StoreError::Conflict`].
+    pub async fn insert_customer(&self, customer: &Customer) -> StoreResult<()> {
         let sql = format!(
             "INSERT INTO customers ({CUSTOMER_COLUMNS}, company_name_folded) VALUES ($1, $2, $3, $4, $5, $6, $7)"
         );
@@ -274,30 +253,7 @@ impl OrderingStore {
             .execute(pool)
             .await
             .map(|_| ()));
-        match result {
-            Ok(()) => Ok(()),
-            Err(error) => match db::unique_violation(&error) {
-                Some(constraint) if constraint.contains("domain_name") => {
-                    Err(ApiError::AlreadyExists {
-                        resource_type: "customer",
-                        name: customer.domain_name.clone(),
-                        message: format!(
-                            "domain_name: a customer with the domain {} already exists",
-                            customer.domain_name
-                        ),
-                    })
-                }
-                Some(_) => Err(ApiError::AlreadyExists {
-                    resource_type: "customer",
-                    name: customer.tenant_id.clone(),
-                    message: format!(
-                        "tenant_id: a customer with the tenant id {} already exists",
-                        customer.tenant_id
-                    ),
-                }),
-                None => Err(error.into()),
-            },
-        }
+        Ok(result?)
     }
 
     /// A partner's customer by tenant id.
@@ -305,7 +261,7 @@ impl OrderingStore {
         &self,
         partner_id: &str,
         tenant_id: &str,
-    ) -> ApiResult<Option<Customer>> {
+    ) -> StoreResult<Option<Customer>> {
         let sql = format!(
             "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE partner_id = $1 AND tenant_id = $2"
         );
@@ -322,7 +278,7 @@ impl OrderingStore {
         &self,
         partner_id: &str,
         domain_name: &str,
-    ) -> ApiResult<Option<Customer>> {
+    ) -> StoreResult<Option<Customer>> {
         let sql = format!(
             "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE partner_id = $1 AND domain_name = $2"
         );
@@ -343,7 +299,7 @@ impl OrderingStore {
         search: &str,
         after: Option<(&str, &str)>,
         limit: u32,
-    ) -> ApiResult<Vec<Customer>> {
+    ) -> StoreResult<Vec<Customer>> {
         let pattern = format!("%{}%", escape_like(search));
         let (after_name, after_id) = after.unwrap_or(("", ""));
         let sql = format!(
@@ -368,19 +324,24 @@ impl OrderingStore {
         &self,
         partner_id: &str,
         request_id: &str,
-    ) -> ApiResult<Option<Order>> {
+    ) -> StoreResult<Option<Order>> {
         let sql =
             format!("SELECT {ORDER_COLUMNS} FROM orders WHERE partner_id = $1 AND request_id = $2");
         self.one_order(&sql, partner_id, request_id).await
     }
 
     /// A partner's order.
-    pub async fn order(&self, partner_id: &str, order_id: &str) -> ApiResult<Option<Order>> {
+    pub async fn order(&self, partner_id: &str, order_id: &str) -> StoreResult<Option<Order>> {
         let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE partner_id = $1 AND id = $2");
         self.one_order(&sql, partner_id, order_id).await
     }
 
-    async fn one_order(&self, sql: &str, partner_id: &str, key: &str) -> ApiResult<Option<Order>> {
+    async fn one_order(
+        &self,
+        sql: &str,
+        partner_id: &str,
+        key: &str,
+    ) -> StoreResult<Option<Order>> {
         let order: Option<Order> = on_db!(&self.db, pool => {
             let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(partner_id).bind(key).fetch_optional(pool).await?;
             row.map(|r| Ok::<_, sqlx::Error>(order_from_row!(r))).transpose()
@@ -394,7 +355,7 @@ impl OrderingStore {
         }
     }
 
-    async fn lines(&self, order_id: &str) -> ApiResult<Vec<OrderLine>> {
+    async fn lines(&self, order_id: &str) -> StoreResult<Vec<OrderLine>> {
         const SQL: &str = "SELECT line_number, sku_id, product_id, product_title, product_kind, term, quantity, \
                            unit_price_minor, amount_minor, subscription_id FROM order_lines WHERE order_id = $1 \
                            ORDER BY line_number";
@@ -452,7 +413,7 @@ impl OrderingStore {
         customer: &str,
         before: Option<(Micros, &str)>,
         limit: u32,
-    ) -> ApiResult<Vec<Order>> {
+    ) -> StoreResult<Vec<Order>> {
         let (before_at, before_id) = before.unwrap_or((Micros::MAX, ""));
         let sql = format!(
             "SELECT {ORDER_COLUMNS} FROM orders WHERE partner_id = $1 AND customer_tenant_id = $2 \
@@ -481,7 +442,7 @@ impl OrderingStore {
         &self,
         partner_id: &str,
         id: &str,
-    ) -> ApiResult<Option<Subscription>> {
+    ) -> StoreResult<Option<Subscription>> {
         let sql = format!(
             "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE partner_id = $1 AND id = $2"
         );
@@ -496,7 +457,7 @@ impl OrderingStore {
         &self,
         partner_id: &str,
         order_id: &str,
-    ) -> ApiResult<Vec<Subscription>> {
+    ) -> StoreResult<Vec<Subscription>> {
         let sql = format!(
             "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE partner_id = $1 AND order_id = $2 ORDER BY line_number"
         );
@@ -515,7 +476,7 @@ impl OrderingStore {
         status: Option<&str>,
         after: Option<(Micros, &str)>,
         limit: u32,
-    ) -> ApiResult<Vec<Subscription>> {
+    ) -> StoreResult<Vec<Subscription>> {
         let (after_at, after_id) = after.unwrap_or((Micros::MIN, ""));
         let sql = format!(
             "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE partner_id = $1 AND customer_tenant_id = $2 \
@@ -544,7 +505,7 @@ impl OrderingStore {
         order: &Order,
         subscriptions: &[Subscription],
         messages: &[Message],
-    ) -> Result<(), InsertOrderError> {
+    ) -> StoreResult<()> {
         let mut tx = self.db.begin().await?;
         let order_sql = format!(
             "INSERT INTO orders ({ORDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
@@ -565,12 +526,7 @@ impl OrderingStore {
             .execute(&mut **t)
             .await
             .map(|_| ()));
-        if let Err(error) = inserted {
-            return Err(match db::unique_violation(&error) {
-                Some(_) => InsertOrderError::RequestIdTaken,
-                None => error.into(),
-            });
-        }
+        inserted?;
         for line in &order.lines {
             const SQL: &str = "INSERT INTO order_lines (order_id, line_number, sku_id, product_id, product_title, \
                                product_kind, term, quantity, unit_price_minor, amount_minor, subscription_id) \
@@ -645,7 +601,7 @@ impl OrderingStore {
         &self,
         cancellation: &Cancellation,
         messages: &[Message],
-    ) -> ApiResult<bool> {
+    ) -> StoreResult<bool> {
         const CANCEL: &str = "UPDATE subscriptions SET status = 'cancelled', cancelled_at_us = $3, refunded_minor = $4, \
                               cancel_reason = $5, cancel_ticket_id = $6 \
                               WHERE partner_id = $1 AND id = $2 AND status = 'active' AND cancellable_until_us > $3";
@@ -687,13 +643,6 @@ impl OrderingStore {
         }
         tx.commit().await?;
         Ok(true)
-    }
-
-    /// The partner's billing total per currency (charges minus refunds).
-    pub async fn billed(&self, partner_id: &str) -> ApiResult<Vec<(String, i64)>> {
-        const SQL: &str = "SELECT currency_code, CAST(SUM(amount_minor) AS BIGINT) FROM partner_billing \
-                           WHERE partner_id = $1 GROUP BY currency_code ORDER BY currency_code";
-        Ok(on_db!(&self.db, pool => sqlx::query_as(SQL).bind(partner_id).fetch_all(pool).await)?)
     }
 }
 

@@ -4,9 +4,7 @@
 
 use std::sync::Arc;
 
-use csp_kit::identity::IdentityKey;
-use csp_kit::outbox::{self, Destination, Envelope, Outcome};
-use csp_kit::upstream::{Signed, decode_all};
+use csp_kit::peer::{PeerError, PeerResult as _, Signed};
 use csp_kit::{ApiError, ApiResult};
 use csp_proto::catalog::v1::catalog_internal_service_client::CatalogInternalServiceClient;
 use csp_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
@@ -14,15 +12,11 @@ use csp_proto::catalog::v1::{ListMarketsRequest, Market, QuoteSkusRequest, SkuQu
 use csp_proto::licensing::v1::ApplyOrderingEventsRequest;
 use csp_proto::licensing::v1::licensing_internal_service_client::LicensingInternalServiceClient;
 use csp_proto::ordering::v1::OrderingEvent;
+use csp_store::outbox::{BatchDestination, BatchFuture, Destination};
 use tonic::Code;
 use tonic_types::StatusExt as _;
 
-pub use csp_kit::upstream::{AUDIT, AuditDestination, encode};
-
-/// A lazily connected channel that signs calls as the ordering service.
-pub fn channel(url: &str, key: &Arc<IdentityKey>) -> anyhow::Result<Signed> {
-    csp_kit::upstream::signed_channel(url, key, crate::NAME)
-}
+const CATALOG: &str = "catalog";
 
 /// The catalog, as ordering uses it.
 #[derive(Clone, Debug)]
@@ -40,30 +34,15 @@ impl Catalog {
         }
     }
 
-    /// The market with `code`, if the catalog sells there.
-    pub async fn market(&self, code: &str) -> ApiResult<Option<Market>> {
-        let markets = self
+    /// Every market the catalog sells in.
+    pub async fn markets(&self) -> ApiResult<Vec<Market>> {
+        Ok(self
             .public
             .clone()
             .list_markets(ListMarketsRequest {})
             .await
-            .map_err(unavailable)?
-            .into_inner()
-            .markets;
-        Ok(markets.into_iter().find(|m| m.code == code))
-    }
-
-    /// The codes of every market, for messages.
-    pub async fn market_codes(&self) -> ApiResult<Vec<String>> {
-        let markets = self
-            .public
-            .clone()
-            .list_markets(ListMarketsRequest {})
-            .await
-            .map_err(unavailable)?
-            .into_inner()
-            .markets;
-        Ok(markets.into_iter().map(|m| m.code).collect())
+            .peer(CATALOG)?
+            .markets)
     }
 
     /// Prices `sku_ids` (one per order line, in order) in `market`. An
@@ -79,9 +58,9 @@ impl Catalog {
                 sku_ids: sku_ids.to_vec(),
             })
             .await;
-        let quotes = match result {
-            Ok(response) => response.into_inner().quotes,
-            Err(status) if status.code() == Code::NotFound => {
+        let quotes = match result.peer(CATALOG) {
+            Ok(answer) => answer.quotes,
+            Err(PeerError { status, .. }) if status.code() == Code::NotFound => {
                 let sku = status
                     .get_error_details()
                     .resource_info()
@@ -90,10 +69,13 @@ impl Catalog {
                 let line = sku_ids.iter().position(|s| *s == sku).unwrap_or(0);
                 return Err(ApiError::invalid(
                     format!("lines[{line}].sku_id"),
-                    format!("unknown SKU {sku:?}; see CatalogService.ListProducts"),
+                    format!(
+                        "unknown SKU {}; see CatalogService.ListProducts",
+                        csp_kit::error::quoted(&sku)
+                    ),
                 ));
             }
-            Err(status) if status.code() == Code::FailedPrecondition => {
+            Err(PeerError { status, .. }) if status.code() == Code::FailedPrecondition => {
                 let details = status.get_error_details();
                 let violation = details
                     .precondition_failure()
@@ -104,7 +86,7 @@ impl Catalog {
                     status.message().to_owned(),
                 ));
             }
-            Err(status) => return Err(unavailable(status)),
+            Err(error) => return Err(error.into()),
         };
         // The catalog answers once per distinct SKU; give each line its quote.
         sku_ids
@@ -122,67 +104,27 @@ impl Catalog {
     }
 }
 
-fn unavailable(status: tonic::Status) -> ApiError {
-    match status.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
-            ApiError::Unavailable(format!(
-                "the catalog is unavailable ({}); try again",
-                status.message()
-            ))
-        }
-        _ => ApiError::Internal(anyhow::anyhow!(
-            "the catalog answered {:?}: {}",
-            status.code(),
-            status.message()
-        )),
-    }
-}
-
 /// The destination name of the licensing service.
 pub const LICENSING: &str = "licensing";
 
-/// Delivers ordering events to licensing.
-pub struct LicensingDestination {
-    client: LicensingInternalServiceClient<Signed>,
-}
-
-impl LicensingDestination {
-    /// Over `channel`.
-    pub fn new(channel: Signed) -> Self {
-        Self {
-            client: LicensingInternalServiceClient::new(channel),
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl Destination for LicensingDestination {
-    fn name(&self) -> &'static str {
-        LICENSING
-    }
-
-    async fn deliver(&self, batch: &[Envelope]) -> Outcome {
-        let (events, mut rejected) = decode_all::<OrderingEvent>(batch);
-        if events.is_empty() {
-            return Outcome::Accepted { rejected };
-        }
-        match self
-            .client
-            .clone()
-            .apply_ordering_events(ApplyOrderingEventsRequest { events })
-            .await
-        {
-            Ok(response) => {
-                rejected.extend(
-                    response
-                        .into_inner()
-                        .rejected
-                        .into_iter()
-                        .map(|r| (r.event_id, r.reason)),
-                );
-                Outcome::Accepted { rejected }
-            }
-            Err(status) => outbox::failed(&status),
-        }
-    }
+/// Ordering's events, delivered to licensing over `channel`.
+pub fn licensing_destination(channel: Signed) -> Arc<dyn Destination> {
+    let client = LicensingInternalServiceClient::new(channel);
+    Arc::new(BatchDestination::new(
+        LICENSING,
+        move |events: Vec<OrderingEvent>| {
+            let mut client = client.clone();
+            Box::pin(async move {
+                let answer = client
+                    .apply_ordering_events(ApplyOrderingEventsRequest { events })
+                    .await
+                    .peer(LICENSING)?;
+                Ok(answer
+                    .rejected
+                    .into_iter()
+                    .map(|r| (r.event_id, r.reason))
+                    .collect())
+            }) as BatchFuture
+        },
+    ))
 }

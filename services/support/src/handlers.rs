@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use csp_kit::clock::{Clock, Micros, to_timestamp};
 use csp_kit::identity::UserCaller;
+use csp_kit::peer::{Failure, PeerError, PeerResult as _, Signed};
 use csp_kit::roles::Role;
-use csp_kit::upstream::Signed;
 use csp_kit::{ApiError, ApiResult, Caller, paging};
 use csp_proto::audit::v1::ActivityType;
 use csp_proto::common::v1::Money;
@@ -14,6 +14,7 @@ use csp_proto::ordering::v1::ordering_internal_service_client::OrderingInternalS
 use csp_proto::ordering::v1::{ResolveRefundTargetRequest, resolve_refund_target_request};
 use csp_proto::support::v1 as pb;
 use csp_proto::support::v1::support_service_server::SupportService;
+use csp_store::idempotency::{CreateOnce, Replayable};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tonic::{Code, Request, Response, Status};
@@ -22,7 +23,7 @@ use uuid::Uuid;
 
 use crate::domain;
 use crate::refunds;
-use crate::storage::{Attachment, InsertError, Step, SupportStore, Ticket};
+use crate::storage::{Attachment, Step, SupportStore, Ticket};
 
 /// The support API.
 #[derive(Clone)]
@@ -63,8 +64,11 @@ impl SupportApi {
         let partner = user.partner_id.to_string();
         let request_id = r.request_id.trim().to_owned();
         let fingerprint = domain::fingerprint(&r);
-        if let Some(existing) = self.store.ticket_by_request(&partner, &request_id).await? {
-            return same_ticket(existing, &fingerprint);
+        let once = CreateOnce::new("ticket", "tickets_partner_request_key", &fingerprint);
+        if let Some(first) =
+            once.replay(self.store.ticket_by_request(&partner, &request_id).await?)?
+        {
+            return Ok(first);
         }
         let now = self.clock.now();
         let id = Uuid::new_v4().to_string();
@@ -114,7 +118,7 @@ impl SupportApi {
                     ),
                     ("subscriptions".to_owned(), steps.len().to_string()),
                 ]),
-            ));
+            )?);
         }
         let attachments: Vec<Attachment> = r
             .attachments
@@ -128,33 +132,24 @@ impl SupportApi {
                 content: a.content.clone(),
             })
             .collect();
-        match self
+        let inserted = self
             .store
             .insert(&ticket, &attachments, &steps, &messages, now)
             .await
-        {
-            Ok(()) => {
-                if !steps.is_empty() {
-                    self.refunds.notify_one();
-                    self.relay.notify_one();
-                }
-                tracing::info!(ticket_id = %id, issue_type = %ticket.issue_type, "ticket filed");
-                Ok(ticket)
+            .map(|()| ticket);
+        let ticket = once
+            .settle(inserted, || {
+                self.store.ticket_by_request(&partner, &request_id)
+            })
+            .await?;
+        if ticket.id == id {
+            if !steps.is_empty() {
+                self.refunds.notify_one();
+                self.relay.notify_one();
             }
-            Err(InsertError::RequestIdTaken) => {
-                let existing = self
-                    .store
-                    .ticket_by_request(&partner, &request_id)
-                    .await?
-                    .ok_or_else(|| {
-                        ApiError::Internal(anyhow::anyhow!(
-                            "the winning ticket of a retry vanished"
-                        ))
-                    })?;
-                same_ticket(existing, &fingerprint)
-            }
-            Err(InsertError::Other(error)) => Err(error),
+            tracing::info!(ticket_id = %id, issue_type = %ticket.issue_type, "ticket filed");
         }
+        Ok(ticket)
     }
 
     /// Checks at once what can be known at once (the customer, the order or
@@ -199,8 +194,8 @@ impl SupportApi {
                 target: Some(target),
             })
             .await
-            .map_err(|status| from_ordering(&status))?
-            .into_inner();
+            .peer("ordering")
+            .map_err(from_ordering)?;
         let paid = resolved.amount_paid.unwrap_or_default();
         let requested = refund.requested_amount.clone().unwrap_or_default();
         if requested.currency_code != paid.currency_code {
@@ -273,23 +268,12 @@ impl SupportApi {
     }
 }
 
-/// The ticket for a retry, or INVALID_ARGUMENT when the request id was used
-/// for another ticket.
-fn same_ticket(existing: Ticket, fingerprint: &str) -> ApiResult<Ticket> {
-    if existing.request_fingerprint == fingerprint {
-        return Ok(existing);
-    }
-    Err(ApiError::invalid(
-        "request_id",
-        format!(
-            "request id {} was already used for ticket {} with other contents; a new ticket needs a new request id",
-            existing.request_id, existing.id
-        ),
-    ))
-}
-
 /// Ordering's refusal, as the support API states it.
-fn from_ordering(status: &Status) -> ApiError {
+fn from_ordering(error: PeerError) -> ApiError {
+    if error.failure == Failure::Transient {
+        return error.into();
+    }
+    let status = &error.status;
     match status.code() {
         Code::NotFound => {
             let what = status
@@ -315,10 +299,21 @@ fn from_ordering(status: &Status) -> ApiError {
             )
         }
         Code::InvalidArgument => ApiError::invalid("refund", status.message().to_owned()),
-        _ => ApiError::Unavailable(format!(
-            "ordering is unavailable ({}); try again",
-            status.message()
-        )),
+        _ => error.into(),
+    }
+}
+
+impl Replayable for Ticket {
+    fn fingerprint(&self) -> &str {
+        &self.request_fingerprint
+    }
+
+    fn request_id(&self) -> String {
+        self.request_id.clone()
+    }
+
+    fn id(&self) -> String {
+        self.id.clone()
     }
 }
 

@@ -16,13 +16,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use csp_kit::clock::Clock;
-use csp_kit::config::BackendArgs;
-use csp_kit::identity::IdentityKey;
-use csp_kit::outbox::{Destination, Relay, RelaySettings};
-use csp_kit::server;
+use csp_kit::config::{self, AuditUrl, BackendArgs, LicensingUrl, OrderingUrl};
 use csp_kit::shutdown::Shutdown;
-use csp_kit::upstream::{AuditDestination, signed_channel};
 use csp_proto::support::v1::support_service_server::SupportServiceServer;
+use csp_store::backend::{Backend, Outbox};
+use csp_store::outbox::audit_destination;
 use tokio::net::TcpListener;
 
 use crate::handlers::SupportApi;
@@ -31,8 +29,7 @@ use crate::storage::SupportStore;
 /// The service's name in logs, data files and database names.
 pub const NAME: &str = "support";
 /// Where the service listens by default.
-pub const DEFAULT_ADDR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50065);
+pub const DEFAULT_ADDR: SocketAddr = config::local(config::ports::SUPPORT);
 
 /// The service's configuration.
 #[derive(clap::Args, Clone, Debug)]
@@ -40,27 +37,15 @@ pub struct Config {
     /// Shared backend settings.
     #[command(flatten)]
     pub backend: BackendArgs,
-    /// The ordering service, which resolves and cancels purchases.
-    #[arg(
-        long = "ordering-url",
-        env = "CSP_ORDERING_URL",
-        default_value = "http://127.0.0.1:50062"
-    )]
-    pub ordering_url: String,
-    /// The licensing service, which revokes keys and links.
-    #[arg(
-        long = "licensing-url",
-        env = "CSP_LICENSING_URL",
-        default_value = "http://127.0.0.1:50063"
-    )]
-    pub licensing_url: String,
-    /// The audit service, which receives activities.
-    #[arg(
-        long = "audit-url",
-        env = "CSP_AUDIT_URL",
-        default_value = "http://127.0.0.1:50064"
-    )]
-    pub audit_url: String,
+    /// Ordering, which resolves and cancels purchases.
+    #[command(flatten)]
+    pub ordering: OrderingUrl,
+    /// Licensing, which revokes keys and links.
+    #[command(flatten)]
+    pub licensing: LicensingUrl,
+    /// Audit, which receives activities.
+    #[command(flatten)]
+    pub audit: AuditUrl,
 }
 
 /// Opens and migrates the database, starts the refund workflow and the
@@ -71,50 +56,41 @@ pub async fn run(
     shutdown: Shutdown,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
-    let starting = server::start_backend(
+    let mut backend = Backend::start(
         NAME,
+        &config.backend,
         listener,
-        &config.backend.internal_key,
-        shutdown.clone(),
+        shutdown,
+        &storage::MIGRATIONS,
+        Outbox::Present,
     )
     .await?;
-    let db = server::open_database(NAME, &config.backend, &storage::MIGRATIONS).await?;
-    let _metrics = csp_kit::metrics::watch_database(NAME, &db, csp_kit::metrics::Outbox::Present);
-    let key = Arc::new(IdentityKey::new(&config.backend.internal_key));
-    let store = SupportStore::new(db.clone());
-    let destinations: Vec<Arc<dyn Destination>> = vec![Arc::new(AuditDestination::new(
-        signed_channel(&config.audit_url, &key, NAME)?,
-    ))];
-    let relay = Relay::new(
-        db.clone(),
-        destinations,
-        csp_kit::clock::system(),
-        RelaySettings::default(),
-    );
+    let store = SupportStore::new(backend.db().clone());
+    let relay = backend.relay(vec![audit_destination(
+        backend.channel(&config.audit.audit_url)?,
+    )]);
     let refunds = refunds::Refunds::new(
         store.clone(),
-        signed_channel(&config.ordering_url, &key, NAME)?,
-        signed_channel(&config.licensing_url, &key, NAME)?,
+        backend.channel(&config.ordering.ordering_url)?,
+        backend.channel(&config.licensing.licensing_url)?,
         clock.clone(),
     );
     let api = SupportApi::new(
         store,
-        signed_channel(&config.ordering_url, &key, NAME)?,
+        backend.channel(&config.ordering.ordering_url)?,
         clock,
         refunds.waker(),
-        relay.waker(),
+        relay,
     );
-    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
-    let refunds_task = tokio::spawn(refunds.run(shutdown.clone()));
-    let served = starting
-        .ready_on(&db, server::DATABASE_CHECK, |routes| {
+    let shutdown = backend.shutdown().clone();
+    backend.spawn(refunds.run(shutdown));
+    backend
+        .serve(|routes| {
             routes.add_service(
                 SupportServiceServer::new(api)
                     .max_decoding_message_size(domain::MAX_REQUEST_BYTES)
                     .max_encoding_message_size(domain::MAX_ATTACHMENT_BYTES + 64 * 1024),
             )
         })
-        .await;
-    server::wind_down(&db, vec![relay_task, refunds_task]).await;
-    served
+        .await
 }

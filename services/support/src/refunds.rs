@@ -11,20 +11,21 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use csp_kit::clock::{Clock, Micros, to_timestamp};
-use csp_kit::db::Db;
-use csp_kit::outbox::Message;
+use csp_kit::activity::Activity;
+use csp_kit::backoff::Backoff;
+use csp_kit::clock::{Clock, Micros};
+use csp_kit::ids::PartnerId;
+use csp_kit::peer::{Failure, PeerError, PeerResult as _, Signed};
 use csp_kit::shutdown::Shutdown;
-use csp_kit::upstream::{AUDIT, Signed, encode};
 use csp_kit::{ApiResult, clock};
-use csp_proto::audit::v1::{Activity, ActivityRecord, ActivityType};
+use csp_proto::audit::v1::ActivityType;
 use csp_proto::common::v1::Money;
 use csp_proto::licensing::v1::RevokeSubscriptionRequest;
 use csp_proto::licensing::v1::licensing_internal_service_client::LicensingInternalServiceClient;
 use csp_proto::ordering::v1::CancelSubscriptionRequest;
 use csp_proto::ordering::v1::ordering_internal_service_client::OrderingInternalServiceClient;
+use csp_store::outbox::Message;
 use tokio::sync::Notify;
-use tonic::Code;
 
 use crate::storage::{Step, SupportStore, Ticket};
 
@@ -73,31 +74,12 @@ impl Refunds {
         }
     }
 
+    /// One pass, by one replica at a time.
     async fn pass_locked(&self) -> anyhow::Result<()> {
-        match self.store.db() {
-            Db::Sqlite(_) => Ok(self.pass().await?),
-            Db::Postgres(pool) => {
-                let mut lock = pool.acquire().await?;
-                const KEY: i64 = 0x00c5_705e_f00d;
-                let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                    .bind(KEY)
-                    .fetch_one(&mut *lock)
-                    .await?;
-                if !locked {
-                    return Ok(());
-                }
-                let result = self.pass().await;
-                if sqlx::query("SELECT pg_advisory_unlock($1)")
-                    .bind(KEY)
-                    .execute(&mut *lock)
-                    .await
-                    .is_err()
-                {
-                    lock.detach();
-                }
-                Ok(result?)
-            }
-        }
+        csp_store::lock::exclusively(self.store.db(), "csp-refunds", self.pass())
+            .await?
+            .unwrap_or(Ok(()))?;
+        Ok(())
     }
 
     /// Runs every due step once, then ends the tickets that are done.
@@ -144,20 +126,19 @@ impl Refunds {
                     reason: ticket.refund_reason.clone().unwrap_or_default(),
                     ticket_id: ticket.id.clone(),
                 })
-                .await;
+                .await
+                .peer("ordering");
             match cancelled {
                 Ok(_) => {
                     self.store.set_step(&step, "cancelled", None).await?;
                     step.state = "cancelled".to_owned();
                 }
-                Err(status) if permanent(&status) => {
-                    tracing::warn!(ticket_id = %ticket.id, subscription_id = %step.subscription_id, reason = status.message(), "refund step failed");
-                    return self
-                        .store
-                        .set_step(&step, "failed", Some(status.message()))
-                        .await;
+                Err(error) if !error.is_transient() => {
+                    let reason = error.status.message();
+                    tracing::warn!(ticket_id = %ticket.id, subscription_id = %step.subscription_id, reason, "refund step failed");
+                    return Ok(self.store.set_step(&step, "failed", Some(reason)).await?);
                 }
-                Err(status) => return self.later(&step, "ordering", &status).await,
+                Err(error) => return self.later(&step, &error).await,
             }
         }
         let revoked = self
@@ -167,26 +148,26 @@ impl Refunds {
                 partner_id: step.partner_id.clone(),
                 subscription_id: step.subscription_id.clone(),
             })
-            .await;
+            .await
+            .peer("licensing");
         match revoked {
             // NOT_FOUND: nothing to revoke yet (an Azure reservation, or the
             // order's event has not reached licensing; the cancellation event
             // follows it in the same stream and revokes it there).
-            Ok(_) => self.store.set_step(&step, "done", None).await,
-            Err(status) if status.code() == Code::NotFound => {
-                self.store.set_step(&step, "done", None).await
+            Ok(_) => Ok(self.store.set_step(&step, "done", None).await?),
+            Err(error) if error.failure == Failure::NotFound => {
+                Ok(self.store.set_step(&step, "done", None).await?)
             }
-            Err(status) => self.later(&step, "licensing", &status).await,
+            Err(error) => self.later(&step, &error).await,
         }
     }
 
-    async fn later(&self, step: &Step, service: &str, status: &tonic::Status) -> ApiResult<()> {
-        let exponent = step.attempts.clamp(0, 8) as u32;
-        let delay = (Duration::from_millis(200) * 2u32.pow(exponent)).min(Duration::from_secs(30));
-        let error = format!("{service}: {:?}: {}", status.code(), status.message());
+    async fn later(&self, step: &Step, error: &PeerError) -> ApiResult<()> {
+        let delay = RETRY.delay(step.attempts + 1);
+        let error = error.describe();
         tracing::warn!(ticket_id = %step.ticket_id, subscription_id = %step.subscription_id, retry_in_ms = delay.as_millis() as u64, error, "refund step postponed");
         let next = clock::SystemClock.now() + delay.as_micros() as Micros;
-        self.store.retry_step(step, next, &error).await
+        Ok(self.store.retry_step(step, next, &error).await?)
     }
 
     async fn maybe_finish(&self, partner: &str, ticket_id: &str) -> ApiResult<()> {
@@ -230,7 +211,7 @@ impl Refunds {
                     ticket.refund_currency_code.clone().unwrap_or_default(),
                 ),
             ]),
-        );
+        )?;
         if self
             .store
             .finish(
@@ -249,44 +230,31 @@ impl Refunds {
     }
 }
 
-/// Whether a failed call can never succeed by retrying.
-fn permanent(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        Code::FailedPrecondition | Code::InvalidArgument | Code::NotFound | Code::OutOfRange
-    )
-}
+/// How a step that met an unavailable service is retried.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
 
-/// A ticket activity for the audit log, through the outbox.
+/// A ticket activity for the audit log, through the outbox, in the
+/// ticket's stream.
 pub fn activity(
     ticket: &Ticket,
     kind: ActivityType,
     at: Micros,
     details: HashMap<String, String>,
-) -> Message {
-    let event_id = uuid::Uuid::new_v4().to_string();
-    let mut details = details;
-    details.insert("ticket_id".to_owned(), ticket.id.clone());
+) -> ApiResult<Message> {
+    let partner: PartnerId = csp_store::error::parse("tickets.partner_id", &ticket.partner_id)?;
+    let mut activity = Activity::new(partner, kind, at)
+        .by(&ticket.created_by_user_id, &ticket.contact_name)
+        .customer(
+            ticket
+                .refund_customer_tenant_id
+                .as_deref()
+                .unwrap_or_default(),
+        )
+        .subscription(ticket.refund_subscription_id.as_deref().unwrap_or_default())
+        .details(details)
+        .detail("ticket_id", &ticket.id);
     if let Some(order) = &ticket.refund_order_id {
-        details.insert("order_id".to_owned(), order.clone());
+        activity = activity.detail("order_id", order);
     }
-    Message {
-        destination: AUDIT,
-        event_id: event_id.clone(),
-        stream: ticket.id.clone(),
-        payload: encode(&ActivityRecord {
-            partner_id: ticket.partner_id.clone(),
-            activity: Some(Activity {
-                id: event_id,
-                r#type: kind as i32,
-                occur_time: Some(to_timestamp(at)),
-                user_id: ticket.created_by_user_id.clone(),
-                user_display_name: ticket.contact_name.clone(),
-                customer_tenant_id: ticket.refund_customer_tenant_id.clone().unwrap_or_default(),
-                subscription_id: ticket.refund_subscription_id.clone().unwrap_or_default(),
-                product_id: String::new(),
-                details,
-            }),
-        }),
-    }
+    Ok(Message::activity(&ticket.id, activity))
 }

@@ -2,9 +2,9 @@
 //! to a partner.
 
 use csp_kit::clock::Micros;
-use csp_kit::db::{self, Db, MigrationSource, Migrations};
-use csp_kit::outbox::{self, Message};
-use csp_kit::{ApiError, ApiResult, on_db, on_tx};
+use csp_store::db::{Db, MigrationSource, Migrations};
+use csp_store::outbox::{self, Message};
+use csp_store::{StoreResult, on_db, on_tx};
 use sqlx::Row as _;
 
 /// The support service's migrations.
@@ -133,21 +133,6 @@ macro_rules! ticket_from_row {
     };
 }
 
-/// Why a ticket could not be inserted.
-#[derive(Debug)]
-pub enum InsertError {
-    /// A ticket with this request id exists (a racing retry won).
-    RequestIdTaken,
-    /// Anything else.
-    Other(ApiError),
-}
-
-impl From<sqlx::Error> for InsertError {
-    fn from(error: sqlx::Error) -> Self {
-        InsertError::Other(error.into())
-    }
-}
-
 /// Reads and writes the support tables.
 #[derive(Clone, Debug)]
 pub struct SupportStore {
@@ -160,7 +145,7 @@ impl SupportStore {
         Self { db }
     }
 
-    /// The database.
+    /// The database (the refund workflow holds its advisory lock on it).
     pub fn db(&self) -> &Db {
         &self.db
     }
@@ -174,7 +159,7 @@ impl SupportStore {
         steps: &[Step],
         messages: &[Message],
         now: Micros,
-    ) -> Result<(), InsertError> {
+    ) -> StoreResult<()> {
         let mut tx = self.db.begin().await?;
         let sql = format!(
             "INSERT INTO tickets ({TICKET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
@@ -209,12 +194,7 @@ impl SupportStore {
             .execute(&mut **x)
             .await
             .map(drop));
-        if let Err(error) = inserted {
-            return Err(match db::unique_violation(&error) {
-                Some(_) => InsertError::RequestIdTaken,
-                None => error.into(),
-            });
-        }
+        inserted?;
         for (position, a) in attachments.iter().enumerate() {
             const SQL: &str = "INSERT INTO ticket_attachments (id, ticket_id, position, file_name, content_type, \
                                size_bytes, sha256, content) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
@@ -253,7 +233,7 @@ impl SupportStore {
     }
 
     /// A partner's ticket.
-    pub async fn ticket(&self, partner_id: &str, id: &str) -> ApiResult<Option<Ticket>> {
+    pub async fn ticket(&self, partner_id: &str, id: &str) -> StoreResult<Option<Ticket>> {
         let sql = format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE partner_id = $1 AND id = $2");
         self.one(&sql, partner_id, id).await
     }
@@ -263,14 +243,14 @@ impl SupportStore {
         &self,
         partner_id: &str,
         request_id: &str,
-    ) -> ApiResult<Option<Ticket>> {
+    ) -> StoreResult<Option<Ticket>> {
         let sql = format!(
             "SELECT {TICKET_COLUMNS} FROM tickets WHERE partner_id = $1 AND request_id = $2"
         );
         self.one(&sql, partner_id, request_id).await
     }
 
-    async fn one(&self, sql: &str, a: &str, b: &str) -> ApiResult<Option<Ticket>> {
+    async fn one(&self, sql: &str, a: &str, b: &str) -> StoreResult<Option<Ticket>> {
         Ok(on_db!(&self.db, pool => {
             let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(a).bind(b).fetch_optional(pool).await?;
             row.map(|r| Ok::<_, sqlx::Error>(ticket_from_row!(r))).transpose()
@@ -285,7 +265,7 @@ impl SupportStore {
         issue_type: &str,
         before: Option<(Micros, &str)>,
         limit: u32,
-    ) -> ApiResult<Vec<Ticket>> {
+    ) -> StoreResult<Vec<Ticket>> {
         let (before_at, before_id) = before.unwrap_or((Micros::MAX, ""));
         let sql = format!(
             "SELECT {TICKET_COLUMNS} FROM tickets WHERE partner_id = $1 AND ($2 = '' OR status = $2) \
@@ -308,7 +288,7 @@ impl SupportStore {
     }
 
     /// A ticket's comments, oldest first.
-    pub async fn comments(&self, ticket_id: &str) -> ApiResult<Vec<Comment>> {
+    pub async fn comments(&self, ticket_id: &str) -> StoreResult<Vec<Comment>> {
         const SQL: &str = "SELECT author_user_id, text, created_at_us FROM ticket_comments WHERE ticket_id = $1 \
                            ORDER BY position";
         let rows: Vec<(String, String, i64)> =
@@ -324,7 +304,7 @@ impl SupportStore {
     }
 
     /// A ticket's attachments; with content only when `content` is set.
-    pub async fn attachments(&self, ticket_id: &str) -> ApiResult<Vec<Attachment>> {
+    pub async fn attachments(&self, ticket_id: &str) -> StoreResult<Vec<Attachment>> {
         const SQL: &str = "SELECT id, file_name, content_type, size_bytes, sha256 FROM ticket_attachments \
                            WHERE ticket_id = $1 ORDER BY position";
         let rows: Vec<(String, String, String, i64, String)> =
@@ -345,7 +325,7 @@ impl SupportStore {
     }
 
     /// One attachment with its content.
-    pub async fn attachment(&self, ticket_id: &str, id: &str) -> ApiResult<Option<Attachment>> {
+    pub async fn attachment(&self, ticket_id: &str, id: &str) -> StoreResult<Option<Attachment>> {
         const SQL: &str = "SELECT id, file_name, content_type, size_bytes, sha256, content FROM ticket_attachments \
                            WHERE ticket_id = $1 AND id = $2";
         let row: Option<(String, String, String, i64, String, Vec<u8>)> = on_db!(&self.db, pool => sqlx::query_as(SQL).bind(ticket_id).bind(id).fetch_optional(pool).await)?;
@@ -368,7 +348,7 @@ impl SupportStore {
         author: &str,
         text: &str,
         now: Micros,
-    ) -> ApiResult<()> {
+    ) -> StoreResult<()> {
         const SQL: &str = "INSERT INTO ticket_comments (ticket_id, position, author_user_id, text, created_at_us) \
                            SELECT $1, COALESCE(MAX(position), 0) + 1, $2, $3, $4 FROM ticket_comments WHERE ticket_id = $1";
         const TOUCH: &str = "UPDATE tickets SET updated_at_us = $2 WHERE id = $1";
@@ -382,14 +362,14 @@ impl SupportStore {
     }
 
     /// Closes a ticket (any status but closed).
-    pub async fn close(&self, ticket_id: &str, now: Micros) -> ApiResult<()> {
+    pub async fn close(&self, ticket_id: &str, now: Micros) -> StoreResult<()> {
         const SQL: &str = "UPDATE tickets SET status = 'closed', updated_at_us = $2 WHERE id = $1";
         on_db!(&self.db, pool => sqlx::query(SQL).bind(ticket_id).bind(now).execute(pool).await.map(drop))?;
         Ok(())
     }
 
     /// Refund steps due now, oldest first.
-    pub async fn due_steps(&self, now: Micros, limit: u32) -> ApiResult<Vec<Step>> {
+    pub async fn due_steps(&self, now: Micros, limit: u32) -> StoreResult<Vec<Step>> {
         const SQL: &str = "SELECT ticket_id, position, partner_id, subscription_id, refund_minor, state, attempts \
                            FROM refund_steps WHERE state IN ('pending', 'cancelled') AND next_attempt_at_us <= $1 \
                            ORDER BY next_attempt_at_us, ticket_id, position LIMIT $2";
@@ -419,7 +399,7 @@ impl SupportStore {
     }
 
     /// Moves a step on.
-    pub async fn set_step(&self, s: &Step, state: &str, error: Option<&str>) -> ApiResult<()> {
+    pub async fn set_step(&self, s: &Step, state: &str, error: Option<&str>) -> StoreResult<()> {
         const SQL: &str = "UPDATE refund_steps SET state = $3, last_error = $4 WHERE ticket_id = $1 AND position = $2";
         on_db!(&self.db, pool => sqlx::query(SQL)
             .bind(&s.ticket_id)
@@ -433,7 +413,7 @@ impl SupportStore {
     }
 
     /// Puts a step off until `next`.
-    pub async fn retry_step(&self, s: &Step, next: Micros, error: &str) -> ApiResult<()> {
+    pub async fn retry_step(&self, s: &Step, next: Micros, error: &str) -> StoreResult<()> {
         const SQL: &str = "UPDATE refund_steps SET attempts = attempts + 1, next_attempt_at_us = $3, last_error = $4 \
                            WHERE ticket_id = $1 AND position = $2";
         on_db!(&self.db, pool => sqlx::query(SQL)
@@ -448,7 +428,10 @@ impl SupportStore {
     }
 
     /// Every step of a ticket: (state, refund, last error).
-    pub async fn steps_of(&self, ticket_id: &str) -> ApiResult<Vec<(String, i64, Option<String>)>> {
+    pub async fn steps_of(
+        &self,
+        ticket_id: &str,
+    ) -> StoreResult<Vec<(String, i64, Option<String>)>> {
         const SQL: &str = "SELECT state, refund_minor, last_error FROM refund_steps WHERE ticket_id = $1 ORDER BY position";
         Ok(on_db!(&self.db, pool => sqlx::query_as(SQL).bind(ticket_id).fetch_all(pool).await)?)
     }
@@ -463,7 +446,7 @@ impl SupportStore {
         rejection: Option<&str>,
         messages: &[Message],
         now: Micros,
-    ) -> ApiResult<bool> {
+    ) -> StoreResult<bool> {
         const SQL: &str = "UPDATE tickets SET status = $2, refunded_minor = $3, rejection_reason = $4, updated_at_us = $5 \
                            WHERE id = $1 AND status = 'submitted'";
         let mut tx = self.db.begin().await?;

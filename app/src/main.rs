@@ -255,20 +255,20 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         "support" => &csp_support::storage::MIGRATIONS,
         other => anyhow::bail!("no service named {other:?}"),
     };
-    let db = csp_kit::server::open_database(&args.service, &args.backend, migrations).await?;
+    let db = csp_store::backend::open_database(&args.service, &args.backend, migrations).await?;
     db.close().await;
     Ok(())
 }
 
 async fn outbox(args: OutboxArgs) -> anyhow::Result<()> {
     use csp_kit::clock::Clock as _;
-    use csp_kit::outbox;
-    let db = csp_kit::db::Db::connect_existing(&args.database_url).await?;
+    use csp_store::outbox;
+    let db = csp_store::db::Db::connect_existing(&args.database_url).await?;
     let has_outbox = outbox::backlog(&db).await.is_ok();
     anyhow::ensure!(
         has_outbox,
         "{} has no outbox: point --database-url at the database of a service that sends events (ordering, licensing, support)",
-        csp_kit::db::redact_url(&args.database_url)
+        csp_store::db::redact_url(&args.database_url)
     );
     match args.action {
         OutboxAction::List => {

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use csp_kit::clock::Clock;
 use csp_kit::config::{BackendArgs, Secret};
-use csp_kit::db;
 use csp_kit::server::bind;
 use csp_kit::shutdown::{Shutdown, ShutdownTrigger};
+use csp_store::db;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -241,17 +241,17 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
     });
     let c = csp_ordering::Config {
         backend: ordering_args,
-        catalog_url: url(addresses.catalog),
-        licensing_url: url(addresses.licensing),
-        audit_url: url(addresses.audit),
+        catalog: url(addresses.catalog).into(),
+        licensing: url(addresses.licensing).into(),
+        audit: url(addresses.audit).into(),
     };
     let (s, clock) = (shutdown.clone(), config.clock.clone());
     tasks.spawn(async move { ("ordering", csp_ordering::run(c, ordering, s, clock).await) });
     let c = csp_licensing::Config {
         backend: licensing_args,
-        catalog_url: url(addresses.catalog),
-        ordering_url: url(addresses.ordering),
-        audit_url: url(addresses.audit),
+        catalog: url(addresses.catalog).into(),
+        ordering: url(addresses.ordering).into(),
+        audit: url(addresses.audit).into(),
         sealing_key: config.sealing_key.clone(),
         download_base_url: format!("http://{}", addresses.gateway_http),
         content_origin: config.content_origin.clone(),
@@ -280,9 +280,9 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
     }
     let c = csp_support::Config {
         backend: support_args,
-        ordering_url: url(addresses.ordering),
-        licensing_url: url(addresses.licensing),
-        audit_url: url(addresses.audit),
+        ordering: url(addresses.ordering).into(),
+        licensing: url(addresses.licensing).into(),
+        audit: url(addresses.audit).into(),
     };
     let (s, clock) = (shutdown.clone(), config.clock.clone());
     tasks.spawn(async move { ("support", csp_support::run(c, support, s, clock).await) });
@@ -293,13 +293,13 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         jwt_secret: config.jwt_secret.clone(),
         internal_key: config.internal_key.clone(),
         metrics_listen: None,
-        backends: csp_gateway::Backends {
-            catalog: url(addresses.catalog),
-            ordering: url(addresses.ordering),
-            licensing: url(addresses.licensing),
-            audit: url(addresses.audit),
-            support: url(addresses.support),
-        },
+        backends: csp_gateway::Backends::at(
+            url(addresses.catalog),
+            url(addresses.ordering),
+            url(addresses.licensing),
+            url(addresses.audit),
+            url(addresses.support),
+        ),
     };
     tasks.spawn(async move {
         (

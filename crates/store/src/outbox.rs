@@ -21,9 +21,15 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::Notify;
 
-use crate::clock::{Clock, Micros};
+use csp_kit::backoff::Backoff;
+use csp_kit::clock::{Clock, Micros};
+use csp_kit::ids::RecordId;
+use csp_kit::peer::{Failure, PeerError, PeerResult as _};
+use csp_kit::shutdown::Shutdown;
+use csp_proto::audit::v1::ActivityRecord;
+use csp_proto::audit::v1::audit_intake_service_client::AuditIntakeServiceClient;
+
 use crate::db::{Db, DbTx, MigrationSource};
-use crate::shutdown::Shutdown;
 use crate::{on_db, on_tx};
 
 /// The outbox tables on SQLite; add to a service's migrations under its own
@@ -63,10 +69,32 @@ pub struct Message {
     pub payload: Vec<u8>,
 }
 
+impl Message {
+    /// An activity record for the audit log, in `stream`; its event id is the
+    /// record's id.
+    pub fn audit(stream: impl std::fmt::Display, id: RecordId, record: &ActivityRecord) -> Self {
+        Message {
+            destination: AUDIT,
+            event_id: id.to_string(),
+            stream: stream.to_string(),
+            payload: prost::Message::encode_to_vec(record),
+        }
+    }
+
+    /// A built activity for the audit log, in `stream`.
+    pub fn activity(stream: impl std::fmt::Display, activity: csp_kit::activity::Activity) -> Self {
+        let id = activity.id();
+        Self::audit(stream, id, &activity.record())
+    }
+}
+
+/// The destination name of the audit service.
+pub const AUDIT: &str = "audit";
+
 /// Writes `message` in `tx`; it is relayed once `tx` commits. Its timestamps
 /// come from the system clock (relay timing is not business time).
 pub async fn enqueue(tx: &mut DbTx, message: &Message) -> Result<(), sqlx::Error> {
-    let now = crate::clock::SystemClock.now();
+    let now = csp_kit::clock::SystemClock.now();
     const SQL: &str = "INSERT INTO outbox (destination, event_id, stream, payload, created_at_us, next_attempt_at_us) \
                        VALUES ($1, $2, $3, $4, $5, $5)";
     on_tx!(tx, t => sqlx::query(SQL)
@@ -123,17 +151,113 @@ pub trait Destination: Send + Sync + 'static {
     async fn deliver(&self, batch: &[Envelope]) -> Outcome;
 }
 
-/// Whether a gRPC failure is worth retrying, as [`Outcome::Failed`] needs.
-pub fn failed(status: &tonic::Status) -> Outcome {
-    use tonic::Code;
-    let permanent = matches!(
-        status.code(),
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange
-    );
-    Outcome::Failed {
-        error: format!("{:?}: {}", status.code(), status.message()),
-        permanent,
+impl Outcome {
+    /// A failed delivery as the peer's answer reads ([`PeerError`]): a
+    /// rejection is permanent (the relay then finds the bad message), a
+    /// transient failure or NOT_FOUND is retried later.
+    pub fn failed(error: &PeerError) -> Self {
+        Outcome::Failed {
+            error: error.describe(),
+            permanent: error.failure == Failure::Rejected,
+        }
     }
+}
+
+/// Sends batches of one message type through one batch RPC of a peer, which
+/// answers with the events it rejected as permanently invalid. Every outbox
+/// destination is one of these.
+pub struct BatchDestination<M, F> {
+    name: &'static str,
+    send: F,
+    _message: std::marker::PhantomData<fn() -> M>,
+}
+
+/// A batch RPC call: the decoded messages in, the rejected (event id,
+/// reason) pairs out.
+pub type BatchFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Vec<(String, String)>, PeerError>> + Send>,
+>;
+
+impl<M, F> BatchDestination<M, F>
+where
+    M: prost::Message + Default + Send + 'static,
+    F: Fn(Vec<M>) -> BatchFuture + Send + Sync + 'static,
+{
+    /// The destination `name`, delivering with `send`.
+    pub fn new(name: &'static str, send: F) -> Self {
+        Self {
+            name,
+            send,
+            _message: std::marker::PhantomData,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<M, F> Destination for BatchDestination<M, F>
+where
+    M: prost::Message + Default + Send + 'static,
+    F: Fn(Vec<M>) -> BatchFuture + Send + Sync + 'static,
+{
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    async fn deliver(&self, batch: &[Envelope]) -> Outcome {
+        let (messages, mut rejected) = decode_all::<M>(batch);
+        if messages.is_empty() {
+            return Outcome::Accepted { rejected };
+        }
+        match (self.send)(messages).await {
+            Ok(more) => {
+                rejected.extend(more);
+                Outcome::Accepted { rejected }
+            }
+            Err(error) => Outcome::failed(&error),
+        }
+    }
+}
+
+/// The audit log as an outbox destination, over `channel`.
+pub fn audit_destination(channel: csp_kit::peer::Signed) -> Arc<dyn Destination> {
+    let client = AuditIntakeServiceClient::new(channel);
+    Arc::new(BatchDestination::new(AUDIT, move |records| {
+        let mut client = client.clone();
+        Box::pin(async move {
+            let answer = client
+                .record_activities(csp_proto::audit::v1::RecordActivitiesRequest { records })
+                .await
+                .peer(AUDIT)?;
+            Ok(answer
+                .rejected
+                .into_iter()
+                .map(|r| (r.event_id, r.reason))
+                .collect())
+        }) as BatchFuture
+    }))
+}
+
+/// Decodes payloads; one that does not decode is rejected (it never will).
+pub fn decode_all<M: prost::Message + Default>(
+    batch: &[Envelope],
+) -> (Vec<M>, Vec<(String, String)>) {
+    let mut decoded = Vec::with_capacity(batch.len());
+    let mut rejected = Vec::new();
+    for envelope in batch {
+        match M::decode(envelope.payload.as_slice()) {
+            Ok(message) => decoded.push(message),
+            Err(error) => rejected.push((
+                envelope.event_id.clone(),
+                format!("the payload does not decode: {error}"),
+            )),
+        }
+    }
+    (decoded, rejected)
+}
+
+/// Encodes a message for the outbox.
+pub fn encode<M: prost::Message>(message: &M) -> Vec<u8> {
+    message.encode_to_vec()
 }
 
 /// How a relay paces itself.
@@ -216,36 +340,17 @@ impl Relay {
     }
 
     /// Delivers what is due for one destination, holding the destination's
-    /// advisory lock on PostgreSQL.
+    /// advisory lock on PostgreSQL (another replica holding it now delivers
+    /// instead).
     pub async fn pass(
         &self,
         destination: &dyn Destination,
         shutdown: &Shutdown,
     ) -> anyhow::Result<()> {
-        match &self.db {
-            Db::Sqlite(_) => self.deliver_due(destination, shutdown).await,
-            Db::Postgres(pool) => {
-                let mut lock = pool.acquire().await?;
-                let key = lock_key(destination.name());
-                let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                    .bind(key)
-                    .fetch_one(&mut *lock)
-                    .await?;
-                if !locked {
-                    return Ok(()); // another replica relays this destination now
-                }
-                let result = self.deliver_due(destination, shutdown).await;
-                let unlocked = sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1)")
-                    .bind(key)
-                    .fetch_one(&mut *lock)
-                    .await;
-                if unlocked.is_err() {
-                    // The lock dies with the connection; make sure it does.
-                    lock.detach();
-                }
-                result
-            }
-        }
+        let lock = format!("csp-outbox:{}", destination.name());
+        crate::lock::exclusively(&self.db, &lock, self.deliver_due(destination, shutdown))
+            .await?
+            .unwrap_or(Ok(()))
     }
 
     async fn deliver_due(
@@ -335,7 +440,8 @@ impl Relay {
         error: &str,
     ) -> anyhow::Result<()> {
         let attempts = batch.iter().map(|e| e.attempts).max().unwrap_or(0) + 1;
-        let delay = backoff(self.settings, attempts);
+        let delay =
+            Backoff::new(self.settings.backoff_base, self.settings.backoff_max).delay(attempts);
         tracing::warn!(
             destination,
             messages = batch.len(),
@@ -421,28 +527,6 @@ async fn delete(db: &Db, seq: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The wait before attempt `attempts + 1`: doubling from the base, capped,
-/// with up to 20% random jitter so replicas do not retry in step.
-fn backoff(settings: RelaySettings, attempts: i32) -> Duration {
-    let exponent = attempts.clamp(1, 30) as u32 - 1;
-    let delay = settings
-        .backoff_base
-        .saturating_mul(2u32.saturating_pow(exponent))
-        .min(settings.backoff_max);
-    let jitter = (uuid::Uuid::new_v4().as_u128() % 1000) as u32; // 0..1000 permille
-    delay + delay * jitter / 5000
-}
-
-/// A stable advisory-lock key per destination (FNV-1a).
-fn lock_key(destination: &str) -> i64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in b"csp-outbox:".iter().chain(destination.as_bytes()) {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash as i64
-}
-
 /// A message a destination rejected.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeadLetter {
@@ -515,26 +599,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_and_is_capped() {
-        let settings = RelaySettings {
-            backoff_base: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(1),
-            ..RelaySettings::default()
-        };
-        let within = |attempts, low: u64, high: u64| {
-            let d = backoff(settings, attempts).as_millis() as u64;
-            assert!((low..=high).contains(&d), "attempt {attempts}: {d} ms");
-        };
-        within(1, 100, 120);
-        within(2, 200, 240);
-        within(3, 400, 480);
-        within(10, 1000, 1200);
-        within(i32::MAX, 1000, 1200);
-    }
-
-    #[test]
-    fn lock_keys_differ_per_destination() {
-        assert_ne!(lock_key("licensing"), lock_key("audit"));
-        assert_eq!(lock_key("audit"), lock_key("audit"));
+    fn failures_read_as_the_peer_status_says() {
+        let failed = |status| Outcome::failed(&PeerError::new("licensing", status));
+        assert!(matches!(
+            failed(tonic::Status::invalid_argument("bad")),
+            Outcome::Failed {
+                permanent: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            failed(tonic::Status::unavailable("down")),
+            Outcome::Failed {
+                permanent: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            failed(tonic::Status::not_found("later")),
+            Outcome::Failed {
+                permanent: false,
+                ..
+            }
+        ));
     }
 }

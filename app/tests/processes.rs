@@ -342,7 +342,7 @@ impl Deployment {
 
         // The databases the DBA creates (deploy/README.md, step 1).
         for service in BACKENDS {
-            csp_kit::db::ensure_postgres_database(
+            csp_store::db::ensure_postgres_database(
                 &deployment.server_url,
                 &deployment.database(service),
             )
@@ -350,7 +350,7 @@ impl Deployment {
             .unwrap_or_else(|e| {
                 panic!(
                     "this test needs PostgreSQL at {} (CSP_TEST_POSTGRES_URL): {e:#}",
-                    csp_kit::db::redact_url(&deployment.server_url)
+                    csp_store::db::redact_url(&deployment.server_url)
                 )
             });
         }
@@ -423,8 +423,9 @@ impl Deployment {
         let processes = std::mem::take(&mut self.processes);
         drop(processes);
         for service in BACKENDS {
-            let _ = csp_kit::db::drop_postgres_database(&self.server_url, &self.database(service))
-                .await;
+            let _ =
+                csp_store::db::drop_postgres_database(&self.server_url, &self.database(service))
+                    .await;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         self.stopped = true;
@@ -450,7 +451,7 @@ impl Drop for Deployment {
             };
             runtime.block_on(async {
                 for name in names {
-                    let _ = csp_kit::db::drop_postgres_database(&server_url, &name).await;
+                    let _ = csp_store::db::drop_postgres_database(&server_url, &name).await;
                 }
             });
         });

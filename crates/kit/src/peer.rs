@@ -1,0 +1,179 @@
+//! Calling other csp services: lazily connected channels that sign every
+//! call with this service's identity, and the one way to read a peer's
+//! failure ([`PeerError`]): whether to try again later, whether the thing
+//! asked for does not exist there, or whether the request can never succeed
+//! as sent. The outbox relay, the refund workflow and every use case that
+//! calls a peer decide by it.
+
+use std::sync::Arc;
+
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::ApiError;
+use crate::identity::{IdentityKey, ServiceIdentity};
+
+/// A channel whose calls carry this service's signed identity.
+pub type Signed = InterceptedService<Channel, ServiceIdentity>;
+
+/// A lazily connected channel to `url` that signs calls as `service`.
+pub fn signed_channel(url: &str, key: &Arc<IdentityKey>, service: &str) -> anyhow::Result<Signed> {
+    let channel = Endpoint::from_shared(url.to_owned())
+        .map_err(|error| anyhow::anyhow!("{url:?} is not a valid URL: {error}"))?
+        .tcp_nodelay(true)
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(15))
+        .connect_lazy();
+    Ok(InterceptedService::new(
+        channel,
+        ServiceIdentity::new(key.clone(), service),
+    ))
+}
+
+/// What a peer's failure means for the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The peer could not take or finish the call now (down, draining,
+    /// overloaded, timed out, misconfigured, or broken inside): the same
+    /// call may succeed later.
+    Transient,
+    /// What the call named does not exist there (NOT_FOUND).
+    NotFound,
+    /// The request can never succeed as sent (INVALID_ARGUMENT,
+    /// FAILED_PRECONDITION, OUT_OF_RANGE, ALREADY_EXISTS): retrying the same
+    /// request is pointless.
+    Rejected,
+}
+
+impl Failure {
+    /// How a gRPC status code reads.
+    pub fn of(code: Code) -> Self {
+        match code {
+            Code::NotFound => Failure::NotFound,
+            Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::OutOfRange
+            | Code::AlreadyExists => Failure::Rejected,
+            _ => Failure::Transient,
+        }
+    }
+}
+
+/// A call to another csp service that failed.
+#[derive(Debug)]
+pub struct PeerError {
+    /// The peer, for example `catalog`.
+    pub peer: &'static str,
+    /// What the failure means.
+    pub failure: Failure,
+    /// The peer's status, for details and logs (never shown to our callers
+    /// whole).
+    pub status: Status,
+}
+
+impl PeerError {
+    /// Reads `status` from `peer`.
+    pub fn new(peer: &'static str, status: Status) -> Self {
+        Self {
+            peer,
+            failure: Failure::of(status.code()),
+            status,
+        }
+    }
+
+    /// Whether the same call may succeed later.
+    pub fn is_transient(&self) -> bool {
+        self.failure == Failure::Transient
+    }
+
+    /// Whether the peer said the thing asked for does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.failure == Failure::NotFound
+    }
+
+    /// One line for logs and operator records: peer, code and message.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}: {:?}: {}",
+            self.peer,
+            self.status.code(),
+            self.status.message()
+        )
+    }
+}
+
+impl std::fmt::Display for PeerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl std::error::Error for PeerError {}
+
+/// A failure the use case did not handle itself: a transient one is
+/// UNAVAILABLE (the caller may retry); anything else means this service
+/// sent its peer something it should not have, which is INTERNAL (logged,
+/// not shown).
+impl From<PeerError> for ApiError {
+    fn from(error: PeerError) -> Self {
+        match error.failure {
+            Failure::Transient => {
+                tracing::warn!(peer = error.peer, error = %error.describe(), "a peer is unavailable");
+                ApiError::Unavailable(format!(
+                    "the {} service is unavailable; try again",
+                    error.peer
+                ))
+            }
+            Failure::NotFound | Failure::Rejected => ApiError::Internal(anyhow::Error::new(error)),
+        }
+    }
+}
+
+/// Extension for results of generated clients: `client.call(r).await.peer("catalog")?`.
+pub trait PeerResult<T> {
+    /// Reads the failure as coming from `peer`.
+    fn peer(self, peer: &'static str) -> Result<T, PeerError>;
+}
+
+impl<T> PeerResult<T> for Result<tonic::Response<T>, Status> {
+    fn peer(self, peer: &'static str) -> Result<T, PeerError> {
+        self.map(tonic::Response::into_inner)
+            .map_err(|status| PeerError::new(peer, status))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_every_code_one_way() {
+        assert_eq!(Failure::of(Code::Unavailable), Failure::Transient);
+        assert_eq!(Failure::of(Code::DeadlineExceeded), Failure::Transient);
+        assert_eq!(Failure::of(Code::Internal), Failure::Transient);
+        assert_eq!(Failure::of(Code::Unauthenticated), Failure::Transient);
+        assert_eq!(Failure::of(Code::NotFound), Failure::NotFound);
+        assert_eq!(Failure::of(Code::InvalidArgument), Failure::Rejected);
+        assert_eq!(Failure::of(Code::FailedPrecondition), Failure::Rejected);
+        assert_eq!(Failure::of(Code::OutOfRange), Failure::Rejected);
+    }
+
+    #[test]
+    fn unhandled_failures_never_show_the_peers_text() {
+        let status: Status = ApiError::from(PeerError::new(
+            "catalog",
+            Status::unavailable("connection refused to 10.0.0.7"),
+        ))
+        .into();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(!status.message().contains("10.0.0.7"));
+        let status: Status = ApiError::from(PeerError::new(
+            "catalog",
+            Status::invalid_argument("secret"),
+        ))
+        .into();
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret"));
+    }
+}
