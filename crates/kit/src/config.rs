@@ -118,8 +118,6 @@ macro_rules! peer_url {
         #[derive(clap::Args, Clone, Debug)]
         pub struct $name {
             $(#[$doc])*
-            /// The gateway takes several comma-separated URLs and spreads
-            /// calls over every address they resolve to.
             #[arg(id = $flag, long = $flag, env = $env, default_value = $default)]
             pub $field: String,
         }

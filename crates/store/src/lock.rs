@@ -17,9 +17,10 @@ pub fn key(name: &str) -> i64 {
     hash as i64
 }
 
-/// Runs `work` while holding the advisory lock `name` on PostgreSQL; returns
-/// `None` without running it when another replica holds the lock now.
-pub async fn exclusively<T, F>(db: &Db, name: &str, work: F) -> anyhow::Result<Option<T>>
+/// Runs `work` while holding the advisory lock `key` (see [`key`]) on
+/// PostgreSQL; returns `None` without running it when another replica holds
+/// the lock now.
+pub async fn exclusively<T, F>(db: &Db, key: i64, work: F) -> anyhow::Result<Option<T>>
 where
     F: Future<Output = T>,
 {
@@ -27,7 +28,6 @@ where
         Db::Sqlite(_) => return Ok(Some(work.await)),
         Db::Postgres(pool) => pool,
     };
-    let key = key(name);
     let mut lock = pool.acquire().await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(key)

@@ -347,8 +347,8 @@ impl Relay {
         destination: &dyn Destination,
         shutdown: &Shutdown,
     ) -> anyhow::Result<()> {
-        let lock = format!("csp-outbox:{}", destination.name());
-        crate::lock::exclusively(&self.db, &lock, self.deliver_due(destination, shutdown))
+        let lock = crate::lock::key(&format!("csp-outbox:{}", destination.name()));
+        crate::lock::exclusively(&self.db, lock, self.deliver_due(destination, shutdown))
             .await?
             .unwrap_or(Ok(()))
     }

@@ -90,7 +90,8 @@ pub fn check_selection(
             violations.push(FieldViolation::new(
                 field,
                 format!(
-                    "{value:?} is not offered; choose one of {}",
+                    "{} is not offered; choose one of {}",
+                    csp_kit::error::quoted(value),
                     allowed.join(", ")
                 ),
             ));

@@ -93,13 +93,14 @@ pub async fn run(
         Outbox::Present,
     )
     .await?;
-    let relay = backend.relay(vec![audit_destination(
-        backend.channel(&config.audit.audit_url)?,
-    )]);
+    let catalog = backend.channel(&config.catalog.catalog_url)?;
+    let ordering = backend.channel(&config.ordering.ordering_url)?;
+    let audit = backend.channel(&config.audit.audit_url)?;
+    let relay = backend.relay(vec![audit_destination(audit)]);
     let api = LicensingApi::new(
         LicensingStore::new(backend.db().clone()),
-        backend.channel(&config.catalog.catalog_url)?,
-        backend.channel(&config.ordering.ordering_url)?,
+        catalog,
+        ordering,
         secrets::Sealer::new(&config.sealing_key)?,
         clock,
         Urls {

@@ -20,8 +20,15 @@ pub const MAX_COMPANY_NAME: usize = 200;
 /// 253 characters at most.
 pub fn parse_domain_name(field: &str, value: &str) -> Result<String, ApiError> {
     let name = value.trim().trim_end_matches('.').to_ascii_lowercase();
-    let invalid =
-        |why: &str| ApiError::invalid(field, format!("{value:?} is not a domain name: {why}"));
+    let invalid = |why: &str| {
+        ApiError::invalid(
+            field,
+            format!(
+                "{} is not a domain name: {why}",
+                csp_kit::error::quoted(value)
+            ),
+        )
+    };
     if name.is_empty() {
         return Err(ApiError::invalid(
             field,

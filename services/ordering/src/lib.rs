@@ -71,9 +71,11 @@ pub async fn run(
     )
     .await?;
     let catalog = upstream::Catalog::new(backend.channel(&config.catalog.catalog_url)?);
+    let licensing = backend.channel(&config.licensing.licensing_url)?;
+    let audit = backend.channel(&config.audit.audit_url)?;
     let relay = backend.relay(vec![
-        upstream::licensing_destination(backend.channel(&config.licensing.licensing_url)?),
-        audit_destination(backend.channel(&config.audit.audit_url)?),
+        upstream::licensing_destination(licensing),
+        audit_destination(audit),
     ]);
     let api = OrderingApi::new(
         OrderingStore::new(backend.db().clone()),

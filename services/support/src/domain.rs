@@ -1,6 +1,7 @@
 //! Support rules, without I/O: what a valid ticket is, and how a refund is
 //! spread over the subscriptions it cancels.
 
+use csp_kit::error::quoted;
 use csp_kit::{ApiError, FieldViolation};
 use csp_proto::support::v1 as pb;
 use sha2::{Digest, Sha256};
@@ -113,15 +114,15 @@ pub fn check_ticket(r: &pb::CreateTicketRequest) -> Result<(), ApiError> {
             if !is_email(contact.email.trim()) {
                 violations.push(FieldViolation::new(
                     "contact.email",
-                    format!("{:?} is not an email address", contact.email),
+                    format!("{} is not an email address", quoted(&contact.email)),
                 ));
             }
             if normalize_phone(&contact.phone).is_none() {
                 violations.push(FieldViolation::new(
                     "contact.phone",
                     format!(
-                        "{:?} is not in international form, such as +14255550100",
-                        contact.phone
+                        "{} is not in international form, such as +14255550100",
+                        quoted(&contact.phone)
                     ),
                 ));
             }
@@ -152,8 +153,8 @@ pub fn check_ticket(r: &pb::CreateTicketRequest) -> Result<(), ApiError> {
             violations.push(FieldViolation::new(
                 format!("attachments[{i}].content_type"),
                 format!(
-                    "{:?} is not allowed; allowed are {}",
-                    a.content_type,
+                    "{} is not allowed; allowed are {}",
+                    quoted(&a.content_type),
                     CONTENT_TYPES.join(", ")
                 ),
             ));
@@ -200,7 +201,7 @@ fn check_refund(violations: &mut Vec<FieldViolation>, refund: &pb::RefundRequest
         Some(Customer::CustomerTenantId(id)) if uuid::Uuid::parse_str(id.trim()).is_err() => {
             violations.push(FieldViolation::new(
                 "refund.customer_tenant_id",
-                format!("{id:?} is not a UUID"),
+                format!("{} is not a UUID", quoted(id)),
             ));
         }
         _ => {}
@@ -213,13 +214,13 @@ fn check_refund(violations: &mut Vec<FieldViolation>, refund: &pb::RefundRequest
         Some(Target::OrderId(id)) if uuid::Uuid::parse_str(id.trim()).is_err() => {
             violations.push(FieldViolation::new(
                 "refund.order_id",
-                format!("{id:?} is not a UUID"),
+                format!("{} is not a UUID", quoted(id)),
             ));
         }
         Some(Target::SubscriptionId(id)) if uuid::Uuid::parse_str(id.trim()).is_err() => {
             violations.push(FieldViolation::new(
                 "refund.subscription_id",
-                format!("{id:?} is not a UUID"),
+                format!("{} is not a UUID", quoted(id)),
             ));
         }
         _ => {}

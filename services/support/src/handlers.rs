@@ -253,7 +253,12 @@ impl SupportApi {
 
     async fn owned(&self, user: &UserCaller, ticket_id: &str) -> ApiResult<Ticket> {
         let id = Uuid::parse_str(ticket_id.trim())
-            .map_err(|_| ApiError::invalid("ticket_id", format!("{ticket_id:?} is not a UUID")))?
+            .map_err(|_| {
+                ApiError::invalid(
+                    "ticket_id",
+                    format!("{} is not a UUID", csp_kit::error::quoted(ticket_id)),
+                )
+            })?
             .to_string();
         self.store
             .ticket(&user.partner_id.to_string(), &id)

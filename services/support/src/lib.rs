@@ -66,22 +66,12 @@ pub async fn run(
     )
     .await?;
     let store = SupportStore::new(backend.db().clone());
-    let relay = backend.relay(vec![audit_destination(
-        backend.channel(&config.audit.audit_url)?,
-    )]);
-    let refunds = refunds::Refunds::new(
-        store.clone(),
-        backend.channel(&config.ordering.ordering_url)?,
-        backend.channel(&config.licensing.licensing_url)?,
-        clock.clone(),
-    );
-    let api = SupportApi::new(
-        store,
-        backend.channel(&config.ordering.ordering_url)?,
-        clock,
-        refunds.waker(),
-        relay,
-    );
+    let ordering = backend.channel(&config.ordering.ordering_url)?;
+    let licensing = backend.channel(&config.licensing.licensing_url)?;
+    let audit = backend.channel(&config.audit.audit_url)?;
+    let relay = backend.relay(vec![audit_destination(audit)]);
+    let refunds = refunds::Refunds::new(store.clone(), ordering.clone(), licensing, clock.clone());
+    let api = SupportApi::new(store, ordering, clock, refunds.waker(), relay);
     let shutdown = backend.shutdown().clone();
     backend.spawn(refunds.run(shutdown));
     backend

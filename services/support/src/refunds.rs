@@ -76,7 +76,7 @@ impl Refunds {
 
     /// One pass, by one replica at a time.
     async fn pass_locked(&self) -> anyhow::Result<()> {
-        csp_store::lock::exclusively(self.store.db(), "csp-refunds", self.pass())
+        csp_store::lock::exclusively(self.store.db(), LOCK, self.pass())
             .await?
             .unwrap_or(Ok(()))?;
         Ok(())
@@ -229,6 +229,10 @@ impl Refunds {
         Ok(())
     }
 }
+
+/// The advisory lock one replica holds while it runs refund steps (the key
+/// every release has used, so replicas of two releases still take turns).
+const LOCK: i64 = 0x00c5_705e_f00d;
 
 /// How a step that met an unavailable service is retried.
 const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
