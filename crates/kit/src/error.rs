@@ -110,6 +110,45 @@ impl ApiError {
     }
 }
 
+/// Collects the field violations of a request, so one INVALID_ARGUMENT
+/// names every bad field at once.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    /// None yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps a field's value, or its violations (another error becomes a
+    /// violation of `request`).
+    pub fn check<T>(&mut self, result: ApiResult<T>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(ApiError::InvalidArgument(violations)) => {
+                self.0.extend(violations);
+                None
+            }
+            Err(other) => {
+                self.0
+                    .push(FieldViolation::new("request", other.to_string()));
+                None
+            }
+        }
+    }
+
+    /// Adds a violation of `field`.
+    pub fn push(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    /// The INVALID_ARGUMENT naming every violation collected.
+    pub fn into_error(self) -> ApiError {
+        ApiError::InvalidArgument(self.0)
+    }
+}
+
 /// The longest caller value a message repeats whole.
 const MAX_QUOTED: usize = 64;
 

@@ -18,6 +18,7 @@
 //!   their failures.
 //! - [`backoff`]: the one retry pace.
 //! - [`activity`]: activity records for the audit log, built in one place.
+//! - [`stored`]: state enums with their one stored spelling.
 //! - [`metrics`]: Prometheus metrics (calls, latency, outbox, pools) and
 //!   their `/metrics` endpoint.
 //! - [`server`]: a gRPC server with health, reflection, identity checks and
@@ -40,6 +41,7 @@ pub mod peer;
 pub mod roles;
 pub mod server;
 pub mod shutdown;
+pub mod stored;
 pub mod telemetry;
 
 pub use error::{ApiError, ApiResult, FieldViolation};

@@ -78,3 +78,28 @@ impl From<StoreError> for tonic::Status {
         ApiError::from(error).into()
     }
 }
+
+/// Reads text column `column` of `row` and parses it (a typed id, a state):
+/// a value that does not parse is [`StoreError::Corrupt`].
+pub fn column<'r, R, T>(row: &'r R, column: &'static str) -> StoreResult<T>
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    T: std::str::FromStr,
+{
+    let text: String = row.try_get(column)?;
+    parse(column, &text)
+}
+
+/// The same for a column that may be NULL.
+pub fn optional_column<'r, R, T>(row: &'r R, column: &'static str) -> StoreResult<Option<T>>
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    T: std::str::FromStr,
+{
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|text| parse(column, &text)).transpose()
+}

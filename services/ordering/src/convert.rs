@@ -1,12 +1,15 @@
-//! Stored rows to the contract's messages, and the events the outbox carries.
+//! The domain's entities in the contract's messages, and the events the
+//! outbox carries.
 
 use csp_kit::clock::{Micros, to_timestamp};
 use csp_kit::identity::UserCaller;
-use csp_proto::catalog::v1::{ProductKind, Term};
+use csp_proto::catalog::v1 as catalog;
 use csp_proto::common::v1::Money;
 use csp_proto::ordering::v1 as pb;
 
-use crate::storage::{Customer, Order, Subscription};
+use crate::domain::{
+    Customer, Order, OrderStatus, ProductKind, Subscription, SubscriptionStatus, Term,
+};
 
 fn money(currency: &str, digits: i32, minor_units: i64) -> Money {
     Money {
@@ -16,45 +19,26 @@ fn money(currency: &str, digits: i32, minor_units: i64) -> Money {
     }
 }
 
-/// The stored spelling of a product kind; `None` for a kind this version
-/// does not know (never stored as a default: a default kind could get
-/// software entitlements it should not).
-pub fn kind_to_db(kind: i32) -> Option<&'static str> {
-    match ProductKind::try_from(kind) {
-        Ok(ProductKind::AzureReservation) => Some("azure_reservation"),
-        Ok(ProductKind::ServerSubscription) => Some("server_subscription"),
-        _ => None,
-    }
+fn kind(kind: ProductKind) -> i32 {
+    let kind = match kind {
+        ProductKind::ServerSubscription => catalog::ProductKind::ServerSubscription,
+        ProductKind::AzureReservation => catalog::ProductKind::AzureReservation,
+    };
+    kind as i32
 }
 
-fn kind_to_pb(kind: &str) -> i32 {
-    match kind {
-        "azure_reservation" => ProductKind::AzureReservation as i32,
-        "server_subscription" => ProductKind::ServerSubscription as i32,
-        _ => ProductKind::Unspecified as i32,
-    }
-}
-
-/// The stored spelling of a term.
-pub fn term_to_db(term: i32) -> &'static str {
-    match Term::try_from(term) {
-        Ok(Term::ThreeYears) => "P3Y",
-        _ => "P1Y",
-    }
-}
-
-fn term_to_pb(term: &str) -> i32 {
-    match term {
-        "P1Y" => Term::OneYear as i32,
-        "P3Y" => Term::ThreeYears as i32,
-        _ => Term::Unspecified as i32,
-    }
+fn term(term: Term) -> i32 {
+    let term = match term {
+        Term::OneYear => catalog::Term::OneYear,
+        Term::ThreeYears => catalog::Term::ThreeYears,
+    };
+    term as i32
 }
 
 /// A customer.
 pub fn customer(c: &Customer) -> pb::Customer {
     pb::Customer {
-        tenant_id: c.tenant_id.clone(),
+        tenant_id: c.tenant_id.to_string(),
         domain_name: c.domain_name.clone(),
         company_name: c.company_name.clone(),
         market: c.market.clone(),
@@ -65,11 +49,11 @@ pub fn customer(c: &Customer) -> pb::Customer {
 /// An order.
 pub fn order(o: &Order) -> pb::Order {
     pb::Order {
-        id: o.id.clone(),
-        customer_tenant_id: o.customer_tenant_id.clone(),
-        status: match o.status.as_str() {
-            "cancelled" => pb::OrderStatus::Cancelled,
-            _ => pb::OrderStatus::Completed,
+        id: o.id.to_string(),
+        customer_tenant_id: o.customer_tenant_id.to_string(),
+        status: match o.status {
+            OrderStatus::Completed => pb::OrderStatus::Completed,
+            OrderStatus::Cancelled => pb::OrderStatus::Cancelled,
         } as i32,
         lines: o
             .lines
@@ -79,8 +63,8 @@ pub fn order(o: &Order) -> pb::Order {
                 sku_id: l.sku_id.clone(),
                 product_id: l.product_id.clone(),
                 product_title: l.product_title.clone(),
-                product_kind: kind_to_pb(&l.product_kind),
-                term: term_to_pb(&l.term),
+                product_kind: kind(l.product_kind),
+                term: term(l.term),
                 quantity: l.quantity,
                 unit_price: Some(money(
                     &o.currency_code,
@@ -89,12 +73,12 @@ pub fn order(o: &Order) -> pb::Order {
                 )),
                 amount: Some(money(&o.currency_code, o.minor_unit_digits, l.amount_minor)),
                 tax_included: o.tax_included,
-                subscription_id: l.subscription_id.clone(),
+                subscription_id: l.subscription_id.to_string(),
             })
             .collect(),
         total: Some(money(&o.currency_code, o.minor_unit_digits, o.total_minor)),
         tax_included: o.tax_included,
-        request_id: o.request_id.clone(),
+        request_id: o.request_id.to_string(),
         placed_by_user_id: o.placed_by_user_id.clone(),
         create_time: Some(to_timestamp(o.created_at)),
     }
@@ -103,15 +87,15 @@ pub fn order(o: &Order) -> pb::Order {
 /// A subscription.
 pub fn subscription(s: &Subscription) -> pb::Subscription {
     pb::Subscription {
-        id: s.id.clone(),
-        customer_tenant_id: s.customer_tenant_id.clone(),
-        order_id: s.order_id.clone(),
+        id: s.id.to_string(),
+        customer_tenant_id: s.customer_tenant_id.to_string(),
+        order_id: s.order_id.to_string(),
         product_id: s.product_id.clone(),
-        product_kind: kind_to_pb(&s.product_kind),
+        product_kind: kind(s.product_kind),
         sku_id: s.sku_id.clone(),
-        status: match s.status.as_str() {
-            "cancelled" => pb::SubscriptionStatus::Cancelled,
-            _ => pb::SubscriptionStatus::Active,
+        status: match s.status {
+            SubscriptionStatus::Active => pb::SubscriptionStatus::Active,
+            SubscriptionStatus::Cancelled => pb::SubscriptionStatus::Cancelled,
         } as i32,
         quantity: s.quantity,
         amount_paid: Some(money(
@@ -132,16 +116,16 @@ pub fn subscription(s: &Subscription) -> pb::Subscription {
 pub fn order_placed(
     event_id: &str,
     user: &UserCaller,
-    order_row: &Order,
+    placed: &Order,
     subscriptions: &[Subscription],
 ) -> pb::OrderingEvent {
     pb::OrderingEvent {
         event_id: event_id.to_owned(),
-        occur_time: Some(to_timestamp(order_row.created_at)),
-        partner_id: order_row.partner_id.clone(),
+        occur_time: Some(to_timestamp(placed.created_at)),
+        partner_id: placed.partner_id.to_string(),
         user_id: user.user_id.clone(),
         payload: Some(pb::ordering_event::Payload::OrderPlaced(pb::OrderPlaced {
-            order: Some(order(order_row)),
+            order: Some(order(placed)),
             subscriptions: subscriptions.iter().map(subscription).collect(),
         })),
     }
@@ -158,7 +142,7 @@ pub fn subscription_cancelled(
     pb::OrderingEvent {
         event_id: event_id.to_owned(),
         occur_time: Some(to_timestamp(at)),
-        partner_id: cancelled.partner_id.clone(),
+        partner_id: cancelled.partner_id.to_string(),
         user_id: actor.to_owned(),
         payload: Some(pb::ordering_event::Payload::SubscriptionCancelled(
             pb::SubscriptionCancelled {

@@ -1,11 +1,203 @@
-//! Ordering rules, without I/O: what a valid customer and order look like,
-//! how an order is fingerprinted for idempotency, and when a subscription can
-//! be cancelled.
+//! Ordering's domain, without I/O: the entities (customers, orders, their
+//! lines, subscriptions) and their states, what a valid customer and order
+//! look like, how an order is fingerprinted for idempotency, and when a
+//! subscription can be cancelled.
 
 use csp_kit::clock::{self, DAY, Micros};
+use csp_kit::ids::{OrderId, PartnerId, RequestId, SubscriptionId, TenantId};
 use csp_kit::{ApiError, FieldViolation};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
+
+csp_kit::stored_enum! {
+    /// Whether an order still has an active subscription.
+    pub enum OrderStatus {
+        /// Placed and paid; at least one subscription is active.
+        Completed = "completed",
+        /// Every subscription of the order was cancelled.
+        Cancelled = "cancelled",
+    }
+}
+
+csp_kit::stored_enum! {
+    /// Whether a subscription is in use.
+    pub enum SubscriptionStatus {
+        /// In use.
+        Active = "active",
+        /// Cancelled (refunded, keys revoked).
+        Cancelled = "cancelled",
+    }
+}
+
+csp_kit::stored_enum! {
+    /// What a product is, as ordering records it.
+    pub enum ProductKind {
+        /// Software bought for a customer (keys and downloads).
+        ServerSubscription = "server_subscription",
+        /// An Azure reservation (no software).
+        AzureReservation = "azure_reservation",
+    }
+}
+
+csp_kit::stored_enum! {
+    /// How long a subscription runs (ISO 8601 durations, as Partner Center
+    /// spells them).
+    pub enum Term {
+        /// One year.
+        OneYear = "P1Y",
+        /// Three years.
+        ThreeYears = "P3Y",
+    }
+}
+
+/// A partner's customer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Customer {
+    /// Its Azure AD tenant id.
+    pub tenant_id: TenantId,
+    /// The partner.
+    pub partner_id: PartnerId,
+    /// Domain name, lower case.
+    pub domain_name: String,
+    /// Company name.
+    pub company_name: String,
+    /// Market code.
+    pub market: String,
+    /// Created at.
+    pub created_at: Micros,
+}
+
+/// A line of a placed order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderLine {
+    /// 1-based.
+    pub line_number: i32,
+    /// SKU.
+    pub sku_id: String,
+    /// Product.
+    pub product_id: String,
+    /// Product title at order time.
+    pub product_title: String,
+    /// What the product is.
+    pub product_kind: ProductKind,
+    /// The SKU's term.
+    pub term: Term,
+    /// Units.
+    pub quantity: i32,
+    /// Unit price, minor units.
+    pub unit_price_minor: i64,
+    /// Line amount, minor units.
+    pub amount_minor: i64,
+    /// The subscription it became.
+    pub subscription_id: SubscriptionId,
+}
+
+/// A placed order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Order {
+    /// Id.
+    pub id: OrderId,
+    /// Partner.
+    pub partner_id: PartnerId,
+    /// Customer.
+    pub customer_tenant_id: TenantId,
+    /// The client's request id.
+    pub request_id: RequestId,
+    /// Fingerprint of the request body.
+    pub request_fingerprint: String,
+    /// Completed, or cancelled once no subscription is left active.
+    pub status: OrderStatus,
+    /// Currency.
+    pub currency_code: String,
+    /// Minor unit digits.
+    pub minor_unit_digits: i32,
+    /// Total, minor units.
+    pub total_minor: i64,
+    /// Whether prices include tax.
+    pub tax_included: bool,
+    /// Who placed it.
+    pub placed_by_user_id: String,
+    /// When.
+    pub created_at: Micros,
+    /// Lines.
+    pub lines: Vec<OrderLine>,
+}
+
+/// A subscription.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    /// Id.
+    pub id: SubscriptionId,
+    /// Partner.
+    pub partner_id: PartnerId,
+    /// Customer.
+    pub customer_tenant_id: TenantId,
+    /// Order.
+    pub order_id: OrderId,
+    /// Its order line.
+    pub line_number: i32,
+    /// Product.
+    pub product_id: String,
+    /// Product kind.
+    pub product_kind: ProductKind,
+    /// SKU.
+    pub sku_id: String,
+    /// Active or cancelled.
+    pub status: SubscriptionStatus,
+    /// Units.
+    pub quantity: i32,
+    /// Currency.
+    pub currency_code: String,
+    /// Minor unit digits.
+    pub minor_unit_digits: i32,
+    /// Paid, minor units.
+    pub amount_paid_minor: i64,
+    /// Bought at.
+    pub purchased_at: Micros,
+    /// The window in days.
+    pub cancellation_window_days: i32,
+    /// End (exclusive) of the window.
+    pub cancellable_until: Micros,
+    /// Cancelled at.
+    pub cancelled_at: Option<Micros>,
+    /// Refunded, minor units.
+    pub refunded_minor: Option<i64>,
+    /// Why it was cancelled.
+    pub cancel_reason: Option<String>,
+    /// The ticket that cancelled it.
+    pub cancel_ticket_id: Option<String>,
+}
+
+impl Subscription {
+    /// The terms its cancellation is judged by.
+    pub fn terms(&self) -> CancellationTerms {
+        CancellationTerms {
+            subscription_id: self.id.to_string(),
+            purchased_at: self.purchased_at,
+            window_days: u32::try_from(self.cancellation_window_days).unwrap_or(0),
+            cancellable_until: self.cancellable_until,
+            amount_paid_minor: self.amount_paid_minor,
+            currency_code: self.currency_code.clone(),
+        }
+    }
+}
+
+/// A cancellation to record.
+#[derive(Clone, Debug)]
+pub struct Cancellation {
+    /// Partner.
+    pub partner_id: PartnerId,
+    /// Subscription.
+    pub subscription_id: SubscriptionId,
+    /// When.
+    pub at: Micros,
+    /// Refund, minor units.
+    pub refund_minor: i64,
+    /// Why.
+    pub reason: String,
+    /// The ticket.
+    pub ticket_id: String,
+}
 
 /// The most units of one SKU in one line.
 pub const MAX_QUANTITY: i32 = 1000;
@@ -164,6 +356,187 @@ pub fn line_amount(unit_minor: i64, quantity: i32, line: usize) -> Result<i64, A
 /// The end (exclusive) of a subscription's cancellation window.
 pub fn cancellable_until(purchased_at: Micros, window_days: u32) -> Micros {
     purchased_at + i64::from(window_days) * DAY
+}
+
+/// The price the catalog quoted for one SKU in a customer's market, with
+/// what ordering records of its product.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quote {
+    /// The SKU.
+    pub sku_id: String,
+    /// Its product.
+    pub product_id: String,
+    /// The product's title now.
+    pub product_title: String,
+    /// What the product is.
+    pub product_kind: ProductKind,
+    /// The SKU's term.
+    pub term: Term,
+    /// The unit price, minor units.
+    pub unit_minor: i64,
+    /// Its currency.
+    pub currency_code: String,
+    /// Minor unit digits of the currency.
+    pub minor_unit_digits: i32,
+    /// Whether the price includes tax.
+    pub tax_included: bool,
+    /// Days after purchase a subscription can be cancelled.
+    pub cancellation_window_days: u32,
+}
+
+/// Who places which order, when.
+#[derive(Clone, Debug)]
+pub struct OrderHeader {
+    /// The new order's id.
+    pub id: OrderId,
+    /// The partner.
+    pub partner_id: PartnerId,
+    /// The customer.
+    pub customer_tenant_id: TenantId,
+    /// The client's request id.
+    pub request_id: RequestId,
+    /// The fingerprint of what was asked.
+    pub request_fingerprint: String,
+    /// The user placing it.
+    pub placed_by_user_id: String,
+    /// When.
+    pub at: Micros,
+}
+
+/// Prices each line with its quote (same order, one quote per line) and
+/// builds the order, its lines with prices frozen, and one active
+/// subscription per line, cancellable until the product's window ends. An
+/// order priced in two currencies is the catalog's fault (INTERNAL); a
+/// total that overflows is the request's (INVALID_ARGUMENT).
+pub fn price_order(
+    header: OrderHeader,
+    lines: &[LineRequest],
+    quotes: &[Quote],
+) -> Result<(Order, Vec<Subscription>), ApiError> {
+    let Some(first) = quotes.first() else {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "the catalog quoted no line"
+        )));
+    };
+    if quotes.len() != lines.len() {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "the catalog quoted {} lines of {}",
+            quotes.len(),
+            lines.len()
+        )));
+    }
+    let mut order_lines = Vec::with_capacity(lines.len());
+    let mut subscriptions = Vec::with_capacity(lines.len());
+    let mut total: i64 = 0;
+    for (i, (line, quote)) in lines.iter().zip(quotes).enumerate() {
+        if quote.currency_code != first.currency_code {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "the catalog priced one order in two currencies"
+            )));
+        }
+        let amount = line_amount(quote.unit_minor, line.quantity, i)?;
+        total = total
+            .checked_add(amount)
+            .ok_or_else(|| ApiError::invalid("lines", "the order total is too large"))?;
+        let subscription_id = SubscriptionId::new();
+        let line_number = i32::try_from(i + 1).unwrap_or(i32::MAX);
+        order_lines.push(OrderLine {
+            line_number,
+            sku_id: quote.sku_id.clone(),
+            product_id: quote.product_id.clone(),
+            product_title: quote.product_title.clone(),
+            product_kind: quote.product_kind,
+            term: quote.term,
+            quantity: line.quantity,
+            unit_price_minor: quote.unit_minor,
+            amount_minor: amount,
+            subscription_id,
+        });
+        subscriptions.push(Subscription {
+            id: subscription_id,
+            partner_id: header.partner_id,
+            customer_tenant_id: header.customer_tenant_id,
+            order_id: header.id,
+            line_number,
+            product_id: quote.product_id.clone(),
+            product_kind: quote.product_kind,
+            sku_id: quote.sku_id.clone(),
+            status: SubscriptionStatus::Active,
+            quantity: line.quantity,
+            currency_code: quote.currency_code.clone(),
+            minor_unit_digits: first.minor_unit_digits,
+            amount_paid_minor: amount,
+            purchased_at: header.at,
+            cancellation_window_days: i32::try_from(quote.cancellation_window_days)
+                .unwrap_or(i32::MAX),
+            cancellable_until: cancellable_until(header.at, quote.cancellation_window_days),
+            cancelled_at: None,
+            refunded_minor: None,
+            cancel_reason: None,
+            cancel_ticket_id: None,
+        });
+    }
+    let order = Order {
+        id: header.id,
+        partner_id: header.partner_id,
+        customer_tenant_id: header.customer_tenant_id,
+        request_id: header.request_id,
+        request_fingerprint: header.request_fingerprint,
+        status: OrderStatus::Completed,
+        currency_code: first.currency_code.clone(),
+        minor_unit_digits: first.minor_unit_digits,
+        total_minor: total,
+        tax_included: first.tax_included,
+        placed_by_user_id: header.placed_by_user_id,
+        created_at: header.at,
+        lines: order_lines,
+    };
+    Ok((order, subscriptions))
+}
+
+/// The subscriptions a refund may cancel, and what was paid for them.
+#[derive(Clone, Debug)]
+pub struct Refundable {
+    /// The active subscriptions named.
+    pub subscriptions: Vec<Subscription>,
+    /// What was paid for them, minor units.
+    pub paid_minor: i64,
+    /// In what currency.
+    pub currency_code: String,
+    /// Its minor unit digits.
+    pub minor_unit_digits: i32,
+}
+
+/// What a refund may cancel of `subscriptions` (all of one order, or one):
+/// the active ones, each still inside its window at `now`, and what was
+/// paid for them. Nothing active is FAILED_PRECONDITION `ALREADY_CANCELLED`;
+/// one past its window is `CANCELLATION_WINDOW_CLOSED`.
+pub fn refundable(subscriptions: Vec<Subscription>, now: Micros) -> Result<Refundable, ApiError> {
+    let Some(first_named) = subscriptions.first().map(|s| s.id) else {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "a refund target without subscriptions"
+        )));
+    };
+    let active: Vec<Subscription> = subscriptions
+        .into_iter()
+        .filter(|s| s.status == SubscriptionStatus::Active)
+        .collect();
+    let Some(first) = active.first() else {
+        return Err(ApiError::failed_precondition(
+            "ALREADY_CANCELLED",
+            format!("subscription/{first_named}"),
+            "every subscription named is already cancelled",
+        ));
+    };
+    if let Some(closed) = active.iter().find(|s| now >= s.cancellable_until) {
+        return Err(window_closed(&closed.terms()));
+    }
+    Ok(Refundable {
+        paid_minor: active.iter().map(|s| s.amount_paid_minor).sum(),
+        currency_code: first.currency_code.clone(),
+        minor_unit_digits: first.minor_unit_digits,
+        subscriptions: active,
+    })
 }
 
 /// A subscription as the cancellation rule sees it.

@@ -5,16 +5,23 @@
 //! "subscription cancelled" leave through the transactional outbox to
 //! licensing and audit.
 //!
-//! - [`domain`]: validation, fingerprints, the cancellation window; no I/O.
+//! The shape every service follows, in the order a call passes through it:
+//!
+//! - [`handlers`]: the gRPC APIs, public and internal: decode, caller, one
+//!   use case, encode.
+//! - [`use_cases`]: each operation's flow; owns the transaction.
+//! - [`domain`]: entities, states and rules (validation, pricing,
+//!   fingerprints, the cancellation window); no I/O.
 //! - [`storage`]: SQL on SQLite or PostgreSQL, and the migrations.
-//! - [`handlers`]: the gRPC APIs, public and internal.
-//! - [`upstream`]: the catalog client and the outbox destinations.
+//! - [`peers`]: the catalog client and licensing as an outbox destination.
+//! - [`convert`]: entities to the contract's messages and events.
 
 pub mod convert;
 pub mod domain;
 pub mod handlers;
+pub mod peers;
 pub mod storage;
-pub mod upstream;
+pub mod use_cases;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +37,7 @@ use tokio::net::TcpListener;
 
 use crate::handlers::OrderingApi;
 use crate::storage::OrderingStore;
+use crate::use_cases::Ordering;
 
 /// The service's name in logs, data files, database names and identities.
 pub const NAME: &str = "ordering";
@@ -70,19 +78,19 @@ pub async fn run(
         Outbox::Present,
     )
     .await?;
-    let catalog = upstream::Catalog::new(backend.channel(&config.catalog.catalog_url)?);
+    let catalog = peers::Catalog::new(backend.channel(&config.catalog.catalog_url)?);
     let licensing = backend.channel(&config.licensing.licensing_url)?;
     let audit = backend.channel(&config.audit.audit_url)?;
     let relay = backend.relay(vec![
-        upstream::licensing_destination(licensing),
+        peers::licensing_destination(licensing),
         audit_destination(audit),
     ]);
-    let api = OrderingApi::new(
+    let api = OrderingApi::new(Ordering::new(
         OrderingStore::new(backend.db().clone()),
         catalog,
         clock,
         relay,
-    );
+    ));
     backend
         .serve(|routes| {
             routes

@@ -1,11 +1,19 @@
 //! Ordering storage: SQL over SQLite or PostgreSQL. Every read is scoped to a
-//! partner, so another partner's rows are simply not found.
+//! partner, so another partner's rows are simply not found. Ids and states
+//! are written as text and read back typed; a stored value that does not
+//! read is a [`StoreError::Corrupt`](csp_store::StoreError), never a default.
 
 use csp_kit::clock::Micros;
+use csp_kit::ids::{OrderId, PartnerId, RequestId, SubscriptionId, TenantId};
 use csp_store::db::{Db, MigrationSource, Migrations};
+use csp_store::error::column;
 use csp_store::outbox::{self, Message};
 use csp_store::{StoreResult, on_db, on_tx};
 use sqlx::Row as _;
+
+use crate::domain::{
+    Cancellation, Customer, Order, OrderLine, OrderStatus, Subscription, SubscriptionStatus,
+};
 
 /// The ordering service's migrations.
 pub const MIGRATIONS: Migrations = Migrations {
@@ -19,185 +27,103 @@ const ORDERING: MigrationSource = MigrationSource {
     sql: include_str!("../migrations/0001_ordering.sql"),
 };
 
-/// A partner's customer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Customer {
-    /// Tenant id (UUID text).
-    pub tenant_id: String,
-    /// The partner.
-    pub partner_id: String,
-    /// Domain name, lower case.
-    pub domain_name: String,
-    /// Company name.
-    pub company_name: String,
-    /// Market code.
-    pub market: String,
-    /// Created at.
-    pub created_at: Micros,
-}
+/// The unique constraint on a partner's request ids (`PlaceOrder` retries).
+pub const ORDER_REQUEST_KEY: &str = "orders_partner_request_key";
+/// The unique constraint on customers' domain names.
+pub const CUSTOMER_DOMAIN_KEY: &str = "customers_domain_name_key";
+/// The primary key of customers (the tenant id).
+pub const CUSTOMER_TENANT_KEY: &str = "customers_pkey";
 
-/// A line of a placed order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OrderLine {
-    /// 1-based.
-    pub line_number: i32,
-    /// SKU.
-    pub sku_id: String,
-    /// Product.
-    pub product_id: String,
-    /// Product title at order time.
-    pub product_title: String,
-    /// `server_subscription` or `azure_reservation`.
-    pub product_kind: String,
-    /// `P1Y` or `P3Y`.
-    pub term: String,
-    /// Units.
-    pub quantity: i32,
-    /// Unit price, minor units.
-    pub unit_price_minor: i64,
-    /// Line amount, minor units.
-    pub amount_minor: i64,
-    /// The subscription it became.
-    pub subscription_id: String,
-}
-
-/// A placed order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Order {
-    /// Id.
-    pub id: String,
-    /// Partner.
-    pub partner_id: String,
-    /// Customer.
-    pub customer_tenant_id: String,
-    /// The client's request id.
-    pub request_id: String,
-    /// Fingerprint of the request body.
-    pub request_fingerprint: String,
-    /// `completed` or `cancelled`.
-    pub status: String,
-    /// Currency.
-    pub currency_code: String,
-    /// Minor unit digits.
-    pub minor_unit_digits: i32,
-    /// Total, minor units.
-    pub total_minor: i64,
-    /// Whether prices include tax.
-    pub tax_included: bool,
-    /// Who placed it.
-    pub placed_by_user_id: String,
-    /// When.
-    pub created_at: Micros,
-    /// Lines.
-    pub lines: Vec<OrderLine>,
-}
-
-/// A subscription.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Subscription {
-    /// Id.
-    pub id: String,
-    /// Partner.
-    pub partner_id: String,
-    /// Customer.
-    pub customer_tenant_id: String,
-    /// Order.
-    pub order_id: String,
-    /// Its order line.
-    pub line_number: i32,
-    /// Product.
-    pub product_id: String,
-    /// Product kind.
-    pub product_kind: String,
-    /// SKU.
-    pub sku_id: String,
-    /// `active` or `cancelled`.
-    pub status: String,
-    /// Units.
-    pub quantity: i32,
-    /// Currency.
-    pub currency_code: String,
-    /// Minor unit digits.
-    pub minor_unit_digits: i32,
-    /// Paid, minor units.
-    pub amount_paid_minor: i64,
-    /// Bought at.
-    pub purchased_at: Micros,
-    /// The window in days.
-    pub cancellation_window_days: i32,
-    /// End (exclusive) of the window.
-    pub cancellable_until: Micros,
-    /// Cancelled at.
-    pub cancelled_at: Option<Micros>,
-    /// Refunded, minor units.
-    pub refunded_minor: Option<i64>,
-    /// Why it was cancelled.
-    pub cancel_reason: Option<String>,
-    /// The ticket that cancelled it.
-    pub cancel_ticket_id: Option<String>,
-}
-
-/// A cancellation to record.
-#[derive(Clone, Debug)]
-pub struct Cancellation {
-    /// Partner.
-    pub partner_id: String,
-    /// Subscription.
-    pub subscription_id: String,
-    /// When.
-    pub at: Micros,
-    /// Refund, minor units.
-    pub refund_minor: i64,
-    /// Why.
-    pub reason: String,
-    /// The ticket.
-    pub ticket_id: String,
-}
-
+/// Reads a subscription row; evaluates to `StoreResult<Subscription>`.
 macro_rules! subscription_from_row {
     ($row:expr) => {
-        Subscription {
-            id: $row.try_get("id")?,
-            partner_id: $row.try_get("partner_id")?,
-            customer_tenant_id: $row.try_get("customer_tenant_id")?,
-            order_id: $row.try_get("order_id")?,
-            line_number: $row.try_get("line_number")?,
-            product_id: $row.try_get("product_id")?,
-            product_kind: $row.try_get("product_kind")?,
-            sku_id: $row.try_get("sku_id")?,
-            status: $row.try_get("status")?,
-            quantity: $row.try_get("quantity")?,
-            currency_code: $row.try_get("currency_code")?,
-            minor_unit_digits: $row.try_get("minor_unit_digits")?,
-            amount_paid_minor: $row.try_get("amount_paid_minor")?,
-            purchased_at: $row.try_get("purchased_at_us")?,
-            cancellation_window_days: $row.try_get("cancellation_window_days")?,
-            cancellable_until: $row.try_get("cancellable_until_us")?,
-            cancelled_at: $row.try_get("cancelled_at_us")?,
-            refunded_minor: $row.try_get("refunded_minor")?,
-            cancel_reason: $row.try_get("cancel_reason")?,
-            cancel_ticket_id: $row.try_get("cancel_ticket_id")?,
-        }
+        (|| -> StoreResult<Subscription> {
+            let row = $row;
+            Ok(Subscription {
+                id: column(row, "id")?,
+                partner_id: column(row, "partner_id")?,
+                customer_tenant_id: column(row, "customer_tenant_id")?,
+                order_id: column(row, "order_id")?,
+                line_number: row.try_get("line_number")?,
+                product_id: row.try_get("product_id")?,
+                product_kind: column(row, "product_kind")?,
+                sku_id: row.try_get("sku_id")?,
+                status: column(row, "status")?,
+                quantity: row.try_get("quantity")?,
+                currency_code: row.try_get("currency_code")?,
+                minor_unit_digits: row.try_get("minor_unit_digits")?,
+                amount_paid_minor: row.try_get("amount_paid_minor")?,
+                purchased_at: row.try_get("purchased_at_us")?,
+                cancellation_window_days: row.try_get("cancellation_window_days")?,
+                cancellable_until: row.try_get("cancellable_until_us")?,
+                cancelled_at: row.try_get("cancelled_at_us")?,
+                refunded_minor: row.try_get("refunded_minor")?,
+                cancel_reason: row.try_get("cancel_reason")?,
+                cancel_ticket_id: row.try_get("cancel_ticket_id")?,
+            })
+        })()
     };
 }
 
+/// Reads an order row (without its lines); evaluates to `StoreResult<Order>`.
 macro_rules! order_from_row {
     ($row:expr) => {
-        Order {
-            id: $row.try_get("id")?,
-            partner_id: $row.try_get("partner_id")?,
-            customer_tenant_id: $row.try_get("customer_tenant_id")?,
-            request_id: $row.try_get("request_id")?,
-            request_fingerprint: $row.try_get("request_fingerprint")?,
-            status: $row.try_get("status")?,
-            currency_code: $row.try_get("currency_code")?,
-            minor_unit_digits: $row.try_get("minor_unit_digits")?,
-            total_minor: $row.try_get("total_minor")?,
-            tax_included: $row.try_get("tax_included")?,
-            placed_by_user_id: $row.try_get("placed_by_user_id")?,
-            created_at: $row.try_get("created_at_us")?,
-            lines: Vec::new(),
-        }
+        (|| -> StoreResult<Order> {
+            let row = $row;
+            Ok(Order {
+                id: column(row, "id")?,
+                partner_id: column(row, "partner_id")?,
+                customer_tenant_id: column(row, "customer_tenant_id")?,
+                request_id: column(row, "request_id")?,
+                request_fingerprint: row.try_get("request_fingerprint")?,
+                status: column(row, "status")?,
+                currency_code: row.try_get("currency_code")?,
+                minor_unit_digits: row.try_get("minor_unit_digits")?,
+                total_minor: row.try_get("total_minor")?,
+                tax_included: row.try_get("tax_included")?,
+                placed_by_user_id: row.try_get("placed_by_user_id")?,
+                created_at: row.try_get("created_at_us")?,
+                lines: Vec::new(),
+            })
+        })()
+    };
+}
+
+/// Reads a customer row; evaluates to `StoreResult<Customer>`.
+macro_rules! customer_from_row {
+    ($row:expr) => {
+        (|| -> StoreResult<Customer> {
+            let row = $row;
+            Ok(Customer {
+                tenant_id: column(row, "tenant_id")?,
+                partner_id: column(row, "partner_id")?,
+                domain_name: row.try_get("domain_name")?,
+                company_name: row.try_get("company_name")?,
+                market: row.try_get("market")?,
+                created_at: row.try_get("created_at_us")?,
+            })
+        })()
+    };
+}
+
+/// Reads an order line row; evaluates to `StoreResult<OrderLine>`.
+macro_rules! line_from_row {
+    ($row:expr) => {
+        (|| -> StoreResult<OrderLine> {
+            let row = $row;
+            Ok(OrderLine {
+                line_number: row.try_get("line_number")?,
+                sku_id: row.try_get("sku_id")?,
+                product_id: row.try_get("product_id")?,
+                product_title: row.try_get("product_title")?,
+                product_kind: column(row, "product_kind")?,
+                term: column(row, "term")?,
+                quantity: row.try_get("quantity")?,
+                unit_price_minor: row.try_get("unit_price_minor")?,
+                amount_minor: row.try_get("amount_minor")?,
+                subscription_id: column(row, "subscription_id")?,
+            })
+        })()
     };
 }
 
@@ -209,20 +135,6 @@ const SUBSCRIPTION_COLUMNS: &str = "id, partner_id, customer_tenant_id, order_id
                                     sku_id, status, quantity, currency_code, minor_unit_digits, amount_paid_minor, \
                                     purchased_at_us, cancellation_window_days, cancellable_until_us, cancelled_at_us, \
                                     refunded_minor, cancel_reason, cancel_ticket_id";
-
-type CustomerRow = (String, String, String, String, String, i64);
-
-fn customer_from_row(row: CustomerRow) -> Customer {
-    let (tenant_id, partner_id, domain_name, company_name, market, created_at) = row;
-    Customer {
-        tenant_id,
-        partner_id,
-        domain_name,
-        company_name,
-        market,
-        created_at,
-    }
-}
 
 /// Reads and writes the ordering tables.
 #[derive(Clone, Debug)]
@@ -236,15 +148,15 @@ impl OrderingStore {
         Self { db }
     }
 
-    /// Inserts a customer. A taken domain name (`customers_domain_name_key`)
-    /// or tenant id is a [`csp_store::StoreError::Conflict`].
+    /// Inserts a customer. A taken domain name ([`CUSTOMER_DOMAIN_KEY`]) or
+    /// tenant id ([`CUSTOMER_TENANT_KEY`]) is a conflict.
     pub async fn insert_customer(&self, customer: &Customer) -> StoreResult<()> {
         let sql = format!(
             "INSERT INTO customers ({CUSTOMER_COLUMNS}, company_name_folded) VALUES ($1, $2, $3, $4, $5, $6, $7)"
         );
-        let result = on_db!(&self.db, pool => sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(&customer.tenant_id)
-            .bind(&customer.partner_id)
+        on_db!(&self.db, pool => sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(customer.tenant_id.to_string())
+            .bind(customer.partner_id.to_string())
             .bind(&customer.domain_name)
             .bind(&customer.company_name)
             .bind(&customer.market)
@@ -252,42 +164,49 @@ impl OrderingStore {
             .bind(customer.company_name.to_lowercase())
             .execute(pool)
             .await
-            .map(|_| ()));
-        Ok(result?)
+            .map(drop))?;
+        Ok(())
     }
 
     /// A partner's customer by tenant id.
     pub async fn customer_by_tenant(
         &self,
-        partner_id: &str,
-        tenant_id: &str,
+        partner_id: PartnerId,
+        tenant_id: TenantId,
     ) -> StoreResult<Option<Customer>> {
         let sql = format!(
             "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE partner_id = $1 AND tenant_id = $2"
         );
-        let row: Option<CustomerRow> = on_db!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(partner_id)
-            .bind(tenant_id)
-            .fetch_optional(pool)
-            .await)?;
-        Ok(row.map(customer_from_row))
+        self.one_customer(&sql, partner_id, &tenant_id.to_string())
+            .await
     }
 
     /// A partner's customer by domain name (lower case).
     pub async fn customer_by_domain(
         &self,
-        partner_id: &str,
+        partner_id: PartnerId,
         domain_name: &str,
     ) -> StoreResult<Option<Customer>> {
         let sql = format!(
             "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE partner_id = $1 AND domain_name = $2"
         );
-        let row: Option<CustomerRow> = on_db!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(partner_id)
-            .bind(domain_name)
-            .fetch_optional(pool)
-            .await)?;
-        Ok(row.map(customer_from_row))
+        self.one_customer(&sql, partner_id, domain_name).await
+    }
+
+    async fn one_customer(
+        &self,
+        sql: &str,
+        partner_id: PartnerId,
+        key: &str,
+    ) -> StoreResult<Option<Customer>> {
+        on_db!(&self.db, pool => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(partner_id.to_string())
+                .bind(key)
+                .fetch_optional(pool)
+                .await?;
+            row.map(|r| customer_from_row!(&r)).transpose()
+        })
     }
 
     /// A page of a partner's customers by company name, after the cursor
@@ -295,7 +214,7 @@ impl OrderingStore {
     /// `search` (lower case; empty matches all).
     pub async fn list_customers(
         &self,
-        partner_id: &str,
+        partner_id: PartnerId,
         search: &str,
         after: Option<(&str, &str)>,
         limit: u32,
@@ -308,109 +227,81 @@ impl OrderingStore {
              AND (company_name_folded, tenant_id) > ($3, $4) \
              ORDER BY company_name_folded, tenant_id LIMIT $5"
         );
-        let rows: Vec<CustomerRow> = on_db!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(partner_id)
-            .bind(&pattern)
-            .bind(after_name)
-            .bind(after_id)
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await)?;
-        Ok(rows.into_iter().map(customer_from_row).collect())
+        on_db!(&self.db, pool => {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(partner_id.to_string())
+                .bind(&pattern)
+                .bind(after_name)
+                .bind(after_id)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(|r| customer_from_row!(r)).collect()
+        })
     }
 
     /// The order a partner placed with `request_id`, if any.
     pub async fn order_by_request(
         &self,
-        partner_id: &str,
-        request_id: &str,
+        partner_id: PartnerId,
+        request_id: RequestId,
     ) -> StoreResult<Option<Order>> {
         let sql =
             format!("SELECT {ORDER_COLUMNS} FROM orders WHERE partner_id = $1 AND request_id = $2");
-        self.one_order(&sql, partner_id, request_id).await
+        self.one_order(&sql, partner_id, &request_id.to_string())
+            .await
     }
 
     /// A partner's order.
-    pub async fn order(&self, partner_id: &str, order_id: &str) -> StoreResult<Option<Order>> {
+    pub async fn order(
+        &self,
+        partner_id: PartnerId,
+        order_id: OrderId,
+    ) -> StoreResult<Option<Order>> {
         let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE partner_id = $1 AND id = $2");
-        self.one_order(&sql, partner_id, order_id).await
+        self.one_order(&sql, partner_id, &order_id.to_string())
+            .await
     }
 
     async fn one_order(
         &self,
         sql: &str,
-        partner_id: &str,
+        partner_id: PartnerId,
         key: &str,
     ) -> StoreResult<Option<Order>> {
         let order: Option<Order> = on_db!(&self.db, pool => {
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(partner_id).bind(key).fetch_optional(pool).await?;
-            row.map(|r| Ok::<_, sqlx::Error>(order_from_row!(r))).transpose()
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(partner_id.to_string())
+                .bind(key)
+                .fetch_optional(pool)
+                .await?;
+            row.map(|r| order_from_row!(&r)).transpose()
         })?;
         match order {
             Some(mut order) => {
-                order.lines = self.lines(&order.id).await?;
+                order.lines = self.lines(order.id).await?;
                 Ok(Some(order))
             }
             None => Ok(None),
         }
     }
 
-    async fn lines(&self, order_id: &str) -> StoreResult<Vec<OrderLine>> {
+    async fn lines(&self, order_id: OrderId) -> StoreResult<Vec<OrderLine>> {
         const SQL: &str = "SELECT line_number, sku_id, product_id, product_title, product_kind, term, quantity, \
                            unit_price_minor, amount_minor, subscription_id FROM order_lines WHERE order_id = $1 \
                            ORDER BY line_number";
-        type LineRow = (
-            i32,
-            String,
-            String,
-            String,
-            String,
-            String,
-            i32,
-            i64,
-            i64,
-            String,
-        );
-        let rows: Vec<LineRow> =
-            on_db!(&self.db, pool => sqlx::query_as(SQL).bind(order_id).fetch_all(pool).await)?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(
-                    line_number,
-                    sku_id,
-                    product_id,
-                    product_title,
-                    product_kind,
-                    term,
-                    quantity,
-                    unit,
-                    amount,
-                    sub,
-                )| {
-                    OrderLine {
-                        line_number,
-                        sku_id,
-                        product_id,
-                        product_title,
-                        product_kind,
-                        term,
-                        quantity,
-                        unit_price_minor: unit,
-                        amount_minor: amount,
-                        subscription_id: sub,
-                    }
-                },
-            )
-            .collect())
+        on_db!(&self.db, pool => {
+            let rows = sqlx::query(SQL).bind(order_id.to_string()).fetch_all(pool).await?;
+            rows.iter().map(|r| line_from_row!(r)).collect()
+        })
     }
 
     /// A page of a customer's orders, newest first, after the cursor
     /// (created at, id).
     pub async fn list_orders(
         &self,
-        partner_id: &str,
-        customer: &str,
+        partner_id: PartnerId,
+        customer: TenantId,
         before: Option<(Micros, &str)>,
         limit: u32,
     ) -> StoreResult<Vec<Order>> {
@@ -422,17 +313,17 @@ impl OrderingStore {
         );
         let mut orders: Vec<Order> = on_db!(&self.db, pool => {
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(partner_id)
-                .bind(customer)
+                .bind(partner_id.to_string())
+                .bind(customer.to_string())
                 .bind(before_at)
                 .bind(before_id)
                 .bind(i64::from(limit))
                 .fetch_all(pool)
                 .await?;
-            rows.iter().map(|r| Ok::<_, sqlx::Error>(order_from_row!(r))).collect::<Result<Vec<_>, _>>()
+            rows.iter().map(|r| order_from_row!(r)).collect::<StoreResult<Vec<_>>>()
         })?;
         for order in &mut orders {
-            order.lines = self.lines(&order.id).await?;
+            order.lines = self.lines(order.id).await?;
         }
         Ok(orders)
     }
@@ -440,40 +331,48 @@ impl OrderingStore {
     /// A partner's subscription.
     pub async fn subscription(
         &self,
-        partner_id: &str,
-        id: &str,
+        partner_id: PartnerId,
+        id: SubscriptionId,
     ) -> StoreResult<Option<Subscription>> {
         let sql = format!(
             "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE partner_id = $1 AND id = $2"
         );
-        Ok(on_db!(&self.db, pool => {
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(partner_id).bind(id).fetch_optional(pool).await?;
-            row.map(|r| Ok::<_, sqlx::Error>(subscription_from_row!(r))).transpose()
-        })?)
+        on_db!(&self.db, pool => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(partner_id.to_string())
+                .bind(id.to_string())
+                .fetch_optional(pool)
+                .await?;
+            row.map(|r| subscription_from_row!(&r)).transpose()
+        })
     }
 
     /// The subscriptions of a partner's order, by line.
     pub async fn subscriptions_of_order(
         &self,
-        partner_id: &str,
-        order_id: &str,
+        partner_id: PartnerId,
+        order_id: OrderId,
     ) -> StoreResult<Vec<Subscription>> {
         let sql = format!(
             "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE partner_id = $1 AND order_id = $2 ORDER BY line_number"
         );
-        Ok(on_db!(&self.db, pool => {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(partner_id).bind(order_id).fetch_all(pool).await?;
-            rows.iter().map(|r| Ok::<_, sqlx::Error>(subscription_from_row!(r))).collect::<Result<Vec<_>, _>>()
-        })?)
+        on_db!(&self.db, pool => {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(partner_id.to_string())
+                .bind(order_id.to_string())
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(|r| subscription_from_row!(r)).collect()
+        })
     }
 
     /// A page of a customer's subscriptions by purchase time, after the
     /// cursor (purchased at, id), optionally of one status.
     pub async fn list_subscriptions(
         &self,
-        partner_id: &str,
-        customer: &str,
-        status: Option<&str>,
+        partner_id: PartnerId,
+        customer: TenantId,
+        status: Option<SubscriptionStatus>,
         after: Option<(Micros, &str)>,
         limit: u32,
     ) -> StoreResult<Vec<Subscription>> {
@@ -484,22 +383,23 @@ impl OrderingStore {
              AND (purchased_at_us, id) > ($4, $5) \
              ORDER BY purchased_at_us, id LIMIT $6"
         );
-        Ok(on_db!(&self.db, pool => {
+        on_db!(&self.db, pool => {
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(partner_id)
-                .bind(customer)
-                .bind(status.unwrap_or(""))
+                .bind(partner_id.to_string())
+                .bind(customer.to_string())
+                .bind(status.map_or("", SubscriptionStatus::as_db))
                 .bind(after_at)
                 .bind(after_id)
                 .bind(i64::from(limit))
                 .fetch_all(pool)
                 .await?;
-            rows.iter().map(|r| Ok::<_, sqlx::Error>(subscription_from_row!(r))).collect::<Result<Vec<_>, _>>()
-        })?)
+            rows.iter().map(|r| subscription_from_row!(r)).collect()
+        })
     }
 
     /// Inserts a placed order with its lines, subscriptions, the partner's
-    /// charge and the outbox messages, in one transaction.
+    /// charge and the outbox messages, in one transaction. A partner's
+    /// request id used before is a conflict on [`ORDER_REQUEST_KEY`].
     pub async fn insert_order(
         &self,
         order: &Order,
@@ -510,13 +410,13 @@ impl OrderingStore {
         let order_sql = format!(
             "INSERT INTO orders ({ORDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         );
-        let inserted = on_tx!(&mut tx, t => sqlx::query(sqlx::AssertSqlSafe(order_sql.as_str()))
-            .bind(&order.id)
-            .bind(&order.partner_id)
-            .bind(&order.customer_tenant_id)
-            .bind(&order.request_id)
+        on_tx!(&mut tx, t => sqlx::query(sqlx::AssertSqlSafe(order_sql.as_str()))
+            .bind(order.id.to_string())
+            .bind(order.partner_id.to_string())
+            .bind(order.customer_tenant_id.to_string())
+            .bind(order.request_id.to_string())
             .bind(&order.request_fingerprint)
-            .bind(&order.status)
+            .bind(order.status.as_db())
             .bind(&order.currency_code)
             .bind(order.minor_unit_digits)
             .bind(order.total_minor)
@@ -525,27 +425,26 @@ impl OrderingStore {
             .bind(order.created_at)
             .execute(&mut **t)
             .await
-            .map(|_| ()));
-        inserted?;
+            .map(drop))?;
         for line in &order.lines {
             const SQL: &str = "INSERT INTO order_lines (order_id, line_number, sku_id, product_id, product_title, \
                                product_kind, term, quantity, unit_price_minor, amount_minor, subscription_id) \
                                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
             on_tx!(&mut tx, t => sqlx::query(SQL)
-                .bind(&order.id)
+                .bind(order.id.to_string())
                 .bind(line.line_number)
                 .bind(&line.sku_id)
                 .bind(&line.product_id)
                 .bind(&line.product_title)
-                .bind(&line.product_kind)
-                .bind(&line.term)
+                .bind(line.product_kind.as_db())
+                .bind(line.term.as_db())
                 .bind(line.quantity)
                 .bind(line.unit_price_minor)
                 .bind(line.amount_minor)
-                .bind(&line.subscription_id)
+                .bind(line.subscription_id.to_string())
                 .execute(&mut **t)
                 .await
-                .map(|_| ()))?;
+            .map(drop))?;
         }
         for s in subscriptions {
             let sql = format!(
@@ -553,15 +452,15 @@ impl OrderingStore {
                  ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, NULL, NULL, NULL, NULL)"
             );
             on_tx!(&mut tx, t => sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(&s.id)
-                .bind(&s.partner_id)
-                .bind(&s.customer_tenant_id)
-                .bind(&s.order_id)
+                .bind(s.id.to_string())
+                .bind(s.partner_id.to_string())
+                .bind(s.customer_tenant_id.to_string())
+                .bind(s.order_id.to_string())
                 .bind(s.line_number)
                 .bind(&s.product_id)
-                .bind(&s.product_kind)
+                .bind(s.product_kind.as_db())
                 .bind(&s.sku_id)
-                .bind(&s.status)
+                .bind(s.status.as_db())
                 .bind(s.quantity)
                 .bind(&s.currency_code)
                 .bind(s.minor_unit_digits)
@@ -571,20 +470,20 @@ impl OrderingStore {
                 .bind(s.cancellable_until)
                 .execute(&mut **t)
                 .await
-                .map(|_| ()))?;
+            .map(drop))?;
         }
         const CHARGE: &str = "INSERT INTO partner_billing (id, partner_id, order_id, subscription_id, kind, \
                               currency_code, amount_minor, created_at_us) VALUES ($1, $2, $3, NULL, 'charge', $4, $5, $6)";
         on_tx!(&mut tx, t => sqlx::query(CHARGE)
             .bind(uuid::Uuid::new_v4().to_string())
-            .bind(&order.partner_id)
-            .bind(&order.id)
+            .bind(order.partner_id.to_string())
+            .bind(order.id.to_string())
             .bind(&order.currency_code)
             .bind(order.total_minor)
             .bind(order.created_at)
             .execute(&mut **t)
             .await
-            .map(|_| ()))?;
+            .map(drop))?;
         for message in messages {
             outbox::enqueue(&mut tx, message).await?;
         }
@@ -602,22 +501,30 @@ impl OrderingStore {
         cancellation: &Cancellation,
         messages: &[Message],
     ) -> StoreResult<bool> {
-        const CANCEL: &str = "UPDATE subscriptions SET status = 'cancelled', cancelled_at_us = $3, refunded_minor = $4, \
-                              cancel_reason = $5, cancel_ticket_id = $6 \
-                              WHERE partner_id = $1 AND id = $2 AND status = 'active' AND cancellable_until_us > $3";
+        let cancel = format!(
+            "UPDATE subscriptions SET status = '{cancelled}', cancelled_at_us = $3, refunded_minor = $4, \
+             cancel_reason = $5, cancel_ticket_id = $6 \
+             WHERE partner_id = $1 AND id = $2 AND status = '{active}' AND cancellable_until_us > $3",
+            cancelled = SubscriptionStatus::Cancelled.as_db(),
+            active = SubscriptionStatus::Active.as_db(),
+        );
         const REFUND: &str = "INSERT INTO partner_billing (id, partner_id, order_id, subscription_id, kind, \
                               currency_code, amount_minor, created_at_us) \
                               SELECT $1, partner_id, order_id, id, 'refund', currency_code, $2, $3 \
                               FROM subscriptions WHERE id = $4";
-        const ORDER_DONE: &str = "UPDATE orders SET status = 'cancelled' WHERE id = \
-                                  (SELECT order_id FROM subscriptions WHERE id = $1) \
-                                  AND NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.order_id = orders.id \
-                                  AND s.status = 'active')";
+        let order_done = format!(
+            "UPDATE orders SET status = '{cancelled}' WHERE id = \
+             (SELECT order_id FROM subscriptions WHERE id = $1) \
+             AND NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.order_id = orders.id \
+             AND s.status = '{active}')",
+            cancelled = OrderStatus::Cancelled.as_db(),
+            active = SubscriptionStatus::Active.as_db(),
+        );
         let mut tx = self.db.begin().await?;
         let c = cancellation;
-        let changed = on_tx!(&mut tx, t => sqlx::query(CANCEL)
-            .bind(&c.partner_id)
-            .bind(&c.subscription_id)
+        let changed = on_tx!(&mut tx, t => sqlx::query(sqlx::AssertSqlSafe(cancel.as_str()))
+            .bind(c.partner_id.to_string())
+            .bind(c.subscription_id.to_string())
             .bind(c.at)
             .bind(c.refund_minor)
             .bind(&c.reason)
@@ -633,10 +540,14 @@ impl OrderingStore {
                 .bind(uuid::Uuid::new_v4().to_string())
                 .bind(-c.refund_minor)
                 .bind(c.at)
-                .bind(&c.subscription_id)
+                .bind(c.subscription_id.to_string())
                 .execute(&mut **t)
                 .await?;
-            sqlx::query(ORDER_DONE).bind(&c.subscription_id).execute(&mut **t).await.map(|_| ())
+            sqlx::query(sqlx::AssertSqlSafe(order_done.as_str()))
+                .bind(c.subscription_id.to_string())
+                .execute(&mut **t)
+                .await
+                .map(drop)
         })?;
         for message in messages {
             outbox::enqueue(&mut tx, message).await?;
