@@ -1,7 +1,10 @@
-//! Licensing rules, without I/O: a link lives two weeks or 50 downloads,
-//! whichever comes first; a selection must be one of the product's options.
+//! Licensing's domain, without I/O: entitlements, links and downloads; a
+//! link lives two weeks or 50 downloads, whichever comes first (the one
+//! validity rule: [`link_status`]; storage states the same condition in SQL
+//! once); a selection must be one of the product's options.
 
 use csp_kit::clock::{DAY, Micros};
+use csp_kit::ids::{LinkId, OrderId, PartnerId, SubscriptionId, TenantId};
 use csp_kit::{ApiError, FieldViolation};
 
 /// How long a download link lives.
@@ -121,32 +124,112 @@ pub fn content_url(
     )
 }
 
-/// Whether software bought for a customer can still be used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EntitlementStatus {
-    /// Keys and links may be handed out.
-    Active,
-    /// The subscription was cancelled: keys and links are revoked.
-    Revoked,
+csp_kit::stored_enum! {
+    /// Whether software bought for a customer can still be used.
+    pub enum EntitlementStatus {
+        /// Keys and links may be handed out.
+        Active = "active",
+        /// The subscription was cancelled: keys and links are revoked.
+        Revoked = "revoked",
+    }
 }
 
-impl EntitlementStatus {
-    /// The stored spelling.
-    pub fn as_db(self) -> &'static str {
-        match self {
-            EntitlementStatus::Active => "active",
-            EntitlementStatus::Revoked => "revoked",
-        }
-    }
+/// Software bought for a customer: one server subscription.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entitlement {
+    /// The subscription.
+    pub subscription_id: SubscriptionId,
+    /// The partner.
+    pub partner_id: PartnerId,
+    /// The customer.
+    pub customer_tenant_id: TenantId,
+    /// The order.
+    pub order_id: OrderId,
+    /// The product.
+    pub product_id: String,
+    /// Its title.
+    pub product_title: String,
+    /// Active, or revoked.
+    pub status: EntitlementStatus,
+    /// When it was provisioned.
+    pub provisioned_at: Micros,
+    /// When it was revoked.
+    pub revoked_at: Option<Micros>,
+}
 
-    /// The status a stored spelling names; `None` for anything else.
-    pub fn from_db(value: &str) -> Option<Self> {
-        match value {
-            "active" => Some(EntitlementStatus::Active),
-            "revoked" => Some(EntitlementStatus::Revoked),
-            _ => None,
-        }
-    }
+/// What was asked for: one version, language and file type of a product.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selection {
+    /// Version.
+    pub version: String,
+    /// Language.
+    pub language: String,
+    /// File type id.
+    pub file_type: String,
+}
+
+/// A link to create when no valid one exists.
+#[derive(Clone, Debug)]
+pub struct NewLink {
+    /// Its id.
+    pub id: LinkId,
+    /// SHA-256 of its token.
+    pub token_hash: String,
+    /// Its token, sealed.
+    pub sealed_token: String,
+    /// When it stops working.
+    pub expires_at: Micros,
+    /// Downloads it allows.
+    pub max_downloads: i32,
+    /// Who asked for it.
+    pub issued_by_user_id: String,
+}
+
+/// A stored link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredLink {
+    /// Its id.
+    pub id: LinkId,
+    /// Its token, sealed.
+    pub sealed_token: String,
+    /// When it stops working.
+    pub expires_at: Micros,
+    /// Downloads so far.
+    pub downloads: i32,
+    /// Downloads it allows.
+    pub max_downloads: i32,
+}
+
+/// The key and link a `GetKeysAndDownloads` settled on.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    /// The product key, sealed.
+    pub sealed_key: String,
+    /// The current link.
+    pub link: StoredLink,
+    /// Whether the link was made by this call.
+    pub link_is_new: bool,
+}
+
+/// A counted download.
+#[derive(Clone, Debug)]
+pub struct Download {
+    /// The link.
+    pub link_id: LinkId,
+    /// This download's number.
+    pub count: i32,
+    /// Downloads the link allows.
+    pub max_downloads: i32,
+    /// Partner.
+    pub partner_id: PartnerId,
+    /// Customer.
+    pub customer_tenant_id: TenantId,
+    /// Subscription.
+    pub subscription_id: SubscriptionId,
+    /// Product.
+    pub product_id: String,
+    /// The selection.
+    pub selection: Selection,
 }
 
 /// FAILED_PRECONDITION for a revoked entitlement.

@@ -2,10 +2,14 @@
 //! keys, and download links that expire two weeks after issue or after 50
 //! downloads, whichever comes first.
 //!
-//! - [`domain`]: link validity and selection rules; no I/O.
+//! - [`handlers`]: the gRPC APIs, public and internal: decode, caller, one
+//!   use case, encode.
+//! - [`use_cases`]: each operation's flow; owns the transaction.
+//! - [`domain`]: entitlements, links, downloads, their states and rules
+//!   (link validity, selections); no I/O.
 //! - [`secrets`]: product keys, link tokens, sealing.
 //! - [`storage`]: SQL on SQLite or PostgreSQL, and the migrations.
-//! - [`handlers`]: the gRPC APIs, public and internal.
+//! - [`peers`]: the catalog (download options) and ordering (customers).
 //!
 //! Entitlements come from ordering's events (provisioned on "order placed"
 //! for software, revoked on "subscription cancelled"), deduplicated by event
@@ -14,8 +18,10 @@
 
 pub mod domain;
 pub mod handlers;
+pub mod peers;
 pub mod secrets;
 pub mod storage;
+pub mod use_cases;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,8 +35,10 @@ use csp_store::backend::{Backend, Outbox};
 use csp_store::outbox::audit_destination;
 use tokio::net::TcpListener;
 
-use crate::handlers::{LicensingApi, Urls};
+use crate::handlers::LicensingApi;
+use crate::peers::Peers;
 use crate::storage::LicensingStore;
+use crate::use_cases::{Licensing, Urls};
 
 /// The service's name in logs, data files, database names and identities.
 pub const NAME: &str = "licensing";
@@ -97,10 +105,9 @@ pub async fn run(
     let ordering = backend.channel(&config.ordering.ordering_url)?;
     let audit = backend.channel(&config.audit.audit_url)?;
     let relay = backend.relay(vec![audit_destination(audit)]);
-    let api = LicensingApi::new(
+    let api = LicensingApi::new(Licensing::new(
         LicensingStore::new(backend.db().clone()),
-        catalog,
-        ordering,
+        Peers::new(catalog, ordering),
         secrets::Sealer::new(&config.sealing_key)?,
         clock,
         Urls {
@@ -108,7 +115,7 @@ pub async fn run(
             content_origin: config.content_origin.clone(),
         },
         relay,
-    );
+    ));
     backend
         .serve(|routes| {
             routes

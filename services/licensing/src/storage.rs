@@ -1,14 +1,18 @@
 //! Licensing storage: SQL over SQLite or PostgreSQL. Reads are scoped to a
-//! partner; secrets arrive here already sealed.
+//! partner; secrets arrive here already sealed. Ids and states are written
+//! as text and read back typed.
 
 use csp_kit::clock::Micros;
-use csp_kit::ids::PartnerId;
-use csp_store::error::parse;
-
-use crate::domain::EntitlementStatus;
+use csp_kit::ids::{PartnerId, SubscriptionId, TenantId};
 use csp_store::db::{Db, DbTx, MigrationSource, Migrations};
+use csp_store::error::column;
 use csp_store::outbox::{self, Message};
-use csp_store::{StoreError, StoreResult, on_db, on_tx};
+use csp_store::{StoreResult, on_db, on_tx};
+use sqlx::Row as _;
+
+use crate::domain::{
+    Download, Entitlement, EntitlementStatus, Issued, LinkState, NewLink, Selection, StoredLink,
+};
 
 /// The licensing service's migrations.
 pub const MIGRATIONS: Migrations = Migrations {
@@ -22,143 +26,58 @@ const LICENSING: MigrationSource = MigrationSource {
     sql: include_str!("../migrations/0001_licensing.sql"),
 };
 
-/// Software bought for a customer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entitlement {
-    /// The subscription.
-    pub subscription_id: String,
-    /// The partner.
-    pub partner_id: PartnerId,
-    /// The customer.
-    pub customer_tenant_id: String,
-    /// The order.
-    pub order_id: String,
-    /// The product.
-    pub product_id: String,
-    /// Its title.
-    pub product_title: String,
-    /// Active, or revoked.
-    pub status: EntitlementStatus,
-    /// When it was provisioned.
-    pub provisioned_at: Micros,
-    /// When it was revoked.
-    pub revoked_at: Option<Micros>,
-}
-
-type EntitlementRow = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    Option<i64>,
-);
-
-fn entitlement(row: EntitlementRow) -> StoreResult<Entitlement> {
-    let (
-        subscription_id,
-        partner_id,
-        customer_tenant_id,
-        order_id,
-        product_id,
-        product_title,
-        status,
-        at,
-        revoked,
-    ) = row;
-    Ok(Entitlement {
-        subscription_id,
-        partner_id: parse("entitlements.partner_id", &partner_id)?,
-        customer_tenant_id,
-        order_id,
-        product_id,
-        product_title,
-        status: EntitlementStatus::from_db(&status)
-            .ok_or_else(|| StoreError::corrupt("entitlements.status", status))?,
-        provisioned_at: at,
-        revoked_at: revoked,
-    })
-}
-
 const ENTITLEMENT_COLUMNS: &str = "subscription_id, partner_id, customer_tenant_id, order_id, product_id, \
                                    product_title, status, provisioned_at_us, revoked_at_us";
 
-/// What was asked for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Selection {
-    /// Version.
-    pub version: String,
-    /// Language.
-    pub language: String,
-    /// File type id.
-    pub file_type: String,
+/// The link validity rule of [`crate::domain::link_status`] as SQL: not
+/// revoked, not expired at `$now`, downloads left. Stated once, used by
+/// every query that looks for a working link.
+fn link_works(now: &str) -> String {
+    format!("revoked_at_us IS NULL AND expires_at_us > {now} AND downloads < max_downloads")
 }
 
-/// A link to create when no valid one exists.
-#[derive(Clone, Debug)]
-pub struct NewLink {
-    /// Its id.
-    pub id: String,
-    /// SHA-256 of its token.
-    pub token_hash: String,
-    /// Its token, sealed.
-    pub sealed_token: String,
-    /// When it stops working.
-    pub expires_at: Micros,
-    /// Downloads it allows.
-    pub max_downloads: i32,
-    /// Who asked for it.
-    pub issued_by_user_id: String,
+/// Reads an entitlement row; evaluates to `StoreResult<Entitlement>`.
+macro_rules! entitlement_from_row {
+    ($row:expr) => {
+        (|| -> StoreResult<Entitlement> {
+            let row = $row;
+            Ok(Entitlement {
+                subscription_id: column(row, "subscription_id")?,
+                partner_id: column(row, "partner_id")?,
+                customer_tenant_id: column(row, "customer_tenant_id")?,
+                order_id: column(row, "order_id")?,
+                product_id: row.try_get("product_id")?,
+                product_title: row.try_get("product_title")?,
+                status: column(row, "status")?,
+                provisioned_at: row.try_get("provisioned_at_us")?,
+                revoked_at: row.try_get("revoked_at_us")?,
+            })
+        })()
+    };
 }
 
-/// A stored link.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredLink {
-    /// Its id.
-    pub id: String,
-    /// Its token, sealed.
-    pub sealed_token: String,
-    /// When it stops working.
-    pub expires_at: Micros,
-    /// Downloads so far.
-    pub downloads: i32,
-    /// Downloads it allows.
-    pub max_downloads: i32,
-}
-
-/// What [`LicensingStore::issue`] settled on.
-#[derive(Clone, Debug)]
-pub struct Issued {
-    /// The product key, sealed.
-    pub sealed_key: String,
-    /// The current link.
-    pub link: StoredLink,
-    /// Whether the link was made by this call.
-    pub link_is_new: bool,
-}
-
-/// A counted download.
-#[derive(Clone, Debug)]
-pub struct Download {
-    /// The link.
-    pub link_id: String,
-    /// This download's number.
-    pub count: i32,
-    /// Downloads the link allows.
-    pub max_downloads: i32,
-    /// Partner.
-    pub partner_id: PartnerId,
-    /// Customer.
-    pub customer_tenant_id: String,
-    /// Subscription.
-    pub subscription_id: String,
-    /// Product.
-    pub product_id: String,
-    /// The selection.
-    pub selection: Selection,
+/// Reads a counted download (the row `RETURNING` gave); evaluates to
+/// `StoreResult<Download>`.
+macro_rules! download_from_row {
+    ($row:expr) => {
+        (|| -> StoreResult<Download> {
+            let row = $row;
+            Ok(Download {
+                link_id: column(row, "id")?,
+                count: row.try_get("downloads")?,
+                max_downloads: row.try_get("max_downloads")?,
+                partner_id: column(row, "partner_id")?,
+                customer_tenant_id: column(row, "customer_tenant_id")?,
+                subscription_id: column(row, "subscription_id")?,
+                product_id: row.try_get("product_id")?,
+                selection: Selection {
+                    version: row.try_get("version")?,
+                    language: row.try_get("language")?,
+                    file_type: row.try_get("file_type")?,
+                },
+            })
+        })()
+    };
 }
 
 /// What redeeming a token came to.
@@ -167,9 +86,24 @@ pub enum Redeemed {
     /// Counted, to be committed with its activity.
     Counted(Box<(Download, PendingDownload)>),
     /// Not counted: the link's state says why.
-    Refused(crate::domain::LinkState),
+    Refused(LinkState),
     /// No such link.
     Unknown,
+}
+
+/// A counted download whose transaction is still open.
+#[derive(Debug)]
+pub struct PendingDownload(DbTx);
+
+impl PendingDownload {
+    /// Writes `messages` to the outbox and commits the count with them.
+    pub async fn commit(mut self, messages: &[Message]) -> StoreResult<()> {
+        for message in messages {
+            outbox::enqueue(&mut self.0, message).await?;
+        }
+        self.0.commit().await?;
+        Ok(())
+    }
 }
 
 /// Reads and writes the licensing tables.
@@ -198,30 +132,16 @@ impl LicensingStore {
             return Ok(false);
         }
         for e in entitlements {
-            let sql = format!(
-                "INSERT INTO entitlements ({ENTITLEMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, NULL) \
-                 ON CONFLICT (subscription_id) DO NOTHING"
-            );
-            on_tx!(&mut tx, t => sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(&e.subscription_id)
-                .bind(e.partner_id.to_string())
-                .bind(&e.customer_tenant_id)
-                .bind(&e.order_id)
-                .bind(&e.product_id)
-                .bind(&e.product_title)
-                .bind(e.provisioned_at)
-                .execute(&mut **t)
-                .await
-                .map(drop))?;
+            insert_entitlement(&mut tx, e).await?;
         }
         tx.commit().await?;
         Ok(true)
     }
 
     /// Applies a "subscription cancelled" event once: revokes the
-    /// entitlement and its links (recording a revoked entitlement when it was
-    /// never provisioned, so a late "order placed" cannot bring it back).
-    /// Returns false when the event was applied before.
+    /// entitlement and its links (recording the revoked `tombstone` when it
+    /// was never provisioned, so a late "order placed" cannot bring it
+    /// back). Returns false when the event was applied before.
     pub async fn revoke_from_event(
         &self,
         event_id: &str,
@@ -232,23 +152,14 @@ impl LicensingStore {
         if !first_time(&mut tx, event_id, now).await? {
             return Ok(false);
         }
-        let sql = format!(
-            "INSERT INTO entitlements ({ENTITLEMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, 'revoked', $7, $7) \
-             ON CONFLICT (subscription_id) DO NOTHING"
-        );
-        let e = tombstone;
-        on_tx!(&mut tx, t => sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(&e.subscription_id)
-            .bind(e.partner_id.to_string())
-            .bind(&e.customer_tenant_id)
-            .bind(&e.order_id)
-            .bind(&e.product_id)
-            .bind(&e.product_title)
-            .bind(now)
-            .execute(&mut **t)
-            .await
-            .map(drop))?;
-        revoke_in(&mut tx, &e.partner_id.to_string(), &e.subscription_id, now).await?;
+        insert_entitlement(&mut tx, tombstone).await?;
+        revoke_in(
+            &mut tx,
+            tombstone.partner_id,
+            tombstone.subscription_id,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -257,8 +168,8 @@ impl LicensingStore {
     /// revoked now, or `None` when the partner has no such entitlement.
     pub async fn revoke(
         &self,
-        partner_id: &str,
-        subscription_id: &str,
+        partner_id: PartnerId,
+        subscription_id: SubscriptionId,
         now: Micros,
     ) -> StoreResult<Option<u64>> {
         let mut tx = self.db.begin().await?;
@@ -270,42 +181,46 @@ impl LicensingStore {
     /// A partner's entitlements for a customer.
     pub async fn entitlements_of(
         &self,
-        partner_id: &str,
-        customer: &str,
+        partner_id: PartnerId,
+        customer: TenantId,
     ) -> StoreResult<Vec<Entitlement>> {
         let sql = format!(
             "SELECT {ENTITLEMENT_COLUMNS} FROM entitlements WHERE partner_id = $1 AND customer_tenant_id = $2 \
              ORDER BY product_title, subscription_id"
         );
-        let rows: Vec<EntitlementRow> = on_db!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(partner_id)
-            .bind(customer)
-            .fetch_all(pool)
-            .await)?;
-        rows.into_iter().map(entitlement).collect()
+        on_db!(&self.db, pool => {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(partner_id.to_string())
+                .bind(customer.to_string())
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(|r| entitlement_from_row!(r)).collect()
+        })
     }
 
     /// A partner's entitlement for a subscription.
     pub async fn entitlement(
         &self,
-        partner_id: &str,
-        subscription_id: &str,
+        partner_id: PartnerId,
+        subscription_id: SubscriptionId,
     ) -> StoreResult<Option<Entitlement>> {
         let sql = format!(
             "SELECT {ENTITLEMENT_COLUMNS} FROM entitlements WHERE partner_id = $1 AND subscription_id = $2"
         );
-        let row: Option<EntitlementRow> = on_db!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(partner_id)
-            .bind(subscription_id)
-            .fetch_optional(pool)
-            .await)?;
-        row.map(entitlement).transpose()
+        on_db!(&self.db, pool => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(partner_id.to_string())
+                .bind(subscription_id.to_string())
+                .fetch_optional(pool)
+                .await?;
+            row.map(|r| entitlement_from_row!(&r)).transpose()
+        })
     }
 
     /// In one transaction: checks the entitlement is still active (`None`
     /// when it is not), takes the subscription's key for the version
-    /// (storing `fresh_key` when there is none), takes the current valid link
-    /// for the selection (storing `fresh_link` when there is none), and
+    /// (storing `fresh_key` when there is none), takes the current working
+    /// link for the selection (storing `fresh_link` when there is none), and
     /// writes `messages` to the outbox, and `new_link_messages` too when
     /// `fresh_link` was stored.
     #[allow(clippy::too_many_arguments)]
@@ -320,11 +235,15 @@ impl LicensingStore {
         new_link_messages: &[Message],
     ) -> StoreResult<Option<Issued>> {
         let mut tx = self.db.begin().await?;
+        let subscription = e.subscription_id.to_string();
         // Touching the row serializes concurrent calls for one subscription
         // (a row lock on PostgreSQL; SQLite writers are serialized anyway).
-        const LOCK: &str = "UPDATE entitlements SET status = status WHERE subscription_id = $1 AND status = 'active'";
-        let active = on_tx!(&mut tx, t => sqlx::query(LOCK)
-            .bind(&e.subscription_id)
+        let lock = format!(
+            "UPDATE entitlements SET status = status WHERE subscription_id = $1 AND status = '{}'",
+            EntitlementStatus::Active.as_db()
+        );
+        let active = on_tx!(&mut tx, t => sqlx::query(sqlx::AssertSqlSafe(lock.as_str()))
+            .bind(&subscription)
             .execute(&mut **t)
             .await
             .map(|r| r.rows_affected()))?;
@@ -338,72 +257,54 @@ impl LicensingStore {
             "SELECT sealed_key FROM product_keys WHERE subscription_id = $1 AND version = $2";
         let sealed_key: String = on_tx!(&mut tx, t => {
             sqlx::query(INSERT_KEY)
-                .bind(&e.subscription_id)
+                .bind(&subscription)
                 .bind(&selection.version)
                 .bind(fresh_key)
                 .bind(now)
                 .execute(&mut **t)
                 .await?;
-            sqlx::query_scalar(KEY).bind(&e.subscription_id).bind(&selection.version).fetch_one(&mut **t).await
+            sqlx::query_scalar(KEY).bind(&subscription).bind(&selection.version).fetch_one(&mut **t).await
         })?;
 
-        const CURRENT: &str = "SELECT id, sealed_token, expires_at_us, downloads, max_downloads FROM download_links \
-                               WHERE subscription_id = $1 AND version = $2 AND language = $3 AND file_type = $4 \
-                               AND revoked_at_us IS NULL AND expires_at_us > $5 AND downloads < max_downloads \
-                               ORDER BY issued_at_us DESC, id LIMIT 1";
-        let current: Option<(String, String, i64, i32, i32)> = on_tx!(&mut tx, t => sqlx::query_as(CURRENT)
-            .bind(&e.subscription_id)
-            .bind(&selection.version)
-            .bind(&selection.language)
-            .bind(&selection.file_type)
-            .bind(now)
-            .fetch_optional(&mut **t)
-            .await)?;
+        let current = format!(
+            "SELECT id, sealed_token, expires_at_us, downloads, max_downloads FROM download_links \
+             WHERE subscription_id = $1 AND version = $2 AND language = $3 AND file_type = $4 \
+             AND {} ORDER BY issued_at_us DESC, id LIMIT 1",
+            link_works("$5")
+        );
+        let current: Option<StoredLink> = on_tx!(&mut tx, t => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(current.as_str()))
+                .bind(&subscription)
+                .bind(&selection.version)
+                .bind(&selection.language)
+                .bind(&selection.file_type)
+                .bind(now)
+                .fetch_optional(&mut **t)
+                .await?;
+            row.map(|row| -> StoreResult<StoredLink> {
+                Ok(StoredLink {
+                    id: column(&row, "id")?,
+                    sealed_token: row.try_get("sealed_token")?,
+                    expires_at: row.try_get("expires_at_us")?,
+                    downloads: row.try_get("downloads")?,
+                    max_downloads: row.try_get("max_downloads")?,
+                })
+            })
+            .transpose()
+        })?;
         let (link, link_is_new) = match current {
-            Some((id, sealed_token, expires_at, downloads, max_downloads)) => (
-                StoredLink {
-                    id,
-                    sealed_token,
-                    expires_at,
-                    downloads,
-                    max_downloads,
-                },
-                false,
-            ),
+            Some(link) => (link, false),
             None => {
-                const INSERT_LINK: &str = "INSERT INTO download_links (id, token_hash, sealed_token, partner_id, \
-                    customer_tenant_id, subscription_id, product_id, version, language, file_type, issued_by_user_id, \
-                    issued_at_us, expires_at_us, downloads, max_downloads, revoked_at_us) \
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0, $14, NULL)";
+                insert_link(&mut tx, e, selection, fresh_link, now).await?;
                 let l = fresh_link;
-                on_tx!(&mut tx, t => sqlx::query(INSERT_LINK)
-                    .bind(&l.id)
-                    .bind(&l.token_hash)
-                    .bind(&l.sealed_token)
-                    .bind(e.partner_id.to_string())
-                    .bind(&e.customer_tenant_id)
-                    .bind(&e.subscription_id)
-                    .bind(&e.product_id)
-                    .bind(&selection.version)
-                    .bind(&selection.language)
-                    .bind(&selection.file_type)
-                    .bind(&l.issued_by_user_id)
-                    .bind(now)
-                    .bind(l.expires_at)
-                    .bind(l.max_downloads)
-                    .execute(&mut **t)
-                    .await
-                    .map(drop))?;
-                (
-                    StoredLink {
-                        id: l.id.clone(),
-                        sealed_token: l.sealed_token.clone(),
-                        expires_at: l.expires_at,
-                        downloads: 0,
-                        max_downloads: l.max_downloads,
-                    },
-                    true,
-                )
+                let link = StoredLink {
+                    id: l.id,
+                    sealed_token: l.sealed_token.clone(),
+                    expires_at: l.expires_at,
+                    downloads: 0,
+                    max_downloads: l.max_downloads,
+                };
+                (link, true)
             }
         };
         let extra = if link_is_new { new_link_messages } else { &[] };
@@ -423,89 +324,96 @@ impl LicensingStore {
     /// finishes it with [`PendingDownload::commit`], which writes its outbox
     /// messages in the same transaction.
     pub async fn redeem(&self, token_hash: &str, now: Micros) -> StoreResult<Redeemed> {
-        const COUNT: &str = "UPDATE download_links SET downloads = downloads + 1 \
-                             WHERE token_hash = $1 AND revoked_at_us IS NULL AND expires_at_us > $2 \
-                             AND downloads < max_downloads \
-                             RETURNING id, downloads, max_downloads, partner_id, customer_tenant_id, subscription_id, \
-                             product_id, version, language, file_type";
-        type Row = (
-            String,
-            i32,
-            i32,
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
+        let count = format!(
+            "UPDATE download_links SET downloads = downloads + 1 WHERE token_hash = $1 AND {} \
+             RETURNING id, downloads, max_downloads, partner_id, customer_tenant_id, subscription_id, \
+             product_id, version, language, file_type",
+            link_works("$2")
         );
         let mut tx = self.db.begin().await?;
-        let counted: Option<Row> = on_tx!(&mut tx, t => sqlx::query_as(COUNT)
+        let counted: Option<Download> = on_tx!(&mut tx, t => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(count.as_str()))
+                .bind(token_hash)
+                .bind(now)
+                .fetch_optional(&mut **t)
+                .await?;
+            row.map(|r| download_from_row!(&r)).transpose()
+        })?;
+        if let Some(download) = counted {
+            return Ok(Redeemed::Counted(Box::new((download, PendingDownload(tx)))));
+        }
+        drop(tx);
+        const STATE: &str = "SELECT expires_at_us, downloads, max_downloads, revoked_at_us FROM download_links \
+                             WHERE token_hash = $1";
+        let state: Option<(i64, i32, i32, Option<i64>)> = on_db!(&self.db, pool => sqlx::query_as(STATE)
             .bind(token_hash)
-            .bind(now)
-            .fetch_optional(&mut **t)
+            .fetch_optional(pool)
             .await)?;
-        let Some((
-            link_id,
-            count,
-            max_downloads,
-            partner_id,
-            customer,
-            subscription,
-            product,
-            version,
-            language,
-            file_type,
-        )) = counted
-        else {
-            drop(tx);
-            const STATE: &str = "SELECT expires_at_us, downloads, max_downloads, revoked_at_us FROM download_links \
-                                 WHERE token_hash = $1";
-            let state: Option<(i64, i32, i32, Option<i64>)> = on_db!(&self.db, pool => sqlx::query_as(STATE).bind(token_hash).fetch_optional(pool).await)?;
-            return Ok(match state {
-                Some((expires_at, downloads, max_downloads, revoked)) => {
-                    Redeemed::Refused(crate::domain::LinkState {
-                        expires_at,
-                        downloads,
-                        max_downloads,
-                        revoked: revoked.is_some(),
-                    })
-                }
-                None => Redeemed::Unknown,
-            });
-        };
-        let download = Download {
-            link_id,
-            count,
-            max_downloads,
-            partner_id: parse("download_links.partner_id", &partner_id)?,
-            customer_tenant_id: customer,
-            subscription_id: subscription,
-            product_id: product,
-            selection: Selection {
-                version,
-                language,
-                file_type,
-            },
-        };
-        Ok(Redeemed::Counted(Box::new((download, PendingDownload(tx)))))
+        Ok(match state {
+            Some((expires_at, downloads, max_downloads, revoked)) => Redeemed::Refused(LinkState {
+                expires_at,
+                downloads,
+                max_downloads,
+                revoked: revoked.is_some(),
+            }),
+            None => Redeemed::Unknown,
+        })
     }
 }
 
-/// A counted download whose transaction is still open.
-#[derive(Debug)]
-pub struct PendingDownload(DbTx);
+/// Inserts an entitlement unless one exists for its subscription.
+async fn insert_entitlement(tx: &mut DbTx, e: &Entitlement) -> StoreResult<()> {
+    let sql = format!(
+        "INSERT INTO entitlements ({ENTITLEMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (subscription_id) DO NOTHING"
+    );
+    on_tx!(tx, t => sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+        .bind(e.subscription_id.to_string())
+        .bind(e.partner_id.to_string())
+        .bind(e.customer_tenant_id.to_string())
+        .bind(e.order_id.to_string())
+        .bind(&e.product_id)
+        .bind(&e.product_title)
+        .bind(e.status.as_db())
+        .bind(e.provisioned_at)
+        .bind(e.revoked_at)
+        .execute(&mut **t)
+        .await
+        .map(drop))?;
+    Ok(())
+}
 
-impl PendingDownload {
-    /// Writes `messages` to the outbox and commits the count with them.
-    pub async fn commit(mut self, messages: &[Message]) -> StoreResult<()> {
-        for message in messages {
-            outbox::enqueue(&mut self.0, message).await?;
-        }
-        self.0.commit().await?;
-        Ok(())
-    }
+/// Stores a new link for `e`'s selection.
+async fn insert_link(
+    tx: &mut DbTx,
+    e: &Entitlement,
+    selection: &Selection,
+    l: &NewLink,
+    now: Micros,
+) -> StoreResult<()> {
+    const INSERT_LINK: &str = "INSERT INTO download_links (id, token_hash, sealed_token, partner_id, \
+        customer_tenant_id, subscription_id, product_id, version, language, file_type, issued_by_user_id, \
+        issued_at_us, expires_at_us, downloads, max_downloads, revoked_at_us) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0, $14, NULL)";
+    on_tx!(tx, t => sqlx::query(INSERT_LINK)
+        .bind(l.id.to_string())
+        .bind(&l.token_hash)
+        .bind(&l.sealed_token)
+        .bind(e.partner_id.to_string())
+        .bind(e.customer_tenant_id.to_string())
+        .bind(e.subscription_id.to_string())
+        .bind(&e.product_id)
+        .bind(&selection.version)
+        .bind(&selection.language)
+        .bind(&selection.file_type)
+        .bind(&l.issued_by_user_id)
+        .bind(now)
+        .bind(l.expires_at)
+        .bind(l.max_downloads)
+        .execute(&mut **t)
+        .await
+        .map(drop))?;
+    Ok(())
 }
 
 /// Records `event_id`; false when it was recorded before.
@@ -524,18 +432,20 @@ async fn first_time(tx: &mut DbTx, event_id: &str, now: Micros) -> StoreResult<b
 /// Revokes inside `tx`; `None` when the partner has no such entitlement.
 async fn revoke_in(
     tx: &mut DbTx,
-    partner_id: &str,
-    subscription_id: &str,
+    partner_id: PartnerId,
+    subscription_id: SubscriptionId,
     now: Micros,
 ) -> StoreResult<Option<u64>> {
-    const ENTITLEMENT: &str = "UPDATE entitlements SET status = 'revoked', \
-                               revoked_at_us = COALESCE(revoked_at_us, $3) \
-                               WHERE partner_id = $1 AND subscription_id = $2";
+    let entitlement = format!(
+        "UPDATE entitlements SET status = '{}', revoked_at_us = COALESCE(revoked_at_us, $3) \
+         WHERE partner_id = $1 AND subscription_id = $2",
+        EntitlementStatus::Revoked.as_db()
+    );
     const LINKS: &str = "UPDATE download_links SET revoked_at_us = $2 \
                          WHERE subscription_id = $1 AND revoked_at_us IS NULL";
-    let found = on_tx!(tx, t => sqlx::query(ENTITLEMENT)
-        .bind(partner_id)
-        .bind(subscription_id)
+    let found = on_tx!(tx, t => sqlx::query(sqlx::AssertSqlSafe(entitlement.as_str()))
+        .bind(partner_id.to_string())
+        .bind(subscription_id.to_string())
         .bind(now)
         .execute(&mut **t)
         .await
@@ -544,7 +454,7 @@ async fn revoke_in(
         return Ok(None);
     }
     let links = on_tx!(tx, t => sqlx::query(LINKS)
-        .bind(subscription_id)
+        .bind(subscription_id.to_string())
         .bind(now)
         .execute(&mut **t)
         .await
