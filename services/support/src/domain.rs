@@ -1,7 +1,10 @@
-//! Support rules, without I/O: what a valid ticket is, and how a refund is
-//! spread over the subscriptions it cancels.
+//! Support's domain, without I/O: tickets, comments, attachments, refund
+//! steps and their states; what a valid ticket is, how a refund is spread
+//! over the subscriptions it cancels, and how it ends.
 
+use csp_kit::clock::Micros;
 use csp_kit::error::quoted;
+use csp_kit::ids::{PartnerId, RequestId, SubscriptionId, TicketId};
 use csp_kit::{ApiError, FieldViolation};
 use csp_proto::support::v1 as pb;
 use sha2::{Digest, Sha256};
@@ -22,25 +25,270 @@ pub const CONTENT_TYPES: [&str; 5] = [
     "text/csv",
 ];
 
-/// Stored spelling of an issue type.
-pub fn issue_type_to_db(value: i32) -> Option<&'static str> {
-    Some(match pb::IssueType::try_from(value).ok()? {
-        pb::IssueType::Unspecified => return None,
-        pb::IssueType::PurchaseRefund => "purchase_refund",
-        pb::IssueType::Billing => "billing",
-        pb::IssueType::Technical => "technical",
-        pb::IssueType::Other => "other",
-    })
+csp_kit::stored_enum! {
+    /// What a ticket is about.
+    pub enum IssueType {
+        /// "CSP purchase/refund on behalf of customer": cancels purchases.
+        PurchaseRefund = "purchase_refund",
+        /// Billing.
+        Billing = "billing",
+        /// Technical.
+        Technical = "technical",
+        /// Anything else.
+        Other = "other",
+    }
 }
 
-/// Stored spelling of an impact.
-pub fn impact_to_db(value: i32) -> Option<&'static str> {
-    Some(match pb::Impact::try_from(value).ok()? {
-        pb::Impact::Unspecified => return None,
-        pb::Impact::Critical => "critical",
-        pb::Impact::Moderate => "moderate",
-        pb::Impact::Minimal => "minimal",
-    })
+impl IssueType {
+    /// The issue type a request names; `None` when it names none.
+    pub fn from_pb(value: i32) -> Option<Self> {
+        match pb::IssueType::try_from(value).ok()? {
+            pb::IssueType::Unspecified => None,
+            pb::IssueType::PurchaseRefund => Some(IssueType::PurchaseRefund),
+            pb::IssueType::Billing => Some(IssueType::Billing),
+            pb::IssueType::Technical => Some(IssueType::Technical),
+            pb::IssueType::Other => Some(IssueType::Other),
+        }
+    }
+}
+
+csp_kit::stored_enum! {
+    /// How badly the partner is affected.
+    pub enum Impact {
+        /// Critical.
+        Critical = "critical",
+        /// Moderate.
+        Moderate = "moderate",
+        /// Minimal.
+        Minimal = "minimal",
+    }
+}
+
+impl Impact {
+    /// The impact a request names; `None` when it names none.
+    pub fn from_pb(value: i32) -> Option<Self> {
+        match pb::Impact::try_from(value).ok()? {
+            pb::Impact::Unspecified => None,
+            pb::Impact::Critical => Some(Impact::Critical),
+            pb::Impact::Moderate => Some(Impact::Moderate),
+            pb::Impact::Minimal => Some(Impact::Minimal),
+        }
+    }
+}
+
+csp_kit::stored_enum! {
+    /// Where a ticket stands.
+    pub enum TicketStatus {
+        /// Filed; a refund ticket's workflow is running.
+        Submitted = "submitted",
+        /// Done: something was refunded.
+        Resolved = "resolved",
+        /// Done: nothing could be refunded.
+        Rejected = "rejected",
+        /// Closed by the partner.
+        Closed = "closed",
+    }
+}
+
+csp_kit::stored_enum! {
+    /// Where one step of a refund stands.
+    pub enum StepState {
+        /// Nothing done yet: the subscription is to be cancelled in ordering.
+        Pending = "pending",
+        /// Cancelled in ordering; its keys and links are to be revoked.
+        Cancelled = "cancelled",
+        /// Cancelled and revoked.
+        Done = "done",
+        /// Refused for good (the window closed meanwhile, ...).
+        Failed = "failed",
+    }
+}
+
+/// A ticket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ticket {
+    /// Id.
+    pub id: TicketId,
+    /// The partner.
+    pub partner_id: PartnerId,
+    /// What it is about.
+    pub issue_type: IssueType,
+    /// How badly the partner is affected.
+    pub impact: Impact,
+    /// Title.
+    pub title: String,
+    /// Description.
+    pub description: String,
+    /// Contact name.
+    pub contact_name: String,
+    /// Contact email.
+    pub contact_email: String,
+    /// Contact phone (E.164).
+    pub contact_phone: String,
+    /// Where it stands.
+    pub status: TicketStatus,
+    /// A refund's customer, by tenant id (as named, or as ordering found it).
+    pub refund_customer_tenant_id: Option<String>,
+    /// A refund's customer, by domain name, as named.
+    pub refund_customer_domain_name: Option<String>,
+    /// A refund's order, as named.
+    pub refund_order_id: Option<String>,
+    /// A refund's subscription, as named.
+    pub refund_subscription_id: Option<String>,
+    /// Why the refund is asked for.
+    pub refund_reason: Option<String>,
+    /// The refund's currency (what was paid in).
+    pub refund_currency_code: Option<String>,
+    /// Its minor unit digits.
+    pub refund_minor_unit_digits: Option<i32>,
+    /// The refund asked for, minor units.
+    pub refund_requested_minor: Option<i64>,
+    /// What was refunded, once resolved.
+    pub refunded_minor: Option<i64>,
+    /// Why nothing (or not everything) was refunded.
+    pub rejection_reason: Option<String>,
+    /// The client's request id.
+    pub request_id: RequestId,
+    /// The fingerprint of the request.
+    pub request_fingerprint: String,
+    /// Who filed it.
+    pub created_by_user_id: String,
+    /// When.
+    pub created_at: Micros,
+    /// Last change.
+    pub updated_at: Micros,
+}
+
+/// A comment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Comment {
+    /// Who wrote it.
+    pub author_user_id: String,
+    /// What.
+    pub text: String,
+    /// When.
+    pub created_at: Micros,
+}
+
+/// An attachment (its content loaded only when asked for).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    /// Id.
+    pub id: String,
+    /// File name.
+    pub file_name: String,
+    /// Content type.
+    pub content_type: String,
+    /// Size.
+    pub size_bytes: i64,
+    /// SHA-256, hex.
+    pub sha256: String,
+    /// The bytes (empty unless loaded).
+    pub content: Vec<u8>,
+}
+
+/// A step of a refund: one subscription to cancel and revoke.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// The ticket.
+    pub ticket_id: TicketId,
+    /// Its place among the ticket's steps.
+    pub position: i32,
+    /// The partner.
+    pub partner_id: PartnerId,
+    /// The subscription.
+    pub subscription_id: SubscriptionId,
+    /// Its share of the refund, minor units.
+    pub refund_minor: i64,
+    /// Where it stands.
+    pub state: StepState,
+    /// Failed attempts so far.
+    pub attempts: i32,
+}
+
+/// A step as the end of a refund sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepResult {
+    /// Where it stands.
+    pub state: StepState,
+    /// Its share of the refund, minor units.
+    pub refund_minor: i64,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+}
+
+/// How a refund ticket ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundOutcome {
+    /// Resolved (something was refunded) or rejected.
+    pub status: TicketStatus,
+    /// What was refunded, minor units.
+    pub refunded_minor: i64,
+    /// Why not everything (or nothing) was refunded.
+    pub rejection: Option<String>,
+}
+
+/// How a refund ends once no step is left to run: RESOLVED with what the
+/// done steps refunded (and a note naming what failed), REJECTED with the
+/// reasons when nothing could be cancelled; `None` while a step is pending
+/// or half done.
+pub fn refund_outcome(steps: &[StepResult]) -> Option<RefundOutcome> {
+    if steps
+        .iter()
+        .any(|s| matches!(s.state, StepState::Pending | StepState::Cancelled))
+    {
+        return None;
+    }
+    let refunded_minor = steps
+        .iter()
+        .filter(|s| s.state == StepState::Done)
+        .map(|s| s.refund_minor)
+        .sum();
+    let failures: Vec<&str> = steps
+        .iter()
+        .filter(|s| s.state == StepState::Failed)
+        .filter_map(|s| s.last_error.as_deref())
+        .collect();
+    if steps.iter().any(|s| s.state == StepState::Done) {
+        let rejection = (!failures.is_empty()).then(|| {
+            format!(
+                "not every subscription could be cancelled: {}",
+                failures.join("; ")
+            )
+        });
+        Some(RefundOutcome {
+            status: TicketStatus::Resolved,
+            refunded_minor,
+            rejection,
+        })
+    } else {
+        Some(RefundOutcome {
+            status: TicketStatus::Rejected,
+            refunded_minor,
+            rejection: Some(failures.join("; ")),
+        })
+    }
+}
+
+/// FAILED_PRECONDITION for a change to a closed ticket.
+pub fn ticket_closed(id: TicketId) -> ApiError {
+    ApiError::failed_precondition(
+        "TICKET_CLOSED",
+        format!("ticket/{id}"),
+        format!("ticket {id} is closed; file a new ticket"),
+    )
+}
+
+/// Whether a ticket may be closed now: not while its refund runs.
+pub fn check_closable(ticket: &Ticket) -> Result<(), ApiError> {
+    if ticket.status == TicketStatus::Submitted && ticket.issue_type == IssueType::PurchaseRefund {
+        return Err(ApiError::failed_precondition(
+            "REFUND_IN_PROGRESS",
+            format!("ticket/{}", ticket.id),
+            "the refund is still being carried out; the ticket can be closed once it is resolved or rejected",
+        ));
+    }
+    Ok(())
 }
 
 fn text(violations: &mut Vec<FieldViolation>, field: &str, value: &str, max: usize) {
@@ -86,17 +334,140 @@ pub fn normalize_phone(phone: &str) -> Option<String> {
     ok.then_some(compact)
 }
 
+/// How a refund names the customer, as the partner wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CustomerNamed {
+    /// By tenant id.
+    Tenant(String),
+    /// By domain name.
+    Domain(String),
+}
+
+/// How a refund names what to cancel, as the partner wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetNamed {
+    /// A whole order.
+    Order(String),
+    /// One subscription.
+    Subscription(String),
+}
+
+/// The refund a purchase/refund ticket asks for (checked).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundAsked {
+    /// The customer.
+    pub customer: CustomerNamed,
+    /// The order or subscription.
+    pub target: TargetNamed,
+    /// Why.
+    pub reason: String,
+    /// How much, minor units.
+    pub requested_minor: i64,
+    /// In what currency.
+    pub requested_currency: String,
+}
+
+/// A file attached to a new ticket (checked).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewAttachment {
+    /// File name.
+    pub file_name: String,
+    /// Content type.
+    pub content_type: String,
+    /// The bytes.
+    pub content: Vec<u8>,
+}
+
+/// A ticket to file (checked and normalized).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewTicket {
+    /// What it is about.
+    pub issue_type: IssueType,
+    /// How badly the partner is affected.
+    pub impact: Impact,
+    /// Title.
+    pub title: String,
+    /// Description.
+    pub description: String,
+    /// Contact name.
+    pub contact_name: String,
+    /// Contact email.
+    pub contact_email: String,
+    /// Contact phone, E.164.
+    pub contact_phone: String,
+    /// The client's request id.
+    pub request_id: RequestId,
+    /// The fingerprint of the request.
+    pub fingerprint: String,
+    /// The refund, for a purchase/refund ticket.
+    pub refund: Option<RefundAsked>,
+    /// Attachments.
+    pub attachments: Vec<NewAttachment>,
+}
+
+/// Reads a CreateTicket request: every field checked ([`check_ticket`]),
+/// then trimmed and normalized.
+pub fn read_ticket(r: &pb::CreateTicketRequest) -> Result<NewTicket, ApiError> {
+    check_ticket(r)?;
+    let invalid = |field: &str| ApiError::invalid(field, "required");
+    let contact = r.contact.clone().unwrap_or_default();
+    let refund = r.refund.as_ref().map(read_refund).transpose()?;
+    Ok(NewTicket {
+        issue_type: IssueType::from_pb(r.issue_type).ok_or_else(|| invalid("issue_type"))?,
+        impact: Impact::from_pb(r.impact).ok_or_else(|| invalid("impact"))?,
+        title: r.title.trim().to_owned(),
+        description: r.description.trim().to_owned(),
+        contact_name: contact.name.trim().to_owned(),
+        contact_email: contact.email.trim().to_owned(),
+        contact_phone: normalize_phone(&contact.phone).ok_or_else(|| invalid("contact.phone"))?,
+        request_id: RequestId::parse("request_id", &r.request_id)?,
+        fingerprint: fingerprint(r),
+        refund,
+        attachments: r
+            .attachments
+            .iter()
+            .map(|a| NewAttachment {
+                file_name: a.file_name.trim().to_owned(),
+                content_type: a.content_type.clone(),
+                content: a.content.clone(),
+            })
+            .collect(),
+    })
+}
+
+fn read_refund(refund: &pb::RefundRequest) -> Result<RefundAsked, ApiError> {
+    use pb::refund_request::{Customer, Target};
+    let customer = match &refund.customer {
+        Some(Customer::CustomerTenantId(id)) => CustomerNamed::Tenant(id.trim().to_owned()),
+        Some(Customer::CustomerDomainName(name)) => CustomerNamed::Domain(name.trim().to_owned()),
+        None => return Err(ApiError::invalid("refund.customer", "required")),
+    };
+    let target = match &refund.target {
+        Some(Target::OrderId(id)) => TargetNamed::Order(id.trim().to_owned()),
+        Some(Target::SubscriptionId(id)) => TargetNamed::Subscription(id.trim().to_owned()),
+        None => return Err(ApiError::invalid("refund.target", "required")),
+    };
+    let amount = refund.requested_amount.clone().unwrap_or_default();
+    Ok(RefundAsked {
+        customer,
+        target,
+        reason: refund.reason.trim().to_owned(),
+        requested_minor: amount.minor_units,
+        requested_currency: amount.currency_code,
+    })
+}
+
 /// Checks a new ticket, naming every bad field.
 pub fn check_ticket(r: &pb::CreateTicketRequest) -> Result<(), ApiError> {
     let mut violations = Vec::new();
-    let issue_type = issue_type_to_db(r.issue_type);
+    let issue_type = IssueType::from_pb(r.issue_type);
     if issue_type.is_none() {
         violations.push(FieldViolation::new(
             "issue_type",
             "required: ISSUE_TYPE_PURCHASE_REFUND, ISSUE_TYPE_BILLING, ISSUE_TYPE_TECHNICAL or ISSUE_TYPE_OTHER",
         ));
     }
-    if impact_to_db(r.impact).is_none() {
+    if Impact::from_pb(r.impact).is_none() {
         violations.push(FieldViolation::new(
             "impact",
             "required: IMPACT_CRITICAL, IMPACT_MODERATE or IMPACT_MINIMAL",
@@ -173,11 +544,11 @@ pub fn check_ticket(r: &pb::CreateTicketRequest) -> Result<(), ApiError> {
         ));
     }
     match (issue_type, &r.refund) {
-        (Some("purchase_refund"), None) => violations.push(FieldViolation::new(
+        (Some(IssueType::PurchaseRefund), None) => violations.push(FieldViolation::new(
             "refund",
             "a purchase/refund ticket names the customer, the order or subscription, the reason and the amount",
         )),
-        (Some("purchase_refund"), Some(refund)) => check_refund(&mut violations, refund),
+        (Some(IssueType::PurchaseRefund), Some(refund)) => check_refund(&mut violations, refund),
         (Some(_), Some(_)) => violations.push(FieldViolation::new(
             "refund",
             "only ISSUE_TYPE_PURCHASE_REFUND tickets carry a refund",

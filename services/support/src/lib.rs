@@ -2,15 +2,23 @@
 //! comments and attachments, and the refund ticket that cancels a purchase on
 //! behalf of a customer through a durable workflow.
 //!
-//! - [`domain`]: validation, fingerprints, refund allocation; no I/O.
+//! - [`handlers`]: the gRPC API: decode, caller, one use case, encode.
+//! - [`use_cases`]: each operation's flow; owns the transaction.
+//! - [`refunds`]: the refund workflow, the use case that runs in the
+//!   background.
+//! - [`domain`]: tickets, comments, attachments, refund steps, their states
+//!   and rules (validation, fingerprints, refund allocation and outcome); no
+//!   I/O.
 //! - [`storage`]: SQL on SQLite or PostgreSQL, and the migrations.
-//! - [`refunds`]: the refund workflow runner.
-//! - [`handlers`]: the gRPC API.
+//! - [`peers`]: ordering (resolve and cancel purchases) and licensing
+//!   (revoke keys and links).
 
 pub mod domain;
 pub mod handlers;
+pub mod peers;
 pub mod refunds;
 pub mod storage;
+pub mod use_cases;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +32,9 @@ use csp_store::outbox::audit_destination;
 use tokio::net::TcpListener;
 
 use crate::handlers::SupportApi;
+use crate::peers::Peers;
 use crate::storage::SupportStore;
+use crate::use_cases::Support;
 
 /// The service's name in logs, data files and database names.
 pub const NAME: &str = "support";
@@ -70,8 +80,9 @@ pub async fn run(
     let licensing = backend.channel(&config.licensing.licensing_url)?;
     let audit = backend.channel(&config.audit.audit_url)?;
     let relay = backend.relay(vec![audit_destination(audit)]);
-    let refunds = refunds::Refunds::new(store.clone(), ordering.clone(), licensing, clock.clone());
-    let api = SupportApi::new(store, ordering, clock, refunds.waker(), relay);
+    let peers = Peers::new(ordering, licensing);
+    let refunds = refunds::Refunds::new(store.clone(), peers.clone(), clock.clone());
+    let api = SupportApi::new(Support::new(store, peers, clock, refunds.waker(), relay));
     let shutdown = backend.shutdown().clone();
     backend.spawn(refunds.run(shutdown));
     backend

@@ -4,52 +4,52 @@
 //! so a step repeated after a crash or an outage changes nothing. A failure
 //! that may pass (a service down) is retried with backoff; one that cannot
 //! (the window closed meanwhile) fails the step. When no step is left to
-//! run, the ticket is RESOLVED with what was refunded, or REJECTED with why.
-//! On PostgreSQL one replica runs the steps at a time (advisory lock).
+//! run, the ticket is RESOLVED with what was refunded, or REJECTED with why
+//! ([`domain::refund_outcome`]). On PostgreSQL one replica runs the steps at
+//! a time (advisory lock).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use csp_kit::activity::Activity;
 use csp_kit::backoff::Backoff;
 use csp_kit::clock::{Clock, Micros};
-use csp_kit::ids::PartnerId;
-use csp_kit::peer::{Failure, PeerError, PeerResult as _, Signed};
+use csp_kit::ids::{PartnerId, TicketId};
+use csp_kit::peer::PeerError;
 use csp_kit::shutdown::Shutdown;
 use csp_kit::{ApiResult, clock};
 use csp_proto::audit::v1::ActivityType;
 use csp_proto::common::v1::Money;
-use csp_proto::licensing::v1::RevokeSubscriptionRequest;
-use csp_proto::licensing::v1::licensing_internal_service_client::LicensingInternalServiceClient;
-use csp_proto::ordering::v1::CancelSubscriptionRequest;
-use csp_proto::ordering::v1::ordering_internal_service_client::OrderingInternalServiceClient;
 use csp_store::outbox::Message;
 use tokio::sync::Notify;
 
-use crate::storage::{Step, SupportStore, Ticket};
+use crate::domain::{self, Step, StepState, Ticket};
+use crate::peers::{Cancel, Peers};
+use crate::storage::SupportStore;
+use crate::use_cases::ticket_activity;
+
+/// The advisory lock one replica holds while it runs refund steps (the key
+/// every release has used, so replicas of two releases still take turns).
+const LOCK: i64 = 0x00c5_705e_f00d;
+
+/// How a step that met an unavailable service is retried.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
 
 /// Runs refund steps.
 pub struct Refunds {
     store: SupportStore,
-    ordering: OrderingInternalServiceClient<Signed>,
-    licensing: LicensingInternalServiceClient<Signed>,
+    peers: Peers,
     clock: Arc<dyn Clock>,
     wake: Arc<Notify>,
 }
 
 impl Refunds {
     /// A runner over `store`.
-    pub fn new(
-        store: SupportStore,
-        ordering: Signed,
-        licensing: Signed,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
+    pub fn new(store: SupportStore, peers: Peers, clock: Arc<dyn Clock>) -> Self {
         Self {
             store,
-            ordering: OrderingInternalServiceClient::new(ordering),
-            licensing: LicensingInternalServiceClient::new(licensing),
+            peers,
             clock,
             wake: Arc::new(Notify::new()),
         }
@@ -86,79 +86,73 @@ impl Refunds {
     pub async fn pass(&self) -> ApiResult<()> {
         let steps = self.store.due_steps(clock::SystemClock.now(), 50).await?;
         let mut tickets = BTreeSet::new();
-        let mut loaded: HashMap<String, Ticket> = HashMap::new();
+        let mut loaded: HashMap<TicketId, Ticket> = HashMap::new();
         for step in steps {
-            tickets.insert((step.partner_id.clone(), step.ticket_id.clone()));
-            if !loaded.contains_key(&step.ticket_id) {
-                match self.store.ticket(&step.partner_id, &step.ticket_id).await? {
-                    Some(ticket) => {
-                        loaded.insert(step.ticket_id.clone(), ticket);
+            tickets.insert((step.partner_id, step.ticket_id));
+            let ticket = match loaded.entry(step.ticket_id) {
+                Entry::Occupied(found) => found.into_mut(),
+                Entry::Vacant(slot) => {
+                    match self.store.ticket(step.partner_id, step.ticket_id).await? {
+                        Some(ticket) => slot.insert(ticket),
+                        None => continue,
                     }
-                    None => continue,
                 }
-            }
-            if let Some(ticket) = loaded.get(&step.ticket_id) {
-                self.advance(ticket, step).await?;
-            }
+            };
+            self.advance(ticket, step).await?;
         }
         for (partner, ticket_id) in tickets {
-            self.maybe_finish(&partner, &ticket_id).await?;
+            self.maybe_finish(partner, ticket_id).await?;
         }
         Ok(())
     }
 
     async fn advance(&self, ticket: &Ticket, mut step: Step) -> ApiResult<()> {
-        if step.state == "pending" {
+        if step.state == StepState::Pending {
             let cancelled = self
-                .ordering
-                .clone()
-                .cancel_subscription(CancelSubscriptionRequest {
-                    partner_id: step.partner_id.clone(),
-                    subscription_id: step.subscription_id.clone(),
-                    refund: Some(Money {
+                .peers
+                .cancel(Cancel {
+                    partner_id: step.partner_id,
+                    subscription_id: step.subscription_id,
+                    refund: Money {
                         currency_code: ticket.refund_currency_code.clone().unwrap_or_default(),
                         minor_units: step.refund_minor,
                         minor_unit_digits: u32::try_from(
                             ticket.refund_minor_unit_digits.unwrap_or(2),
                         )
                         .unwrap_or(2),
-                    }),
-                    reason: ticket.refund_reason.clone().unwrap_or_default(),
-                    ticket_id: ticket.id.clone(),
+                    },
+                    reason: ticket.refund_reason.as_deref().unwrap_or_default(),
+                    ticket_id: ticket.id.to_string(),
                 })
-                .await
-                .peer("ordering");
+                .await;
             match cancelled {
-                Ok(_) => {
-                    self.store.set_step(&step, "cancelled", None).await?;
-                    step.state = "cancelled".to_owned();
+                Ok(()) => {
+                    self.store
+                        .set_step(&step, StepState::Cancelled, None)
+                        .await?;
+                    step.state = StepState::Cancelled;
                 }
                 Err(error) if !error.is_transient() => {
                     let reason = error.status.message();
                     tracing::warn!(ticket_id = %ticket.id, subscription_id = %step.subscription_id, reason, "refund step failed");
-                    return Ok(self.store.set_step(&step, "failed", Some(reason)).await?);
+                    self.store
+                        .set_step(&step, StepState::Failed, Some(reason))
+                        .await?;
+                    return Ok(());
                 }
                 Err(error) => return self.later(&step, &error).await,
             }
         }
-        let revoked = self
-            .licensing
-            .clone()
-            .revoke_subscription(RevokeSubscriptionRequest {
-                partner_id: step.partner_id.clone(),
-                subscription_id: step.subscription_id.clone(),
-            })
+        // NOT_FOUND: nothing to revoke yet (an Azure reservation, or the
+        // order's event has not reached licensing; the cancellation event
+        // follows it in the same stream and revokes it there).
+        match self
+            .peers
+            .revoke(step.partner_id, step.subscription_id)
             .await
-            .peer("licensing");
-        match revoked {
-            // NOT_FOUND: nothing to revoke yet (an Azure reservation, or the
-            // order's event has not reached licensing; the cancellation event
-            // follows it in the same stream and revokes it there).
-            Ok(_) => Ok(self.store.set_step(&step, "done", None).await?),
-            Err(error) if error.failure == Failure::NotFound => {
-                Ok(self.store.set_step(&step, "done", None).await?)
-            }
-            Err(error) => self.later(&step, &error).await,
+        {
+            Err(error) if !error.is_not_found() => self.later(&step, &error).await,
+            _ => Ok(self.store.set_step(&step, StepState::Done, None).await?),
         }
     }
 
@@ -170,95 +164,30 @@ impl Refunds {
         Ok(self.store.retry_step(step, next, &error).await?)
     }
 
-    async fn maybe_finish(&self, partner: &str, ticket_id: &str) -> ApiResult<()> {
+    async fn maybe_finish(&self, partner: PartnerId, ticket_id: TicketId) -> ApiResult<()> {
         let steps = self.store.steps_of(ticket_id).await?;
-        if steps
-            .iter()
-            .any(|(state, ..)| state == "pending" || state == "cancelled")
-        {
+        let Some(outcome) = domain::refund_outcome(&steps) else {
             return Ok(());
-        }
-        let refunded: i64 = steps.iter().filter(|s| s.0 == "done").map(|s| s.1).sum();
-        let failures: Vec<String> = steps
-            .iter()
-            .filter(|s| s.0 == "failed")
-            .filter_map(|s| s.2.clone())
-            .collect();
-        let (status, rejection) = if steps.iter().any(|s| s.0 == "done") {
-            let note = (!failures.is_empty()).then(|| {
-                format!(
-                    "not every subscription could be cancelled: {}",
-                    failures.join("; ")
-                )
-            });
-            ("resolved", note)
-        } else {
-            ("rejected", Some(failures.join("; ")))
         };
         let now = self.clock.now();
         let Some(ticket) = self.store.ticket(partner, ticket_id).await? else {
             return Ok(());
         };
-        let message = activity(
-            &ticket,
-            ActivityType::RefundTicketResolved,
-            now,
-            HashMap::from([
-                ("status".to_owned(), status.to_owned()),
-                ("refunded_minor".to_owned(), refunded.to_string()),
-                (
-                    "currency_code".to_owned(),
-                    ticket.refund_currency_code.clone().unwrap_or_default(),
-                ),
-            ]),
-        )?;
+        let activity = ticket_activity(&ticket, ActivityType::RefundTicketResolved, now)
+            .detail("status", outcome.status)
+            .detail("refunded_minor", outcome.refunded_minor)
+            .detail(
+                "currency_code",
+                ticket.refund_currency_code.as_deref().unwrap_or_default(),
+            );
+        let message = Message::activity(ticket.id, activity);
         if self
             .store
-            .finish(
-                ticket_id,
-                status,
-                refunded,
-                rejection.as_deref(),
-                &[message],
-                now,
-            )
+            .finish(ticket_id, &outcome, &[message], now)
             .await?
         {
-            tracing::info!(ticket_id, status, refunded, "refund ticket finished");
+            tracing::info!(ticket_id = %ticket_id, status = %outcome.status, refunded = outcome.refunded_minor, "refund ticket finished");
         }
         Ok(())
     }
-}
-
-/// The advisory lock one replica holds while it runs refund steps (the key
-/// every release has used, so replicas of two releases still take turns).
-const LOCK: i64 = 0x00c5_705e_f00d;
-
-/// How a step that met an unavailable service is retried.
-const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-
-/// A ticket activity for the audit log, through the outbox, in the
-/// ticket's stream.
-pub fn activity(
-    ticket: &Ticket,
-    kind: ActivityType,
-    at: Micros,
-    details: HashMap<String, String>,
-) -> ApiResult<Message> {
-    let partner: PartnerId = csp_store::error::parse("tickets.partner_id", &ticket.partner_id)?;
-    let mut activity = Activity::new(partner, kind, at)
-        .by(&ticket.created_by_user_id, &ticket.contact_name)
-        .customer(
-            ticket
-                .refund_customer_tenant_id
-                .as_deref()
-                .unwrap_or_default(),
-        )
-        .subscription(ticket.refund_subscription_id.as_deref().unwrap_or_default())
-        .details(details)
-        .detail("ticket_id", &ticket.id);
-    if let Some(order) = &ticket.refund_order_id {
-        activity = activity.detail("order_id", order);
-    }
-    Ok(Message::activity(&ticket.id, activity))
 }

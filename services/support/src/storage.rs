@@ -1,11 +1,18 @@
 //! Support storage: tickets, comments, attachments and refund steps, scoped
-//! to a partner.
+//! to a partner. Ids and states are written as text and read back typed.
 
 use csp_kit::clock::Micros;
+use csp_kit::ids::{PartnerId, RequestId, TicketId};
 use csp_store::db::{Db, MigrationSource, Migrations};
+use csp_store::error::column;
 use csp_store::outbox::{self, Message};
 use csp_store::{StoreResult, on_db, on_tx};
 use sqlx::Row as _;
+
+use crate::domain::{
+    Attachment, Comment, IssueType, RefundOutcome, Step, StepResult, StepState, Ticket,
+    TicketStatus,
+};
 
 /// The support service's migrations.
 pub const MIGRATIONS: Migrations = Migrations {
@@ -35,101 +42,47 @@ const SUPPORT: MigrationSource = MigrationSource {
     sql: include_str!("../migrations/0001_support.sql"),
 };
 
-/// A ticket as stored.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Ticket {
-    pub id: String,
-    pub partner_id: String,
-    pub issue_type: String,
-    pub impact: String,
-    pub title: String,
-    pub description: String,
-    pub contact_name: String,
-    pub contact_email: String,
-    pub contact_phone: String,
-    pub status: String,
-    pub refund_customer_tenant_id: Option<String>,
-    pub refund_customer_domain_name: Option<String>,
-    pub refund_order_id: Option<String>,
-    pub refund_subscription_id: Option<String>,
-    pub refund_reason: Option<String>,
-    pub refund_currency_code: Option<String>,
-    pub refund_minor_unit_digits: Option<i32>,
-    pub refund_requested_minor: Option<i64>,
-    pub refunded_minor: Option<i64>,
-    pub rejection_reason: Option<String>,
-    pub request_id: String,
-    pub request_fingerprint: String,
-    pub created_by_user_id: String,
-    pub created_at: Micros,
-    pub updated_at: Micros,
-}
-
-/// A comment.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Comment {
-    pub author_user_id: String,
-    pub text: String,
-    pub created_at: Micros,
-}
-
-/// An attachment (content loaded only when asked for).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Attachment {
-    pub id: String,
-    pub file_name: String,
-    pub content_type: String,
-    pub size_bytes: i64,
-    pub sha256: String,
-    pub content: Vec<u8>,
-}
-
-/// A step of a refund: one subscription to cancel and revoke.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Step {
-    pub ticket_id: String,
-    pub position: i32,
-    pub partner_id: String,
-    pub subscription_id: String,
-    pub refund_minor: i64,
-    pub state: String,
-    pub attempts: i32,
-}
-
 const TICKET_COLUMNS: &str = "id, partner_id, issue_type, impact, title, description, contact_name, contact_email, \
     contact_phone, status, refund_customer_tenant_id, refund_customer_domain_name, refund_order_id, \
     refund_subscription_id, refund_reason, refund_currency_code, refund_minor_unit_digits, refund_requested_minor, \
     refunded_minor, rejection_reason, request_id, request_fingerprint, created_by_user_id, created_at_us, updated_at_us";
 
+/// The unique constraint on a partner's request ids (`CreateTicket` retries).
+pub const TICKET_REQUEST_KEY: &str = "tickets_partner_request_key";
+
+/// Reads a ticket row; evaluates to `StoreResult<Ticket>`.
 macro_rules! ticket_from_row {
-    ($r:expr) => {
-        Ticket {
-            id: $r.try_get("id")?,
-            partner_id: $r.try_get("partner_id")?,
-            issue_type: $r.try_get("issue_type")?,
-            impact: $r.try_get("impact")?,
-            title: $r.try_get("title")?,
-            description: $r.try_get("description")?,
-            contact_name: $r.try_get("contact_name")?,
-            contact_email: $r.try_get("contact_email")?,
-            contact_phone: $r.try_get("contact_phone")?,
-            status: $r.try_get("status")?,
-            refund_customer_tenant_id: $r.try_get("refund_customer_tenant_id")?,
-            refund_customer_domain_name: $r.try_get("refund_customer_domain_name")?,
-            refund_order_id: $r.try_get("refund_order_id")?,
-            refund_subscription_id: $r.try_get("refund_subscription_id")?,
-            refund_reason: $r.try_get("refund_reason")?,
-            refund_currency_code: $r.try_get("refund_currency_code")?,
-            refund_minor_unit_digits: $r.try_get("refund_minor_unit_digits")?,
-            refund_requested_minor: $r.try_get("refund_requested_minor")?,
-            refunded_minor: $r.try_get("refunded_minor")?,
-            rejection_reason: $r.try_get("rejection_reason")?,
-            request_id: $r.try_get("request_id")?,
-            request_fingerprint: $r.try_get("request_fingerprint")?,
-            created_by_user_id: $r.try_get("created_by_user_id")?,
-            created_at: $r.try_get("created_at_us")?,
-            updated_at: $r.try_get("updated_at_us")?,
-        }
+    ($row:expr) => {
+        (|| -> StoreResult<Ticket> {
+            let r = $row;
+            Ok(Ticket {
+                id: column(r, "id")?,
+                partner_id: column(r, "partner_id")?,
+                issue_type: column(r, "issue_type")?,
+                impact: column(r, "impact")?,
+                title: r.try_get("title")?,
+                description: r.try_get("description")?,
+                contact_name: r.try_get("contact_name")?,
+                contact_email: r.try_get("contact_email")?,
+                contact_phone: r.try_get("contact_phone")?,
+                status: column(r, "status")?,
+                refund_customer_tenant_id: r.try_get("refund_customer_tenant_id")?,
+                refund_customer_domain_name: r.try_get("refund_customer_domain_name")?,
+                refund_order_id: r.try_get("refund_order_id")?,
+                refund_subscription_id: r.try_get("refund_subscription_id")?,
+                refund_reason: r.try_get("refund_reason")?,
+                refund_currency_code: r.try_get("refund_currency_code")?,
+                refund_minor_unit_digits: r.try_get("refund_minor_unit_digits")?,
+                refund_requested_minor: r.try_get("refund_requested_minor")?,
+                refunded_minor: r.try_get("refunded_minor")?,
+                rejection_reason: r.try_get("rejection_reason")?,
+                request_id: column(r, "request_id")?,
+                request_fingerprint: r.try_get("request_fingerprint")?,
+                created_by_user_id: r.try_get("created_by_user_id")?,
+                created_at: r.try_get("created_at_us")?,
+                updated_at: r.try_get("updated_at_us")?,
+            })
+        })()
     };
 }
 
@@ -166,16 +119,16 @@ impl SupportStore {
              $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)"
         );
         let inserted = on_tx!(&mut tx, x => sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(&t.id)
-            .bind(&t.partner_id)
-            .bind(&t.issue_type)
-            .bind(&t.impact)
+            .bind(t.id.to_string())
+            .bind(t.partner_id.to_string())
+            .bind(t.issue_type.as_db())
+            .bind(t.impact.as_db())
             .bind(&t.title)
             .bind(&t.description)
             .bind(&t.contact_name)
             .bind(&t.contact_email)
             .bind(&t.contact_phone)
-            .bind(&t.status)
+            .bind(t.status.as_db())
             .bind(&t.refund_customer_tenant_id)
             .bind(&t.refund_customer_domain_name)
             .bind(&t.refund_order_id)
@@ -186,7 +139,7 @@ impl SupportStore {
             .bind(t.refund_requested_minor)
             .bind(t.refunded_minor)
             .bind(&t.rejection_reason)
-            .bind(&t.request_id)
+            .bind(t.request_id.to_string())
             .bind(&t.request_fingerprint)
             .bind(&t.created_by_user_id)
             .bind(t.created_at)
@@ -200,7 +153,7 @@ impl SupportStore {
                                size_bytes, sha256, content) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
             on_tx!(&mut tx, x => sqlx::query(SQL)
                 .bind(&a.id)
-                .bind(&t.id)
+                .bind(t.id.to_string())
                 .bind(position as i32)
                 .bind(&a.file_name)
                 .bind(&a.content_type)
@@ -213,13 +166,15 @@ impl SupportStore {
         }
         for s in steps {
             const SQL: &str = "INSERT INTO refund_steps (ticket_id, position, partner_id, subscription_id, \
-                               refund_minor, state, attempts, next_attempt_at_us) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6)";
+                               refund_minor, state, attempts, next_attempt_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
             on_tx!(&mut tx, x => sqlx::query(SQL)
-                .bind(&s.ticket_id)
+                .bind(s.ticket_id.to_string())
                 .bind(s.position)
-                .bind(&s.partner_id)
-                .bind(&s.subscription_id)
+                .bind(s.partner_id.to_string())
+                .bind(s.subscription_id.to_string())
                 .bind(s.refund_minor)
+                .bind(s.state.as_db())
+                .bind(s.attempts)
                 .bind(now)
                 .execute(&mut **x)
                 .await
@@ -233,36 +188,46 @@ impl SupportStore {
     }
 
     /// A partner's ticket.
-    pub async fn ticket(&self, partner_id: &str, id: &str) -> StoreResult<Option<Ticket>> {
+    pub async fn ticket(&self, partner_id: PartnerId, id: TicketId) -> StoreResult<Option<Ticket>> {
         let sql = format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE partner_id = $1 AND id = $2");
-        self.one(&sql, partner_id, id).await
+        self.one(&sql, partner_id, &id.to_string()).await
     }
 
     /// The ticket a partner filed with `request_id`.
     pub async fn ticket_by_request(
         &self,
-        partner_id: &str,
-        request_id: &str,
+        partner_id: PartnerId,
+        request_id: RequestId,
     ) -> StoreResult<Option<Ticket>> {
         let sql = format!(
             "SELECT {TICKET_COLUMNS} FROM tickets WHERE partner_id = $1 AND request_id = $2"
         );
-        self.one(&sql, partner_id, request_id).await
+        self.one(&sql, partner_id, &request_id.to_string()).await
     }
 
-    async fn one(&self, sql: &str, a: &str, b: &str) -> StoreResult<Option<Ticket>> {
-        Ok(on_db!(&self.db, pool => {
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(a).bind(b).fetch_optional(pool).await?;
-            row.map(|r| Ok::<_, sqlx::Error>(ticket_from_row!(r))).transpose()
-        })?)
+    async fn one(
+        &self,
+        sql: &str,
+        partner_id: PartnerId,
+        key: &str,
+    ) -> StoreResult<Option<Ticket>> {
+        on_db!(&self.db, pool => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(partner_id.to_string())
+                .bind(key)
+                .fetch_optional(pool)
+                .await?;
+            row.map(|r| ticket_from_row!(&r)).transpose()
+        })
     }
 
-    /// A page of a partner's tickets, newest first, after the cursor.
+    /// A page of a partner's tickets, newest first, after the cursor,
+    /// optionally of one status and one issue type.
     pub async fn list(
         &self,
-        partner_id: &str,
-        status: &str,
-        issue_type: &str,
+        partner_id: PartnerId,
+        status: Option<TicketStatus>,
+        issue_type: Option<IssueType>,
         before: Option<(Micros, &str)>,
         limit: u32,
     ) -> StoreResult<Vec<Ticket>> {
@@ -273,26 +238,25 @@ impl SupportStore {
              AND (created_at_us, id) < ($4, $5) \
              ORDER BY created_at_us DESC, id DESC LIMIT $6"
         );
-        Ok(on_db!(&self.db, pool => {
+        on_db!(&self.db, pool => {
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(partner_id)
-                .bind(status)
-                .bind(issue_type)
+                .bind(partner_id.to_string())
+                .bind(status.map_or("", TicketStatus::as_db))
+                .bind(issue_type.map_or("", IssueType::as_db))
                 .bind(before_at)
                 .bind(before_id)
                 .bind(i64::from(limit))
                 .fetch_all(pool)
                 .await?;
-            rows.iter().map(|r| Ok::<_, sqlx::Error>(ticket_from_row!(r))).collect::<Result<Vec<_>, _>>()
-        })?)
+            rows.iter().map(|r| ticket_from_row!(r)).collect()
+        })
     }
 
     /// A ticket's comments, oldest first.
-    pub async fn comments(&self, ticket_id: &str) -> StoreResult<Vec<Comment>> {
+    pub async fn comments(&self, ticket_id: TicketId) -> StoreResult<Vec<Comment>> {
         const SQL: &str = "SELECT author_user_id, text, created_at_us FROM ticket_comments WHERE ticket_id = $1 \
                            ORDER BY position";
-        let rows: Vec<(String, String, i64)> =
-            on_db!(&self.db, pool => sqlx::query_as(SQL).bind(ticket_id).fetch_all(pool).await)?;
+        let rows: Vec<(String, String, i64)> = on_db!(&self.db, pool => sqlx::query_as(SQL).bind(ticket_id.to_string()).fetch_all(pool).await)?;
         Ok(rows
             .into_iter()
             .map(|(author_user_id, text, created_at)| Comment {
@@ -304,11 +268,10 @@ impl SupportStore {
     }
 
     /// A ticket's attachments; with content only when `content` is set.
-    pub async fn attachments(&self, ticket_id: &str) -> StoreResult<Vec<Attachment>> {
+    pub async fn attachments(&self, ticket_id: TicketId) -> StoreResult<Vec<Attachment>> {
         const SQL: &str = "SELECT id, file_name, content_type, size_bytes, sha256 FROM ticket_attachments \
                            WHERE ticket_id = $1 ORDER BY position";
-        let rows: Vec<(String, String, String, i64, String)> =
-            on_db!(&self.db, pool => sqlx::query_as(SQL).bind(ticket_id).fetch_all(pool).await)?;
+        let rows: Vec<(String, String, String, i64, String)> = on_db!(&self.db, pool => sqlx::query_as(SQL).bind(ticket_id.to_string()).fetch_all(pool).await)?;
         Ok(rows
             .into_iter()
             .map(
@@ -325,10 +288,14 @@ impl SupportStore {
     }
 
     /// One attachment with its content.
-    pub async fn attachment(&self, ticket_id: &str, id: &str) -> StoreResult<Option<Attachment>> {
+    pub async fn attachment(
+        &self,
+        ticket_id: TicketId,
+        id: &str,
+    ) -> StoreResult<Option<Attachment>> {
         const SQL: &str = "SELECT id, file_name, content_type, size_bytes, sha256, content FROM ticket_attachments \
                            WHERE ticket_id = $1 AND id = $2";
-        let row: Option<(String, String, String, i64, String, Vec<u8>)> = on_db!(&self.db, pool => sqlx::query_as(SQL).bind(ticket_id).bind(id).fetch_optional(pool).await)?;
+        let row: Option<(String, String, String, i64, String, Vec<u8>)> = on_db!(&self.db, pool => sqlx::query_as(SQL).bind(ticket_id.to_string()).bind(id).fetch_optional(pool).await)?;
         Ok(row.map(
             |(id, file_name, content_type, size_bytes, sha256, content)| Attachment {
                 id,
@@ -344,7 +311,7 @@ impl SupportStore {
     /// Adds a comment.
     pub async fn add_comment(
         &self,
-        ticket_id: &str,
+        ticket_id: TicketId,
         author: &str,
         text: &str,
         now: Micros,
@@ -352,59 +319,74 @@ impl SupportStore {
         const SQL: &str = "INSERT INTO ticket_comments (ticket_id, position, author_user_id, text, created_at_us) \
                            SELECT $1, COALESCE(MAX(position), 0) + 1, $2, $3, $4 FROM ticket_comments WHERE ticket_id = $1";
         const TOUCH: &str = "UPDATE tickets SET updated_at_us = $2 WHERE id = $1";
+        let ticket_id = ticket_id.to_string();
         let mut tx = self.db.begin().await?;
         on_tx!(&mut tx, x => {
-            sqlx::query(SQL).bind(ticket_id).bind(author).bind(text).bind(now).execute(&mut **x).await?;
-            sqlx::query(TOUCH).bind(ticket_id).bind(now).execute(&mut **x).await.map(drop)
+            sqlx::query(SQL).bind(&ticket_id).bind(author).bind(text).bind(now).execute(&mut **x).await?;
+            sqlx::query(TOUCH).bind(&ticket_id).bind(now).execute(&mut **x).await.map(drop)
         })?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Closes a ticket (any status but closed).
-    pub async fn close(&self, ticket_id: &str, now: Micros) -> StoreResult<()> {
-        const SQL: &str = "UPDATE tickets SET status = 'closed', updated_at_us = $2 WHERE id = $1";
-        on_db!(&self.db, pool => sqlx::query(SQL).bind(ticket_id).bind(now).execute(pool).await.map(drop))?;
+    pub async fn close(&self, ticket_id: TicketId, now: Micros) -> StoreResult<()> {
+        let sql = format!(
+            "UPDATE tickets SET status = '{}', updated_at_us = $2 WHERE id = $1",
+            TicketStatus::Closed.as_db()
+        );
+        on_db!(&self.db, pool => sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(ticket_id.to_string())
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(drop))?;
         Ok(())
     }
 
-    /// Refund steps due now, oldest first.
+    /// Refund steps due now (pending or half done), oldest first.
     pub async fn due_steps(&self, now: Micros, limit: u32) -> StoreResult<Vec<Step>> {
-        const SQL: &str = "SELECT ticket_id, position, partner_id, subscription_id, refund_minor, state, attempts \
-                           FROM refund_steps WHERE state IN ('pending', 'cancelled') AND next_attempt_at_us <= $1 \
-                           ORDER BY next_attempt_at_us, ticket_id, position LIMIT $2";
-        let rows: Vec<(String, i32, String, String, i64, String, i32)> = on_db!(&self.db, pool => sqlx::query_as(SQL).bind(now).bind(i64::from(limit)).fetch_all(pool).await)?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(
-                    ticket_id,
-                    position,
-                    partner_id,
-                    subscription_id,
-                    refund_minor,
-                    state,
-                    attempts,
-                )| Step {
-                    ticket_id,
-                    position,
-                    partner_id,
-                    subscription_id,
-                    refund_minor,
-                    state,
-                    attempts,
-                },
-            )
-            .collect())
+        let sql = format!(
+            "SELECT ticket_id, position, partner_id, subscription_id, refund_minor, state, attempts \
+             FROM refund_steps WHERE state IN ('{}', '{}') AND next_attempt_at_us <= $1 \
+             ORDER BY next_attempt_at_us, ticket_id, position LIMIT $2",
+            StepState::Pending.as_db(),
+            StepState::Cancelled.as_db()
+        );
+        on_db!(&self.db, pool => {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(|r| -> StoreResult<Step> {
+                    Ok(Step {
+                        ticket_id: column(r, "ticket_id")?,
+                        position: r.try_get("position")?,
+                        partner_id: column(r, "partner_id")?,
+                        subscription_id: column(r, "subscription_id")?,
+                        refund_minor: r.try_get("refund_minor")?,
+                        state: column(r, "state")?,
+                        attempts: r.try_get("attempts")?,
+                    })
+                })
+                .collect()
+        })
     }
 
     /// Moves a step on.
-    pub async fn set_step(&self, s: &Step, state: &str, error: Option<&str>) -> StoreResult<()> {
+    pub async fn set_step(
+        &self,
+        s: &Step,
+        state: StepState,
+        error: Option<&str>,
+    ) -> StoreResult<()> {
         const SQL: &str = "UPDATE refund_steps SET state = $3, last_error = $4 WHERE ticket_id = $1 AND position = $2";
         on_db!(&self.db, pool => sqlx::query(SQL)
-            .bind(&s.ticket_id)
+            .bind(s.ticket_id.to_string())
             .bind(s.position)
-            .bind(state)
+            .bind(state.as_db())
             .bind(error)
             .execute(pool)
             .await
@@ -417,7 +399,7 @@ impl SupportStore {
         const SQL: &str = "UPDATE refund_steps SET attempts = attempts + 1, next_attempt_at_us = $3, last_error = $4 \
                            WHERE ticket_id = $1 AND position = $2";
         on_db!(&self.db, pool => sqlx::query(SQL)
-            .bind(&s.ticket_id)
+            .bind(s.ticket_id.to_string())
             .bind(s.position)
             .bind(next)
             .bind(error)
@@ -427,34 +409,43 @@ impl SupportStore {
         Ok(())
     }
 
-    /// Every step of a ticket: (state, refund, last error).
-    pub async fn steps_of(
-        &self,
-        ticket_id: &str,
-    ) -> StoreResult<Vec<(String, i64, Option<String>)>> {
+    /// Every step of a ticket, in order.
+    pub async fn steps_of(&self, ticket_id: TicketId) -> StoreResult<Vec<StepResult>> {
         const SQL: &str = "SELECT state, refund_minor, last_error FROM refund_steps WHERE ticket_id = $1 ORDER BY position";
-        Ok(on_db!(&self.db, pool => sqlx::query_as(SQL).bind(ticket_id).fetch_all(pool).await)?)
+        on_db!(&self.db, pool => {
+            let rows = sqlx::query(SQL).bind(ticket_id.to_string()).fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| -> StoreResult<StepResult> {
+                    Ok(StepResult {
+                        state: column(r, "state")?,
+                        refund_minor: r.try_get("refund_minor")?,
+                        last_error: r.try_get("last_error")?,
+                    })
+                })
+                .collect()
+        })
     }
 
     /// Ends a refund ticket once (only while it is submitted), writing the
     /// outbox messages in the same transaction. Returns whether it ended now.
     pub async fn finish(
         &self,
-        ticket_id: &str,
-        status: &str,
-        refunded: i64,
-        rejection: Option<&str>,
+        ticket_id: TicketId,
+        outcome: &RefundOutcome,
         messages: &[Message],
         now: Micros,
     ) -> StoreResult<bool> {
-        const SQL: &str = "UPDATE tickets SET status = $2, refunded_minor = $3, rejection_reason = $4, updated_at_us = $5 \
-                           WHERE id = $1 AND status = 'submitted'";
+        let sql = format!(
+            "UPDATE tickets SET status = $2, refunded_minor = $3, rejection_reason = $4, updated_at_us = $5 \
+             WHERE id = $1 AND status = '{}'",
+            TicketStatus::Submitted.as_db()
+        );
         let mut tx = self.db.begin().await?;
-        let changed = on_tx!(&mut tx, x => sqlx::query(SQL)
-            .bind(ticket_id)
-            .bind(status)
-            .bind(refunded)
-            .bind(rejection)
+        let changed = on_tx!(&mut tx, x => sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(ticket_id.to_string())
+            .bind(outcome.status.as_db())
+            .bind(outcome.refunded_minor)
+            .bind(outcome.rejection.as_deref())
             .bind(now)
             .execute(&mut **x)
             .await

@@ -1,0 +1,408 @@
+//! Support's use cases: each operation as one flow. A use case checks what
+//! needs the database or a peer, applies the domain's rules, owns the
+//! transaction (one storage call writes everything, outbox messages and
+//! refund steps included) and wakes the relay and the refund workflow.
+//! Handlers call exactly one of these; the refund workflow
+//! ([`crate::refunds`]) carries refunds out in the background.
+
+use std::sync::Arc;
+
+use csp_kit::activity::Activity;
+use csp_kit::clock::{Clock, Micros};
+use csp_kit::identity::UserCaller;
+use csp_kit::ids::{PartnerId, TicketId};
+use csp_kit::roles::Role;
+use csp_kit::{ApiError, ApiResult, paging};
+use csp_proto::audit::v1::ActivityType;
+use csp_store::idempotency::{CreateOnce, Replayable};
+use csp_store::outbox::Message;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::domain::{
+    self, Attachment, Comment, IssueType, NewTicket, RefundAsked, Step, StepState, Ticket,
+    TicketStatus,
+};
+use crate::peers::Peers;
+use crate::storage::{SupportStore, TICKET_REQUEST_KEY};
+
+/// A ticket with its comments and attachments (without content).
+#[derive(Clone, Debug)]
+pub struct TicketView {
+    /// The ticket.
+    pub ticket: Ticket,
+    /// Its comments, oldest first.
+    pub comments: Vec<Comment>,
+    /// Its attachments.
+    pub attachments: Vec<Attachment>,
+}
+
+/// Which tickets a list shows.
+#[derive(Clone, Debug)]
+pub struct TicketFilter {
+    /// Only of this status.
+    pub status: Option<TicketStatus>,
+    /// Only of this issue type.
+    pub issue_type: Option<IssueType>,
+    /// The request's filter values, bound into page tokens.
+    pub raw: (i32, i32),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Cursor {
+    at: Micros,
+    id: String,
+    status: i32,
+    issue_type: i32,
+}
+
+/// Support's use cases.
+#[derive(Clone)]
+pub struct Support {
+    store: SupportStore,
+    peers: Peers,
+    clock: Arc<dyn Clock>,
+    refunds: Arc<Notify>,
+    relay: Arc<Notify>,
+}
+
+impl Support {
+    /// Over `store`; `refunds` and `relay` are woken after a refund ticket
+    /// is stored.
+    pub fn new(
+        store: SupportStore,
+        peers: Peers,
+        clock: Arc<dyn Clock>,
+        refunds: Arc<Notify>,
+        relay: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            peers,
+            clock,
+            refunds,
+            relay,
+        }
+    }
+
+    /// Files a ticket once per request id. A refund ticket (admin agents
+    /// only) is checked with ordering at once and stored with one step per
+    /// subscription and its "submitted" activity, in one transaction; the
+    /// workflow then carries it out. A retry answers with the first ticket.
+    pub async fn create_ticket(&self, user: &UserCaller, new: NewTicket) -> ApiResult<TicketView> {
+        if new.issue_type == IssueType::PurchaseRefund && !user.roles.contains(Role::AdminAgent) {
+            return Err(ApiError::PermissionDenied(
+                "only an admin agent may file a CSP purchase/refund ticket; your roles allow other tickets".to_owned(),
+            ));
+        }
+        let partner = user.partner_id;
+        let once = CreateOnce::new("ticket", TICKET_REQUEST_KEY, &new.fingerprint);
+        let first = self
+            .store
+            .ticket_by_request(partner, new.request_id)
+            .await?;
+        if let Some(first) = once.replay(first)? {
+            return self.view(first).await;
+        }
+        let now = self.clock.now();
+        let mut ticket = new_ticket(user, &new, now);
+        let mut steps = Vec::new();
+        let mut messages = Vec::new();
+        if let Some(refund) = &new.refund {
+            steps = self.plan_refund(&mut ticket, refund).await?;
+            messages.push(submitted(&ticket, steps.len(), now));
+        }
+        let attachments: Vec<Attachment> = new
+            .attachments
+            .into_iter()
+            .map(|a| Attachment {
+                id: uuid::Uuid::new_v4().to_string(),
+                size_bytes: a.content.len() as i64,
+                sha256: domain::sha256(&a.content),
+                file_name: a.file_name,
+                content_type: a.content_type,
+                content: a.content,
+            })
+            .collect();
+        let id = ticket.id;
+        let inserted = self
+            .store
+            .insert(&ticket, &attachments, &steps, &messages, now)
+            .await
+            .map(|()| ticket);
+        let ticket = once
+            .settle(inserted, || {
+                self.store.ticket_by_request(partner, new.request_id)
+            })
+            .await?;
+        if ticket.id == id {
+            if !steps.is_empty() {
+                self.refunds.notify_one();
+                self.relay.notify_one();
+            }
+            tracing::info!(ticket_id = %id, issue_type = %ticket.issue_type, "ticket filed");
+        }
+        self.view(ticket).await
+    }
+
+    /// Checks at once what can be known at once (the customer, the order or
+    /// subscription, the window, the amount) and plans one step per
+    /// subscription, with its share of the refund.
+    async fn plan_refund(&self, ticket: &mut Ticket, refund: &RefundAsked) -> ApiResult<Vec<Step>> {
+        let resolved = self
+            .peers
+            .resolve(ticket.partner_id, &refund.customer, &refund.target)
+            .await?;
+        if refund.requested_currency != resolved.currency_code {
+            return Err(ApiError::invalid(
+                "refund.requested_amount.currency_code",
+                format!(
+                    "the purchase was paid in {}, not {}",
+                    resolved.currency_code, refund.requested_currency
+                ),
+            ));
+        }
+        let paid: Vec<i64> = resolved
+            .subscriptions
+            .iter()
+            .map(|s| s.paid_minor)
+            .collect();
+        let shares = domain::allocate(refund.requested_minor, &paid).ok_or_else(|| {
+            ApiError::invalid(
+                "refund.requested_amount.minor_units",
+                format!(
+                    "{} is more than the {} {} paid for what the ticket names",
+                    refund.requested_minor, resolved.paid_minor, resolved.currency_code
+                ),
+            )
+        })?;
+        ticket.refund_reason = Some(refund.reason.clone());
+        ticket.refund_currency_code = Some(resolved.currency_code.clone());
+        ticket.refund_minor_unit_digits =
+            Some(i32::try_from(resolved.minor_unit_digits).unwrap_or(2));
+        ticket.refund_requested_minor = Some(refund.requested_minor);
+        if ticket.refund_customer_tenant_id.is_none() {
+            ticket.refund_customer_tenant_id = resolved
+                .subscriptions
+                .first()
+                .map(|s| s.customer_tenant_id.clone());
+        }
+        Ok(resolved
+            .subscriptions
+            .iter()
+            .zip(shares)
+            .enumerate()
+            .map(|(i, (s, share))| Step {
+                ticket_id: ticket.id,
+                position: i32::try_from(i).unwrap_or(i32::MAX),
+                partner_id: ticket.partner_id,
+                subscription_id: s.id,
+                refund_minor: share,
+                state: StepState::Pending,
+                attempts: 0,
+            })
+            .collect())
+    }
+
+    /// A partner's ticket with its comments and attachments.
+    pub async fn ticket(&self, partner: PartnerId, id: TicketId) -> ApiResult<TicketView> {
+        let ticket = self.owned(partner, id).await?;
+        self.view(ticket).await
+    }
+
+    /// A page of a partner's tickets, newest first, and the next page's token.
+    pub async fn list_tickets(
+        &self,
+        partner: PartnerId,
+        filter: &TicketFilter,
+        page_size: i32,
+        page_token: &str,
+    ) -> ApiResult<(Vec<TicketView>, String)> {
+        let size = paging::page_size(page_size, paging::DEFAULT_PAGE_SIZE, paging::MAX_PAGE_SIZE)?;
+        let cursor = paging::decode::<Cursor>(page_token)?;
+        let (status, issue_type) = filter.raw;
+        if cursor
+            .as_ref()
+            .is_some_and(|c| c.status != status || c.issue_type != issue_type)
+        {
+            return Err(ApiError::invalid(
+                "page_token",
+                "this page token belongs to a query with other filters; start again from an empty page_token",
+            ));
+        }
+        let mut tickets = self
+            .store
+            .list(
+                partner,
+                filter.status,
+                filter.issue_type,
+                cursor.as_ref().map(|c| (c.at, c.id.as_str())),
+                size + 1,
+            )
+            .await?;
+        let next = paging::finish_page(&mut tickets, size, |t| Cursor {
+            at: t.created_at,
+            id: t.id.to_string(),
+            status,
+            issue_type,
+        });
+        let mut views = Vec::with_capacity(tickets.len());
+        for ticket in tickets {
+            views.push(self.view(ticket).await?);
+        }
+        Ok((views, next))
+    }
+
+    /// Adds a comment to an open ticket.
+    pub async fn add_comment(
+        &self,
+        user: &UserCaller,
+        id: TicketId,
+        text: &str,
+    ) -> ApiResult<TicketView> {
+        let ticket = self.owned(user.partner_id, id).await?;
+        if ticket.status == TicketStatus::Closed {
+            return Err(domain::ticket_closed(ticket.id));
+        }
+        self.store
+            .add_comment(ticket.id, &user.user_id, text, self.clock.now())
+            .await?;
+        self.ticket(user.partner_id, id).await
+    }
+
+    /// Closes a ticket (again: no change), but not while its refund runs.
+    pub async fn close_ticket(&self, partner: PartnerId, id: TicketId) -> ApiResult<TicketView> {
+        let ticket = self.owned(partner, id).await?;
+        domain::check_closable(&ticket)?;
+        if ticket.status != TicketStatus::Closed {
+            self.store.close(ticket.id, self.clock.now()).await?;
+        }
+        self.ticket(partner, id).await
+    }
+
+    /// One attachment of a partner's ticket, with its content.
+    pub async fn attachment(
+        &self,
+        partner: PartnerId,
+        id: TicketId,
+        attachment_id: &str,
+    ) -> ApiResult<Attachment> {
+        let ticket = self.owned(partner, id).await?;
+        self.store
+            .attachment(ticket.id, attachment_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("attachment", attachment_id))
+    }
+
+    async fn owned(&self, partner: PartnerId, id: TicketId) -> ApiResult<Ticket> {
+        self.store
+            .ticket(partner, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("ticket", id.to_string()))
+    }
+
+    async fn view(&self, ticket: Ticket) -> ApiResult<TicketView> {
+        let comments = self.store.comments(ticket.id).await?;
+        let attachments = self.store.attachments(ticket.id).await?;
+        Ok(TicketView {
+            ticket,
+            comments,
+            attachments,
+        })
+    }
+}
+
+/// The ticket a new request becomes (a refund's details are filled in by
+/// [`Support::plan_refund`]).
+fn new_ticket(user: &UserCaller, new: &NewTicket, now: Micros) -> Ticket {
+    let (mut tenant, mut domain_name, mut order, mut subscription) = (None, None, None, None);
+    if let Some(refund) = &new.refund {
+        match &refund.customer {
+            domain::CustomerNamed::Tenant(id) => tenant = Some(id.clone()),
+            domain::CustomerNamed::Domain(name) => domain_name = Some(name.clone()),
+        }
+        match &refund.target {
+            domain::TargetNamed::Order(id) => order = Some(id.clone()),
+            domain::TargetNamed::Subscription(id) => subscription = Some(id.clone()),
+        }
+    }
+    Ticket {
+        id: TicketId::new(),
+        partner_id: user.partner_id,
+        issue_type: new.issue_type,
+        impact: new.impact,
+        title: new.title.clone(),
+        description: new.description.clone(),
+        contact_name: new.contact_name.clone(),
+        contact_email: new.contact_email.clone(),
+        contact_phone: new.contact_phone.clone(),
+        status: TicketStatus::Submitted,
+        refund_customer_tenant_id: tenant,
+        refund_customer_domain_name: domain_name,
+        refund_order_id: order,
+        refund_subscription_id: subscription,
+        refund_reason: None,
+        refund_currency_code: None,
+        refund_minor_unit_digits: None,
+        refund_requested_minor: None,
+        refunded_minor: None,
+        rejection_reason: None,
+        request_id: new.request_id,
+        request_fingerprint: new.fingerprint.clone(),
+        created_by_user_id: user.user_id.clone(),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// "Refund ticket submitted", for the audit log.
+fn submitted(ticket: &Ticket, subscriptions: usize, now: Micros) -> Message {
+    let activity = ticket_activity(ticket, ActivityType::RefundTicketSubmitted, now)
+        .detail(
+            "requested_minor",
+            ticket.refund_requested_minor.unwrap_or(0),
+        )
+        .detail(
+            "currency_code",
+            ticket.refund_currency_code.as_deref().unwrap_or_default(),
+        )
+        .detail(
+            "reason",
+            ticket.refund_reason.as_deref().unwrap_or_default(),
+        )
+        .detail("subscriptions", subscriptions);
+    Message::activity(ticket.id, activity)
+}
+
+/// An activity about a ticket, for the audit log: by its filer, about its
+/// refund's customer and subscription.
+pub fn ticket_activity(ticket: &Ticket, kind: ActivityType, at: Micros) -> Activity {
+    let mut activity = Activity::new(ticket.partner_id, kind, at)
+        .by(&ticket.created_by_user_id, &ticket.contact_name)
+        .customer(
+            ticket
+                .refund_customer_tenant_id
+                .as_deref()
+                .unwrap_or_default(),
+        )
+        .subscription(ticket.refund_subscription_id.as_deref().unwrap_or_default())
+        .detail("ticket_id", ticket.id);
+    if let Some(order) = &ticket.refund_order_id {
+        activity = activity.detail("order_id", order);
+    }
+    activity
+}
+
+impl Replayable for Ticket {
+    fn fingerprint(&self) -> &str {
+        &self.request_fingerprint
+    }
+
+    fn request_id(&self) -> String {
+        self.request_id.to_string()
+    }
+
+    fn id(&self) -> String {
+        self.id.to_string()
+    }
+}
