@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use csp_kit::clock::Micros;
+use csp_proto::audit::v1 as pb;
 use csp_proto::audit::v1::ActivityType;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
@@ -299,6 +300,52 @@ impl Verifier {
         }
         self.findings
     }
+}
+
+/// A record from the intake, checked; or why it is refused (its partner
+/// and the record).
+pub fn intake_record(r: &pb::ActivityRecord, now: Micros) -> Result<(String, Record), String> {
+    let partner =
+        uuid::Uuid::parse_str(&r.partner_id).map_err(|_| "partner_id is not a UUID".to_owned())?;
+    let a = r.activity.as_ref().ok_or("the record has no activity")?;
+    if a.id.trim().is_empty() || a.id.len() > 128 {
+        return Err("the activity id must be 1 to 128 characters".to_owned());
+    }
+    let kind = kind_to_db(a.r#type).ok_or("the activity type is unspecified or unknown")?;
+    let occur = a
+        .occur_time
+        .as_ref()
+        .ok_or("the activity has no occur_time")?;
+    let occur_at = micros_of(occur).ok_or("occur_time is not a valid time")?;
+    Ok((
+        partner.to_string(),
+        Record {
+            partner_id: partner.to_string(),
+            seq: 0,
+            id: a.id.clone(),
+            kind: kind.to_owned(),
+            occur_at,
+            recorded_at: now,
+            user_id: a.user_id.clone(),
+            user_display_name: a.user_display_name.clone(),
+            customer_tenant_id: a.customer_tenant_id.clone(),
+            subscription_id: a.subscription_id.clone(),
+            product_id: a.product_id.clone(),
+            details: canonical_details(&a.details),
+            prev_hash: String::new(),
+            hash: String::new(),
+        },
+    ))
+}
+
+/// A protobuf timestamp in microseconds; `None` when it is not a valid time.
+pub fn micros_of(t: &prost_types::Timestamp) -> Option<Micros> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return None;
+    }
+    t.seconds
+        .checked_mul(1_000_000)?
+        .checked_add(i64::from(t.nanos / 1000))
 }
 
 #[cfg(test)]

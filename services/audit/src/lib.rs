@@ -5,13 +5,16 @@
 //! - [`storage`]: appending to the chains, reading by range.
 //! - [`checkpoints`]: the checkpoint file outside the database.
 //! - [`export`]: CSV and JSON lines.
-//! - [`handlers`]: the intake (internal) and the query API (public).
+//! - [`handlers`]: the intake (internal) and the query API (public): decode,
+//!   caller, one use case, encode.
+//! - [`use_cases`]: intake, list, export and verify as flows.
 
 pub mod checkpoints;
 pub mod domain;
 pub mod export;
 pub mod handlers;
 pub mod storage;
+pub mod use_cases;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +30,7 @@ use tokio::net::TcpListener;
 
 use crate::handlers::AuditApi;
 use crate::storage::AuditStore;
+use crate::use_cases::Audit;
 
 /// The service's name in logs, data files and database names.
 pub const NAME: &str = "audit";
@@ -73,12 +77,12 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| config.backend.data_dir.join("audit-checkpoints.jsonl"));
     tracing::info!(service = NAME, checkpoint_file = %file.display(), "checkpoints also go to a file");
-    let api = AuditApi::new(
+    let api = AuditApi::new(Audit::new(
         AuditStore::new(backend.db().clone()),
         domain::Signer::new(config.checkpoint_key.expose().as_bytes()),
         checkpoints::CheckpointFile::new(file),
         clock,
-    );
+    ));
     backend
         .serve(|routes| {
             routes

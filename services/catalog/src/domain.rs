@@ -20,59 +20,23 @@ pub struct Market {
     pub azure_reservations_available: bool,
 }
 
-/// What a product is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProductKind {
-    /// Software with keys and downloads.
-    ServerSubscription,
-    /// An Azure reservation.
-    AzureReservation,
-}
-
-impl ProductKind {
-    /// The spelling stored in the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProductKind::ServerSubscription => "server_subscription",
-            ProductKind::AzureReservation => "azure_reservation",
-        }
-    }
-
-    /// Parses the stored spelling.
-    pub fn parse(s: &str) -> Option<ProductKind> {
-        match s {
-            "server_subscription" => Some(ProductKind::ServerSubscription),
-            "azure_reservation" => Some(ProductKind::AzureReservation),
-            _ => None,
-        }
+csp_kit::stored_enum! {
+    /// What a product is.
+    pub enum ProductKind {
+        /// Software with keys and downloads.
+        ServerSubscription = "server_subscription",
+        /// An Azure reservation.
+        AzureReservation = "azure_reservation",
     }
 }
 
-/// A subscription term.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Term {
-    /// One year.
-    P1Y,
-    /// Three years.
-    P3Y,
-}
-
-impl Term {
-    /// The ISO 8601 duration stored in the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Term::P1Y => "P1Y",
-            Term::P3Y => "P3Y",
-        }
-    }
-
-    /// Parses the stored spelling.
-    pub fn parse(s: &str) -> Option<Term> {
-        match s {
-            "P1Y" => Some(Term::P1Y),
-            "P3Y" => Some(Term::P3Y),
-            _ => None,
-        }
+csp_kit::stored_enum! {
+    /// A subscription term (the ISO 8601 duration is the stored spelling).
+    pub enum Term {
+        /// One year.
+        P1Y = "P1Y",
+        /// Three years.
+        P3Y = "P3Y",
     }
 }
 
@@ -139,6 +103,15 @@ pub fn unknown_market(field: &str, code: &str, known: &[String]) -> ApiError {
             csp_kit::error::quoted(code),
             known.join(", ")
         ),
+    )
+}
+
+/// FAILED_PRECONDITION for a SKU without a price in a market.
+pub fn not_priced(sku_id: &str, market: &Market) -> ApiError {
+    ApiError::failed_precondition(
+        "SKU_NOT_PRICED",
+        format!("sku/{sku_id}"),
+        format!("SKU {sku_id} has no price in market {}", market.code),
     )
 }
 

@@ -1,17 +1,22 @@
 //! The catalog service: products (server subscriptions and Azure
 //! reservations), SKUs, prices per market and download options.
 //!
-//! - [`domain`]: market and availability rules, no I/O.
-//! - [`storage`]: SQL on SQLite or PostgreSQL, and the migrations.
-//! - [`handlers`]: the gRPC API.
+//! - [`handlers`]: the gRPC APIs: decode, one use case, encode.
+//! - [`use_cases`]: each read's flow over storage and the rules.
+//! - [`domain`]: markets, products, SKUs, their kinds and terms, and where
+//!   reservations are offered; no I/O.
 //! - [`hybrid`]: Azure Hybrid Benefit estimates, no I/O.
+//! - [`storage`]: SQL on SQLite or PostgreSQL, and the migrations.
+//! - [`convert`]: the domain in the contract's messages.
 //! - [`seed`]: the demo catalog.
 
+pub mod convert;
 pub mod domain;
 pub mod handlers;
 pub mod hybrid;
 pub mod seed;
 pub mod storage;
+pub mod use_cases;
 
 use std::net::SocketAddr;
 
@@ -24,6 +29,7 @@ use tokio::net::TcpListener;
 
 use crate::handlers::CatalogApi;
 use crate::storage::CatalogStore;
+use crate::use_cases::Catalog;
 
 /// The service's name in logs, data files and database names.
 pub const NAME: &str = "catalog";
@@ -56,13 +62,13 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
     if config.seed_demo_catalog {
         seed::seed_demo_catalog(backend.db()).await?;
     }
-    let store = CatalogStore::new(backend.db().clone());
+    let catalog = Catalog::new(CatalogStore::new(backend.db().clone()));
     backend
         .serve(|routes| {
             routes
-                .add_service(CatalogServiceServer::new(CatalogApi::new(store.clone())))
+                .add_service(CatalogServiceServer::new(CatalogApi::new(catalog.clone())))
                 .add_service(CatalogInternalServiceServer::new(
-                    handlers::CatalogInternalApi::new(store),
+                    handlers::CatalogInternalApi::new(catalog),
                 ))
         })
         .await

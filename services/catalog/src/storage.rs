@@ -2,6 +2,7 @@
 //! once and runs on either backend.
 
 use csp_store::db::{Db, MigrationSource, Migrations};
+use csp_store::error::parse;
 use csp_store::{StoreError, StoreResult, on_db};
 
 use crate::domain::{DownloadOptions, FileType, Market, Product, ProductKind, Sku, Term};
@@ -80,7 +81,7 @@ impl CatalogStore {
         const SQL: &str = "SELECT id, title, description, kind, cancellation_window_days FROM products \
                            WHERE id > $1 AND ($2 = '' OR kind = $2) AND ($3 OR kind <> 'azure_reservation') \
                            ORDER BY id LIMIT $4";
-        let kind = kind.map(ProductKind::as_str).unwrap_or("");
+        let kind = kind.map_or("", ProductKind::as_db);
         let rows: Vec<ProductRow> = on_db!(&self.db, pool => sqlx::query_as(SQL)
             .bind(after)
             .bind(kind)
@@ -149,8 +150,7 @@ impl CatalogStore {
             .into_iter()
             .map(|(id, title, description, kind, window)| {
                 Ok(Product {
-                    kind: ProductKind::parse(&kind)
-                        .ok_or_else(|| StoreError::corrupt("products.kind", kind))?,
+                    kind: parse("products.kind", &kind)?,
                     cancellation_window_days: u32::try_from(window).map_err(|_| {
                         StoreError::corrupt("products.cancellation_window_days", window.to_string())
                     })?,
@@ -167,7 +167,7 @@ impl CatalogStore {
             let Some(product) = products.iter_mut().find(|p| p.id == product_id) else {
                 continue; // a product in the id range but filtered out
             };
-            let term = Term::parse(&term).ok_or_else(|| StoreError::corrupt("skus.term", term))?;
+            let term: Term = parse("skus.term", &term)?;
             product.skus.push(Sku {
                 id,
                 product_id,

@@ -1,0 +1,114 @@
+//! The domain's catalog in the contract's messages.
+
+use csp_proto::catalog::v1 as pb;
+use csp_proto::common::v1::Money;
+
+use crate::domain::{Market, Product, ProductKind, Sku, Term};
+use crate::hybrid;
+use crate::use_cases::HybridEstimate;
+
+/// A market.
+pub fn market(market: &Market) -> pb::Market {
+    pb::Market {
+        code: market.code.clone(),
+        display_name: market.display_name.clone(),
+        currency_code: market.currency_code.clone(),
+        tax_included: market.tax_included,
+        azure_reservations_available: market.azure_reservations_available,
+    }
+}
+
+/// A SKU's price in a market; `None` when it has none there.
+pub fn price(sku: &Sku, market: &Market) -> Option<pb::Price> {
+    Some(pb::Price {
+        sku_id: sku.id.clone(),
+        market: market.code.clone(),
+        amount: Some(Money {
+            currency_code: market.currency_code.clone(),
+            minor_units: sku.price_minor?,
+            minor_unit_digits: market.minor_unit_digits,
+        }),
+        tax_included: market.tax_included,
+    })
+}
+
+/// A SKU, priced when a market is given.
+pub fn sku(sku: &Sku, market: Option<&Market>) -> pb::Sku {
+    pb::Sku {
+        id: sku.id.clone(),
+        product_id: sku.product_id.clone(),
+        title: sku.title.clone(),
+        term: match sku.term {
+            Term::P1Y => pb::Term::OneYear,
+            Term::P3Y => pb::Term::ThreeYears,
+        } as i32,
+        price: market.and_then(|m| price(sku, m)),
+    }
+}
+
+/// The contract's view of a product; SKUs carry prices when a market is given.
+pub fn product(product: &Product, market: Option<&Market>) -> pb::Product {
+    pb::Product {
+        id: product.id.clone(),
+        title: product.title.clone(),
+        description: product.description.clone(),
+        kind: match product.kind {
+            ProductKind::ServerSubscription => pb::ProductKind::ServerSubscription,
+            ProductKind::AzureReservation => pb::ProductKind::AzureReservation,
+        } as i32,
+        skus: product.skus.iter().map(|s| sku(s, market)).collect(),
+        download_options: Some(pb::DownloadOptions {
+            versions: product.download_options.versions.clone(),
+            languages: product.download_options.languages.clone(),
+            file_types: product
+                .download_options
+                .file_types
+                .iter()
+                .map(|f| pb::FileType {
+                    id: f.id.clone(),
+                    display_name: f.display_name.clone(),
+                })
+                .collect(),
+        }),
+        cancellation_window_days: product.cancellation_window_days,
+    }
+}
+
+/// An Azure Hybrid Benefit estimate.
+pub fn estimate(found: &HybridEstimate) -> pb::EstimateHybridBenefitResponse {
+    let (market, rates, estimate) = (&found.market, &found.rates, &found.estimate);
+    let money = |minor_units| Money {
+        currency_code: market.currency_code.clone(),
+        minor_units,
+        minor_unit_digits: market.minor_unit_digits,
+    };
+    pb::EstimateHybridBenefitResponse {
+        vms: estimate
+            .vms
+            .iter()
+            .map(|vm| pb::VmEstimate {
+                name: vm.name.clone(),
+                core_licenses_needed: vm.core_licenses_needed,
+                covered: vm.covered,
+                windows_rate_cost: Some(money(vm.windows_minor)),
+                base_rate_cost: Some(money(vm.base_minor)),
+            })
+            .collect(),
+        core_licenses_missing: u32::try_from(estimate.core_licenses_missing).unwrap_or(u32::MAX),
+        monthly_saving: Some(money(estimate.saving_minor)),
+        saving_basis_points: estimate.saving_basis_points,
+        licenses_reused: estimate.licenses_reused(),
+        tax_included: market.tax_included,
+        summary: hybrid::summary(estimate, &market.currency_code, market.minor_unit_digits),
+        covered_windows_rate_cost: Some(money(estimate.covered_windows_minor)),
+        covered_base_rate_cost: Some(money(estimate.covered_base_minor)),
+        core_licenses_needed: u32::try_from(estimate.core_licenses_needed).unwrap_or(u32::MAX),
+        rates: Some(pb::ComputeRates {
+            market: market.code.clone(),
+            currency_code: market.currency_code.clone(),
+            windows_rate_micro_minor: rates.windows_micro_minor,
+            base_rate_micro_minor: rates.base_micro_minor,
+            tax_included: market.tax_included,
+        }),
+    }
+}

@@ -1,0 +1,236 @@
+//! The catalog's use cases: each read as one flow over storage and the
+//! domain's rules (where reservations are offered, what has a price, the
+//! Azure Hybrid Benefit arithmetic). Handlers call exactly one of these.
+
+use csp_kit::market::MarketCode;
+use csp_kit::{ApiError, ApiResult, paging};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{self, Market, Product, ProductKind, Sku};
+use crate::hybrid::{self, Estimate, Rates, Situation};
+use crate::storage::CatalogStore;
+
+/// Where the next page of ListProducts starts, and the query it belongs to.
+#[derive(Serialize, Deserialize)]
+struct ProductCursor {
+    after: String,
+    market: String,
+    kind: i32,
+}
+
+/// A page of products in one market.
+#[derive(Clone, Debug)]
+pub struct ProductPage {
+    /// The market, for prices and tax.
+    pub market: Market,
+    /// The products, with their SKUs priced in the market.
+    pub products: Vec<Product>,
+    /// The next page's token (empty on the last page).
+    pub next_page_token: String,
+}
+
+/// A SKU priced in a market, with its product.
+#[derive(Clone, Debug)]
+pub struct Priced {
+    /// The product (its SKUs priced in the market).
+    pub product: Product,
+    /// The SKU.
+    pub sku: Sku,
+}
+
+/// An Azure Hybrid Benefit estimate, with what it was computed from.
+#[derive(Clone, Debug)]
+pub struct HybridEstimate {
+    /// The market.
+    pub market: Market,
+    /// Its compute rates.
+    pub rates: Rates,
+    /// The estimate.
+    pub estimate: Estimate,
+}
+
+/// The catalog's use cases.
+#[derive(Clone, Debug)]
+pub struct Catalog {
+    store: CatalogStore,
+}
+
+impl Catalog {
+    /// Over `store`.
+    pub fn new(store: CatalogStore) -> Self {
+        Self { store }
+    }
+
+    /// Every market.
+    pub async fn markets(&self) -> ApiResult<Vec<Market>> {
+        Ok(self.store.list_markets().await?)
+    }
+
+    /// The market named by a request field: well-formed and known.
+    pub async fn market(&self, field: &str, code: &str) -> ApiResult<Market> {
+        let code = MarketCode::parse(field, code)?;
+        if let Some(market) = self.store.get_market(code.as_str()).await? {
+            return Ok(market);
+        }
+        let known: Vec<String> = self.markets().await?.into_iter().map(|m| m.code).collect();
+        Err(domain::unknown_market(field, code.as_str(), &known))
+    }
+
+    /// A page of the products offered in a market (reservations only where
+    /// they are available), optionally of one kind (`kind_filter` is the
+    /// request's value, bound into the page token).
+    pub async fn list_products(
+        &self,
+        market: &str,
+        kind: Option<ProductKind>,
+        kind_filter: i32,
+        page_size: i32,
+        page_token: &str,
+    ) -> ApiResult<ProductPage> {
+        let market = self.market("market", market).await?;
+        let page_size =
+            paging::page_size(page_size, paging::DEFAULT_PAGE_SIZE, paging::MAX_PAGE_SIZE)?;
+        let after = match paging::decode::<ProductCursor>(page_token)? {
+            None => String::new(),
+            Some(cursor) if cursor.market == market.code && cursor.kind == kind_filter => {
+                cursor.after
+            }
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "page_token",
+                    "this page token belongs to a query with another market or kind; start again from an empty page_token",
+                ));
+            }
+        };
+        let include_reservations = domain::is_offered(&market, ProductKind::AzureReservation);
+        let mut products = self
+            .store
+            .list_products(
+                &market.code,
+                kind,
+                include_reservations,
+                &after,
+                page_size + 1,
+            )
+            .await?;
+        let next_page_token = paging::finish_page(&mut products, page_size, |last| ProductCursor {
+            after: last.id.clone(),
+            market: market.code.clone(),
+            kind: kind_filter,
+        });
+        Ok(ProductPage {
+            market,
+            products,
+            next_page_token,
+        })
+    }
+
+    /// A product, priced in `market` when one is named (where it must be
+    /// offered).
+    pub async fn product(
+        &self,
+        product_id: &str,
+        market: &str,
+    ) -> ApiResult<(Product, Option<Market>)> {
+        let market = if market.trim().is_empty() {
+            None
+        } else {
+            Some(self.market("market", market).await?)
+        };
+        let product = self
+            .store
+            .get_product(product_id, market.as_ref().map(|m| m.code.as_str()))
+            .await?
+            .ok_or_else(|| ApiError::not_found("product", product_id))?;
+        if let Some(market) = &market {
+            domain::ensure_offered(market, &product.id, product.kind)?;
+        }
+        Ok((product, market))
+    }
+
+    /// A SKU's price in a market: the SKU's product must be offered there,
+    /// and the SKU priced.
+    pub async fn sku_price(&self, sku_id: &str, market: &Market) -> ApiResult<Priced> {
+        let product_id = self
+            .store
+            .product_of_sku(sku_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("sku", sku_id))?;
+        let product = self
+            .store
+            .get_product(&product_id, Some(&market.code))
+            .await?
+            .ok_or_else(|| ApiError::not_found("sku", sku_id))?;
+        domain::ensure_offered(market, &product.id, product.kind)?;
+        let sku = product
+            .skus
+            .iter()
+            .find(|s| s.id == sku_id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("sku", sku_id))?;
+        if sku.price_minor.is_none() {
+            return Err(domain::not_priced(sku_id, market));
+        }
+        Ok(Priced { product, sku })
+    }
+
+    /// Prices SKUs for an order in one market, each distinct SKU once, in
+    /// the order first named.
+    pub async fn quote(
+        &self,
+        market: &str,
+        sku_ids: &[String],
+    ) -> ApiResult<(Market, Vec<Priced>)> {
+        let market = self.market("market", market).await?;
+        if sku_ids.is_empty() {
+            return Err(ApiError::invalid("sku_ids", "name at least one SKU"));
+        }
+        let mut quotes: Vec<Priced> = Vec::new();
+        for (i, sku_id) in sku_ids.iter().enumerate() {
+            let sku_id = required(&format!("sku_ids[{i}]"), sku_id)?;
+            if quotes.iter().any(|q| q.sku.id == sku_id) {
+                continue;
+            }
+            quotes.push(self.sku_price(sku_id, &market).await?);
+        }
+        Ok((market, quotes))
+    }
+
+    /// What Azure Hybrid Benefit saves in a market for a planned situation.
+    pub async fn estimate_hybrid_benefit(
+        &self,
+        market: &str,
+        situation: &Situation,
+    ) -> ApiResult<HybridEstimate> {
+        let market = self.market("market", market).await?;
+        let rates = self
+            .store
+            .compute_rates(&market.code)
+            .await?
+            .ok_or_else(|| {
+                ApiError::failed_precondition(
+                    "NO_COMPUTE_RATES",
+                    format!("market/{}", market.code),
+                    format!(
+                        "the catalog has no compute rates for market {}",
+                        market.code
+                    ),
+                )
+            })?;
+        let estimate = hybrid::estimate(situation, rates)?;
+        Ok(HybridEstimate {
+            market,
+            rates,
+            estimate,
+        })
+    }
+}
+
+/// A required text field, trimmed.
+pub fn required<'a>(field: &str, value: &'a str) -> ApiResult<&'a str> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(ApiError::invalid(field, "required"));
+    }
+    Ok(value)
+}
