@@ -308,57 +308,9 @@ impl TestSystem {
     }
 }
 
-/// A database of its own for a storage-level test: a SQLite file in a
-/// temporary directory, or a fresh PostgreSQL database when
-/// `CSP_TEST_POSTGRES_URL` is set. Drop it with [`TestDb::remove`].
-pub struct TestDb {
-    /// The database.
-    pub db: csp_store::db::Db,
-    /// Its URL, to open it again (a second replica, a restart).
-    pub url: String,
-    storage: Storage,
-}
-
-impl TestDb {
-    /// A new, empty database.
-    pub async fn new() -> TestDb {
-        logs::init();
-        let (storage, url) = match std::env::var(POSTGRES_ENV) {
-            Ok(server) if !server.is_empty() => {
-                let prefix = format!("t{}", Uuid::new_v4().simple());
-                let url =
-                    csp_store::db::ensure_postgres_database(&server, &format!("{prefix}_catalog"))
-                        .await
-                        .unwrap_or_else(|error| panic!("cannot create a test database: {error:#}"));
-                (
-                    Storage::Postgres {
-                        server_url: server,
-                        prefix,
-                        files: std::env::temp_dir()
-                            .join(format!("csp-test-{}", Uuid::new_v4().simple())),
-                    },
-                    url,
-                )
-            }
-            _ => {
-                let dir =
-                    std::env::temp_dir().join(format!("csp-test-{}", Uuid::new_v4().simple()));
-                let url = format!("sqlite://{}", dir.join("test.db").display());
-                (Storage::Sqlite(dir), url)
-            }
-        };
-        let db = csp_store::db::Db::connect(&url)
-            .await
-            .unwrap_or_else(|error| panic!("cannot open the test database: {error:#}"));
-        TestDb { db, url, storage }
-    }
-
-    /// Closes and removes the database.
-    pub async fn remove(self) {
-        self.db.close().await;
-        remove_storage(&self.storage).await;
-    }
-}
+/// A fresh database of the configured kind (SQLite, or PostgreSQL when
+/// `CSP_TEST_POSTGRES_URL` is set); the storage contract suites use the same.
+pub use csp_store::testing::TestDb;
 
 /// A second licensing replica on a system's database, behind a second
 /// gateway of its own: what a deployment with several replicas runs.

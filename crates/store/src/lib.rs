@@ -11,6 +11,8 @@
 //!   the first answer replayed).
 //! - [`lock`]: one replica at a time (PostgreSQL advisory locks).
 //! - [`backend`]: the start-up and wind-down of a backend service.
+//! - [`testing`]: fresh SQLite or PostgreSQL databases for tests (the
+//!   storage contract suites run on both).
 
 pub mod backend;
 pub mod db;
@@ -18,5 +20,6 @@ pub mod error;
 pub mod idempotency;
 pub mod lock;
 pub mod outbox;
+pub mod testing;
 
 pub use error::{StoreError, StoreResult};

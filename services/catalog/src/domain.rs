@@ -40,6 +40,18 @@ csp_kit::stored_enum! {
     }
 }
 
+csp_kit::stored_enum! {
+    /// Which of a product's download options a stored option is.
+    pub enum OptionKind {
+        /// A version, for example 2022.
+        Version = "version",
+        /// A language, for example en-US.
+        Language = "language",
+        /// A file type, for example iso-x64.
+        FileType = "file_type",
+    }
+}
+
 /// A SKU, with its price in one market when one was asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sku {

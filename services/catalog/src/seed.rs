@@ -9,6 +9,8 @@
 use csp_store::db::Db;
 use csp_store::on_db;
 
+use crate::domain::{OptionKind, ProductKind, Term};
+
 /// (code, name, currency, minor digits, tax included, reservations offered,
 /// local minor units per 10 000 US cents).
 pub const MARKETS: &[(&str, &str, &str, u32, bool, bool, i64)] = &[
@@ -36,60 +38,60 @@ pub const MARKETS: &[(&str, &str, &str, u32, bool, bool, i64)] = &[
 ];
 
 /// (id, title, description, kind).
-pub const PRODUCTS: &[(&str, &str, &str, &str)] = &[
+pub const PRODUCTS: &[(&str, &str, &str, ProductKind)] = &[
     (
         "azure-reserved-vm-d2s-v3",
         "Azure Reserved VM Instance, D2s v3",
         "A reservation of one D2s v3 virtual machine (2 vCPUs, 8 GiB) in Azure, paid up front for the term.",
-        "azure_reservation",
+        ProductKind::AzureReservation,
     ),
     (
         "azure-reserved-vm-e4s-v3",
         "Azure Reserved VM Instance, E4s v3",
         "A reservation of one E4s v3 virtual machine (4 vCPUs, 32 GiB) in Azure, paid up front for the term.",
-        "azure_reservation",
+        ProductKind::AzureReservation,
     ),
     (
         "sql-server-enterprise",
         "SQL Server Enterprise",
         "SQL Server Enterprise edition, 2-core pack, for mission-critical databases.",
-        "server_subscription",
+        ProductKind::ServerSubscription,
     ),
     (
         "sql-server-standard",
         "SQL Server Standard",
         "SQL Server Standard edition, 2-core pack, for departmental databases.",
-        "server_subscription",
+        ProductKind::ServerSubscription,
     ),
     (
         "windows-server-datacenter",
         "Windows Server Datacenter",
         "Windows Server Datacenter edition, 16-core pack, for highly virtualized datacenters; eligible for Azure Hybrid Benefit with Software Assurance (licenses reused).",
-        "server_subscription",
+        ProductKind::ServerSubscription,
     ),
     (
         "windows-server-standard",
         "Windows Server Standard",
         "Windows Server Standard edition, 16-core pack, for physical or lightly virtualized servers; eligible for Azure Hybrid Benefit with Software Assurance (licenses converted).",
-        "server_subscription",
+        ProductKind::ServerSubscription,
     ),
 ];
 
 /// (product id, term, list price in US cents). SKU ids are
 /// `<product>-p1y` / `<product>-p3y`.
-pub const SKUS: &[(&str, &str, i64)] = &[
-    ("azure-reserved-vm-d2s-v3", "P1Y", 60_000),
-    ("azure-reserved-vm-d2s-v3", "P3Y", 120_000),
-    ("azure-reserved-vm-e4s-v3", "P1Y", 150_000),
-    ("azure-reserved-vm-e4s-v3", "P3Y", 300_000),
-    ("sql-server-enterprise", "P1Y", 700_000),
-    ("sql-server-enterprise", "P3Y", 1_950_000),
-    ("sql-server-standard", "P1Y", 190_000),
-    ("sql-server-standard", "P3Y", 520_000),
-    ("windows-server-datacenter", "P1Y", 140_000),
-    ("windows-server-datacenter", "P3Y", 390_000),
-    ("windows-server-standard", "P1Y", 40_000),
-    ("windows-server-standard", "P3Y", 110_000),
+pub const SKUS: &[(&str, Term, i64)] = &[
+    ("azure-reserved-vm-d2s-v3", Term::P1Y, 60_000),
+    ("azure-reserved-vm-d2s-v3", Term::P3Y, 120_000),
+    ("azure-reserved-vm-e4s-v3", Term::P1Y, 150_000),
+    ("azure-reserved-vm-e4s-v3", Term::P3Y, 300_000),
+    ("sql-server-enterprise", Term::P1Y, 700_000),
+    ("sql-server-enterprise", Term::P3Y, 1_950_000),
+    ("sql-server-standard", Term::P1Y, 190_000),
+    ("sql-server-standard", Term::P3Y, 520_000),
+    ("windows-server-datacenter", Term::P1Y, 140_000),
+    ("windows-server-datacenter", Term::P3Y, 390_000),
+    ("windows-server-standard", Term::P1Y, 40_000),
+    ("windows-server-standard", Term::P3Y, 110_000),
 ];
 
 /// Compute rates per vCPU-hour in the US, in millionths of a US cent: the
@@ -104,13 +106,16 @@ const LANGUAGES: &[&str] = &["en-US", "zh-CN", "de-DE", "ja-JP"];
 const FILE_TYPES: &[(&str, &str)] = &[("iso-x64", "ISO 64-bit"), ("vhdx-x64", "VHDX 64-bit")];
 
 /// The SKU id of a product and term.
-pub fn sku_id(product_id: &str, term: &str) -> String {
-    format!("{product_id}-{}", term.to_ascii_lowercase())
+pub fn sku_id(product_id: &str, term: Term) -> String {
+    format!("{product_id}-{}", term.as_db().to_ascii_lowercase())
 }
 
 /// The SKU title of a product and term.
-fn sku_title(product_title: &str, term: &str) -> String {
-    let term = if term == "P1Y" { "1 year" } else { "3 years" };
+fn sku_title(product_title: &str, term: Term) -> String {
+    let term = match term {
+        Term::P1Y => "1 year",
+        Term::P3Y => "3 years",
+    };
     format!("{product_title}, {term}")
 }
 
@@ -146,22 +151,22 @@ pub async fn seed_demo_catalog(db: &Db) -> anyhow::Result<()> {
             .bind(id)
             .bind(title)
             .bind(description)
-            .bind(kind)
+            .bind(kind.as_db())
             .execute(&mut *tx)
             .await?;
-            if kind == "server_subscription" {
+            if kind == ProductKind::ServerSubscription {
                 let options = VERSIONS
                     .iter()
-                    .map(|v| ("version", *v, *v))
-                    .chain(LANGUAGES.iter().map(|l| ("language", *l, *l)))
-                    .chain(FILE_TYPES.iter().map(|(id, name)| ("file_type", *id, *name)));
+                    .map(|v| (OptionKind::Version, *v, *v))
+                    .chain(LANGUAGES.iter().map(|l| (OptionKind::Language, *l, *l)))
+                    .chain(FILE_TYPES.iter().map(|(id, name)| (OptionKind::FileType, *id, *name)));
                 for (position, (option_kind, value, display)) in options.enumerate() {
                     sqlx::query(
                         "INSERT INTO download_options (product_id, kind, value, display_name, position) \
                          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (product_id, kind, value) DO NOTHING",
                     )
                     .bind(id)
-                    .bind(option_kind)
+                    .bind(option_kind.as_db())
                     .bind(value)
                     .bind(display)
                     .bind(position as i32)
@@ -181,7 +186,7 @@ pub async fn seed_demo_catalog(db: &Db) -> anyhow::Result<()> {
                 .bind(&id)
                 .bind(product_id)
                 .bind(sku_title(product_title, term))
-                .bind(term)
+                .bind(term.as_db())
                 .execute(&mut *tx)
                 .await?;
             for &(market, .., rate) in MARKETS {

@@ -5,7 +5,9 @@ use csp_store::db::{Db, MigrationSource, Migrations};
 use csp_store::error::parse;
 use csp_store::{StoreError, StoreResult, on_db};
 
-use crate::domain::{DownloadOptions, FileType, Market, Product, ProductKind, Sku, Term};
+use crate::domain::{
+    DownloadOptions, FileType, Market, OptionKind, Product, ProductKind, Sku, Term,
+};
 use crate::hybrid::Rates;
 
 /// The catalog's migrations (the same SQL on both backends).
@@ -181,14 +183,13 @@ impl CatalogStore {
                 continue;
             };
             let options = &mut product.download_options;
-            match kind.as_str() {
-                "version" => options.versions.push(value),
-                "language" => options.languages.push(value),
-                "file_type" => options.file_types.push(FileType {
+            match parse::<OptionKind>("download_options.kind", &kind)? {
+                OptionKind::Version => options.versions.push(value),
+                OptionKind::Language => options.languages.push(value),
+                OptionKind::FileType => options.file_types.push(FileType {
                     id: value,
                     display_name,
                 }),
-                _ => return Err(StoreError::corrupt("download_options.kind", kind)),
             }
         }
         Ok(products)
