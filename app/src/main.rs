@@ -247,15 +247,22 @@ async fn run_service(command: Command) -> anyhow::Result<()> {
 }
 
 async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
-    let migrations = match args.service.as_str() {
-        "catalog" => &csp_catalog::storage::MIGRATIONS,
-        "ordering" => &csp_ordering::storage::MIGRATIONS,
-        "licensing" => &csp_licensing::storage::MIGRATIONS,
-        "audit" => &csp_audit::storage::MIGRATIONS,
-        "support" => &csp_support::storage::MIGRATIONS,
-        other => anyhow::bail!("no service named {other:?}"),
-    };
-    let db = csp_store::backend::open_database(&args.service, &args.backend, migrations).await?;
+    let spec = [
+        csp_catalog::SPEC,
+        csp_ordering::SPEC,
+        csp_licensing::SPEC,
+        csp_audit::SPEC,
+        csp_support::SPEC,
+    ]
+    .into_iter()
+    .find(|spec| spec.name == args.service)
+    .ok_or_else(|| {
+        anyhow::anyhow!(
+            "no service named {}; choose catalog, ordering, licensing, audit or support",
+            csp_kit::error::quoted(&args.service)
+        )
+    })?;
+    let db = csp_store::backend::open_database(spec.name, &args.backend, spec.migrations).await?;
     db.close().await;
     Ok(())
 }

@@ -18,7 +18,8 @@
 //!   their failures.
 //! - [`backoff`]: the one retry pace.
 //! - [`activity`]: activity records for the audit log, built in one place.
-//! - [`stored`]: state enums with their one stored spelling.
+//! - [`stored`]: state enums with their one stored spelling; [`product`]: the
+//!   product kinds and terms every service shares.
 //! - [`metrics`]: Prometheus metrics (calls, latency, outbox, pools) and
 //!   their `/metrics` endpoint.
 //! - [`server`]: a gRPC server with health, reflection, identity checks and
@@ -38,6 +39,7 @@ pub mod market;
 pub mod metrics;
 pub mod paging;
 pub mod peer;
+pub mod product;
 pub mod roles;
 pub mod server;
 pub mod shutdown;

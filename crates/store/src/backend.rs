@@ -31,6 +31,19 @@ pub enum Outbox {
     Absent,
 }
 
+/// What a backend service is to its start-up: its name (in logs, data files,
+/// database names and identities), its migrations, and whether it sends
+/// events (so its outbox is reported).
+#[derive(Clone, Copy, Debug)]
+pub struct Spec {
+    /// The service's name.
+    pub name: &'static str,
+    /// Its database's migrations.
+    pub migrations: &'static Migrations,
+    /// Whether its database holds an outbox.
+    pub outbox: Outbox,
+}
+
 /// A backend that is starting: serving health and reflection, with its
 /// database open and migrated.
 pub struct Backend {
@@ -46,15 +59,18 @@ pub struct Backend {
 impl Backend {
     /// Starts serving health (NOT_SERVING) and reflection on `listener`,
     /// opens the database (the configured URL, or `DATA_DIR/NAME.db`) and
-    /// applies `migrations`.
+    /// applies the spec's migrations.
     pub async fn start(
-        name: &'static str,
+        spec: &Spec,
         args: &BackendArgs,
         listener: TcpListener,
         shutdown: Shutdown,
-        migrations: &Migrations,
-        outbox: Outbox,
     ) -> anyhow::Result<Self> {
+        let Spec {
+            name,
+            migrations,
+            outbox,
+        } = *spec;
         let starting =
             server::start_backend(name, listener, &args.internal_key, shutdown.clone()).await?;
         let db = open_database(name, args, migrations).await?;

@@ -28,6 +28,27 @@ pub trait Replayable {
     fn id(&self) -> String;
 }
 
+/// Implements [`Replayable`] for an entity from its fields:
+/// `replayable!(Order { fingerprint: request_fingerprint, request_id, id });`
+#[macro_export]
+macro_rules! replayable {
+    ($entity:ty { fingerprint: $fingerprint:ident, request_id: $request:ident, id: $id:ident }) => {
+        impl $crate::idempotency::Replayable for $entity {
+            fn fingerprint(&self) -> &str {
+                &self.$fingerprint
+            }
+
+            fn request_id(&self) -> String {
+                self.$request.to_string()
+            }
+
+            fn id(&self) -> String {
+                self.$id.to_string()
+            }
+        }
+    };
+}
+
 /// One idempotent create.
 #[derive(Clone, Copy, Debug)]
 pub struct CreateOnce<'a> {

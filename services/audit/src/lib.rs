@@ -25,7 +25,7 @@ use csp_kit::config::{self, BackendArgs, Secret};
 use csp_kit::shutdown::Shutdown;
 use csp_proto::audit::v1::audit_intake_service_server::AuditIntakeServiceServer;
 use csp_proto::audit::v1::audit_service_server::AuditServiceServer;
-use csp_store::backend::{Backend, Outbox};
+use csp_store::backend::{Backend, Outbox, Spec};
 use tokio::net::TcpListener;
 
 use crate::handlers::AuditApi;
@@ -34,6 +34,12 @@ use crate::use_cases::Audit;
 
 /// The service's name in logs, data files and database names.
 pub const NAME: &str = "audit";
+/// What the service is to its start-up.
+pub const SPEC: Spec = Spec {
+    name: NAME,
+    migrations: &storage::MIGRATIONS,
+    outbox: Outbox::Absent,
+};
 /// Where the service listens by default.
 pub const DEFAULT_ADDR: SocketAddr = config::local(config::ports::AUDIT);
 /// The development default of the checkpoint key; a deployment sets
@@ -63,15 +69,7 @@ pub async fn run(
     shutdown: Shutdown,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
-    let backend = Backend::start(
-        NAME,
-        &config.backend,
-        listener,
-        shutdown,
-        &storage::MIGRATIONS,
-        Outbox::Absent,
-    )
-    .await?;
+    let backend = Backend::start(&SPEC, &config.backend, listener, shutdown).await?;
     let file = config
         .checkpoint_file
         .clone()

@@ -39,8 +39,8 @@ pub fn sku(sku: &Sku, market: Option<&Market>) -> pb::Sku {
         product_id: sku.product_id.clone(),
         title: sku.title.clone(),
         term: match sku.term {
-            Term::P1Y => pb::Term::OneYear,
-            Term::P3Y => pb::Term::ThreeYears,
+            Term::OneYear => pb::Term::OneYear,
+            Term::ThreeYears => pb::Term::ThreeYears,
         } as i32,
         price: market.and_then(|m| price(sku, m)),
     }

@@ -2,6 +2,7 @@
 //! offered, and what a price says about tax.
 
 use csp_kit::ApiError;
+pub use csp_kit::product::{ProductKind, Term};
 
 /// A market the catalog sells in.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,26 +19,6 @@ pub struct Market {
     pub tax_included: bool,
     /// Whether Azure reservations are offered.
     pub azure_reservations_available: bool,
-}
-
-csp_kit::stored_enum! {
-    /// What a product is.
-    pub enum ProductKind {
-        /// Software with keys and downloads.
-        ServerSubscription = "server_subscription",
-        /// An Azure reservation.
-        AzureReservation = "azure_reservation",
-    }
-}
-
-csp_kit::stored_enum! {
-    /// A subscription term (the ISO 8601 duration is the stored spelling).
-    pub enum Term {
-        /// One year.
-        P1Y = "P1Y",
-        /// Three years.
-        P3Y = "P3Y",
-    }
 }
 
 csp_kit::stored_enum! {

@@ -24,7 +24,7 @@ use csp_kit::config::{self, BackendArgs};
 use csp_kit::shutdown::Shutdown;
 use csp_proto::catalog::v1::catalog_internal_service_server::CatalogInternalServiceServer;
 use csp_proto::catalog::v1::catalog_service_server::CatalogServiceServer;
-use csp_store::backend::{Backend, Outbox};
+use csp_store::backend::{Backend, Outbox, Spec};
 use tokio::net::TcpListener;
 
 use crate::handlers::CatalogApi;
@@ -33,6 +33,12 @@ use crate::use_cases::Catalog;
 
 /// The service's name in logs, data files and database names.
 pub const NAME: &str = "catalog";
+/// What the service is to its start-up.
+pub const SPEC: Spec = Spec {
+    name: NAME,
+    migrations: &storage::MIGRATIONS,
+    outbox: Outbox::Absent,
+};
 /// Where the catalog listens by default.
 pub const DEFAULT_ADDR: SocketAddr = config::local(config::ports::CATALOG);
 
@@ -50,15 +56,7 @@ pub struct Config {
 /// Opens the database, migrates and seeds it, then serves on `listener`
 /// until `shutdown` fires.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
-    let backend = Backend::start(
-        NAME,
-        &config.backend,
-        listener,
-        shutdown,
-        &storage::MIGRATIONS,
-        Outbox::Absent,
-    )
-    .await?;
+    let backend = Backend::start(&SPEC, &config.backend, listener, shutdown).await?;
     if config.seed_demo_catalog {
         seed::seed_demo_catalog(backend.db()).await?;
     }

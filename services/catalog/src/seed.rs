@@ -80,18 +80,18 @@ pub const PRODUCTS: &[(&str, &str, &str, ProductKind)] = &[
 /// (product id, term, list price in US cents). SKU ids are
 /// `<product>-p1y` / `<product>-p3y`.
 pub const SKUS: &[(&str, Term, i64)] = &[
-    ("azure-reserved-vm-d2s-v3", Term::P1Y, 60_000),
-    ("azure-reserved-vm-d2s-v3", Term::P3Y, 120_000),
-    ("azure-reserved-vm-e4s-v3", Term::P1Y, 150_000),
-    ("azure-reserved-vm-e4s-v3", Term::P3Y, 300_000),
-    ("sql-server-enterprise", Term::P1Y, 700_000),
-    ("sql-server-enterprise", Term::P3Y, 1_950_000),
-    ("sql-server-standard", Term::P1Y, 190_000),
-    ("sql-server-standard", Term::P3Y, 520_000),
-    ("windows-server-datacenter", Term::P1Y, 140_000),
-    ("windows-server-datacenter", Term::P3Y, 390_000),
-    ("windows-server-standard", Term::P1Y, 40_000),
-    ("windows-server-standard", Term::P3Y, 110_000),
+    ("azure-reserved-vm-d2s-v3", Term::OneYear, 60_000),
+    ("azure-reserved-vm-d2s-v3", Term::ThreeYears, 120_000),
+    ("azure-reserved-vm-e4s-v3", Term::OneYear, 150_000),
+    ("azure-reserved-vm-e4s-v3", Term::ThreeYears, 300_000),
+    ("sql-server-enterprise", Term::OneYear, 700_000),
+    ("sql-server-enterprise", Term::ThreeYears, 1_950_000),
+    ("sql-server-standard", Term::OneYear, 190_000),
+    ("sql-server-standard", Term::ThreeYears, 520_000),
+    ("windows-server-datacenter", Term::OneYear, 140_000),
+    ("windows-server-datacenter", Term::ThreeYears, 390_000),
+    ("windows-server-standard", Term::OneYear, 40_000),
+    ("windows-server-standard", Term::ThreeYears, 110_000),
 ];
 
 /// Compute rates per vCPU-hour in the US, in millionths of a US cent: the
@@ -113,8 +113,8 @@ pub fn sku_id(product_id: &str, term: Term) -> String {
 /// The SKU title of a product and term.
 fn sku_title(product_title: &str, term: Term) -> String {
     let term = match term {
-        Term::P1Y => "1 year",
-        Term::P3Y => "3 years",
+        Term::OneYear => "1 year",
+        Term::ThreeYears => "3 years",
     };
     format!("{product_title}, {term}")
 }

@@ -31,7 +31,7 @@ use csp_kit::config::{self, AuditUrl, BackendArgs, CatalogUrl, OrderingUrl, Secr
 use csp_kit::shutdown::Shutdown;
 use csp_proto::licensing::v1::licensing_internal_service_server::LicensingInternalServiceServer;
 use csp_proto::licensing::v1::licensing_service_server::LicensingServiceServer;
-use csp_store::backend::{Backend, Outbox};
+use csp_store::backend::{Backend, Outbox, Spec};
 use csp_store::outbox::audit_destination;
 use tokio::net::TcpListener;
 
@@ -42,6 +42,12 @@ use crate::use_cases::{Licensing, Urls};
 
 /// The service's name in logs, data files, database names and identities.
 pub const NAME: &str = "licensing";
+/// What the service is to its start-up.
+pub const SPEC: Spec = Spec {
+    name: NAME,
+    migrations: &storage::MIGRATIONS,
+    outbox: Outbox::Present,
+};
 /// Where the service listens by default.
 pub const DEFAULT_ADDR: SocketAddr = config::local(config::ports::LICENSING);
 /// The development default of the key product keys and link tokens are sealed
@@ -92,15 +98,7 @@ pub async fn run(
     shutdown: Shutdown,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
-    let mut backend = Backend::start(
-        NAME,
-        &config.backend,
-        listener,
-        shutdown,
-        &storage::MIGRATIONS,
-        Outbox::Present,
-    )
-    .await?;
+    let mut backend = Backend::start(&SPEC, &config.backend, listener, shutdown).await?;
     let catalog = backend.channel(&config.catalog.catalog_url)?;
     let ordering = backend.channel(&config.ordering.ordering_url)?;
     let audit = backend.channel(&config.audit.audit_url)?;

@@ -5,6 +5,7 @@
 
 use csp_kit::clock::{self, DAY, Micros};
 use csp_kit::ids::{OrderId, PartnerId, RequestId, SubscriptionId, TenantId};
+pub use csp_kit::product::{ProductKind, Term};
 use csp_kit::{ApiError, FieldViolation};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -26,27 +27,6 @@ csp_kit::stored_enum! {
         Active = "active",
         /// Cancelled (refunded, keys revoked).
         Cancelled = "cancelled",
-    }
-}
-
-csp_kit::stored_enum! {
-    /// What a product is, as ordering records it.
-    pub enum ProductKind {
-        /// Software bought for a customer (keys and downloads).
-        ServerSubscription = "server_subscription",
-        /// An Azure reservation (no software).
-        AzureReservation = "azure_reservation",
-    }
-}
-
-csp_kit::stored_enum! {
-    /// How long a subscription runs (ISO 8601 durations, as Partner Center
-    /// spells them).
-    pub enum Term {
-        /// One year.
-        OneYear = "P1Y",
-        /// Three years.
-        ThreeYears = "P3Y",
     }
 }
 

@@ -31,7 +31,7 @@ use csp_kit::config::{self, AuditUrl, BackendArgs, CatalogUrl, LicensingUrl};
 use csp_kit::shutdown::Shutdown;
 use csp_proto::ordering::v1::ordering_internal_service_server::OrderingInternalServiceServer;
 use csp_proto::ordering::v1::ordering_service_server::OrderingServiceServer;
-use csp_store::backend::{Backend, Outbox};
+use csp_store::backend::{Backend, Outbox, Spec};
 use csp_store::outbox::audit_destination;
 use tokio::net::TcpListener;
 
@@ -41,6 +41,12 @@ use crate::use_cases::Ordering;
 
 /// The service's name in logs, data files, database names and identities.
 pub const NAME: &str = "ordering";
+/// What the service is to its start-up.
+pub const SPEC: Spec = Spec {
+    name: NAME,
+    migrations: &storage::MIGRATIONS,
+    outbox: Outbox::Present,
+};
 /// Where the service listens by default.
 pub const DEFAULT_ADDR: SocketAddr = config::local(config::ports::ORDERING);
 
@@ -69,15 +75,7 @@ pub async fn run(
     shutdown: Shutdown,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
-    let mut backend = Backend::start(
-        NAME,
-        &config.backend,
-        listener,
-        shutdown,
-        &storage::MIGRATIONS,
-        Outbox::Present,
-    )
-    .await?;
+    let mut backend = Backend::start(&SPEC, &config.backend, listener, shutdown).await?;
     let catalog = peers::Catalog::new(backend.channel(&config.catalog.catalog_url)?);
     let licensing = backend.channel(&config.licensing.licensing_url)?;
     let audit = backend.channel(&config.audit.audit_url)?;

@@ -13,7 +13,7 @@ use csp_kit::identity::UserCaller;
 use csp_kit::ids::{OrderId, PartnerId, RecordId, RequestId, SubscriptionId, TenantId};
 use csp_kit::{ApiError, ApiResult, paging};
 use csp_proto::audit::v1::ActivityType;
-use csp_store::idempotency::{CreateOnce, Replayable};
+use csp_store::idempotency::CreateOnce;
 use csp_store::outbox::{self, Message};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -550,16 +550,8 @@ fn wrong_query() -> ApiError {
     )
 }
 
-impl Replayable for Order {
-    fn fingerprint(&self) -> &str {
-        &self.request_fingerprint
-    }
-
-    fn request_id(&self) -> String {
-        self.request_id.to_string()
-    }
-
-    fn id(&self) -> String {
-        self.id.to_string()
-    }
-}
+csp_store::replayable!(Order {
+    fingerprint: request_fingerprint,
+    request_id: request_id,
+    id: id
+});

@@ -27,7 +27,7 @@ use csp_kit::clock::Clock;
 use csp_kit::config::{self, AuditUrl, BackendArgs, LicensingUrl, OrderingUrl};
 use csp_kit::shutdown::Shutdown;
 use csp_proto::support::v1::support_service_server::SupportServiceServer;
-use csp_store::backend::{Backend, Outbox};
+use csp_store::backend::{Backend, Outbox, Spec};
 use csp_store::outbox::audit_destination;
 use tokio::net::TcpListener;
 
@@ -38,6 +38,12 @@ use crate::use_cases::Support;
 
 /// The service's name in logs, data files and database names.
 pub const NAME: &str = "support";
+/// What the service is to its start-up.
+pub const SPEC: Spec = Spec {
+    name: NAME,
+    migrations: &storage::MIGRATIONS,
+    outbox: Outbox::Present,
+};
 /// Where the service listens by default.
 pub const DEFAULT_ADDR: SocketAddr = config::local(config::ports::SUPPORT);
 
@@ -66,15 +72,7 @@ pub async fn run(
     shutdown: Shutdown,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
-    let mut backend = Backend::start(
-        NAME,
-        &config.backend,
-        listener,
-        shutdown,
-        &storage::MIGRATIONS,
-        Outbox::Present,
-    )
-    .await?;
+    let mut backend = Backend::start(&SPEC, &config.backend, listener, shutdown).await?;
     let store = SupportStore::new(backend.db().clone());
     let ordering = backend.channel(&config.ordering.ordering_url)?;
     let licensing = backend.channel(&config.licensing.licensing_url)?;

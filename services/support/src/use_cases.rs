@@ -14,7 +14,7 @@ use csp_kit::ids::{PartnerId, TicketId};
 use csp_kit::roles::Role;
 use csp_kit::{ApiError, ApiResult, paging};
 use csp_proto::audit::v1::ActivityType;
-use csp_store::idempotency::{CreateOnce, Replayable};
+use csp_store::idempotency::CreateOnce;
 use csp_store::outbox::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -393,16 +393,8 @@ pub fn ticket_activity(ticket: &Ticket, kind: ActivityType, at: Micros) -> Activ
     activity
 }
 
-impl Replayable for Ticket {
-    fn fingerprint(&self) -> &str {
-        &self.request_fingerprint
-    }
-
-    fn request_id(&self) -> String {
-        self.request_id.to_string()
-    }
-
-    fn id(&self) -> String {
-        self.id.to_string()
-    }
-}
+csp_store::replayable!(Ticket {
+    fingerprint: request_fingerprint,
+    request_id: request_id,
+    id: id
+});
