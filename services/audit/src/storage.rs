@@ -76,11 +76,6 @@ impl AuditStore {
         Self { db }
     }
 
-    /// The database.
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
     /// Appends `records` (their `partner_id`, `seq`, `prev_hash` and `hash`
     /// are set here) to `partner_id`'s chain in one transaction, skipping
     /// ids already recorded, and checkpoints the new head. Returns how many

@@ -46,11 +46,6 @@ impl CatalogStore {
         Self { db }
     }
 
-    /// The database.
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
     /// Every market, by code.
     pub async fn list_markets(&self) -> StoreResult<Vec<Market>> {
         let sql = "SELECT code, display_name, currency_code, minor_unit_digits, tax_included, azure_reservations_available \
