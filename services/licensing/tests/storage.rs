@@ -1,0 +1,560 @@
+//! The licensing storage contract: what `LicensingStore` promises its use
+//! cases, pinned below the whole-system tests. Ordering's events apply once
+//! (a cancellation leaves a revoked tombstone a late "order placed" cannot
+//! undo); revocation and listing are scoped to the partner; `issue` keeps
+//! one sealed key per subscription and version and one working link per
+//! selection, and hands out nothing once revoked; `redeem` counts up to
+//! `MAX_DOWNLOADS` downloads of a live link, refuses a dead one with the
+//! state that says why, and a counted download exists only once committed
+//! with its outbox messages.
+//!
+//! Runs on SQLite, or on PostgreSQL when `CSP_TEST_POSTGRES_URL` is set.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+use csp_kit::clock::{DAY, Micros, SECOND};
+use csp_kit::ids::{LinkId, OrderId, PartnerId, RecordId, SubscriptionId, TenantId};
+use csp_licensing::domain::{
+    Dead, Download, Entitlement, EntitlementStatus, Issued, LINK_LIFETIME, LinkState,
+    MAX_DOWNLOADS, NewLink, Selection, link_status,
+};
+use csp_licensing::storage::{LicensingStore, MIGRATIONS, PendingDownload, Redeemed};
+use csp_store::StoreError;
+use csp_store::db::Db;
+use csp_store::outbox::{Message, backlog};
+use csp_store::testing::TestDb;
+
+/// A moment in November 2023.
+const T0: Micros = 1_700_000_000 * SECOND;
+
+async fn setup() -> (TestDb, LicensingStore) {
+    let test = TestDb::migrated(&MIGRATIONS).await;
+    let store = LicensingStore::new(test.db.clone());
+    (test, store)
+}
+
+fn entitlement(partner: PartnerId, customer: TenantId, title: &str) -> Entitlement {
+    Entitlement {
+        subscription_id: SubscriptionId::new(),
+        partner_id: partner,
+        customer_tenant_id: customer,
+        order_id: OrderId::new(),
+        product_id: "windows-server".to_owned(),
+        product_title: title.to_owned(),
+        status: EntitlementStatus::Active,
+        provisioned_at: T0,
+        revoked_at: None,
+    }
+}
+
+/// An active entitlement of a new partner and customer.
+fn any_entitlement() -> Entitlement {
+    entitlement(PartnerId::new(), TenantId::new(), "Windows Server")
+}
+
+fn selection(version: &str, language: &str) -> Selection {
+    Selection {
+        version: version.to_owned(),
+        language: language.to_owned(),
+        file_type: "iso-x64".to_owned(),
+    }
+}
+
+/// A link to offer `issue` at `now` (storage does not check the secrets).
+fn new_link(now: Micros) -> NewLink {
+    let id = LinkId::new();
+    NewLink {
+        id,
+        token_hash: format!("hash-{id}"),
+        sealed_token: format!("sealed-token-{id}"),
+        expires_at: now + LINK_LIFETIME,
+        max_downloads: MAX_DOWNLOADS,
+        issued_by_user_id: "agent-1".to_owned(),
+    }
+}
+
+fn message() -> Message {
+    Message {
+        destination: "audit",
+        event_id: RecordId::new().to_string(),
+        stream: "licensing".to_owned(),
+        payload: vec![1, 2, 3],
+    }
+}
+
+/// Every outbox row, whatever its destination.
+async fn outbox_rows(db: &Db) -> i64 {
+    backlog(db).await.unwrap().into_iter().map(|(_, n)| n).sum()
+}
+
+/// Provisions `e` under an event id never used before.
+async fn provision(store: &LicensingStore, e: &Entitlement) {
+    let event_id = RecordId::new().to_string();
+    let applied = store.provision(&event_id, std::slice::from_ref(e), e.provisioned_at);
+    assert!(applied.await.unwrap());
+}
+
+/// Issues a key and link for `e` at `now`, offering `link`: one message
+/// always, one more when the link is new.
+async fn issue(
+    store: &LicensingStore,
+    e: &Entitlement,
+    selection: &Selection,
+    now: Micros,
+    link: &NewLink,
+) -> Option<Issued> {
+    let key = format!("sealed-key-{}", RecordId::new());
+    store
+        .issue(e, selection, now, &key, link, &[message()], &[message()])
+        .await
+        .unwrap()
+}
+
+/// The sealed key `issue` settles on for `e`'s version, offering `fresh`.
+async fn key_for(
+    store: &LicensingStore,
+    e: &Entitlement,
+    version: &str,
+    language: &str,
+    fresh: &str,
+) -> String {
+    let sel = selection(version, language);
+    let issued = store
+        .issue(e, &sel, T0, fresh, &new_link(T0), &[], &[])
+        .await;
+    issued.unwrap().unwrap().sealed_key
+}
+
+/// Redeems `hash` at `now`, which must count.
+async fn counted(store: &LicensingStore, hash: &str, now: Micros) -> (Download, PendingDownload) {
+    match store.redeem(hash, now).await.unwrap() {
+        Redeemed::Counted(counted) => *counted,
+        other => panic!("expected a counted download, got {other:?}"),
+    }
+}
+
+/// Redeems `hash` at `now`, which must be refused.
+async fn refused(store: &LicensingStore, hash: &str, now: Micros) -> LinkState {
+    match store.redeem(hash, now).await.unwrap() {
+        Redeemed::Refused(state) => state,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn provision_applies_an_event_once() {
+    let (test, store) = setup().await;
+    let (p, c) = (PartnerId::new(), TenantId::new());
+    let first = entitlement(p, c, "Windows Server");
+    let applied = store
+        .provision("placed-1", std::slice::from_ref(&first), T0)
+        .await;
+    assert!(applied.unwrap(), "on {}", test.backend());
+    assert_eq!(
+        store.entitlement(p, first.subscription_id).await.unwrap(),
+        Some(first.clone())
+    );
+    let late = entitlement(p, c, "SQL Server");
+    assert!(
+        !store
+            .provision("placed-1", std::slice::from_ref(&late), T0 + DAY)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.entitlement(p, late.subscription_id).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.entitlements_of(p, c).await.unwrap(),
+        std::slice::from_ref(&first)
+    );
+    // A new event naming a provisioned subscription leaves it as it is.
+    let renamed = Entitlement {
+        product_title: "Renamed".to_owned(),
+        provisioned_at: T0 + DAY,
+        ..first.clone()
+    };
+    assert!(
+        store
+            .provision("placed-2", &[renamed], T0 + DAY)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.entitlement(p, first.subscription_id).await.unwrap(),
+        Some(first)
+    );
+    test.remove().await;
+}
+
+#[tokio::test]
+async fn a_cancellation_before_provisioning_leaves_a_tombstone_a_late_provision_cannot_undo() {
+    let (test, store) = setup().await;
+    let active = any_entitlement();
+    let (p, id) = (active.partner_id, active.subscription_id);
+    let tombstone = Entitlement {
+        status: EntitlementStatus::Revoked,
+        revoked_at: Some(T0),
+        ..active.clone()
+    };
+    assert!(
+        store
+            .revoke_from_event("cancelled-1", &tombstone, T0)
+            .await
+            .unwrap()
+    );
+    let again = store
+        .revoke_from_event("cancelled-1", &tombstone, T0 + SECOND)
+        .await;
+    assert!(!again.unwrap(), "on {}", test.backend());
+    assert_eq!(
+        store.entitlement(p, id).await.unwrap(),
+        Some(tombstone.clone())
+    );
+    let late = Entitlement {
+        provisioned_at: T0 + DAY,
+        ..active.clone()
+    };
+    assert!(
+        store
+            .provision("placed-1", &[late], T0 + DAY)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.entitlement(p, id).await.unwrap(), Some(tombstone));
+    let sel = selection("2022", "en-US");
+    assert!(
+        issue(&store, &active, &sel, T0 + DAY, &new_link(T0 + DAY))
+            .await
+            .is_none()
+    );
+    test.remove().await;
+}
+
+#[tokio::test]
+async fn a_cancellation_event_revokes_a_provisioned_entitlement_and_its_links() {
+    let (test, store) = setup().await;
+    let e = any_entitlement();
+    provision(&store, &e).await;
+    let link = new_link(T0);
+    issue(&store, &e, &selection("2022", "en-US"), T0, &link)
+        .await
+        .unwrap();
+    let at = T0 + DAY;
+    let tombstone = Entitlement {
+        product_title: e.product_id.clone(),
+        status: EntitlementStatus::Revoked,
+        provisioned_at: at,
+        revoked_at: Some(at),
+        ..e.clone()
+    };
+    assert!(
+        store
+            .revoke_from_event("cancelled-1", &tombstone, at)
+            .await
+            .unwrap()
+    );
+    let revoked = Entitlement {
+        status: EntitlementStatus::Revoked,
+        revoked_at: Some(at),
+        ..e.clone()
+    };
+    let stored = store
+        .entitlement(e.partner_id, e.subscription_id)
+        .await
+        .unwrap();
+    assert_eq!(stored, Some(revoked), "on {}", test.backend());
+    let state = refused(&store, &link.token_hash, at).await;
+    assert_eq!(link_status(state, at), Err(Dead::Revoked));
+    test.remove().await;
+}
+
+#[tokio::test]
+async fn revoke_answers_none_for_an_unknown_or_another_partners_subscription() {
+    let (test, store) = setup().await;
+    let e = any_entitlement();
+    let (p, id) = (e.partner_id, e.subscription_id);
+    provision(&store, &e).await;
+    issue(&store, &e, &selection("2022", "en-US"), T0, &new_link(T0))
+        .await
+        .unwrap();
+    issue(&store, &e, &selection("2022", "de-DE"), T0, &new_link(T0))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.revoke(p, SubscriptionId::new(), T0).await.unwrap(),
+        None
+    );
+    let theirs = store.revoke(PartnerId::new(), id, T0).await.unwrap();
+    assert_eq!(theirs, None, "on {}", test.backend());
+    assert_eq!(store.entitlement(p, id).await.unwrap(), Some(e.clone()));
+    assert_eq!(store.revoke(p, id, T0 + DAY).await.unwrap(), Some(2));
+    let revoked = Entitlement {
+        status: EntitlementStatus::Revoked,
+        revoked_at: Some(T0 + DAY),
+        ..e.clone()
+    };
+    assert_eq!(
+        store.entitlement(p, id).await.unwrap(),
+        Some(revoked.clone())
+    );
+    // Again: found, no link left to revoke, the first revocation time kept.
+    assert_eq!(store.revoke(p, id, T0 + 2 * DAY).await.unwrap(), Some(0));
+    assert_eq!(store.entitlement(p, id).await.unwrap(), Some(revoked));
+    test.remove().await;
+}
+
+#[tokio::test]
+async fn entitlements_are_listed_per_partner_and_customer() {
+    let (test, store) = setup().await;
+    let (a, b) = (PartnerId::new(), PartnerId::new());
+    let (x, y) = (TenantId::new(), TenantId::new());
+    let beta = entitlement(a, x, "Beta Server");
+    let alpha = entitlement(a, x, "Alpha Server");
+    let of_y = entitlement(a, y, "Alpha Server");
+    let of_b = entitlement(b, x, "Alpha Server");
+    for e in [&beta, &alpha, &of_y, &of_b] {
+        provision(&store, e).await;
+    }
+    let listed = store.entitlements_of(a, x).await.unwrap();
+    assert_eq!(listed, [alpha.clone(), beta], "on {}", test.backend());
+    assert_eq!(store.entitlements_of(a, y).await.unwrap(), [of_y]);
+    assert_eq!(store.entitlements_of(b, x).await.unwrap(), [of_b]);
+    assert!(store.entitlements_of(b, y).await.unwrap().is_empty());
+    assert_eq!(
+        store.entitlement(b, alpha.subscription_id).await.unwrap(),
+        None
+    );
+    test.remove().await;
+}
+
+#[tokio::test]
+async fn issue_keeps_one_sealed_key_per_subscription_and_version() {
+    let (test, store) = setup().await;
+    let e = any_entitlement();
+    provision(&store, &e).await;
+    let first = key_for(&store, &e, "2022", "en-US", "key-a").await;
+    assert_eq!(first, "key-a", "on {}", test.backend());
+    assert_eq!(key_for(&store, &e, "2022", "de-DE", "key-b").await, "key-a");
+    assert_eq!(key_for(&store, &e, "2019", "en-US", "key-c").await, "key-c");
+    assert_eq!(key_for(&store, &e, "2019", "de-DE", "key-d").await, "key-c");
+    let other = any_entitlement();
+    provision(&store, &other).await;
+    assert_eq!(
+        key_for(&store, &other, "2022", "en-US", "key-e").await,
+        "key-e"
+    );
+    assert_eq!(key_for(&store, &e, "2022", "en-US", "key-f").await, "key-a");
+    test.remove().await;
+}
+
+#[tokio::test]
+async fn issue_reuses_the_working_link_and_makes_a_new_one_only_when_none_works() {
+    let (test, store) = setup().await;
+    let e = any_entitlement();
+    provision(&store, &e).await;
+    let sel = selection("2022", "en-US");
+    let link = new_link(T0);
+    let first = issue(&store, &e, &sel, T0, &link).await.unwrap();
+    assert!(first.link_is_new, "on {}", test.backend());
+    assert_eq!(first.link.id, link.id);
+    assert_eq!(first.link.sealed_token, link.sealed_token);
+    assert_eq!(
+        (first.link.expires_at, first.link.downloads),
+        (link.expires_at, 0)
+    );
+    assert_eq!(first.link.max_downloads, MAX_DOWNLOADS);
+    assert_eq!(outbox_rows(&test.db).await, 2);
+    let (download, pending) = counted(&store, &link.token_hash, T0 + SECOND).await;
+    assert_eq!(download.count, 1);
+    pending.commit(&[]).await.unwrap();
+
+    let offered = new_link(T0 + DAY);
+    let again = issue(&store, &e, &sel, T0 + DAY, &offered).await.unwrap();
+    assert!(!again.link_is_new);
+    assert_eq!((again.link.id, again.link.downloads), (link.id, 1));
+    assert_eq!(again.sealed_key, first.sealed_key);
+    assert_eq!(
+        outbox_rows(&test.db).await,
+        3,
+        "no new-link messages without a new link"
+    );
+    let unused = store.redeem(&offered.token_hash, T0 + DAY).await.unwrap();
+    assert!(matches!(unused, Redeemed::Unknown), "{unused:?}");
+
+    // At its expiry the link no longer works: a new one is made.
+    let expired_at = link.expires_at;
+    let replacement = new_link(expired_at);
+    let renewed = issue(&store, &e, &sel, expired_at, &replacement)
+        .await
+        .unwrap();
+    assert!(renewed.link_is_new);
+    assert_eq!(
+        (renewed.link.id, renewed.link.downloads),
+        (replacement.id, 0)
+    );
+    assert_eq!(outbox_rows(&test.db).await, 5);
+    test.remove().await;
+}
+
+#[tokio::test]
+async fn issue_hands_out_nothing_once_revoked() {
+    let (test, store) = setup().await;
+    let e = any_entitlement();
+    provision(&store, &e).await;
+    let sel = selection("2022", "en-US");
+    issue(&store, &e, &sel, T0, &new_link(T0)).await.unwrap();
+    let revoked = store
+        .revoke(e.partner_id, e.subscription_id, T0 + DAY)
+        .await;
+    assert_eq!(revoked.unwrap(), Some(1));
+    let before = outbox_rows(&test.db).await;
+    // `e` still says active: storage goes by what is stored.
+    let issued = issue(&store, &e, &sel, T0 + DAY, &new_link(T0 + DAY)).await;
+    assert!(issued.is_none(), "{issued:?} on {}", test.backend());
+    assert_eq!(outbox_rows(&test.db).await, before);
+    test.remove().await;
+}
+
+#[tokio::test]
+async fn a_link_counts_downloads_up_to_max_downloads_then_is_used_up() {
+    let (test, store) = setup().await;
+    let e = any_entitlement();
+    provision(&store, &e).await;
+    let sel = selection("2022", "en-US");
+    let link = new_link(T0);
+    issue(&store, &e, &sel, T0, &link).await.unwrap();
+    let now = T0 + SECOND;
+    for n in 1..=MAX_DOWNLOADS {
+        let (download, pending) = counted(&store, &link.token_hash, now).await;
+        assert_eq!((download.count, download.max_downloads), (n, MAX_DOWNLOADS));
+        if n == 1 {
+            assert_eq!(download.link_id, link.id);
+            assert_eq!(download.partner_id, e.partner_id);
+            assert_eq!(download.customer_tenant_id, e.customer_tenant_id);
+            assert_eq!(download.subscription_id, e.subscription_id);
+            assert_eq!(download.product_id, e.product_id);
+            assert_eq!(download.selection, sel);
+        }
+        pending.commit(&[]).await.unwrap();
+    }
+    let state = refused(&store, &link.token_hash, now).await;
+    let used_up = LinkState {
+        expires_at: link.expires_at,
+        downloads: MAX_DOWNLOADS,
+        max_downloads: MAX_DOWNLOADS,
+        revoked: false,
+    };
+    assert_eq!(state, used_up, "on {}", test.backend());
+    assert_eq!(link_status(state, now), Err(Dead::UsedUp));
+    // With no working link left, issue makes a new one.
+    let renewed = issue(&store, &e, &sel, now, &new_link(now)).await.unwrap();
+    assert!(renewed.link_is_new);
+    test.remove().await;
+}
+
+#[tokio::test]
+async fn an_expired_link_is_refused_as_expired() {
+    let (test, store) = setup().await;
+    let e = any_entitlement();
+    provision(&store, &e).await;
+    let link = new_link(T0);
+    issue(&store, &e, &selection("2022", "en-US"), T0, &link)
+        .await
+        .unwrap();
+    let (_, pending) = counted(&store, &link.token_hash, link.expires_at - 1).await;
+    pending.commit(&[]).await.unwrap();
+    let state = refused(&store, &link.token_hash, link.expires_at).await;
+    assert_eq!(state.downloads, 1, "on {}", test.backend());
+    assert!(!state.revoked);
+    assert_eq!(link_status(state, link.expires_at), Err(Dead::Expired));
+    test.remove().await;
+}
+
+#[tokio::test]
+async fn a_revoked_link_is_refused_as_revoked() {
+    let (test, store) = setup().await;
+    let e = any_entitlement();
+    provision(&store, &e).await;
+    let link = new_link(T0);
+    issue(&store, &e, &selection("2022", "en-US"), T0, &link)
+        .await
+        .unwrap();
+    let revoked = store
+        .revoke(e.partner_id, e.subscription_id, T0 + SECOND)
+        .await;
+    assert_eq!(revoked.unwrap(), Some(1));
+    let state = refused(&store, &link.token_hash, T0 + DAY).await;
+    assert!(state.revoked, "on {}", test.backend());
+    assert_eq!(state.downloads, 0);
+    assert_eq!(link_status(state, T0 + DAY), Err(Dead::Revoked));
+    test.remove().await;
+}
+
+#[tokio::test]
+async fn an_unknown_token_hash_is_unknown() {
+    let (test, store) = setup().await;
+    let redeemed = store.redeem("no-such-hash", T0).await.unwrap();
+    assert!(
+        matches!(redeemed, Redeemed::Unknown),
+        "{redeemed:?} on {}",
+        test.backend()
+    );
+    test.remove().await;
+}
+
+#[tokio::test]
+async fn a_download_counts_only_once_committed_with_its_messages() {
+    let (test, store) = setup().await;
+    let e = any_entitlement();
+    provision(&store, &e).await;
+    let link = new_link(T0);
+    issue(&store, &e, &selection("2022", "en-US"), T0, &link)
+        .await
+        .unwrap();
+    let before = outbox_rows(&test.db).await;
+    let now = T0 + SECOND;
+    let (download, pending) = counted(&store, &link.token_hash, now).await;
+    assert_eq!(download.count, 1);
+    drop(pending);
+    let (download, pending) = counted(&store, &link.token_hash, now).await;
+    assert_eq!(
+        download.count,
+        1,
+        "a dropped download is not counted on {}",
+        test.backend()
+    );
+    pending.commit(&[message(), message()]).await.unwrap();
+    assert_eq!(outbox_rows(&test.db).await, before + 2);
+    let (download, pending) = counted(&store, &link.token_hash, now).await;
+    assert_eq!(download.count, 2);
+    drop(pending);
+    assert_eq!(outbox_rows(&test.db).await, before + 2);
+    test.remove().await;
+}
+
+#[tokio::test]
+async fn a_malformed_stored_id_reads_as_corrupt() {
+    let (test, store) = setup().await;
+    let e = any_entitlement();
+    provision(&store, &e).await;
+    const SQL: &str = "UPDATE entitlements SET order_id = 'not-a-uuid' WHERE subscription_id = $1";
+    let id = e.subscription_id.to_string();
+    csp_store::on_db!(&test.db, pool => sqlx::query(SQL).bind(id.clone()).execute(pool).await.map(drop))
+        .unwrap();
+    let read = store.entitlement(e.partner_id, e.subscription_id).await;
+    assert!(
+        matches!(&read, Err(StoreError::Corrupt { column: "order_id", value }) if value == "not-a-uuid"),
+        "{read:?} on {}",
+        test.backend()
+    );
+    let listed = store
+        .entitlements_of(e.partner_id, e.customer_tenant_id)
+        .await;
+    assert!(
+        matches!(listed, Err(StoreError::Corrupt { .. })),
+        "{listed:?}"
+    );
+    test.remove().await;
+}
