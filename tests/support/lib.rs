@@ -312,6 +312,13 @@ impl TestSystem {
 /// `CSP_TEST_POSTGRES_URL` is set); the storage contract suites use the same.
 pub use csp_store::testing::TestDb;
 
+/// A fresh [`TestDb`], with the test log installed first (as every test
+/// system does).
+pub async fn test_db() -> TestDb {
+    logs::init();
+    TestDb::new().await
+}
+
 /// A second licensing replica on a system's database, behind a second
 /// gateway of its own: what a deployment with several replicas runs.
 pub struct Replica {

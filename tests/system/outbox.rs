@@ -11,7 +11,6 @@ use csp_kit::clock;
 use csp_kit::shutdown::Shutdown;
 use csp_store::db::{Db, Migrations};
 use csp_store::outbox::{self, Destination, Envelope, Message, Outcome, Relay, RelaySettings};
-use csp_tests::TestDb;
 
 const MIGRATIONS: Migrations = Migrations {
     sqlite: &[outbox::sqlite_migration(1)],
@@ -150,7 +149,7 @@ async fn backlog(db: &Db) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_wait_while_the_receiver_is_down_and_arrive_in_stream_order() {
-    let test = TestDb::new().await;
+    let test = csp_tests::test_db().await;
     test.db.migrate(&MIGRATIONS).await.unwrap();
     let fake = Fake::new(false);
     let (trigger, relay) = start(&test.db, &fake);
@@ -189,7 +188,7 @@ async fn messages_wait_while_the_receiver_is_down_and_arrive_in_stream_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_message_is_dead_lettered_and_holds_back_only_its_stream_until_replayed() {
-    let test = TestDb::new().await;
+    let test = csp_tests::test_db().await;
     test.db.migrate(&MIGRATIONS).await.unwrap();
     let fake = Fake::new(true);
     fake.state.lock().unwrap().reject.insert("a1".into());
@@ -233,7 +232,7 @@ async fn a_rejected_message_is_dead_lettered_and_holds_back_only_its_stream_unti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_messages_survive_a_stop_before_delivery() {
-    let test = TestDb::new().await;
+    let test = csp_tests::test_db().await;
     test.db.migrate(&MIGRATIONS).await.unwrap();
     let down = Fake::new(false);
     let (trigger, relay) = start(&test.db, &down);
@@ -260,7 +259,7 @@ async fn committed_messages_survive_a_stop_before_delivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relays_on_one_database_deliver_each_message_once() {
-    let test = TestDb::new().await;
+    let test = csp_tests::test_db().await;
     test.db.migrate(&MIGRATIONS).await.unwrap();
     let second = Db::connect(&test.url).await.unwrap();
     let fake = Arc::new(Fake {

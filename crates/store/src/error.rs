@@ -91,15 +91,3 @@ where
     let text: String = row.try_get(column)?;
     parse(column, &text)
 }
-
-/// The same for a column that may be NULL.
-pub fn optional_column<'r, R, T>(row: &'r R, column: &'static str) -> StoreResult<Option<T>>
-where
-    R: sqlx::Row,
-    &'static str: sqlx::ColumnIndex<R>,
-    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    T: std::str::FromStr,
-{
-    let text: Option<String> = row.try_get(column)?;
-    text.map(|text| parse(column, &text)).transpose()
-}

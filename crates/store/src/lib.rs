@@ -20,6 +20,7 @@ pub mod error;
 pub mod idempotency;
 pub mod lock;
 pub mod outbox;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use error::{StoreError, StoreResult};

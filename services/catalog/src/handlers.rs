@@ -2,14 +2,13 @@
 //! one use case and encodes the answer. Errors leave through
 //! `ApiError -> Status`.
 
-use csp_kit::{ApiError, ApiResult, Caller};
+use csp_kit::Caller;
 use csp_proto::catalog::v1 as pb;
 use csp_proto::catalog::v1::catalog_internal_service_server::CatalogInternalService;
 use csp_proto::catalog::v1::catalog_service_server::CatalogService;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
-use crate::domain::ProductKind;
 use crate::hybrid;
 use crate::use_cases::{Catalog, required};
 
@@ -43,10 +42,9 @@ impl CatalogService for CatalogApi {
         request: Request<pb::ListProductsRequest>,
     ) -> Result<Response<pb::ListProductsResponse>, Status> {
         let r = request.into_inner();
-        let kind = kind_filter(r.kind)?;
         let page = self
             .catalog
-            .list_products(&r.market, kind, r.kind, r.page_size, &r.page_token)
+            .list_products(&r.market, r.kind, r.page_size, &r.page_token)
             .await?;
         Ok(Response::new(pb::ListProductsResponse {
             products: page
@@ -132,18 +130,6 @@ impl CatalogInternalService for CatalogInternalApi {
                 })
                 .collect(),
         }))
-    }
-}
-
-fn kind_filter(kind: i32) -> ApiResult<Option<ProductKind>> {
-    match pb::ProductKind::try_from(kind) {
-        Ok(pb::ProductKind::Unspecified) => Ok(None),
-        Ok(pb::ProductKind::ServerSubscription) => Ok(Some(ProductKind::ServerSubscription)),
-        Ok(pb::ProductKind::AzureReservation) => Ok(Some(ProductKind::AzureReservation)),
-        Err(_) => Err(ApiError::invalid(
-            "kind",
-            format!("{kind} is not a ProductKind"),
-        )),
     }
 }
 

@@ -76,7 +76,7 @@ impl CatalogStore {
         limit: u32,
     ) -> StoreResult<Vec<Product>> {
         const SQL: &str = "SELECT id, title, description, kind, cancellation_window_days FROM products \
-                           WHERE id > $1 AND ($2 = '' OR kind = $2) AND ($3 OR kind <> 'azure_reservation') \
+                           WHERE id > $1 AND ($2 = '' OR kind = $2) AND ($3 OR kind <> $5) \
                            ORDER BY id LIMIT $4";
         let kind = kind.map_or("", ProductKind::as_db);
         let rows: Vec<ProductRow> = on_db!(&self.db, pool => sqlx::query_as(SQL)
@@ -84,6 +84,7 @@ impl CatalogStore {
             .bind(kind)
             .bind(include_reservations)
             .bind(i64::from(limit))
+            .bind(ProductKind::AzureReservation.as_db())
             .fetch_all(pool)
             .await)?;
         self.with_details(rows, Some(market)).await

@@ -82,12 +82,12 @@ impl Catalog {
     pub async fn list_products(
         &self,
         market: &str,
-        kind: Option<ProductKind>,
         kind_filter: i32,
         page_size: i32,
         page_token: &str,
     ) -> ApiResult<ProductPage> {
         let market = self.market("market", market).await?;
+        let kind = kind_of(kind_filter)?;
         let page_size =
             paging::page_size(page_size, paging::DEFAULT_PAGE_SIZE, paging::MAX_PAGE_SIZE)?;
         let after = match paging::decode::<ProductCursor>(page_token)? {
@@ -223,6 +223,20 @@ impl Catalog {
             rates,
             estimate,
         })
+    }
+}
+
+/// The kind a ListProducts filter names (`None`: every kind).
+fn kind_of(kind: i32) -> ApiResult<Option<ProductKind>> {
+    use csp_proto::catalog::v1 as pb;
+    match pb::ProductKind::try_from(kind) {
+        Ok(pb::ProductKind::Unspecified) => Ok(None),
+        Ok(pb::ProductKind::ServerSubscription) => Ok(Some(ProductKind::ServerSubscription)),
+        Ok(pb::ProductKind::AzureReservation) => Ok(Some(ProductKind::AzureReservation)),
+        Err(_) => Err(ApiError::invalid(
+            "kind",
+            format!("{kind} is not a ProductKind"),
+        )),
     }
 }
 

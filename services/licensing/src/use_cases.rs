@@ -45,8 +45,9 @@ pub struct Software {
     pub options: DownloadOptions,
 }
 
-/// A product key and a working download link, in the clear.
-#[derive(Clone, Debug)]
+/// A product key and a working download link, in the clear (its `Debug`
+/// shows neither).
+#[derive(Clone)]
 pub struct KeysAndDownloads {
     /// The product key.
     pub product_key: String,
@@ -56,6 +57,17 @@ pub struct KeysAndDownloads {
     pub expires_at: Micros,
     /// Downloads left.
     pub downloads_remaining: i32,
+}
+
+impl std::fmt::Debug for KeysAndDownloads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeysAndDownloads")
+            .field("product_key", &"***")
+            .field("url", &"***")
+            .field("expires_at", &self.expires_at)
+            .field("downloads_remaining", &self.downloads_remaining)
+            .finish()
+    }
 }
 
 /// What a redemption came to.

@@ -30,6 +30,16 @@ csp_kit::stored_enum! {
     }
 }
 
+csp_kit::stored_enum! {
+    /// A line of what the partner was billed.
+    pub enum BillingKind {
+        /// An order's total, charged when it is placed.
+        Charge = "charge",
+        /// A cancelled subscription's refund (a negative amount).
+        Refund = "refund",
+    }
+}
+
 /// A partner's customer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Customer {

@@ -12,7 +12,8 @@ use csp_store::{StoreResult, on_db, on_tx};
 use sqlx::Row as _;
 
 use crate::domain::{
-    Cancellation, Customer, Order, OrderLine, OrderStatus, Subscription, SubscriptionStatus,
+    BillingKind, Cancellation, Customer, Order, OrderLine, OrderStatus, Subscription,
+    SubscriptionStatus,
 };
 
 /// The ordering service's migrations.
@@ -473,7 +474,7 @@ impl OrderingStore {
             .map(drop))?;
         }
         const CHARGE: &str = "INSERT INTO partner_billing (id, partner_id, order_id, subscription_id, kind, \
-                              currency_code, amount_minor, created_at_us) VALUES ($1, $2, $3, NULL, 'charge', $4, $5, $6)";
+                              currency_code, amount_minor, created_at_us) VALUES ($1, $2, $3, NULL, $7, $4, $5, $6)";
         on_tx!(&mut tx, t => sqlx::query(CHARGE)
             .bind(uuid::Uuid::new_v4().to_string())
             .bind(order.partner_id.to_string())
@@ -481,6 +482,7 @@ impl OrderingStore {
             .bind(&order.currency_code)
             .bind(order.total_minor)
             .bind(order.created_at)
+            .bind(BillingKind::Charge.as_db())
             .execute(&mut **t)
             .await
             .map(drop))?;
@@ -510,7 +512,7 @@ impl OrderingStore {
         );
         const REFUND: &str = "INSERT INTO partner_billing (id, partner_id, order_id, subscription_id, kind, \
                               currency_code, amount_minor, created_at_us) \
-                              SELECT $1, partner_id, order_id, id, 'refund', currency_code, $2, $3 \
+                              SELECT $1, partner_id, order_id, id, $5, currency_code, $2, $3 \
                               FROM subscriptions WHERE id = $4";
         let order_done = format!(
             "UPDATE orders SET status = '{cancelled}' WHERE id = \
@@ -541,6 +543,7 @@ impl OrderingStore {
                 .bind(-c.refund_minor)
                 .bind(c.at)
                 .bind(c.subscription_id.to_string())
+                .bind(BillingKind::Refund.as_db())
                 .execute(&mut **t)
                 .await?;
             sqlx::query(sqlx::AssertSqlSafe(order_done.as_str()))

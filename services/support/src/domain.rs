@@ -270,6 +270,18 @@ pub fn refund_outcome(steps: &[StepResult]) -> Option<RefundOutcome> {
     }
 }
 
+/// The longest comment, in characters.
+pub const MAX_COMMENT: usize = 10_000;
+
+/// Checks and trims a comment: 1 to [`MAX_COMMENT`] characters.
+pub fn read_comment(text: &str) -> Result<&str, ApiError> {
+    let text = text.trim();
+    if text.is_empty() || text.chars().count() > MAX_COMMENT {
+        return Err(ApiError::invalid("text", "1 to 10000 characters"));
+    }
+    Ok(text)
+}
+
 /// FAILED_PRECONDITION for a change to a closed ticket.
 pub fn ticket_closed(id: TicketId) -> ApiError {
     ApiError::failed_precondition(
@@ -397,6 +409,9 @@ pub struct NewTicket {
     pub contact_phone: String,
     /// The client's request id.
     pub request_id: RequestId,
+    /// The request id as the client sent it (trimmed): tickets stored before
+    /// ids were normalized hold it in this form.
+    pub request_id_as_sent: String,
     /// The fingerprint of the request.
     pub fingerprint: String,
     /// The refund, for a purchase/refund ticket.
@@ -421,6 +436,7 @@ pub fn read_ticket(r: &pb::CreateTicketRequest) -> Result<NewTicket, ApiError> {
         contact_email: contact.email.trim().to_owned(),
         contact_phone: normalize_phone(&contact.phone).ok_or_else(|| invalid("contact.phone"))?,
         request_id: RequestId::parse("request_id", &r.request_id)?,
+        request_id_as_sent: r.request_id.trim().to_owned(),
         fingerprint: fingerprint(r),
         refund,
         attachments: r

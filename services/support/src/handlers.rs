@@ -12,9 +12,6 @@ use tonic::{Request, Response, Status};
 use crate::domain::{self, Attachment, Impact, IssueType, Ticket, TicketStatus};
 use crate::use_cases::{Support, TicketFilter, TicketView};
 
-/// The longest comment, in characters.
-const MAX_COMMENT: usize = 10_000;
-
 /// The support API over its use cases.
 #[derive(Clone)]
 pub struct SupportApi {
@@ -86,10 +83,7 @@ impl SupportService for SupportApi {
     ) -> Result<Response<pb::AddCommentResponse>, Status> {
         let user = Caller::user_of(&request)?.clone();
         let r = request.get_ref();
-        let text = r.text.trim();
-        if text.is_empty() || text.chars().count() > MAX_COMMENT {
-            return Err(ApiError::invalid("text", "1 to 10000 characters").into());
-        }
+        let text = domain::read_comment(&r.text)?;
         let id = TicketId::parse("ticket_id", &r.ticket_id)?;
         let view = self.support.add_comment(&user, id, text).await?;
         Ok(Response::new(pb::AddCommentResponse {

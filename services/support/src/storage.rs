@@ -193,16 +193,28 @@ impl SupportStore {
         self.one(&sql, partner_id, &id.to_string()).await
     }
 
-    /// The ticket a partner filed with `request_id`.
+    /// The ticket a partner filed with `request_id`, stored in its normal
+    /// form or, by tickets filed before ids were normalized, as the client
+    /// sent it (`as_sent`).
     pub async fn ticket_by_request(
         &self,
         partner_id: PartnerId,
         request_id: RequestId,
+        as_sent: &str,
     ) -> StoreResult<Option<Ticket>> {
         let sql = format!(
-            "SELECT {TICKET_COLUMNS} FROM tickets WHERE partner_id = $1 AND request_id = $2"
+            "SELECT {TICKET_COLUMNS} FROM tickets WHERE partner_id = $1 AND request_id IN ($2, $3) \
+             ORDER BY created_at_us, id LIMIT 1"
         );
-        self.one(&sql, partner_id, &request_id.to_string()).await
+        on_db!(&self.db, pool => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(partner_id.to_string())
+                .bind(request_id.to_string())
+                .bind(as_sent)
+                .fetch_optional(pool)
+                .await?;
+            row.map(|r| ticket_from_row!(&r)).transpose()
+        })
     }
 
     async fn one(

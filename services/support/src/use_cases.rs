@@ -99,7 +99,7 @@ impl Support {
         let once = CreateOnce::new("ticket", TICKET_REQUEST_KEY, &new.fingerprint);
         let first = self
             .store
-            .ticket_by_request(partner, new.request_id)
+            .ticket_by_request(partner, new.request_id, &new.request_id_as_sent)
             .await?;
         if let Some(first) = once.replay(first)? {
             return self.view(first).await;
@@ -132,7 +132,8 @@ impl Support {
             .map(|()| ticket);
         let ticket = once
             .settle(inserted, || {
-                self.store.ticket_by_request(partner, new.request_id)
+                self.store
+                    .ticket_by_request(partner, new.request_id, &new.request_id_as_sent)
             })
             .await?;
         if ticket.id == id {

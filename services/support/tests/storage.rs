@@ -235,7 +235,7 @@ async fn a_ticket_round_trips_typed_with_its_attachments_and_outbox_messages() {
     let by_id = store.ticket(partner, t.id).await.unwrap();
     assert_eq!(by_id.as_ref(), Some(&t), "on {backend}");
     let by_request = store
-        .ticket_by_request(partner, t.request_id)
+        .ticket_by_request(partner, t.request_id, &t.request_id.to_string())
         .await
         .unwrap();
     assert_eq!(by_request.as_ref(), Some(&t), "on {backend}");
@@ -298,7 +298,7 @@ async fn another_partners_ticket_is_not_found() {
     assert_eq!(store.ticket(stranger, t.id).await.unwrap(), None);
     assert_eq!(
         store
-            .ticket_by_request(stranger, t.request_id)
+            .ticket_by_request(stranger, t.request_id, &t.request_id.to_string())
             .await
             .unwrap(),
         None
@@ -346,7 +346,7 @@ async fn the_same_request_id_twice_for_one_partner_conflicts_and_writes_nothing(
         "the refused insert wrote no message"
     );
     let found = store
-        .ticket_by_request(partner, first.request_id)
+        .ticket_by_request(partner, first.request_id, &first.request_id.to_string())
         .await
         .unwrap();
     assert_eq!(found, Some(first.clone()));
@@ -773,7 +773,9 @@ async fn an_unknown_stored_status_reads_as_corrupt() {
 
     assert_corrupt(store.ticket(partner, t.id).await, "status", "escalated");
     assert_corrupt(
-        store.ticket_by_request(partner, t.request_id).await,
+        store
+            .ticket_by_request(partner, t.request_id, &t.request_id.to_string())
+            .await,
         "status",
         "escalated",
     );
@@ -781,6 +783,37 @@ async fn an_unknown_stored_status_reads_as_corrupt() {
         store.list(partner, None, None, None, 100).await,
         "status",
         "escalated",
+    );
+    test.remove().await;
+}
+
+#[tokio::test]
+async fn a_ticket_filed_before_ids_were_normalized_is_found_by_the_id_as_sent() {
+    let (test, store) = open().await;
+    let partner = PartnerId::new();
+    let t = ticket(partner, IssueType::Technical, TicketStatus::Submitted, T0);
+    insert(&store, &t).await;
+    // Before request ids were normalized, they were stored as sent.
+    let as_sent = t.request_id.to_string().to_uppercase();
+    csp_store::on_db!(&test.db, pool => sqlx::query("UPDATE tickets SET request_id = $1 WHERE id = $2")
+        .bind(&as_sent)
+        .bind(t.id.to_string())
+        .execute(pool)
+        .await
+        .map(drop))
+    .unwrap();
+    let found = store
+        .ticket_by_request(partner, t.request_id, &as_sent)
+        .await
+        .unwrap();
+    assert_eq!(found.map(|f| f.id), Some(t.id), "on {}", test.backend());
+    let not_as_sent = store
+        .ticket_by_request(partner, t.request_id, &t.request_id.to_string())
+        .await
+        .unwrap();
+    assert!(
+        not_as_sent.is_none(),
+        "a different spelling of the id does not find the legacy row"
     );
     test.remove().await;
 }
