@@ -12,6 +12,7 @@ use std::time::Instant;
 use csp_audit::domain::{Record, Signer};
 use csp_audit::storage::{AuditStore, Query};
 use csp_kit::clock::{DAY, SECOND};
+use csp_kit::ids::PartnerId;
 use csp_store::db::Db;
 use hdrhistogram::Histogram;
 
@@ -37,7 +38,7 @@ async fn run(large: usize) -> anyhow::Result<()> {
     db.migrate(&csp_audit::storage::MIGRATIONS).await?;
     let store = AuditStore::new(db.clone());
     let signer = Signer::new(b"bench-audit-key");
-    let partner = uuid::Uuid::new_v4().to_string();
+    let partner = PartnerId::new();
     println!(
         "activity log scale: one partner, events over 90 days, page of 100 newest first, {QUERIES} queries per figure ({})",
         db.backend_name()
@@ -53,7 +54,7 @@ async fn run(large: usize) -> anyhow::Result<()> {
         while filled < size {
             let n = BATCH.min(size - filled);
             let records = (filled..filled + n).map(record).collect();
-            store.append(&partner, records, &signer, START).await?;
+            store.append(partner, records, &signer, START).await?;
             filled += n;
             if filled % 100_000 == 0 {
                 eprintln!(
@@ -66,7 +67,7 @@ async fn run(large: usize) -> anyhow::Result<()> {
         // keeps them on a live system.
         csp_store::on_db!(&db, pool => sqlx::query("ANALYZE").execute(pool).await.map(drop))?;
         for (name, days) in [("1 day", 1), ("30 days", 30)] {
-            let (p50, p99) = measure(&store, &partner, days).await?;
+            let (p50, p99) = measure(&store, partner, days).await?;
             println!("{size:>10}  {name:>8}  {p50:>10.0}  {p99:>10.0}");
             results.push((size, name, p50));
         }
@@ -98,7 +99,7 @@ async fn run(large: usize) -> anyhow::Result<()> {
 fn record(i: usize) -> Record {
     let at = START + (splitmix64(i as u64) % SPAN as u64) as i64;
     Record {
-        partner_id: String::new(),
+        partner_id: PartnerId::from_uuid(uuid::Uuid::nil()), // set by append
         seq: 0,
         id: uuid::Uuid::new_v4().to_string(),
         kind: if i.is_multiple_of(3) {
@@ -127,18 +128,17 @@ fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-async fn measure(store: &AuditStore, partner: &str, days: i64) -> anyhow::Result<(f64, f64)> {
+async fn measure(store: &AuditStore, partner: PartnerId, days: i64) -> anyhow::Result<(f64, f64)> {
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let max_seq = store.head_seq(partner).await?;
     for q in 0..QUERIES {
         // Ranges ending at different points of the last 60 days.
         let end = START + SPAN - (q as i64 % 60) * DAY;
         let query = Query {
-            partner_id: partner.to_owned(),
             start: end - days * DAY,
             end,
             max_seq,
-            ..Query::default()
+            ..Query::all(partner)
         };
         let started = Instant::now();
         let page = store.page(&query, None, 101).await?;

@@ -6,6 +6,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use csp_kit::ids::PartnerId;
 
 use crate::domain::Checkpoint;
 
@@ -60,7 +61,7 @@ impl CheckpointFile {
     /// The checkpoints of one partner in the file (none when it does not
     /// exist yet). Lines that do not parse are skipped: verification decides
     /// what the rest proves.
-    pub fn read(&self, partner_id: &str) -> anyhow::Result<Vec<Checkpoint>> {
+    pub fn read(&self, partner_id: PartnerId) -> anyhow::Result<Vec<Checkpoint>> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

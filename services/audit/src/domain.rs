@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use csp_kit::clock::Micros;
+use csp_kit::ids::PartnerId;
 use csp_proto::audit::v1 as pb;
 use csp_proto::audit::v1::ActivityType;
 use hmac::{Hmac, KeyInit, Mac};
@@ -19,7 +20,7 @@ pub const MAX_REPORTED_MISSING: usize = 1000;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     /// The partner whose log it is in.
-    pub partner_id: String,
+    pub partner_id: PartnerId,
     /// Its place in the partner's chain, from 1.
     pub seq: i64,
     /// The producer's event id.
@@ -89,7 +90,7 @@ pub fn record_hash(prev_hash: &str, r: &Record) -> String {
         hasher.update(bytes);
     };
     field(prev_hash.as_bytes());
-    field(r.partner_id.as_bytes());
+    field(r.partner_id.to_string().as_bytes());
     field(&r.seq.to_be_bytes());
     field(r.id.as_bytes());
     field(r.kind.as_bytes());
@@ -112,7 +113,7 @@ fn hex(bytes: &[u8]) -> String {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
     /// The partner.
-    pub partner_id: String,
+    pub partner_id: PartnerId,
     /// The head's sequence number.
     pub seq: i64,
     /// The head's hash.
@@ -139,7 +140,7 @@ impl Signer {
         Self { key: key.to_vec() }
     }
 
-    fn mac(&self, partner_id: &str, seq: i64, hash: &str) -> Hmac<Sha256> {
+    fn mac(&self, partner_id: PartnerId, seq: i64, hash: &str) -> Hmac<Sha256> {
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
         mac.update(format!("{partner_id}|{seq}|{hash}").as_bytes());
@@ -147,9 +148,9 @@ impl Signer {
     }
 
     /// The checkpoint of a chain head.
-    pub fn checkpoint(&self, partner_id: &str, seq: i64, hash: &str) -> Checkpoint {
+    pub fn checkpoint(&self, partner_id: PartnerId, seq: i64, hash: &str) -> Checkpoint {
         Checkpoint {
-            partner_id: partner_id.to_owned(),
+            partner_id,
             seq,
             hash: hash.to_owned(),
             mac: hex(&self.mac(partner_id, seq, hash).finalize().into_bytes()),
@@ -158,7 +159,7 @@ impl Signer {
 
     /// Whether a checkpoint was signed with this key.
     pub fn is_genuine(&self, c: &Checkpoint) -> bool {
-        self.checkpoint(&c.partner_id, c.seq, &c.hash).mac == c.mac
+        self.checkpoint(c.partner_id, c.seq, &c.hash).mac == c.mac
     }
 }
 
@@ -304,9 +305,11 @@ impl Verifier {
 
 /// A record from the intake, checked; or why it is refused (its partner
 /// and the record).
-pub fn intake_record(r: &pb::ActivityRecord, now: Micros) -> Result<(String, Record), String> {
-    let partner =
-        uuid::Uuid::parse_str(&r.partner_id).map_err(|_| "partner_id is not a UUID".to_owned())?;
+pub fn intake_record(r: &pb::ActivityRecord, now: Micros) -> Result<(PartnerId, Record), String> {
+    let partner: PartnerId = r
+        .partner_id
+        .parse()
+        .map_err(|_| "partner_id is not a UUID".to_owned())?;
     let a = r.activity.as_ref().ok_or("the record has no activity")?;
     if a.id.trim().is_empty() || a.id.len() > 128 {
         return Err("the activity id must be 1 to 128 characters".to_owned());
@@ -318,9 +321,9 @@ pub fn intake_record(r: &pb::ActivityRecord, now: Micros) -> Result<(String, Rec
         .ok_or("the activity has no occur_time")?;
     let occur_at = micros_of(occur).ok_or("occur_time is not a valid time")?;
     Ok((
-        partner.to_string(),
+        partner,
         Record {
-            partner_id: partner.to_string(),
+            partner_id: partner,
             seq: 0,
             id: a.id.clone(),
             kind: kind.to_owned(),
@@ -352,12 +355,14 @@ pub fn micros_of(t: &prost_types::Timestamp) -> Option<Micros> {
 mod tests {
     use super::*;
 
+    const P: PartnerId = PartnerId::from_uuid(uuid::Uuid::from_u128(7));
+
     fn chain(n: i64) -> Vec<Record> {
         let mut prev = GENESIS.to_owned();
         (1..=n)
             .map(|seq| {
                 let mut r = Record {
-                    partner_id: "p".into(),
+                    partner_id: P,
                     seq,
                     id: format!("e{seq}"),
                     kind: "key_accessed".into(),
@@ -389,7 +394,7 @@ mod tests {
 
     fn head(records: &[Record]) -> Checkpoint {
         let last = records.last().unwrap();
-        Signer::new(b"key").checkpoint("p", last.seq, &last.hash)
+        Signer::new(b"key").checkpoint(P, last.seq, &last.hash)
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! walking a chain for verification.
 
 use csp_kit::clock::Micros;
+use csp_kit::ids::PartnerId;
 use csp_store::db::{Db, MigrationSource, Migrations};
+use csp_store::error::column;
 use csp_store::{StoreResult, on_db, on_tx};
 use sqlx::Row as _;
 
@@ -24,32 +26,35 @@ const AUDIT: MigrationSource = MigrationSource {
 const COLUMNS: &str = "partner_id, seq, id, kind, occur_at_us, recorded_at_us, user_id, user_display_name, \
                        customer_tenant_id, subscription_id, product_id, details, prev_hash, hash";
 
+/// Reads a record row; evaluates to `StoreResult<Record>`.
 macro_rules! record_from_row {
     ($row:expr) => {
-        Record {
-            partner_id: $row.try_get("partner_id")?,
-            seq: $row.try_get("seq")?,
-            id: $row.try_get("id")?,
-            kind: $row.try_get("kind")?,
-            occur_at: $row.try_get("occur_at_us")?,
-            recorded_at: $row.try_get("recorded_at_us")?,
-            user_id: $row.try_get("user_id")?,
-            user_display_name: $row.try_get("user_display_name")?,
-            customer_tenant_id: $row.try_get("customer_tenant_id")?,
-            subscription_id: $row.try_get("subscription_id")?,
-            product_id: $row.try_get("product_id")?,
-            details: $row.try_get("details")?,
-            prev_hash: $row.try_get("prev_hash")?,
-            hash: $row.try_get("hash")?,
-        }
+        (|| -> StoreResult<Record> {
+            Ok(Record {
+                partner_id: column($row, "partner_id")?,
+                seq: $row.try_get("seq")?,
+                id: $row.try_get("id")?,
+                kind: $row.try_get("kind")?,
+                occur_at: $row.try_get("occur_at_us")?,
+                recorded_at: $row.try_get("recorded_at_us")?,
+                user_id: $row.try_get("user_id")?,
+                user_display_name: $row.try_get("user_display_name")?,
+                customer_tenant_id: $row.try_get("customer_tenant_id")?,
+                subscription_id: $row.try_get("subscription_id")?,
+                product_id: $row.try_get("product_id")?,
+                details: $row.try_get("details")?,
+                prev_hash: $row.try_get("prev_hash")?,
+                hash: $row.try_get("hash")?,
+            })
+        })()
     };
 }
 
 /// A filter for reading the log.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Query {
     /// The partner.
-    pub partner_id: String,
+    pub partner_id: PartnerId,
     /// First instant included.
     pub start: Micros,
     /// First instant excluded.
@@ -62,6 +67,22 @@ pub struct Query {
     pub user_id: String,
     /// Only records up to this sequence number (a snapshot).
     pub max_seq: i64,
+}
+
+impl Query {
+    /// Every record of a partner's log: no range, filter or snapshot limit
+    /// (narrow it with struct update syntax).
+    pub fn all(partner_id: PartnerId) -> Self {
+        Self {
+            partner_id,
+            start: Micros::MIN,
+            end: Micros::MAX,
+            kind: String::new(),
+            customer_tenant_id: String::new(),
+            user_id: String::new(),
+            max_seq: i64::MAX,
+        }
+    }
 }
 
 /// Reads and writes the log.
@@ -82,11 +103,12 @@ impl AuditStore {
     /// were new and the checkpoint (when any was).
     pub async fn append(
         &self,
-        partner_id: &str,
+        partner_id: PartnerId,
         records: Vec<Record>,
         signer: &Signer,
         now: Micros,
     ) -> StoreResult<(u32, Option<Checkpoint>)> {
+        let partner = partner_id.to_string();
         let mut tx = self.db.begin().await?;
         const HEAD_INIT: &str = "INSERT INTO chain_heads (partner_id, seq, hash) VALUES ($1, 0, $2) \
                                  ON CONFLICT (partner_id) DO NOTHING";
@@ -94,9 +116,9 @@ impl AuditStore {
         const HEAD_LOCK: &str = "UPDATE chain_heads SET seq = seq WHERE partner_id = $1";
         const HEAD: &str = "SELECT seq, hash FROM chain_heads WHERE partner_id = $1";
         let (mut seq, mut hash): (i64, String) = on_tx!(&mut tx, t => {
-            sqlx::query(HEAD_INIT).bind(partner_id).bind(GENESIS).execute(&mut **t).await?;
-            sqlx::query(HEAD_LOCK).bind(partner_id).execute(&mut **t).await?;
-            sqlx::query_as(HEAD).bind(partner_id).fetch_one(&mut **t).await
+            sqlx::query(HEAD_INIT).bind(&partner).bind(GENESIS).execute(&mut **t).await?;
+            sqlx::query(HEAD_LOCK).bind(&partner).execute(&mut **t).await?;
+            sqlx::query_as(HEAD).bind(&partner).fetch_one(&mut **t).await
         })?;
         let mut added = 0u32;
         for mut record in records {
@@ -105,7 +127,7 @@ impl AuditStore {
             if seen > 0 {
                 continue;
             }
-            record.partner_id = partner_id.to_owned();
+            record.partner_id = partner_id;
             record.seq = seq + 1;
             record.prev_hash = hash.clone();
             record.hash = domain::record_hash(&hash, &record);
@@ -114,7 +136,7 @@ impl AuditStore {
             );
             let r = &record;
             on_tx!(&mut tx, t => sqlx::query(sqlx::AssertSqlSafe(insert.as_str()))
-                .bind(&r.partner_id)
+                .bind(&partner)
                 .bind(r.seq)
                 .bind(&r.id)
                 .bind(&r.kind)
@@ -143,9 +165,9 @@ impl AuditStore {
         const CHECKPOINT: &str = "INSERT INTO checkpoints (partner_id, seq, hash, mac, created_at_us) \
                                   VALUES ($1, $2, $3, $4, $5)";
         on_tx!(&mut tx, t => {
-            sqlx::query(HEAD_SET).bind(partner_id).bind(seq).bind(&hash).execute(&mut **t).await?;
+            sqlx::query(HEAD_SET).bind(&partner).bind(seq).bind(&hash).execute(&mut **t).await?;
             sqlx::query(CHECKPOINT)
-                .bind(partner_id)
+                .bind(&partner)
                 .bind(seq)
                 .bind(&hash)
                 .bind(&checkpoint.mac)
@@ -159,10 +181,10 @@ impl AuditStore {
     }
 
     /// The newest sequence number of a partner's chain (0 when empty).
-    pub async fn head_seq(&self, partner_id: &str) -> StoreResult<i64> {
+    pub async fn head_seq(&self, partner_id: PartnerId) -> StoreResult<i64> {
         const SQL: &str = "SELECT COALESCE(MAX(seq), 0) FROM activities WHERE partner_id = $1";
         Ok(
-            on_db!(&self.db, pool => sqlx::query_scalar::<_, i64>(SQL).bind(partner_id).fetch_one(pool).await)?,
+            on_db!(&self.db, pool => sqlx::query_scalar::<_, i64>(SQL).bind(partner_id.to_string()).fetch_one(pool).await)?,
         )
     }
 
@@ -189,9 +211,9 @@ impl AuditStore {
              AND ($8 = '' OR user_id = $8) \
              ORDER BY occur_at_us DESC, seq DESC LIMIT $9"
         );
-        Ok(on_db!(&self.db, pool => {
+        on_db!(&self.db, pool => {
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(&q.partner_id)
+                .bind(q.partner_id.to_string())
                 .bind(q.start)
                 .bind(upper_at)
                 .bind(upper_seq)
@@ -202,40 +224,39 @@ impl AuditStore {
                 .bind(i64::from(limit))
                 .fetch_all(pool)
                 .await?;
-            rows.iter().map(|r| Ok::<_, sqlx::Error>(record_from_row!(r))).collect::<Result<Vec<_>, _>>()
-        })?)
+            rows.iter().map(|r| record_from_row!(r)).collect()
+        })
     }
 
     /// Records of a partner's chain after `after_seq`, in sequence order.
     pub async fn chain(
         &self,
-        partner_id: &str,
+        partner_id: PartnerId,
         after_seq: i64,
         limit: u32,
     ) -> StoreResult<Vec<Record>> {
         let sql = format!(
             "SELECT {COLUMNS} FROM activities WHERE partner_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
         );
-        Ok(on_db!(&self.db, pool => {
+        on_db!(&self.db, pool => {
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(partner_id)
+                .bind(partner_id.to_string())
                 .bind(after_seq)
                 .bind(i64::from(limit))
                 .fetch_all(pool)
                 .await?;
-            rows.iter().map(|r| Ok::<_, sqlx::Error>(record_from_row!(r))).collect::<Result<Vec<_>, _>>()
-        })?)
+            rows.iter().map(|r| record_from_row!(r)).collect()
+        })
     }
 
     /// A partner's checkpoints kept in the database.
-    pub async fn checkpoints(&self, partner_id: &str) -> StoreResult<Vec<Checkpoint>> {
+    pub async fn checkpoints(&self, partner_id: PartnerId) -> StoreResult<Vec<Checkpoint>> {
         const SQL: &str =
-            "SELECT partner_id, seq, hash, mac FROM checkpoints WHERE partner_id = $1 ORDER BY seq";
-        let rows: Vec<(String, i64, String, String)> =
-            on_db!(&self.db, pool => sqlx::query_as(SQL).bind(partner_id).fetch_all(pool).await)?;
+            "SELECT seq, hash, mac FROM checkpoints WHERE partner_id = $1 ORDER BY seq";
+        let rows: Vec<(i64, String, String)> = on_db!(&self.db, pool => sqlx::query_as(SQL).bind(partner_id.to_string()).fetch_all(pool).await)?;
         Ok(rows
             .into_iter()
-            .map(|(partner_id, seq, hash, mac)| Checkpoint {
+            .map(|(seq, hash, mac)| Checkpoint {
                 partner_id,
                 seq,
                 hash,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use csp_kit::clock::{Clock, Micros, to_rfc3339};
 use csp_kit::identity::UserCaller;
+use csp_kit::ids::PartnerId;
 use csp_kit::{ApiError, ApiResult, paging};
 use csp_proto::audit::v1 as pb;
 use serde::{Deserialize, Serialize};
@@ -86,7 +87,7 @@ impl Audit {
     pub async fn record_activities(&self, records: &[pb::ActivityRecord]) -> ApiResult<Intake> {
         let now = self.clock.now();
         let mut intake = Intake::default();
-        let mut batches: Vec<(String, Vec<Record>)> = Vec::new();
+        let mut batches: Vec<(PartnerId, Vec<Record>)> = Vec::new();
         for r in records {
             match domain::intake_record(r, now) {
                 Ok((partner, record)) => match batches.last_mut() {
@@ -103,7 +104,7 @@ impl Audit {
             }
         }
         for (partner, records) in batches {
-            intake.recorded += self.append(&partner, records).await?;
+            intake.recorded += self.append(partner, records).await?;
         }
         Ok(intake)
     }
@@ -129,10 +130,10 @@ impl Audit {
                 "this page token belongs to a query with other filters; start again from an empty page_token",
             ));
         }
-        let partner_id = user.partner_id.to_string();
+        let partner_id = user.partner_id;
         let max_seq = match &cursor {
             Some(c) => c.max_seq,
-            None => self.store.head_seq(&partner_id).await?,
+            None => self.store.head_seq(partner_id).await?,
         };
         let stored = Query {
             partner_id,
@@ -173,8 +174,8 @@ impl Audit {
         end: Micros,
         format: Format,
     ) -> ApiResult<mpsc::Receiver<Result<pb::ExportActivityResponse, tonic::Status>>> {
-        let partner_id = user.partner_id.to_string();
-        let max_seq = self.store.head_seq(&partner_id).await?;
+        let partner_id = user.partner_id;
+        let max_seq = self.store.head_seq(partner_id).await?;
         let details = HashMap::from([
             ("start_time".to_owned(), to_rfc3339(start)),
             ("end_time".to_owned(), to_rfc3339(end)),
@@ -183,11 +184,10 @@ impl Audit {
         self.record_own(user, pb::ActivityType::ActivityLogExported, details)
             .await?;
         let query = Query {
-            partner_id,
             start,
             end,
             max_seq,
-            ..Query::default()
+            ..Query::all(partner_id)
         };
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(export::run(self.store.clone(), query, format, CHUNK, tx));
@@ -197,13 +197,13 @@ impl Audit {
     /// Walks the caller's partner's whole chain against the checkpoints in
     /// the database and in the file.
     pub async fn verify(&self, user: &UserCaller) -> ApiResult<Findings> {
-        let partner_id = user.partner_id.to_string();
-        let mut checkpoints = self.store.checkpoints(&partner_id).await?;
-        checkpoints.extend(self.file.read(&partner_id).map_err(ApiError::Internal)?);
+        let partner_id = user.partner_id;
+        let mut checkpoints = self.store.checkpoints(partner_id).await?;
+        checkpoints.extend(self.file.read(partner_id).map_err(ApiError::Internal)?);
         let mut verifier = Verifier::new(&self.signer, checkpoints);
         let mut after = 0;
         loop {
-            let records = self.store.chain(&partner_id, after, CHUNK * 5).await?;
+            let records = self.store.chain(partner_id, after, CHUNK * 5).await?;
             let Some(last) = records.last() else { break };
             after = last.seq;
             for record in &records {
@@ -219,7 +219,7 @@ impl Audit {
 
     /// Appends records of one partner and writes the checkpoint outside the
     /// database.
-    async fn append(&self, partner_id: &str, records: Vec<Record>) -> ApiResult<u32> {
+    async fn append(&self, partner_id: PartnerId, records: Vec<Record>) -> ApiResult<u32> {
         let (added, checkpoint) = self
             .store
             .append(partner_id, records, &self.signer, self.clock.now())
@@ -246,7 +246,7 @@ impl Audit {
             ))
         })?;
         let record = Record {
-            partner_id: String::new(),
+            partner_id: user.partner_id,
             seq: 0,
             id: Uuid::new_v4().to_string(),
             kind: kind.to_owned(),
@@ -261,8 +261,7 @@ impl Audit {
             prev_hash: String::new(),
             hash: String::new(),
         };
-        self.append(&user.partner_id.to_string(), vec![record])
-            .await?;
+        self.append(user.partner_id, vec![record]).await?;
         Ok(())
     }
 }

@@ -25,15 +25,18 @@ async fn open() -> (TestDb, AuditStore, Signer) {
     (test, store, Signer::new(b"storage-contract-checkpoint-key"))
 }
 
-fn partner() -> String {
-    PartnerId::new().to_string()
+fn partner() -> PartnerId {
+    PartnerId::new()
 }
+
+/// The partner a record carries before the store sets it.
+const UNSET: PartnerId = PartnerId::from_uuid(uuid::Uuid::nil());
 
 /// A record as the intake hands it to the store: partner, seq and hashes
 /// are the store's to set.
 fn record(id: &str, occur_at: Micros) -> Record {
     Record {
-        partner_id: String::new(),
+        partner_id: UNSET,
         seq: 0,
         id: id.to_owned(),
         kind: "key_accessed".to_owned(),
@@ -60,13 +63,13 @@ fn records(prefix: &str, from: i64, to: i64) -> Vec<Record> {
 async fn append(
     store: &AuditStore,
     signer: &Signer,
-    partner: &str,
+    partner: PartnerId,
     records: Vec<Record>,
 ) -> (u32, Option<Checkpoint>) {
     store.append(partner, records, signer, T0).await.unwrap()
 }
 
-async fn whole_chain(store: &AuditStore, partner: &str) -> Vec<Record> {
+async fn whole_chain(store: &AuditStore, partner: PartnerId) -> Vec<Record> {
     store.chain(partner, 0, 10_000).await.unwrap()
 }
 
@@ -80,7 +83,7 @@ fn record_ids(records: &[Record]) -> Vec<&str> {
 
 /// Walks a partner's stored chain, two records at a time, against its
 /// stored checkpoints.
-async fn verify(store: &AuditStore, signer: &Signer, partner: &str) -> Findings {
+async fn verify(store: &AuditStore, signer: &Signer, partner: PartnerId) -> Findings {
     let checkpoints = store.checkpoints(partner).await.unwrap();
     let mut verifier = Verifier::new(signer, checkpoints);
     let mut after = 0;
@@ -97,7 +100,7 @@ async fn verify(store: &AuditStore, signer: &Signer, partner: &str) -> Findings 
 
 /// Seven records whose times are not in sequence order (seq: occur_at in
 /// seconds after T0): 1: 10, 2: 20, 3: 20, 4: 15, 5: 40, 6: 50, 7: 30.
-async fn seven_out_of_order(store: &AuditStore, signer: &Signer, partner: &str) {
+async fn seven_out_of_order(store: &AuditStore, signer: &Signer, partner: PartnerId) {
     const OCCUR: [i64; 7] = [10, 20, 20, 15, 40, 50, 30];
     let batch = OCCUR
         .iter()
@@ -125,15 +128,15 @@ async fn all_pages(store: &AuditStore, q: &Query, limit: u32) -> Vec<i64> {
 async fn append_numbers_from_one_and_chains_each_record_to_the_previous_hash() {
     let (test, store, signer) = open().await;
     let partner = partner();
-    assert_eq!(store.head_seq(&partner).await.unwrap(), 0);
+    assert_eq!(store.head_seq(partner).await.unwrap(), 0);
     let first = records("e", 1, 3);
-    assert_eq!(append(&store, &signer, &partner, first.clone()).await.0, 3);
-    assert_eq!(store.head_seq(&partner).await.unwrap(), 3);
+    assert_eq!(append(&store, &signer, partner, first.clone()).await.0, 3);
+    assert_eq!(store.head_seq(partner).await.unwrap(), 3);
     let second = records("e", 4, 5);
-    assert_eq!(append(&store, &signer, &partner, second.clone()).await.0, 2);
-    assert_eq!(store.head_seq(&partner).await.unwrap(), 5);
+    assert_eq!(append(&store, &signer, partner, second.clone()).await.0, 2);
+    assert_eq!(store.head_seq(partner).await.unwrap(), 5);
 
-    let stored = whole_chain(&store, &partner).await;
+    let stored = whole_chain(&store, partner).await;
     let given: Vec<Record> = first.into_iter().chain(second).collect();
     assert_eq!(seqs(&stored), [1, 2, 3, 4, 5], "on {}", test.backend());
     let mut prev = GENESIS.to_owned();
@@ -145,7 +148,7 @@ async fn append_numbers_from_one_and_chains_each_record_to_the_previous_hash() {
         );
         assert_eq!(s.hash, record_hash(&prev, s), "record {} hash", s.seq);
         let expected = Record {
-            partner_id: partner.clone(),
+            partner_id: partner,
             seq: s.seq,
             prev_hash: prev.clone(),
             hash: s.hash.clone(),
@@ -162,9 +165,7 @@ async fn append_skips_record_ids_seen_before() {
     let (test, store, signer) = open().await;
     let partner = partner();
     assert_eq!(
-        append(&store, &signer, &partner, records("e", 1, 2))
-            .await
-            .0,
+        append(&store, &signer, partner, records("e", 1, 2)).await.0,
         2
     );
 
@@ -172,19 +173,19 @@ async fn append_skips_record_ids_seen_before() {
     replayed.user_id = "mallory".to_owned();
     let e3 = record("e3", T0 + 3 * SECOND);
     let batch = vec![replayed, e3.clone(), e3];
-    let (added, checkpoint) = append(&store, &signer, &partner, batch).await;
+    let (added, checkpoint) = append(&store, &signer, partner, batch).await;
     assert_eq!(added, 1, "only e3 is new, once");
     assert_eq!(checkpoint.map(|c| c.seq), Some(3));
 
-    let (added, checkpoint) = append(&store, &signer, &partner, records("e", 1, 3)).await;
+    let (added, checkpoint) = append(&store, &signer, partner, records("e", 1, 3)).await;
     assert_eq!((added, checkpoint), (0, None), "nothing new, no checkpoint");
 
-    let stored = whole_chain(&store, &partner).await;
+    let stored = whole_chain(&store, partner).await;
     assert_eq!(record_ids(&stored), ["e1", "e2", "e3"]);
     assert_eq!(seqs(&stored), [1, 2, 3]);
     assert_eq!(stored[1].user_id, "user-1", "the first e2 stays");
-    assert_eq!(store.head_seq(&partner).await.unwrap(), 3);
-    let checkpoints = store.checkpoints(&partner).await.unwrap();
+    assert_eq!(store.head_seq(partner).await.unwrap(), 3);
+    let checkpoints = store.checkpoints(partner).await.unwrap();
     assert_eq!(
         checkpoints.iter().map(|c| c.seq).collect::<Vec<_>>(),
         [2, 3]
@@ -196,28 +197,28 @@ async fn append_skips_record_ids_seen_before() {
 async fn partners_chains_are_kept_apart() {
     let (test, store, signer) = open().await;
     let (a, b) = (partner(), partner());
-    append(&store, &signer, &a, records("a", 1, 2)).await;
-    append(&store, &signer, &b, records("b", 1, 1)).await;
-    append(&store, &signer, &a, records("a", 3, 3)).await;
-    append(&store, &signer, &b, records("b", 2, 4)).await;
+    append(&store, &signer, a, records("a", 1, 2)).await;
+    append(&store, &signer, b, records("b", 1, 1)).await;
+    append(&store, &signer, a, records("a", 3, 3)).await;
+    append(&store, &signer, b, records("b", 2, 4)).await;
 
     for (partner, ids) in [
-        (&a, vec!["a1", "a2", "a3"]),
-        (&b, vec!["b1", "b2", "b3", "b4"]),
+        (a, vec!["a1", "a2", "a3"]),
+        (b, vec!["b1", "b2", "b3", "b4"]),
     ] {
         let chain = whole_chain(&store, partner).await;
         assert_eq!(record_ids(&chain), ids);
         let expected: Vec<i64> = (1..=ids.len() as i64).collect();
         assert_eq!(seqs(&chain), expected);
-        assert!(chain.iter().all(|r| &r.partner_id == partner));
+        assert!(chain.iter().all(|r| r.partner_id == partner));
         assert_eq!(chain[0].prev_hash, GENESIS, "each chain starts at genesis");
         assert_eq!(store.head_seq(partner).await.unwrap(), ids.len() as i64);
         assert!(verify(&store, &signer, partner).await.intact());
     }
     let seqs_of =
         |checkpoints: Vec<Checkpoint>| checkpoints.iter().map(|c| c.seq).collect::<Vec<_>>();
-    assert_eq!(seqs_of(store.checkpoints(&a).await.unwrap()), [2, 3]);
-    assert_eq!(seqs_of(store.checkpoints(&b).await.unwrap()), [1, 4]);
+    assert_eq!(seqs_of(store.checkpoints(a).await.unwrap()), [2, 3]);
+    assert_eq!(seqs_of(store.checkpoints(b).await.unwrap()), [1, 4]);
     test.remove().await;
 }
 
@@ -225,20 +226,20 @@ async fn partners_chains_are_kept_apart() {
 async fn append_returns_a_genuine_checkpoint_of_the_new_head() {
     let (test, store, signer) = open().await;
     let partner = partner();
-    let (_, checkpoint) = append(&store, &signer, &partner, records("e", 1, 3)).await;
+    let (_, checkpoint) = append(&store, &signer, partner, records("e", 1, 3)).await;
     let checkpoint = checkpoint.expect("a checkpoint of the new head");
-    let head = whole_chain(&store, &partner).await.pop().unwrap();
+    let head = whole_chain(&store, partner).await.pop().unwrap();
     assert_eq!(
         (
-            checkpoint.partner_id.as_str(),
+            checkpoint.partner_id,
             checkpoint.seq,
             checkpoint.hash.as_str()
         ),
-        (partner.as_str(), 3, head.hash.as_str())
+        (partner, 3, head.hash.as_str())
     );
     assert!(signer.is_genuine(&checkpoint));
     assert!(!Signer::new(b"another key").is_genuine(&checkpoint));
-    assert_eq!(store.checkpoints(&partner).await.unwrap(), vec![checkpoint]);
+    assert_eq!(store.checkpoints(partner).await.unwrap(), vec![checkpoint]);
     test.remove().await;
 }
 
@@ -246,22 +247,22 @@ async fn append_returns_a_genuine_checkpoint_of_the_new_head() {
 async fn page_is_newest_first_within_start_and_end_up_to_max_seq() {
     let (test, store, signer) = open().await;
     let partner = partner();
-    seven_out_of_order(&store, &signer, &partner).await;
+    seven_out_of_order(&store, &signer, partner).await;
     let elsewhere = self::partner();
     append(
         &store,
         &signer,
-        &elsewhere,
+        elsewhere,
         vec![record("x1", T0 + 30 * SECOND)],
     )
     .await;
 
     let q = Query {
-        partner_id: partner.clone(),
+        partner_id: partner,
         start: T0 + 20 * SECOND,
         end: T0 + 50 * SECOND,
         max_seq: 7,
-        ..Query::default()
+        ..Query::all(partner)
     };
     let page = store.page(&q, None, 100).await.unwrap();
     assert_eq!(seqs(&page), [5, 7, 3, 2], "on {}", test.backend());
@@ -288,13 +289,13 @@ async fn page_is_newest_first_within_start_and_end_up_to_max_seq() {
 async fn page_follows_the_occur_at_and_seq_cursor() {
     let (test, store, signer) = open().await;
     let partner = partner();
-    seven_out_of_order(&store, &signer, &partner).await;
+    seven_out_of_order(&store, &signer, partner).await;
     let q = Query {
-        partner_id: partner.clone(),
+        partner_id: partner,
         start: T0 + 20 * SECOND,
         end: T0 + 50 * SECOND,
         max_seq: 7,
-        ..Query::default()
+        ..Query::all(partner)
     };
     for limit in [1, 2, 3] {
         assert_eq!(
@@ -319,18 +320,18 @@ async fn chain_returns_the_records_after_a_seq_in_order() {
     let backwards: Vec<Record> = (1..=5)
         .map(|n| record(&format!("e{n}"), T0 + (10 - n) * SECOND))
         .collect();
-    append(&store, &signer, &partner, backwards).await;
-    append(&store, &signer, &self::partner(), records("x", 1, 3)).await;
+    append(&store, &signer, partner, backwards).await;
+    append(&store, &signer, self::partner(), records("x", 1, 3)).await;
 
-    let all = store.chain(&partner, 0, 100).await.unwrap();
+    let all = store.chain(partner, 0, 100).await.unwrap();
     assert_eq!(seqs(&all), [1, 2, 3, 4, 5], "in seq order, not time order");
     assert_eq!(record_ids(&all), ["e1", "e2", "e3", "e4", "e5"]);
     assert_eq!(
-        seqs(&store.chain(&partner, 2, 100).await.unwrap()),
+        seqs(&store.chain(partner, 2, 100).await.unwrap()),
         [3, 4, 5]
     );
-    assert_eq!(seqs(&store.chain(&partner, 2, 2).await.unwrap()), [3, 4]);
-    assert!(store.chain(&partner, 5, 100).await.unwrap().is_empty());
+    assert_eq!(seqs(&store.chain(partner, 2, 2).await.unwrap()), [3, 4]);
+    assert!(store.chain(partner, 5, 100).await.unwrap().is_empty());
     test.remove().await;
 }
 
@@ -338,11 +339,11 @@ async fn chain_returns_the_records_after_a_seq_in_order() {
 async fn a_verifier_finds_the_stored_log_intact() {
     let (test, store, signer) = open().await;
     let partner = partner();
-    append(&store, &signer, &partner, records("e", 1, 3)).await;
-    append(&store, &signer, &partner, records("e", 4, 4)).await;
-    append(&store, &signer, &partner, records("e", 5, 7)).await;
+    append(&store, &signer, partner, records("e", 1, 3)).await;
+    append(&store, &signer, partner, records("e", 4, 4)).await;
+    append(&store, &signer, partner, records("e", 5, 7)).await;
 
-    let findings = verify(&store, &signer, &partner).await;
+    let findings = verify(&store, &signer, partner).await;
     assert!(
         findings.intact(),
         "{} on {}",
@@ -357,21 +358,21 @@ async fn a_verifier_finds_the_stored_log_intact() {
 async fn a_verifier_names_a_record_edited_in_the_database() {
     let (test, store, signer) = open().await;
     let partner = partner();
-    append(&store, &signer, &partner, records("e", 1, 3)).await;
-    append(&store, &signer, &partner, records("e", 4, 5)).await;
+    append(&store, &signer, partner, records("e", 1, 3)).await;
+    append(&store, &signer, partner, records("e", 4, 5)).await;
 
     const EDIT: &str =
         "UPDATE activities SET user_id = 'mallory' WHERE partner_id = $1 AND seq = 3";
     let edited = csp_store::on_db!(&test.db, pool => sqlx::query(EDIT)
-        .bind(&partner)
+        .bind(partner.to_string())
         .execute(pool)
         .await
         .map(|r| r.rows_affected()))
     .unwrap();
     assert_eq!(edited, 1);
-    assert_eq!(whole_chain(&store, &partner).await[2].user_id, "mallory");
+    assert_eq!(whole_chain(&store, partner).await[2].user_id, "mallory");
 
-    let findings = verify(&store, &signer, &partner).await;
+    let findings = verify(&store, &signer, partner).await;
     assert!(!findings.intact(), "an edited log reads as intact");
     let (id, _why) = findings.first_mismatch.clone().expect("a mismatch");
     assert_eq!(id, "e3", "{}", findings.summary());
