@@ -1,5 +1,6 @@
-//! A tiny HTTP/1.1 GET, enough to follow download links as a browser would
-//! (without following redirects).
+//! A tiny HTTP/1.1 GET and HEAD, enough to follow download links as a
+//! browser would (without following redirects), and to check them as a link
+//! previewer does.
 
 use std::net::SocketAddr;
 
@@ -29,6 +30,16 @@ impl Answer {
 
 /// GETs `url` (`http://HOST:PORT/PATH`).
 pub async fn get(url: &str) -> Answer {
+    request("GET", url).await
+}
+
+/// Sends HEAD to `url`, as a mail scanner or link previewer would.
+pub async fn head(url: &str) -> Answer {
+    request("HEAD", url).await
+}
+
+/// Sends `method` to `url` and reads the whole answer.
+async fn request(method: &str, url: &str) -> Answer {
     let rest = url
         .strip_prefix("http://")
         .unwrap_or_else(|| panic!("not an http URL: {url}"));
@@ -40,7 +51,7 @@ pub async fn get(url: &str) -> Answer {
         .await
         .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: csp-tests/1.0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: csp-tests/1.0\r\nConnection: close\r\n\r\n"
     );
     stream
         .write_all(request.as_bytes())

@@ -508,3 +508,111 @@ async fn keys_and_tokens_are_neither_stored_in_the_clear_nor_logged() {
     }
     system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_checks_a_link_without_spending_a_download_or_recording_one() {
+    use csp_proto::audit::v1::{ActivityType, ListActivityRequest};
+    let system = TestSystem::start().await;
+    let (customer, subscriptions) = bought(&system, "previewed.example.com").await;
+    let mut licensing = system.licensing(&[Role::AdminAgent]).await;
+    software(&mut licensing, &customer, 2).await;
+    let remaining = |licensing: &mut Licensing| {
+        let mut licensing = licensing.clone();
+        let request = selection(&customer, &subscriptions[0]);
+        async move {
+            licensing
+                .get_keys_and_downloads(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .download_link
+                .unwrap()
+        }
+    };
+    let link = remaining(&mut licensing).await;
+    assert_eq!(link.downloads_remaining, 50);
+
+    // A mail scanner and a link previewer look at the link three times.
+    for _ in 0..3 {
+        let answer = http::head(&link.url).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(
+            answer.header("location"),
+            None,
+            "HEAD never reveals the file"
+        );
+        assert!(
+            answer.body.is_empty(),
+            "HEAD has no body: {:?}",
+            answer.body
+        );
+    }
+    assert_eq!(remaining(&mut licensing).await.downloads_remaining, 50);
+
+    // The customer downloads once.
+    assert_eq!(http::get(&link.url).await.status, 302);
+    assert_eq!(remaining(&mut licensing).await.downloads_remaining, 49);
+
+    // Exactly one download reached the activity log. The HEADs came first in
+    // the subscription's stream, so had they been recorded they would be
+    // there by the time the download is.
+    let mut audit = system.audit(&[Role::GlobalAdmin]).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let at = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
+    let mut downloads = 0;
+    for _ in 0..200 {
+        downloads = audit
+            .list_activity(ListActivityRequest {
+                start_time: at(now - 3600),
+                end_time: at(now + 3600),
+                r#type: ActivityType::SoftwareDownloaded as i32,
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .activities
+            .len();
+        if downloads > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(downloads, 1, "HEAD recorded no download");
+
+    // HEAD says what GET would about unknown and malformed tokens.
+    let prefix = format!("http://{}/download/", system.addresses.gateway_http);
+    assert_eq!(
+        http::head(&format!("{prefix}{}", "A".repeat(43)))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(http::head(&format!("{prefix}short")).await.status, 404);
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_on_an_expired_link_is_gone() {
+    let clock = ManualClock::new(1_800_000_000 * SECOND);
+    let system = TestSystem::start_with_clock(clock.clone()).await;
+    let (customer, subscriptions) = bought(&system, "gone-head.example.com").await;
+    let mut licensing = system.licensing(&[Role::AdminAgent]).await;
+    software(&mut licensing, &customer, 2).await;
+    let url = licensing
+        .get_keys_and_downloads(selection(&customer, &subscriptions[0]))
+        .await
+        .unwrap()
+        .into_inner()
+        .download_link
+        .unwrap()
+        .url;
+    clock.advance(14 * DAY);
+    assert_eq!(http::head(&url).await.status, 410, "expired");
+    assert_eq!(http::get(&url).await.status, 410);
+    system.stop().await;
+}

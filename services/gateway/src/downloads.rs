@@ -2,7 +2,10 @@
 //! have no account; the token is the credential. A working link counts one
 //! download (in licensing, atomically) and redirects (302) to the file; a
 //! used-up, expired or revoked link answers 410 Gone with a sentence saying
-//! which; an unknown token answers 404. Tokens are never logged.
+//! which; an unknown token answers 404. `HEAD` answers the same codes from
+//! the link's state (200 for a working link) without counting, recording or
+//! revealing the file's address: mail scanners and link previewers send HEAD
+//! to every link in a message. Tokens are never logged.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +19,9 @@ use csp_kit::identity::IdentityKey;
 use csp_kit::identity::ServiceIdentity;
 use csp_kit::shutdown::Shutdown;
 use csp_proto::licensing::v1::licensing_internal_service_client::LicensingInternalServiceClient;
-use csp_proto::licensing::v1::{RedeemDownloadLinkRequest, RedeemOutcome};
+use csp_proto::licensing::v1::{
+    InspectDownloadLinkRequest, RedeemDownloadLinkRequest, RedeemOutcome,
+};
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 
@@ -40,7 +45,7 @@ pub async fn serve(
         ServiceIdentity::new(key, "gateway"),
     ));
     let app = Router::new()
-        .route("/download/{token}", get(download))
+        .route("/download/{token}", get(download).head(inspect))
         .with_state(licensing);
     tracing::info!(service = "gateway", addr = %listener.local_addr()?, "serving downloads");
     axum::serve(
@@ -109,6 +114,36 @@ async fn answer_download(
                 "The file's address is not valid.",
             ),
         },
+        Ok(RedeemOutcome::Expired | RedeemOutcome::UsedUp | RedeemOutcome::Revoked) => {
+            text(StatusCode::GONE, &answer.message)
+        }
+        _ => text(StatusCode::NOT_FOUND, &answer.message),
+    }
+}
+
+async fn inspect(state: State<Licensing>, token: Path<String>) -> Response {
+    let response = answer_inspect(state, token).await;
+    csp_kit::metrics::count_http("gateway", "/download", response.status().as_u16());
+    response
+}
+
+async fn answer_inspect(State(licensing): State<Licensing>, Path(token): Path<String>) -> Response {
+    let answer = licensing
+        .clone()
+        .inspect_download_link(InspectDownloadLinkRequest { token })
+        .await;
+    let answer = match answer {
+        Ok(answer) => answer.into_inner(),
+        Err(status) => {
+            tracing::warn!(code = ?status.code(), "licensing unavailable for a download link check");
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Downloads are unavailable for a moment. Please try again shortly.",
+            );
+        }
+    };
+    match RedeemOutcome::try_from(answer.outcome) {
+        Ok(RedeemOutcome::Redirect) => text(StatusCode::OK, ""),
         Ok(RedeemOutcome::Expired | RedeemOutcome::UsedUp | RedeemOutcome::Revoked) => {
             text(StatusCode::GONE, &answer.message)
         }

@@ -11,7 +11,7 @@ use csp_proto::licensing::v1::licensing_service_server::LicensingService;
 use tonic::{Request, Response, Status};
 
 use crate::domain::{self, Dead, EntitlementStatus, MAX_DOWNLOADS, Selection};
-use crate::use_cases::{Licensing, Redemption};
+use crate::use_cases::{Inspection, Licensing, Redemption};
 
 /// The licensing API (public and internal) over its use cases.
 #[derive(Clone)]
@@ -130,6 +130,47 @@ impl LicensingInternalService for LicensingApi {
             .redeem(&r.token, &r.client_address, &r.user_agent)
             .await?;
         Ok(Response::new(redemption_to_pb(redemption)))
+    }
+
+    async fn inspect_download_link(
+        &self,
+        request: Request<pb::InspectDownloadLinkRequest>,
+    ) -> Result<Response<pb::InspectDownloadLinkResponse>, Status> {
+        Caller::service_of(&request)?;
+        let inspection = self.licensing.inspect(&request.get_ref().token).await?;
+        Ok(Response::new(inspection_to_pb(inspection)))
+    }
+}
+
+fn inspection_to_pb(inspection: Inspection) -> pb::InspectDownloadLinkResponse {
+    match inspection {
+        Inspection::Works {
+            remaining,
+            max_downloads,
+        } => pb::InspectDownloadLinkResponse {
+            outcome: pb::RedeemOutcome::Redirect as i32,
+            downloads_remaining: u32::try_from(remaining).unwrap_or(0),
+            max_downloads: u32::try_from(max_downloads).unwrap_or(0),
+            message: String::new(),
+        },
+        Inspection::Dead { why, max_downloads } => {
+            let dead = redemption_to_pb(Redemption::Dead { why, max_downloads });
+            pb::InspectDownloadLinkResponse {
+                outcome: dead.outcome,
+                downloads_remaining: 0,
+                max_downloads: dead.max_downloads,
+                message: dead.message,
+            }
+        }
+        Inspection::Unknown => {
+            let unknown = redemption_to_pb(Redemption::Unknown);
+            pb::InspectDownloadLinkResponse {
+                outcome: unknown.outcome,
+                downloads_remaining: 0,
+                max_downloads: unknown.max_downloads,
+                message: unknown.message,
+            }
+        }
     }
 }
 

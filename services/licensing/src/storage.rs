@@ -343,21 +343,29 @@ impl LicensingStore {
             return Ok(Redeemed::Counted(Box::new((download, PendingDownload(tx)))));
         }
         drop(tx);
+        Ok(match self.link_state(token_hash).await? {
+            Some(state) => Redeemed::Refused(state),
+            None => Redeemed::Unknown,
+        })
+    }
+
+    /// The state of the link with `token_hash`, counting nothing; `None`
+    /// when no link has it.
+    pub async fn link_state(&self, token_hash: &str) -> StoreResult<Option<LinkState>> {
         const STATE: &str = "SELECT expires_at_us, downloads, max_downloads, revoked_at_us FROM download_links \
                              WHERE token_hash = $1";
         let state: Option<(i64, i32, i32, Option<i64>)> = on_db!(&self.db, pool => sqlx::query_as(STATE)
             .bind(token_hash)
             .fetch_optional(pool)
             .await)?;
-        Ok(match state {
-            Some((expires_at, downloads, max_downloads, revoked)) => Redeemed::Refused(LinkState {
+        Ok(state.map(
+            |(expires_at, downloads, max_downloads, revoked)| LinkState {
                 expires_at,
                 downloads,
                 max_downloads,
                 revoked: revoked.is_some(),
-            }),
-            None => Redeemed::Unknown,
-        })
+            },
+        ))
     }
 }
 

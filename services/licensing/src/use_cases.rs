@@ -93,6 +93,27 @@ pub enum Redemption {
     Unknown,
 }
 
+/// What a link's state is, as a HEAD request asks it.
+#[derive(Clone, Debug)]
+pub enum Inspection {
+    /// It works: a download would count.
+    Works {
+        /// Downloads left.
+        remaining: i32,
+        /// Downloads the link allows.
+        max_downloads: i32,
+    },
+    /// It does not work.
+    Dead {
+        /// Why.
+        why: Dead,
+        /// Downloads the link allows.
+        max_downloads: i32,
+    },
+    /// No such link.
+    Unknown,
+}
+
 /// What a batch of ordering's events came to.
 #[derive(Clone, Debug, Default)]
 pub struct Applied {
@@ -376,6 +397,29 @@ impl Licensing {
             }),
             Redeemed::Unknown => Ok(Redemption::Unknown),
         }
+    }
+}
+
+impl Licensing {
+    /// Whether the link with `token` works now, counting and recording
+    /// nothing.
+    pub async fn inspect(&self, token: &str) -> ApiResult<Inspection> {
+        if !secrets::is_token(token) {
+            return Ok(Inspection::Unknown);
+        }
+        let Some(state) = self.store.link_state(&secrets::token_hash(token)).await? else {
+            return Ok(Inspection::Unknown);
+        };
+        Ok(match domain::link_status(state, self.clock.now()) {
+            Ok(()) => Inspection::Works {
+                remaining: state.max_downloads - state.downloads,
+                max_downloads: state.max_downloads,
+            },
+            Err(why) => Inspection::Dead {
+                why,
+                max_downloads: state.max_downloads,
+            },
+        })
     }
 }
 
