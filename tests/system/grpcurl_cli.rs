@@ -22,37 +22,44 @@ async fn grpcurl_lists_describes_and_calls_through_the_gateway() {
     let header = format!("authorization: Bearer {token}");
 
     // grpcurl blocks; run it off the async threads.
-    let (list, describe, products, health, denied) = tokio::task::spawn_blocking(move || {
-        let list = stdout_of(&["-plaintext", &addr, "list"]);
-        let describe = stdout_of(&[
-            "-plaintext",
-            &addr,
-            "describe",
-            "csp.catalog.v1.CatalogService",
-        ]);
-        let products = stdout_of(&[
-            "-plaintext",
-            "-H",
-            &header,
-            "-d",
-            r#"{"market":"AU","page_size":100}"#,
-            &addr,
-            "csp.catalog.v1.CatalogService/ListProducts",
-        ]);
-        let health = stdout_of(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]);
-        let denied = grpcurl::run(&[
-            "-plaintext",
-            "-H",
-            &header,
-            "-d",
-            r#"{"customer_tenant_id":"x"}"#,
-            &addr,
-            "csp.licensing.v1.LicensingService/ListSoftware",
-        ]);
-        (list, describe, products, health, denied)
-    })
-    .await
-    .unwrap();
+    let (list, describe, products, health, denied, internal) =
+        tokio::task::spawn_blocking(move || {
+            let list = stdout_of(&["-plaintext", &addr, "list"]);
+            let describe = stdout_of(&[
+                "-plaintext",
+                &addr,
+                "describe",
+                "csp.catalog.v1.CatalogService",
+            ]);
+            let products = stdout_of(&[
+                "-plaintext",
+                "-H",
+                &header,
+                "-d",
+                r#"{"market":"AU","page_size":100}"#,
+                &addr,
+                "csp.catalog.v1.CatalogService/ListProducts",
+            ]);
+            let health = stdout_of(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]);
+            let denied = grpcurl::run(&[
+                "-plaintext",
+                "-H",
+                &header,
+                "-d",
+                r#"{"customer_tenant_id":"x"}"#,
+                &addr,
+                "csp.licensing.v1.LicensingService/ListSoftware",
+            ]);
+            let internal = grpcurl::run(&[
+                "-plaintext",
+                &addr,
+                "describe",
+                "csp.licensing.v1.LicensingInternalService",
+            ]);
+            (list, describe, products, health, denied, internal)
+        })
+        .await
+        .unwrap();
 
     for service in [
         "csp.catalog.v1.CatalogService",
@@ -84,5 +91,11 @@ async fn grpcurl_lists_describes_and_calls_through_the_gateway() {
     let stderr = String::from_utf8_lossy(&denied.stderr);
     assert!(stderr.contains("PermissionDenied"), "{stderr}");
     assert!(stderr.contains("admin_agent"), "{stderr}");
+    // Reflection on the public port resolves no internal service.
+    assert!(
+        !internal.status.success(),
+        "an internal service is described on the public port:\n{}",
+        String::from_utf8_lossy(&internal.stdout)
+    );
     system.stop().await;
 }

@@ -43,9 +43,15 @@ pub async fn base_routes(scope: ReflectionScope) -> anyhow::Result<(HealthReport
     reporter
         .set_service_status(LIVENESS, ServingStatus::Serving)
         .await;
+    let files = match &scope {
+        ReflectionScope::All => csp_proto::FILE_DESCRIPTOR_SET.to_vec(),
+        ReflectionScope::Only(services) => {
+            public_descriptor_set(csp_proto::FILE_DESCRIPTOR_SET, services)?
+        }
+    };
     let builder = || {
         let mut builder = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(csp_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(&files)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             // google.rpc error details, so grpcurl can print them.
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
@@ -66,6 +72,64 @@ pub async fn base_routes(scope: ReflectionScope) -> anyhow::Result<(HealthReport
         .context("cannot build reflection v1alpha")?;
     let routes = Routes::new(health).add_service(v1).add_service(v1alpha);
     Ok((reporter, routes))
+}
+
+/// The files of an encoded descriptor set that define `services` (full
+/// names) and every file they import, transitively: what reflection on the
+/// public port may resolve. Internal services live in files of their own
+/// that no public file imports, so they are left out. Each kept file keeps
+/// its original bytes (custom options such as `csp.auth.v1.access` survive).
+pub fn public_descriptor_set(encoded: &[u8], services: &[String]) -> anyhow::Result<Vec<u8>> {
+    use prost::Message as _;
+    use prost::encoding::{WireType, decode_key, decode_varint, encode_key, encode_varint};
+
+    // Split the set into its files' encoded bytes (field 1, length-delimited).
+    let mut rest = encoded;
+    let mut files: Vec<(&[u8], prost_types::FileDescriptorProto)> = Vec::new();
+    while !rest.is_empty() {
+        let (field, wire_type) = decode_key(&mut rest).context("a malformed descriptor set")?;
+        anyhow::ensure!(
+            field == 1 && wire_type == WireType::LengthDelimited,
+            "a descriptor set holds only files"
+        );
+        let len = usize::try_from(decode_varint(&mut rest).context("a malformed file length")?)?;
+        anyhow::ensure!(len <= rest.len(), "a truncated descriptor set");
+        let (bytes, tail) = rest.split_at(len);
+        files.push((bytes, prost_types::FileDescriptorProto::decode(bytes)?));
+        rest = tail;
+    }
+    let full_name = |file: &prost_types::FileDescriptorProto, service: &str| {
+        format!("{}.{service}", file.package())
+    };
+    let mut wanted: std::collections::HashSet<String> = files
+        .iter()
+        .filter(|(_, file)| {
+            file.service
+                .iter()
+                .any(|s| services.contains(&full_name(file, s.name())))
+        })
+        .map(|(_, file)| file.name().to_owned())
+        .collect();
+    loop {
+        let before = wanted.len();
+        for (_, file) in &files {
+            if wanted.contains(file.name()) {
+                wanted.extend(file.dependency.iter().cloned());
+            }
+        }
+        if wanted.len() == before {
+            break;
+        }
+    }
+    let mut out = Vec::with_capacity(encoded.len());
+    for (bytes, file) in &files {
+        if wanted.contains(file.name()) {
+            encode_key(1, WireType::LengthDelimited, &mut out);
+            encode_varint(bytes.len() as u64, &mut out);
+            out.extend_from_slice(bytes);
+        }
+    }
+    Ok(out)
 }
 
 /// Sets the overall health status ("") to SERVING or NOT_SERVING.
@@ -335,5 +399,37 @@ impl tower::Service<http::Request<axum_body::Body>> for Deferred {
                 .into_http())
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_public_set_holds_public_services_and_their_imports_with_their_options() {
+        let public = crate::access::public_services(csp_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let set = public_descriptor_set(csp_proto::FILE_DESCRIPTOR_SET, &public).unwrap();
+        let pool = prost_reflect::DescriptorPool::decode(set.as_slice()).unwrap();
+        let names: Vec<String> = pool.services().map(|s| s.full_name().to_owned()).collect();
+        assert!(names.contains(&"csp.licensing.v1.LicensingService".to_owned()));
+        assert!(names.contains(&"csp.catalog.v1.CatalogService".to_owned()));
+        assert!(
+            names.iter().all(|n| !n.contains("Internal")),
+            "no internal service is resolvable: {names:?}"
+        );
+        assert!(
+            pool.get_message_by_name("csp.ordering.v1.OrderingEvent")
+                .is_none()
+        );
+        // The roles declared on each public RPC are still there.
+        let methods = crate::access::public_methods(&set).unwrap();
+        assert!(!methods.is_empty());
+        assert_eq!(
+            methods.len(),
+            crate::access::public_methods(csp_proto::FILE_DESCRIPTOR_SET)
+                .unwrap()
+                .len()
+        );
     }
 }
