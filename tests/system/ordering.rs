@@ -207,7 +207,7 @@ async fn customers_are_created_found_listed_and_validated() {
         ["tenant_id", "domain_name", "company_name", "market"]
     );
 
-    // The domain is unique in the whole system, across partners too.
+    // The domain is unique among the partner's customers.
     let status = ordering
         .create_customer(bad("", "contoso.onmicrosoft.com", "Again", "US"))
         .await
@@ -218,15 +218,28 @@ async fn customers_are_created_found_listed_and_validated() {
         "{}",
         status.message()
     );
+    // Another partner may have the same customer (one tenant can have
+    // several CSP partners), and learns nothing of the first partner's.
     let mut other_partner = OrderingServiceClient::with_interceptor(
         system.gateway().await,
         Bearer::new(&system.token_of(Uuid::new_v4(), &[Role::AdminAgent])),
     );
-    let status = other_partner
-        .create_customer(bad("", "contoso.onmicrosoft.com", "Clash", "US"))
+    let theirs = other_partner
+        .create_customer(bad(&tenant, "contoso.onmicrosoft.com", "Contoso", "US"))
         .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::AlreadyExists);
+        .unwrap()
+        .into_inner()
+        .customer
+        .unwrap();
+    assert_eq!(theirs.tenant_id, tenant);
+    assert_eq!(theirs.company_name, "Contoso");
+    let listed = other_partner
+        .list_customers(ListCustomersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .customers;
+    assert_eq!(listed.len(), 1, "only their own customer: {listed:?}");
     let status = ordering
         .create_customer(bad(&tenant, "d.com", "D", "US"))
         .await

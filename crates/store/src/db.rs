@@ -194,7 +194,10 @@ impl Db {
                             Cow::Borrowed(m.description),
                             MigrationType::Simple,
                             m.sql.into_sql_str(),
-                            false,
+                            // A migration that must manage its own
+                            // transaction (SQLite table rebuilds turn foreign
+                            // keys off outside one) says so on its first line.
+                            m.sql.starts_with("-- no-transaction"),
                         )
                     })
                     .collect(),

@@ -18,8 +18,24 @@ use crate::domain::{
 
 /// The ordering service's migrations.
 pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: &[ORDERING, outbox::sqlite_migration(2)],
-    postgres: &[ORDERING, outbox::postgres_migration(2)],
+    sqlite: &[
+        ORDERING,
+        outbox::sqlite_migration(2),
+        MigrationSource {
+            version: 3,
+            description: "customers per partner",
+            sql: include_str!("../migrations/0003_customers_per_partner_sqlite.sql"),
+        },
+    ],
+    postgres: &[
+        ORDERING,
+        outbox::postgres_migration(2),
+        MigrationSource {
+            version: 3,
+            description: "customers per partner",
+            sql: include_str!("../migrations/0003_customers_per_partner_postgres.sql"),
+        },
+    ],
 };
 
 const ORDERING: MigrationSource = MigrationSource {
@@ -30,9 +46,9 @@ const ORDERING: MigrationSource = MigrationSource {
 
 /// The unique constraint on a partner's request ids (`PlaceOrder` retries).
 pub const ORDER_REQUEST_KEY: &str = "orders_partner_request_key";
-/// The unique constraint on customers' domain names.
-pub const CUSTOMER_DOMAIN_KEY: &str = "customers_domain_name_key";
-/// The primary key of customers (the tenant id).
+/// The unique constraint on a partner's customers' domain names.
+pub const CUSTOMER_DOMAIN_KEY: &str = "customers_partner_domain_key";
+/// The primary key of customers (partner and tenant id).
 pub const CUSTOMER_TENANT_KEY: &str = "customers_pkey";
 
 /// Reads a subscription row; evaluates to `StoreResult<Subscription>`.
@@ -149,8 +165,9 @@ impl OrderingStore {
         Self { db }
     }
 
-    /// Inserts a customer. A taken domain name ([`CUSTOMER_DOMAIN_KEY`]) or
-    /// tenant id ([`CUSTOMER_TENANT_KEY`]) is a conflict.
+    /// Inserts a customer. A domain name ([`CUSTOMER_DOMAIN_KEY`]) or tenant
+    /// id ([`CUSTOMER_TENANT_KEY`]) the partner already has is a conflict;
+    /// another partner's customers do not count.
     pub async fn insert_customer(&self, customer: &Customer) -> StoreResult<()> {
         let sql = format!(
             "INSERT INTO customers ({CUSTOMER_COLUMNS}, company_name_folded) VALUES ($1, $2, $3, $4, $5, $6, $7)"

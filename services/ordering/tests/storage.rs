@@ -207,11 +207,12 @@ async fn another_partners_customer_is_not_found() {
 }
 
 #[tokio::test]
-async fn a_domain_name_is_unique_across_partners() {
+async fn a_domain_name_is_unique_among_a_partners_customers() {
     let (test, store) = setup().await;
-    let first = customer(PartnerId::new(), "contoso.com", "Contoso");
+    let partner = PartnerId::new();
+    let first = customer(partner, "contoso.com", "Contoso");
     store.insert_customer(&first).await.unwrap();
-    let second = customer(PartnerId::new(), "contoso.com", "Contoso Again");
+    let second = customer(partner, "contoso.com", "Contoso Again");
     let error = store.insert_customer(&second).await.unwrap_err();
     assert!(
         error.is_unique(CUSTOMER_DOMAIN_KEY, "domain_name"),
@@ -230,12 +231,11 @@ async fn a_domain_name_is_unique_across_partners() {
 }
 
 #[tokio::test]
-async fn a_tenant_id_is_one_customer_only() {
+async fn a_tenant_id_is_one_customer_of_a_partner() {
     let (test, store) = setup().await;
     let first = customer(PartnerId::new(), "contoso.com", "Contoso");
     store.insert_customer(&first).await.unwrap();
     let again = Customer {
-        partner_id: PartnerId::new(),
         domain_name: "contoso-two.com".to_owned(),
         ..first.clone()
     };
@@ -253,6 +253,36 @@ async fn a_tenant_id_is_one_customer_only() {
         .customer_by_tenant(first.partner_id, first.tenant_id)
         .await;
     assert_eq!(stored.unwrap(), Some(first));
+    test.remove().await;
+}
+
+#[tokio::test]
+async fn another_partner_may_have_the_same_customer_and_each_sees_only_their_own() {
+    let (test, store) = setup().await;
+    let first = customer(PartnerId::new(), "contoso.com", "Contoso");
+    store.insert_customer(&first).await.unwrap();
+    let same = Customer {
+        partner_id: PartnerId::new(),
+        company_name: "Contoso Ltd".to_owned(),
+        ..first.clone()
+    };
+    store.insert_customer(&same).await.unwrap();
+    for c in [&first, &same] {
+        let by_tenant = store.customer_by_tenant(c.partner_id, c.tenant_id).await;
+        assert_eq!(
+            by_tenant.unwrap().as_ref(),
+            Some(c),
+            "on {}",
+            test.backend()
+        );
+        let by_domain = store.customer_by_domain(c.partner_id, "contoso.com").await;
+        assert_eq!(by_domain.unwrap().as_ref(), Some(c));
+        let listed = store
+            .list_customers(c.partner_id, "", None, 10)
+            .await
+            .unwrap();
+        assert_eq!(listed, std::slice::from_ref(c));
+    }
     test.remove().await;
 }
 
@@ -661,6 +691,68 @@ async fn a_malformed_stored_id_reads_as_corrupt() {
             })
         ),
         "{read:?}"
+    );
+    test.remove().await;
+}
+
+#[tokio::test]
+async fn moving_customers_to_per_partner_keeps_every_row_and_the_foreign_keys() {
+    // A database as the release before customers-per-partner left it.
+    let before = csp_store::db::Migrations {
+        sqlite: &MIGRATIONS.sqlite[..2],
+        postgres: &MIGRATIONS.postgres[..2],
+    };
+    let test = TestDb::migrated(&before).await;
+    let store = OrderingStore::new(test.db.clone());
+    let first = customer(PartnerId::new(), "contoso.com", "Contoso");
+    store.insert_customer(&first).await.unwrap();
+    let (order, subscriptions) = order_with(&first, T0, 3);
+    store
+        .insert_order(&order, &subscriptions, &[])
+        .await
+        .unwrap();
+
+    test.db.migrate(&MIGRATIONS).await.unwrap();
+
+    let backend = test.backend();
+    assert_eq!(
+        store
+            .customer_by_tenant(first.partner_id, first.tenant_id)
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(&first),
+        "on {backend}"
+    );
+    assert_eq!(
+        store.order(first.partner_id, order.id).await.unwrap(),
+        Some(order.clone())
+    );
+    assert_eq!(
+        store
+            .subscriptions_of_order(first.partner_id, order.id)
+            .await
+            .unwrap(),
+        subscriptions
+    );
+    // The same customer for another partner is now allowed.
+    let same = Customer {
+        partner_id: PartnerId::new(),
+        ..first.clone()
+    };
+    store.insert_customer(&same).await.unwrap();
+    // Orders still need a customer of their own partner.
+    let stranger = Customer {
+        partner_id: PartnerId::new(),
+        ..first.clone()
+    };
+    let (orphan, orphan_subscriptions) = order_with(&stranger, T0, 1);
+    let refused = store
+        .insert_order(&orphan, &orphan_subscriptions, &[])
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Database(_))),
+        "an order for another partner's customer is refused: {refused:?}"
     );
     test.remove().await;
 }
