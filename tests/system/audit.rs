@@ -721,3 +721,43 @@ async fn nothing_is_lost_while_audit_is_down() {
     audit_instance.stop().await;
     system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_hammering_a_denied_method_makes_one_record_not_one_per_call() {
+    let system = TestSystem::start().await;
+    let mut denied = system.licensing(&[Role::SalesAgent]).await;
+    for _ in 0..200 {
+        let status = denied
+            .list_software(ListSoftwareRequest {
+                customer_tenant_id: Uuid::new_v4().to_string(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied);
+    }
+    let mut audit = system.audit(&[Role::GlobalAdmin]).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let denials = |list: &[Activity]| {
+        list.iter()
+            .filter(|a| a.r#type == ActivityType::CallDenied as i32)
+            .count()
+    };
+    for _ in 0..200 {
+        if denials(&list(&mut audit, now - 600, now + 600).await) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Give any further records time to arrive; there must be none.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let found = list(&mut audit, now - 600, now + 600).await;
+    assert_eq!(
+        denials(&found),
+        1,
+        "the first denial is recorded at once, the other 199 are counted into one record at the end of the minute"
+    );
+    system.stop().await;
+}
