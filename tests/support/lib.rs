@@ -366,6 +366,7 @@ impl Replica {
             jwt_secret: jwt_secret(),
             internal_key: internal_key(),
             metrics_listen: None,
+            trusted_proxies: Vec::new(),
             backends: csp_gateway::Backends::at(
                 url(a.catalog),
                 url(a.ordering),

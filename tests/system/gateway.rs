@@ -317,6 +317,7 @@ async fn an_unreachable_backend_is_unavailable_not_a_hang() {
         jwt_secret: csp_tests::jwt_secret(),
         internal_key: csp_tests::internal_key(),
         metrics_listen: None,
+        trusted_proxies: Vec::new(),
         backends: csp_gateway::Backends::at(
             url(dead_addr),
             url(system.addresses.ordering),
@@ -406,6 +407,7 @@ async fn the_backend_receives_the_verified_caller_deadline_and_request_id_but_no
         jwt_secret: csp_tests::jwt_secret(),
         internal_key: csp_tests::internal_key(),
         metrics_listen: None,
+        trusted_proxies: Vec::new(),
         backends: csp_gateway::Backends::at(
             url.clone(),
             url.clone(),

@@ -5,9 +5,12 @@
 //! which; an unknown token answers 404. `HEAD` answers the same codes from
 //! the link's state (200 for a working link) without counting, recording or
 //! revealing the file's address: mail scanners and link previewers send HEAD
-//! to every link in a message. Tokens are never logged.
+//! to every link in a message. Tokens are never logged. The client address
+//! recorded with a download is the TCP peer's, or, when the peer is a
+//! configured trusted proxy, the last address in `X-Forwarded-For` that is
+//! not one of them.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
@@ -32,12 +35,62 @@ use crate::balance::ReplicaChannel;
 type Licensing =
     LicensingInternalServiceClient<InterceptedService<ReplicaChannel, ServiceIdentity>>;
 
+/// What a download handler needs.
+#[derive(Clone)]
+struct Downloads {
+    licensing: Licensing,
+    trusted_proxies: Arc<Vec<ipnet::IpNet>>,
+}
+
+/// Reads a trusted proxy: an IP address (one host) or a CIDR range.
+pub fn parse_proxy(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| {
+            format!(
+                "{} is not an IP address or CIDR range such as 10.0.0.0/8",
+                csp_kit::error::quoted(text)
+            )
+        })
+}
+
+/// The client of a download: the TCP `peer`, or, when the peer is a trusted
+/// proxy, the last `X-Forwarded-For` address that is not a trusted proxy
+/// (the left part of the header is whatever the client sent, so it is never
+/// believed past an untrusted hop). A header that does not parse is ignored.
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut hops = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        let Ok(value) = value.to_str() else {
+            return peer;
+        };
+        for hop in value.split(',') {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) => hops.push(ip),
+                Err(_) => return peer,
+            }
+        }
+    }
+    hops.iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .or(hops.first())
+        .copied()
+        .unwrap_or(peer)
+}
+
 /// Serves downloads on `listener` until `shutdown` fires, redeeming links
 /// with licensing through `channel`.
 pub async fn serve(
     listener: TcpListener,
     channel: ReplicaChannel,
     key: Arc<IdentityKey>,
+    trusted_proxies: Vec<ipnet::IpNet>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let licensing: Licensing = LicensingInternalServiceClient::new(InterceptedService::new(
@@ -46,7 +99,10 @@ pub async fn serve(
     ));
     let app = Router::new()
         .route("/download/{token}", get(download).head(inspect))
-        .with_state(licensing);
+        .with_state(Downloads {
+            licensing,
+            trusted_proxies: Arc::new(trusted_proxies),
+        });
     tracing::info!(service = "gateway", addr = %listener.local_addr()?, "serving downloads");
     axum::serve(
         listener,
@@ -58,7 +114,7 @@ pub async fn serve(
 }
 
 async fn download(
-    state: State<Licensing>,
+    state: State<Downloads>,
     client: ConnectInfo<SocketAddr>,
     token: Path<String>,
     headers: HeaderMap,
@@ -69,11 +125,12 @@ async fn download(
 }
 
 async fn answer_download(
-    State(licensing): State<Licensing>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    State(downloads): State<Downloads>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    let client = client_address(peer.ip(), &headers, &downloads.trusted_proxies);
     let user_agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -81,11 +138,12 @@ async fn answer_download(
         .chars()
         .take(512)
         .collect();
-    let answer = licensing
+    let answer = downloads
+        .licensing
         .clone()
         .redeem_download_link(RedeemDownloadLinkRequest {
             token,
-            client_address: client.ip().to_string(),
+            client_address: client.to_string(),
             user_agent,
         })
         .await;
@@ -121,14 +179,15 @@ async fn answer_download(
     }
 }
 
-async fn inspect(state: State<Licensing>, token: Path<String>) -> Response {
+async fn inspect(state: State<Downloads>, token: Path<String>) -> Response {
     let response = answer_inspect(state, token).await;
     csp_kit::metrics::count_http("gateway", "/download", response.status().as_u16());
     response
 }
 
-async fn answer_inspect(State(licensing): State<Licensing>, Path(token): Path<String>) -> Response {
-    let answer = licensing
+async fn answer_inspect(State(downloads): State<Downloads>, Path(token): Path<String>) -> Response {
+    let answer = downloads
+        .licensing
         .clone()
         .inspect_download_link(InspectDownloadLinkRequest { token })
         .await;
@@ -161,4 +220,71 @@ fn text(status: StatusCode, sentence: &str) -> Response {
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        headers
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn the_header_counts_only_from_a_trusted_proxy() {
+        let trusted = [
+            parse_proxy("10.0.0.0/8").unwrap(),
+            parse_proxy("192.0.2.9").unwrap(),
+        ];
+        let spoofed = forwarded(&["203.0.113.7"]);
+        // Not from a proxy: the peer, whatever the header says.
+        assert_eq!(
+            client_address(ip("198.51.100.4"), &spoofed, &trusted),
+            ip("198.51.100.4")
+        );
+        // From the ingress: the last hop that is not a trusted proxy.
+        let chain = forwarded(&["6.6.6.6, 203.0.113.7", "10.1.2.3"]);
+        assert_eq!(
+            client_address(ip("10.0.0.5"), &chain, &trusted),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            client_address(ip("192.0.2.9"), &spoofed, &trusted),
+            ip("203.0.113.7")
+        );
+        // No header, or one that does not parse: the peer.
+        assert_eq!(
+            client_address(ip("10.0.0.5"), &HeaderMap::new(), &trusted),
+            ip("10.0.0.5")
+        );
+        let junk = forwarded(&["not-an-address"]);
+        assert_eq!(
+            client_address(ip("10.0.0.5"), &junk, &trusted),
+            ip("10.0.0.5")
+        );
+        // Nothing trusted (the default): always the peer.
+        assert_eq!(client_address(ip("10.0.0.5"), &chain, &[]), ip("10.0.0.5"));
+    }
+
+    #[test]
+    fn proxies_are_addresses_or_ranges() {
+        assert_eq!(
+            parse_proxy(" 10.0.0.0/8 ").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            parse_proxy("192.0.2.9").unwrap().to_string(),
+            "192.0.2.9/32"
+        );
+        assert_eq!(parse_proxy("::1").unwrap().to_string(), "::1/128");
+        assert!(parse_proxy("ingress").is_err());
+    }
 }

@@ -62,6 +62,13 @@ pub struct Config {
     /// [default: no metrics listener].
     #[arg(long, env = "CSP_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Proxies in front of the download listener (IP addresses or CIDR
+    /// ranges, comma-separated, such as an ingress's pod range) whose
+    /// `X-Forwarded-For` names the real client of a download; from anyone
+    /// else the header is ignored [default: none: the TCP peer is the
+    /// client].
+    #[arg(long, env = "CSP_TRUSTED_PROXIES", value_delimiter = ',', value_parser = downloads::parse_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Where each backend serves gRPC.
     #[command(flatten)]
     pub backends: Backends,
@@ -200,6 +207,7 @@ pub async fn run(
         http,
         forwarder.to(licensing),
         key,
+        config.trusted_proxies.clone(),
         shutdown.clone(),
     ));
     let grpc = serve_grpc(config, routes, forwarder, listener, shutdown).await;
