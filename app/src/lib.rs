@@ -344,7 +344,16 @@ impl RunningSystem {
                     self.trigger.fire();
                     return Err(error);
                 }
-                if serving(addr).await {
+                // With a service held back, the gateway cannot report SERVING
+                // (it follows its backends): its process being up is enough.
+                let ready = if name == "gateway" && !held_back.is_empty() {
+                    health_status(addr, csp_kit::server::LIVENESS)
+                        .await
+                        .is_ok_and(|status| status == "SERVING")
+                } else {
+                    serving(addr).await
+                };
+                if ready {
                     break;
                 }
                 anyhow::ensure!(

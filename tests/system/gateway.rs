@@ -338,8 +338,66 @@ async fn an_unreachable_backend_is_unavailable_not_a_hang() {
     .await;
     assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
     assert!(status.message().contains("catalog"), "{}", status.message());
+
+    // Its health says which backend is missing, and it is not ready overall.
+    let status_of = |service: &'static str| async move {
+        let mut status = String::new();
+        for _ in 0..100 {
+            status = csp::health_status(addr, service).await.unwrap_or_default();
+            if !status.is_empty() && status != "SERVICE_UNKNOWN" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        status
+    };
+    assert_eq!(
+        status_of("csp.catalog.v1.CatalogService").await,
+        "NOT_SERVING"
+    );
+    assert_eq!(
+        status_of("csp.ordering.v1.OrderingService").await,
+        "SERVING"
+    );
+    assert_eq!(
+        status_of("csp.licensing.v1.LicensingService").await,
+        "SERVING"
+    );
+    assert_eq!(status_of("").await, "NOT_SERVING");
+    assert_eq!(status_of(csp_kit::server::LIVENESS).await, "SERVING");
+    assert_eq!(
+        status_of(csp_gateway::health::ROUTING).await,
+        "SERVING",
+        "the gateway itself routes calls (what readiness asks)"
+    );
     trigger.fire();
     gateway.await.unwrap().unwrap();
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_reports_each_public_service_serving_once_its_backend_is() {
+    let system = TestSystem::start().await;
+    let addr = system.addresses.gateway;
+    // csp::start returned: the gateway reported SERVING, so every backend does.
+    for service in [
+        "",
+        "csp.catalog.v1.CatalogService",
+        "csp.ordering.v1.OrderingService",
+        "csp.licensing.v1.LicensingService",
+        "csp.audit.v1.AuditService",
+        "csp.support.v1.SupportService",
+    ] {
+        assert_eq!(
+            csp::health_status(addr, service).await.unwrap(),
+            "SERVING",
+            "{service:?}"
+        );
+    }
+    // Right away, a catalog call through the gateway is served (no
+    // "starting" answers after the gateway says SERVING).
+    let mut catalog = system.catalog(&[Role::SalesAgent]).await;
+    catalog.list_markets(ListMarketsRequest {}).await.unwrap();
     system.stop().await;
 }
 

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod balance;
 pub mod denied;
 pub mod downloads;
+pub mod health;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -194,11 +195,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (routes, replicas) = build_routes(&config.backends).await?;
     let mut licensing = None;
-    for backend in replicas {
+    for backend in &replicas {
         if backend.name == "licensing" {
             licensing = Some(backend.clone());
         }
-        tokio::spawn(backend.refresh_until(shutdown.clone()));
+        tokio::spawn(backend.clone().refresh_until(shutdown.clone()));
     }
     let licensing = licensing.context("no route leads to licensing")?;
     let forwarder = Forwarder::new();
@@ -210,7 +211,7 @@ pub async fn run(
         config.trusted_proxies.clone(),
         shutdown.clone(),
     ));
-    let grpc = serve_grpc(config, routes, forwarder, listener, shutdown).await;
+    let grpc = serve_grpc(config, routes, replicas, forwarder, listener, shutdown).await;
     let downloads = downloads
         .await
         .map_err(anyhow::Error::from)
@@ -221,10 +222,31 @@ pub async fn run(
 async fn serve_grpc(
     config: Config,
     routes: HashMap<String, Route>,
+    replicas: Vec<Arc<Replicas>>,
     forwarder: Forwarder,
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let public = access::public_services(csp_proto::FILE_DESCRIPTOR_SET)?;
+    let backends: Vec<health::Backend> = replicas
+        .into_iter()
+        .map(|replicas| health::Backend {
+            name: replicas.name,
+            services: public
+                .iter()
+                .filter(|service| {
+                    service.rsplit_once('.').is_some_and(|(package, _)| {
+                        config
+                            .backends
+                            .for_package(package)
+                            .is_some_and(|(name, _)| name == replicas.name)
+                    })
+                })
+                .cloned()
+                .collect(),
+            channel: forwarder.to(replicas),
+        })
+        .collect();
     let gateway = Arc::new(Gateway {
         routes,
         denied: denied::DeniedCalls::start(
@@ -236,15 +258,16 @@ async fn serve_grpc(
         verifier: Box::new(Hs256Verifier::new(&config.jwt_secret)),
         identity: IdentityKey::new(&config.internal_key),
     });
-    let public = access::public_services(csp_proto::FILE_DESCRIPTOR_SET)?;
     let (health, routes) = server::base_routes(ReflectionScope::Only(public)).await?;
+    // NOT_SERVING until every backend serves (health::watch).
+    server::set_serving(&health, false).await;
     let proxy = tower::service_fn(move |request: http::Request<axum::body::Body>| {
         let gateway = gateway.clone();
         async move { Ok::<_, std::convert::Infallible>(gateway.forward(request).await) }
     });
     let routes = Routes::from(routes.into_axum_router().fallback_service(proxy));
     tracing::info!(service = "gateway", addr = %listener.local_addr()?, "serving");
-    server::set_serving(&health, true).await;
+    tokio::spawn(health::watch(health.clone(), backends, shutdown.clone()));
     server::serve("gateway", listener, routes, health, None, shutdown).await
 }
 
