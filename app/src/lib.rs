@@ -293,6 +293,7 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         jwt_secret: config.jwt_secret.clone(),
         internal_key: config.internal_key.clone(),
         metrics_listen: None,
+        default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
         trusted_proxies: Vec::new(),
         backends: csp_gateway::Backends::at(
             url(addresses.catalog),

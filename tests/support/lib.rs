@@ -366,6 +366,7 @@ impl Replica {
             jwt_secret: jwt_secret(),
             internal_key: internal_key(),
             metrics_listen: None,
+            default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
             trusted_proxies: Vec::new(),
             backends: csp_gateway::Backends::at(
                 url(a.catalog),

@@ -317,6 +317,7 @@ async fn an_unreachable_backend_is_unavailable_not_a_hang() {
         jwt_secret: csp_tests::jwt_secret(),
         internal_key: csp_tests::internal_key(),
         metrics_listen: None,
+        default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
         trusted_proxies: Vec::new(),
         backends: csp_gateway::Backends::at(
             url(dead_addr),
@@ -465,6 +466,7 @@ async fn the_backend_receives_the_verified_caller_deadline_and_request_id_but_no
         jwt_secret: csp_tests::jwt_secret(),
         internal_key: csp_tests::internal_key(),
         metrics_listen: None,
+        default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
         trusted_proxies: Vec::new(),
         backends: csp_gateway::Backends::at(
             url.clone(),
@@ -515,6 +517,21 @@ async fn the_backend_receives_the_verified_caller_deadline_and_request_id_but_no
         "the user's token was forwarded"
     );
     assert_eq!(metadata.get("seen-request-id").unwrap(), "seen-through-1");
+
+    // A call without a deadline gets the gateway's default one.
+    let market = client
+        .list_markets(ListMarketsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .markets
+        .remove(0);
+    assert_eq!(
+        grpc_timeout(&market.currency_code),
+        Some(Duration::from_secs(csp_gateway::DEFAULT_DEADLINE_SECS)),
+        "no default deadline reached the backend: {:?}",
+        market.currency_code
+    );
 
     trigger.fire();
     gateway_task.await.unwrap().unwrap();

@@ -44,6 +44,9 @@ pub const DEFAULT_HTTP_ADDR: SocketAddr = kit_config::local(8080);
 /// Where the gateway listens by default.
 pub const DEFAULT_ADDR: SocketAddr = kit_config::local(kit_config::ports::GATEWAY);
 
+/// The deadline of calls whose caller set none, in seconds.
+pub const DEFAULT_DEADLINE_SECS: u64 = 30;
+
 /// The gateway's configuration.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Config {
@@ -63,6 +66,10 @@ pub struct Config {
     /// [default: no metrics listener].
     #[arg(long, env = "CSP_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// The deadline, in seconds, given to a call whose caller set none
+    /// (`grpc-timeout`), so no call can hold a backend forever.
+    #[arg(long, env = "CSP_DEFAULT_DEADLINE", default_value_t = DEFAULT_DEADLINE_SECS)]
+    pub default_deadline: u64,
     /// Proxies in front of the download listener (IP addresses or CIDR
     /// ranges, comma-separated, such as an ingress's pod range) whose
     /// `X-Forwarded-For` names the real client of a download; from anyone
@@ -150,6 +157,8 @@ struct Gateway {
     forwarder: Forwarder,
     verifier: Box<dyn TokenVerifier>,
     identity: IdentityKey,
+    /// `grpc-timeout` for calls without one.
+    default_deadline: HeaderValue,
 }
 
 /// Builds the routing table: every public RPC of the descriptor set, with its
@@ -257,6 +266,7 @@ async fn serve_grpc(
         forwarder,
         verifier: Box::new(Hs256Verifier::new(&config.jwt_secret)),
         identity: IdentityKey::new(&config.internal_key),
+        default_deadline: grpc_timeout(config.default_deadline)?,
     });
     let (health, routes) = server::base_routes(ReflectionScope::Only(public)).await?;
     // NOT_SERVING until every backend serves (health::watch).
@@ -339,8 +349,25 @@ impl Gateway {
         parts.headers.remove(http::header::AUTHORIZATION);
         parts.headers.insert(IDENTITY_HEADER, identity);
         parts.headers.insert(REQUEST_ID_HEADER, request_id.clone());
+        if !parts.headers.contains_key(GRPC_TIMEOUT) {
+            parts
+                .headers
+                .insert(GRPC_TIMEOUT, self.default_deadline.clone());
+        }
         Ok((route, http::Request::from_parts(parts, body)))
     }
+}
+
+/// The gRPC deadline header.
+const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// A `grpc-timeout` value of `seconds` (at most 8 digits, as gRPC allows).
+fn grpc_timeout(seconds: u64) -> anyhow::Result<HeaderValue> {
+    anyhow::ensure!(
+        (1..=99_999_999).contains(&seconds),
+        "the default deadline must be 1 to 99999999 seconds, not {seconds}"
+    );
+    Ok(HeaderValue::from_str(&format!("{seconds}S"))?)
 }
 
 /// PERMISSION_DENIED naming the roles that would allow the call, unless the
