@@ -13,11 +13,25 @@ pub async fn call_empty(
     server_streaming: bool,
     authorization: Option<&str>,
 ) -> Status {
-    let mut grpc = tonic::client::Grpc::new(channel);
+    call(channel, path, server_streaming, authorization, Vec::new()).await
+}
+
+/// Calls `path` with the encoded request `body` and `authorization` (if
+/// any). Returns the status (OK when the call succeeded).
+pub async fn call(
+    channel: Channel,
+    path: &str,
+    server_streaming: bool,
+    authorization: Option<&str>,
+    body: Vec<u8>,
+) -> Status {
+    let mut grpc = tonic::client::Grpc::new(channel)
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024);
     if let Err(error) = grpc.ready().await {
         return Status::unavailable(format!("channel not ready: {error}"));
     }
-    let mut request = tonic::Request::new(Vec::new());
+    let mut request = tonic::Request::new(body);
     if let Some(value) = authorization {
         match value.parse() {
             Ok(value) => {

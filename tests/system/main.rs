@@ -10,6 +10,7 @@ mod gateway;
 mod grpcurl_cli;
 mod hybrid;
 mod licensing;
+mod limits;
 mod metrics;
 mod ordering;
 mod outbox;
