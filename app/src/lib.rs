@@ -294,6 +294,7 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         internal_key: config.internal_key.clone(),
         metrics_listen: None,
         default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
+        limits: csp_gateway::limits::LimitArgs::default(),
         trusted_proxies: Vec::new(),
         backends: csp_gateway::Backends::at(
             url(addresses.catalog),

@@ -367,6 +367,7 @@ impl Replica {
             internal_key: internal_key(),
             metrics_listen: None,
             default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
+            limits: csp_gateway::limits::LimitArgs::default(),
             trusted_proxies: Vec::new(),
             backends: csp_gateway::Backends::at(
                 url(a.catalog),

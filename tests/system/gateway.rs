@@ -10,6 +10,7 @@ use csp_proto::catalog::v1::ListMarketsRequest;
 use csp_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use csp_tests::{Bearer, TestSystem, connect, mint, raw};
 use tonic::Code;
+use tonic_types::StatusExt as _;
 
 const LIST_MARKETS: &str = "/csp.catalog.v1.CatalogService/ListMarkets";
 
@@ -318,6 +319,7 @@ async fn an_unreachable_backend_is_unavailable_not_a_hang() {
         internal_key: csp_tests::internal_key(),
         metrics_listen: None,
         default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
+        limits: csp_gateway::limits::LimitArgs::default(),
         trusted_proxies: Vec::new(),
         backends: csp_gateway::Backends::at(
             url(dead_addr),
@@ -467,6 +469,7 @@ async fn the_backend_receives_the_verified_caller_deadline_and_request_id_but_no
         internal_key: csp_tests::internal_key(),
         metrics_listen: None,
         default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
+        limits: csp_gateway::limits::LimitArgs::default(),
         trusted_proxies: Vec::new(),
         backends: csp_gateway::Backends::at(
             url.clone(),
@@ -689,4 +692,81 @@ async fn a_backend_whose_database_stops_answering_is_not_serving_but_alive() {
     trigger.fire();
     served.await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_over_the_rate_is_told_when_to_retry_and_another_partner_is_not_slowed() {
+    let system = TestSystem::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
+    let url = |a: std::net::SocketAddr| format!("http://{a}");
+    let a = system.addresses;
+    let config = csp_gateway::Config {
+        listen: Some(addr),
+        http_listen: None,
+        jwt_secret: csp_tests::jwt_secret(),
+        internal_key: csp_tests::internal_key(),
+        metrics_listen: None,
+        default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
+        limits: csp_gateway::limits::LimitArgs {
+            user_rate: 1,
+            user_burst: 3,
+            ..csp_gateway::limits::LimitArgs::default()
+        },
+        trusted_proxies: Vec::new(),
+        backends: csp_gateway::Backends::at(
+            url(a.catalog),
+            url(a.ordering),
+            url(a.licensing),
+            url(a.audit),
+            url(a.support),
+        ),
+    };
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway = tokio::spawn(csp_gateway::run(config, listener, http, shutdown));
+    let client = |partner: uuid::Uuid| async move {
+        CatalogServiceClient::with_interceptor(
+            connect(addr).await,
+            Bearer::new(&mint(partner, &[Role::SalesAgent], Duration::from_secs(60))),
+        )
+    };
+    let mut eager = client(system.partner).await;
+    for _ in 0..3 {
+        eager.list_markets(ListMarketsRequest {}).await.unwrap();
+    }
+    let status = eager.list_markets(ListMarketsRequest {}).await.unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::ResourceExhausted,
+        "{}",
+        status.message()
+    );
+    let retry = status
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo says when to retry");
+    assert!(
+        retry > Duration::ZERO && retry <= Duration::from_secs(1),
+        "{retry:?}"
+    );
+    // Another partner's user is not slowed by it.
+    let mut other = client(uuid::Uuid::new_v4()).await;
+    for _ in 0..3 {
+        other.list_markets(ListMarketsRequest {}).await.unwrap();
+    }
+    // After the wait, the first user is served again.
+    tokio::time::sleep(retry).await;
+    eager.list_markets(ListMarketsRequest {}).await.unwrap();
+    // The refusal is counted.
+    let metrics = csp_kit::metrics::render().await;
+    assert!(
+        metrics
+            .contains("csp_gateway_limited_calls_total{service=\"gateway\",scope=\"user_rate\"}"),
+        "{metrics}"
+    );
+    trigger.fire();
+    gateway.await.unwrap().unwrap();
+    system.stop().await;
 }

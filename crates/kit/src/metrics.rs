@@ -12,6 +12,8 @@
 //!   `in_use`) and `csp_db_pool_max_connections`.
 //! - `csp_http_server_responses` (counter): plain HTTP answers (the
 //!   gateway's download links), by service, route and status code.
+//! - `csp_gateway_limited_calls` (counter): calls the gateway refused by a
+//!   per-user or per-partner limit, by scope.
 //!
 //! Methods outside the descriptor set and health (reflection, unknown paths)
 //! are counted as `other`, so a caller cannot grow the label set. Database
@@ -48,6 +50,7 @@ struct Metrics {
     pool_connections: Family<Labels<2>, Gauge>,
     pool_max: Family<Labels<1>, Gauge>,
     http_responses: Family<Labels<3>, Counter>,
+    limited: Family<Labels<2>, Counter>,
     known_methods: HashSet<String>,
     databases: Mutex<Vec<Watched>>,
     /// One scrape at a time: gauges are cleared and refilled per scrape.
@@ -107,9 +110,16 @@ fn metrics() -> &'static Metrics {
             "Plain HTTP answers (download links), by service, route and status code",
             http_responses.clone(),
         );
+        let limited = Family::<Labels<2>, Counter>::default();
+        registry.register(
+            "gateway_limited_calls",
+            "Calls refused by a per-user or per-partner limit, by scope",
+            limited.clone(),
+        );
         Metrics {
             registry,
             http_responses,
+            limited,
             handled,
             latency,
             outbox_backlog,
@@ -164,6 +174,15 @@ pub fn count_http(service: &'static str, route: &'static str, status: u16) {
             ("route", route.to_owned()),
             ("code", status.to_string()),
         ])
+        .inc();
+}
+
+/// Counts one call `service` refused by a limit of `scope` (a fixed name:
+/// `user_rate`, `partner_rate`, `partner_concurrency`).
+pub fn count_limited(service: &'static str, scope: &'static str) {
+    metrics()
+        .limited
+        .get_or_create(&[("service", service.to_owned()), ("scope", scope.to_owned())])
         .inc();
 }
 

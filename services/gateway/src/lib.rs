@@ -15,6 +15,7 @@ pub mod balance;
 pub mod denied;
 pub mod downloads;
 pub mod health;
+pub mod limits;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -70,6 +71,9 @@ pub struct Config {
     /// (`grpc-timeout`), so no call can hold a backend forever.
     #[arg(long, env = "CSP_DEFAULT_DEADLINE", default_value_t = DEFAULT_DEADLINE_SECS)]
     pub default_deadline: u64,
+    /// Per-user and per-partner limits.
+    #[command(flatten)]
+    pub limits: limits::LimitArgs,
     /// Proxies in front of the download listener (IP addresses or CIDR
     /// ranges, comma-separated, such as an ingress's pod range) whose
     /// `X-Forwarded-For` names the real client of a download; from anyone
@@ -159,6 +163,8 @@ struct Gateway {
     identity: IdentityKey,
     /// `grpc-timeout` for calls without one.
     default_deadline: HeaderValue,
+    /// Per-user and per-partner limits.
+    limits: Arc<limits::Limits>,
 }
 
 /// Builds the routing table: every public RPC of the descriptor set, with its
@@ -256,6 +262,8 @@ async fn serve_grpc(
             channel: forwarder.to(replicas),
         })
         .collect();
+    let limits = Arc::new(limits::Limits::new(&config.limits)?);
+    tokio::spawn(forget_quiet(limits.clone(), shutdown.clone()));
     let gateway = Arc::new(Gateway {
         routes,
         denied: denied::DeniedCalls::start(
@@ -267,6 +275,7 @@ async fn serve_grpc(
         verifier: Box::new(Hs256Verifier::new(&config.jwt_secret)),
         identity: IdentityKey::new(&config.internal_key),
         default_deadline: grpc_timeout(config.default_deadline)?,
+        limits: limits.clone(),
     });
     let (health, routes) = server::base_routes(ReflectionScope::Only(public)).await?;
     // NOT_SERVING until every backend serves (health::watch).
@@ -305,7 +314,8 @@ impl Gateway {
         request_id: HeaderValue,
     ) -> http::Response<Body> {
         let mut response = match self.admit(request, &request_id) {
-            Ok((route, request)) => self.forwarder.send(&route.replicas, request).await,
+            // The permit counts the call as in flight until it is answered.
+            Ok((route, request, _in_flight)) => self.forwarder.send(&route.replicas, request).await,
             Err(status) => status.into_http(),
         };
         response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
@@ -317,7 +327,14 @@ impl Gateway {
         &self,
         request: http::Request<axum::body::Body>,
         request_id: &HeaderValue,
-    ) -> Result<(&Route, http::Request<axum::body::Body>), Status> {
+    ) -> Result<
+        (
+            &Route,
+            http::Request<axum::body::Body>,
+            tokio::sync::OwnedSemaphorePermit,
+        ),
+        Status,
+    > {
         let path = request.uri().path();
         let user = auth::bearer(request.headers().get(http::header::AUTHORIZATION))
             .and_then(|token| self.verifier.verify(token))
@@ -325,6 +342,16 @@ impl Gateway {
                 tracing::info!(method = %path, request_id = ?request_id, reason = %error, "call denied: not authenticated");
                 Status::unauthenticated(error.to_string())
             })?;
+        let in_flight = self.limits.admit(&user).inspect_err(|status| {
+            tracing::info!(
+                method = %path,
+                request_id = ?request_id,
+                partner_id = %user.partner_id,
+                user_id = %user.user_id,
+                reason = status.message(),
+                "call refused: over a limit"
+            );
+        })?;
         let route = self.routes.get(path).ok_or_else(|| {
             Status::unimplemented(format!(
                 "unknown method {path}: the gateway serves only the public csp APIs (list them with reflection)"
@@ -354,7 +381,17 @@ impl Gateway {
                 .headers
                 .insert(GRPC_TIMEOUT, self.default_deadline.clone());
         }
-        Ok((route, http::Request::from_parts(parts, body)))
+        Ok((route, http::Request::from_parts(parts, body), in_flight))
+    }
+}
+
+/// Every minute, forgets the users and partners that have been quiet.
+async fn forget_quiet(limits: Arc<limits::Limits>, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            () = shutdown.clone().wait() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(60)) => limits.forget_quiet(),
+        }
     }
 }
 
