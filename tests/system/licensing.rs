@@ -616,3 +616,44 @@ async fn head_on_an_expired_link_is_gone() {
     assert_eq!(http::get(&url).await.status, 410);
     system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_guessing_tokens_is_refused_for_a_while_and_spends_no_download() {
+    let system = TestSystem::start().await;
+    let (customer, subscriptions) = bought(&system, "guessed.example.com").await;
+    let mut licensing = system.licensing(&[Role::AdminAgent]).await;
+    software(&mut licensing, &customer, 2).await;
+    let url = licensing
+        .get_keys_and_downloads(selection(&customer, &subscriptions[0]))
+        .await
+        .unwrap()
+        .into_inner()
+        .download_link
+        .unwrap()
+        .url;
+    let prefix = format!("http://{}/download/", system.addresses.gateway_http);
+    let allowed = csp_gateway::downloads::UNKNOWN_TOKENS_PER_MINUTE;
+    for n in 0..allowed {
+        let guess = format!("{prefix}{}{n:08}", "G".repeat(35));
+        assert_eq!(http::get(&guess).await.status, 404, "guess {n}");
+    }
+    // One more unknown token spends the allowance; from then on, 429.
+    let last = format!("{prefix}{}", "H".repeat(43));
+    assert_eq!(http::get(&last).await.status, 404);
+    let refused = http::get(&last).await;
+    assert_eq!(refused.status, 429, "{refused:?}");
+    assert!(refused.header("retry-after").is_some(), "{refused:?}");
+    assert_eq!(http::head(&last).await.status, 429);
+    // (Everything here comes from one address: a real link is refused too
+    // until the allowance refills; counted downloads are untouched.)
+    assert_eq!(http::get(&url).await.status, 429);
+    let link = licensing
+        .get_keys_and_downloads(selection(&customer, &subscriptions[0]))
+        .await
+        .unwrap()
+        .into_inner()
+        .download_link
+        .unwrap();
+    assert_eq!(link.downloads_remaining, 50);
+    system.stop().await;
+}

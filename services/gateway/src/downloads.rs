@@ -8,7 +8,9 @@
 //! to every link in a message. Tokens are never logged. The client address
 //! recorded with a download is the TCP peer's, or, when the peer is a
 //! configured trusted proxy, the last address in `X-Forwarded-For` that is
-//! not one of them.
+//! not one of them. A client that tries more than
+//! [`UNKNOWN_TOKENS_PER_MINUTE`] unknown tokens a minute is answered 429
+//! with `Retry-After`, without a database read, until its allowance refills.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -40,6 +42,79 @@ type Licensing =
 struct Downloads {
     licensing: Licensing,
     trusted_proxies: Arc<Vec<ipnet::IpNet>>,
+    guesses: Arc<Guesses>,
+}
+
+/// Unknown tokens one client may try per minute (guessing links is
+/// pointless with 256-bit tokens, but each try costs a database read):
+/// beyond, the client is answered 429 with `Retry-After` without asking
+/// licensing, until its allowance refills.
+pub const UNKNOWN_TOKENS_PER_MINUTE: u32 = 60;
+
+/// Clients that tried unknown tokens, per address.
+pub struct Guesses {
+    limiter: governor::DefaultKeyedRateLimiter<IpAddr>,
+    blocked: std::sync::Mutex<std::collections::HashMap<IpAddr, std::time::Instant>>,
+}
+
+impl Guesses {
+    /// A new record of guesses, allowing `per_minute` unknown tokens per
+    /// client and minute.
+    pub fn new(per_minute: u32) -> Self {
+        let per_minute = std::num::NonZeroU32::new(per_minute).unwrap_or(std::num::NonZeroU32::MIN);
+        Self {
+            limiter: governor::DefaultKeyedRateLimiter::keyed(governor::Quota::per_minute(
+                per_minute,
+            )),
+            blocked: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// How long `client` must still wait, when it is blocked.
+    pub fn refused(&self, client: IpAddr) -> Option<std::time::Duration> {
+        let now = std::time::Instant::now();
+        let blocked = self
+            .blocked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        blocked
+            .get(&client)
+            .filter(|until| **until > now)
+            .map(|until| *until - now)
+    }
+
+    /// Counts one unknown token tried by `client`; over the allowance, the
+    /// client is blocked until it refills.
+    pub fn unknown(&self, client: IpAddr) {
+        use governor::clock::{Clock as _, DefaultClock};
+        let Err(not_until) = self.limiter.check_key(&client) else {
+            return;
+        };
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        let now = std::time::Instant::now();
+        let mut blocked = self
+            .blocked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if blocked.len() >= 10_000 {
+            blocked.retain(|_, until| *until > now);
+            self.limiter.retain_recent();
+        }
+        blocked.insert(client, now + wait);
+    }
+}
+
+/// 429 with `Retry-After` for a client that tried too many unknown tokens.
+fn too_many_guesses(wait: std::time::Duration) -> Response {
+    let mut response = text(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many download links that do not exist were tried from this address. Please wait, \
+         and check that the whole link was copied.",
+    );
+    if let Ok(seconds) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, seconds);
+    }
+    response
 }
 
 /// Reads a trusted proxy: an IP address (one host) or a CIDR range.
@@ -102,6 +177,7 @@ pub async fn serve(
         .with_state(Downloads {
             licensing,
             trusted_proxies: Arc::new(trusted_proxies),
+            guesses: Arc::new(Guesses::new(UNKNOWN_TOKENS_PER_MINUTE)),
         });
     tracing::info!(service = "gateway", addr = %listener.local_addr()?, "serving downloads");
     axum::serve(
@@ -131,6 +207,9 @@ async fn answer_download(
     headers: HeaderMap,
 ) -> Response {
     let client = client_address(peer.ip(), &headers, &downloads.trusted_proxies);
+    if let Some(wait) = downloads.guesses.refused(client) {
+        return too_many_guesses(wait);
+    }
     let user_agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -175,17 +254,34 @@ async fn answer_download(
         Ok(RedeemOutcome::Expired | RedeemOutcome::UsedUp | RedeemOutcome::Revoked) => {
             text(StatusCode::GONE, &answer.message)
         }
-        _ => text(StatusCode::NOT_FOUND, &answer.message),
+        _ => {
+            downloads.guesses.unknown(client);
+            text(StatusCode::NOT_FOUND, &answer.message)
+        }
     }
 }
 
-async fn inspect(state: State<Downloads>, token: Path<String>) -> Response {
-    let response = answer_inspect(state, token).await;
+async fn inspect(
+    state: State<Downloads>,
+    client: ConnectInfo<SocketAddr>,
+    token: Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let response = answer_inspect(state, client, token, headers).await;
     csp_kit::metrics::count_http("gateway", "/download", response.status().as_u16());
     response
 }
 
-async fn answer_inspect(State(downloads): State<Downloads>, Path(token): Path<String>) -> Response {
+async fn answer_inspect(
+    State(downloads): State<Downloads>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let client = client_address(peer.ip(), &headers, &downloads.trusted_proxies);
+    if let Some(wait) = downloads.guesses.refused(client) {
+        return too_many_guesses(wait);
+    }
     let answer = downloads
         .licensing
         .clone()
@@ -206,7 +302,10 @@ async fn answer_inspect(State(downloads): State<Downloads>, Path(token): Path<St
         Ok(RedeemOutcome::Expired | RedeemOutcome::UsedUp | RedeemOutcome::Revoked) => {
             text(StatusCode::GONE, &answer.message)
         }
-        _ => text(StatusCode::NOT_FOUND, &answer.message),
+        _ => {
+            downloads.guesses.unknown(client);
+            text(StatusCode::NOT_FOUND, &answer.message)
+        }
     }
 }
 
@@ -272,6 +371,28 @@ mod tests {
         );
         // Nothing trusted (the default): always the peer.
         assert_eq!(client_address(ip("10.0.0.5"), &chain, &[]), ip("10.0.0.5"));
+    }
+
+    #[test]
+    fn a_client_guessing_tokens_is_blocked_until_its_allowance_refills() {
+        let guesses = Guesses::new(3);
+        let (guesser, other) = (ip("198.51.100.4"), ip("198.51.100.5"));
+        for _ in 0..3 {
+            assert_eq!(guesses.refused(guesser), None);
+            guesses.unknown(guesser);
+        }
+        assert_eq!(guesses.refused(guesser), None, "three guesses are allowed");
+        guesses.unknown(guesser);
+        let wait = guesses.refused(guesser).expect("the fourth blocks");
+        assert!(wait > std::time::Duration::ZERO && wait <= std::time::Duration::from_secs(20));
+        assert_eq!(
+            guesses.refused(other),
+            None,
+            "another client is not blocked"
+        );
+        let refused = too_many_guesses(wait);
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(refused.headers().contains_key(header::RETRY_AFTER));
     }
 
     #[test]
