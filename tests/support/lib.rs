@@ -368,6 +368,7 @@ impl Replica {
             metrics_listen: None,
             default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
             limits: csp_gateway::limits::LimitArgs::default(),
+            http_limits: csp_gateway::listener::HttpLimits::default(),
             trusted_proxies: Vec::new(),
             backends: csp_gateway::Backends::at(
                 url(a.catalog),

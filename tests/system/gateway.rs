@@ -320,6 +320,7 @@ async fn an_unreachable_backend_is_unavailable_not_a_hang() {
         metrics_listen: None,
         default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
         limits: csp_gateway::limits::LimitArgs::default(),
+        http_limits: csp_gateway::listener::HttpLimits::default(),
         trusted_proxies: Vec::new(),
         backends: csp_gateway::Backends::at(
             url(dead_addr),
@@ -470,6 +471,7 @@ async fn the_backend_receives_the_verified_caller_deadline_and_request_id_but_no
         metrics_listen: None,
         default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
         limits: csp_gateway::limits::LimitArgs::default(),
+        http_limits: csp_gateway::listener::HttpLimits::default(),
         trusted_proxies: Vec::new(),
         backends: csp_gateway::Backends::at(
             url.clone(),
@@ -714,6 +716,7 @@ async fn a_user_over_the_rate_is_told_when_to_retry_and_another_partner_is_not_s
             user_burst: 3,
             ..csp_gateway::limits::LimitArgs::default()
         },
+        http_limits: csp_gateway::listener::HttpLimits::default(),
         trusted_proxies: Vec::new(),
         backends: csp_gateway::Backends::at(
             url(a.catalog),
@@ -766,6 +769,79 @@ async fn a_user_over_the_rate_is_told_when_to_retry_and_another_partner_is_not_s
             .contains("csp_gateway_limited_calls_total{service=\"gateway\",scope=\"user_rate\"}"),
         "{metrics}"
     );
+    trigger.fire();
+    gateway.await.unwrap().unwrap();
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_download_listener_closes_silent_connections_and_caps_open_ones() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let system = TestSystem::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = http.local_addr().unwrap();
+    let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
+    let url = |a: std::net::SocketAddr| format!("http://{a}");
+    let a = system.addresses;
+    let config = csp_gateway::Config {
+        listen: Some(addr),
+        http_listen: None,
+        jwt_secret: csp_tests::jwt_secret(),
+        internal_key: csp_tests::internal_key(),
+        metrics_listen: None,
+        default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
+        limits: csp_gateway::limits::LimitArgs::default(),
+        http_limits: csp_gateway::listener::HttpLimits {
+            idle_timeout_secs: 1,
+            max_connections: 2,
+        },
+        trusted_proxies: Vec::new(),
+        backends: csp_gateway::Backends::at(
+            url(a.catalog),
+            url(a.ordering),
+            url(a.licensing),
+            url(a.audit),
+            url(a.support),
+        ),
+    };
+    let gateway = tokio::spawn(csp_gateway::run(config, listener, http, shutdown));
+
+    // A half-sent request is closed after the silence.
+    let mut slow = tokio::net::TcpStream::connect(http_addr).await.unwrap();
+    slow.write_all(b"GET /download/abc HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buffer))
+        .await
+        .expect("a silent connection is closed, not kept");
+    assert!(
+        matches!(closed, Ok(0) | Err(_)),
+        "the half-sent request got an answer: {closed:?}"
+    );
+
+    // Two silent connections fill the cap: a third is not served...
+    let _first = tokio::net::TcpStream::connect(http_addr).await.unwrap();
+    let _second = tokio::net::TcpStream::connect(http_addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = tokio::net::TcpStream::connect(http_addr).await.unwrap();
+    third
+        .write_all(b"GET /download/abc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(300), third.read(&mut buffer)).await;
+    assert!(early.is_err(), "served over the cap: {early:?}");
+    // ... until the silent ones are closed and free their slots.
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), third.read_to_end(&mut answer))
+        .await
+        .expect("served once a slot is free")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+
     trigger.fire();
     gateway.await.unwrap().unwrap();
     system.stop().await;

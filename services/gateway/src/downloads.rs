@@ -12,7 +12,7 @@
 //! [`UNKNOWN_TOKENS_PER_MINUTE`] unknown tokens a minute is answered 429
 //! with `Retry-After`, without a database read, until its allowance refills.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -166,6 +166,7 @@ pub async fn serve(
     channel: ReplicaChannel,
     key: Arc<IdentityKey>,
     trusted_proxies: Vec<ipnet::IpNet>,
+    limits: crate::listener::HttpLimits,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let licensing: Licensing = LicensingInternalServiceClient::new(InterceptedService::new(
@@ -181,8 +182,8 @@ pub async fn serve(
         });
     tracing::info!(service = "gateway", addr = %listener.local_addr()?, "serving downloads");
     axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        crate::listener::Guarded::new(listener, limits),
+        app.into_make_service_with_connect_info::<crate::listener::Peer>(),
     )
     .with_graceful_shutdown(shutdown.wait())
     .await?;
@@ -191,7 +192,7 @@ pub async fn serve(
 
 async fn download(
     state: State<Downloads>,
-    client: ConnectInfo<SocketAddr>,
+    client: ConnectInfo<crate::listener::Peer>,
     token: Path<String>,
     headers: HeaderMap,
 ) -> Response {
@@ -202,7 +203,7 @@ async fn download(
 
 async fn answer_download(
     State(downloads): State<Downloads>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(crate::listener::Peer(peer)): ConnectInfo<crate::listener::Peer>,
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> Response {
@@ -263,7 +264,7 @@ async fn answer_download(
 
 async fn inspect(
     state: State<Downloads>,
-    client: ConnectInfo<SocketAddr>,
+    client: ConnectInfo<crate::listener::Peer>,
     token: Path<String>,
     headers: HeaderMap,
 ) -> Response {
@@ -274,7 +275,7 @@ async fn inspect(
 
 async fn answer_inspect(
     State(downloads): State<Downloads>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(crate::listener::Peer(peer)): ConnectInfo<crate::listener::Peer>,
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> Response {

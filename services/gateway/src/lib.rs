@@ -16,6 +16,7 @@ pub mod denied;
 pub mod downloads;
 pub mod health;
 pub mod limits;
+pub mod listener;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -74,6 +75,9 @@ pub struct Config {
     /// Per-user and per-partner limits.
     #[command(flatten)]
     pub limits: limits::LimitArgs,
+    /// The download listener's connection cap and idle timeout.
+    #[command(flatten)]
+    pub http_limits: listener::HttpLimits,
     /// Proxies in front of the download listener (IP addresses or CIDR
     /// ranges, comma-separated, such as an ingress's pod range) whose
     /// `X-Forwarded-For` names the real client of a download; from anyone
@@ -224,6 +228,7 @@ pub async fn run(
         forwarder.to(licensing),
         key,
         config.trusted_proxies.clone(),
+        config.http_limits,
         shutdown.clone(),
     ));
     let grpc = serve_grpc(config, routes, replicas, forwarder, listener, shutdown).await;
