@@ -157,10 +157,28 @@ impl Signer {
         }
     }
 
-    /// Whether a checkpoint was signed with this key.
+    /// Whether a checkpoint was signed with this key. The MAC is compared
+    /// in constant time (`Mac::verify_slice`), so timing tells nothing about
+    /// how much of a forged MAC was right.
     pub fn is_genuine(&self, c: &Checkpoint) -> bool {
-        self.checkpoint(c.partner_id, c.seq, &c.hash).mac == c.mac
+        let Some(claimed) = unhex(&c.mac) else {
+            return false;
+        };
+        self.mac(c.partner_id, c.seq, &c.hash)
+            .verify_slice(&claimed)
+            .is_ok()
     }
+}
+
+/// Bytes of lower- or upper-case hex; `None` for anything else.
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// What verification found.
@@ -395,6 +413,29 @@ mod tests {
     fn head(records: &[Record]) -> Checkpoint {
         let last = records.last().unwrap();
         Signer::new(b"key").checkpoint(P, last.seq, &last.hash)
+    }
+
+    #[test]
+    fn checkpoints_are_genuine_only_with_the_right_mac() {
+        let signer = Signer::new(b"key");
+        let good = signer.checkpoint(P, 3, "abc");
+        assert!(signer.is_genuine(&good));
+        for mac in [
+            String::new(),
+            "zz".to_owned(),
+            good.mac[..good.mac.len() - 1].to_owned(),
+            {
+                let last = if good.mac.ends_with('0') { '1' } else { '0' };
+                format!("{}{last}", &good.mac[..good.mac.len() - 1])
+            },
+        ] {
+            let forged = Checkpoint {
+                mac,
+                ..good.clone()
+            };
+            assert!(!signer.is_genuine(&forged), "{forged:?}");
+        }
+        assert!(!Signer::new(b"other").is_genuine(&good));
     }
 
     #[test]
