@@ -107,6 +107,8 @@ pub struct SystemConfig {
     pub sealing_key: Secret,
     /// Where downloads redirect to.
     pub content_origin: String,
+    /// What one partner may keep in ticket attachments.
+    pub attachment_quota: csp_support::domain::AttachmentQuota,
     /// The key audit signs its checkpoints with.
     pub audit_key: Secret,
     /// Services not to start (tests leave one down to show nothing is lost
@@ -283,6 +285,7 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         ordering: url(addresses.ordering).into(),
         licensing: url(addresses.licensing).into(),
         audit: url(addresses.audit).into(),
+        attachment_quota: config.attachment_quota,
     };
     let (s, clock) = (shutdown.clone(), config.clock.clone());
     tasks.spawn(async move { ("support", csp_support::run(c, support, s, clock).await) });

@@ -40,6 +40,9 @@ pub struct UpArgs {
         default_value = "https://download.csp.example/software"
     )]
     content_origin: String,
+    /// What one partner may keep in ticket attachments.
+    #[command(flatten)]
+    attachment_quota: csp_support::domain::AttachmentQuota,
     /// Where Prometheus metrics of all six services are served (GET /metrics).
     #[arg(long, env = "CSP_METRICS_LISTEN", default_value_t = csp::DEFAULT_METRICS_ADDR)]
     metrics_listen: std::net::SocketAddr,
@@ -67,6 +70,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         clock: csp_kit::clock::system(),
         sealing_key: args.sealing_key.clone(),
         content_origin: args.content_origin.clone(),
+        attachment_quota: args.attachment_quota,
         audit_key: args.audit_key.clone(),
         held_back: &[],
     })

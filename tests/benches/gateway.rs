@@ -65,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         clock: csp_kit::clock::system(),
         sealing_key: csp_kit::config::Secret::new("bench-sealing-key-0123456789"),
         content_origin: "https://files.bench/software".to_owned(),
+        attachment_quota: Default::default(),
         audit_key: csp_kit::config::Secret::new("bench-audit-key-0123456789"),
         held_back: &[],
     }))?;

@@ -102,13 +102,25 @@ impl TestSystem {
     /// calls to it fail at once); bring it up with [`AuditInstance::start`]
     /// on `addresses.audit`.
     pub async fn start_without_audit() -> TestSystem {
-        TestSystem::start_full(fresh_storage(), csp_kit::clock::system(), &["audit"]).await
+        TestSystem::start_full(
+            fresh_storage(),
+            csp_kit::clock::system(),
+            &["audit"],
+            Default::default(),
+        )
+        .await
     }
 
     /// Starts a system whose licensing service is down; bring it up with
     /// [`Instance::licensing`] on `addresses.licensing`.
     pub async fn start_without_licensing() -> TestSystem {
-        TestSystem::start_full(fresh_storage(), csp_kit::clock::system(), &["licensing"]).await
+        TestSystem::start_full(
+            fresh_storage(),
+            csp_kit::clock::system(),
+            &["licensing"],
+            Default::default(),
+        )
+        .await
     }
 
     /// Starts a system on `storage` with business time from `clock`.
@@ -116,13 +128,22 @@ impl TestSystem {
         storage: Storage,
         clock: std::sync::Arc<dyn csp_kit::clock::Clock>,
     ) -> TestSystem {
-        TestSystem::start_full(storage, clock, &[]).await
+        TestSystem::start_full(storage, clock, &[], Default::default()).await
+    }
+
+    /// Starts a system whose partners may keep only `quota` in ticket
+    /// attachments.
+    pub async fn start_with_attachment_quota(
+        quota: csp_support::domain::AttachmentQuota,
+    ) -> TestSystem {
+        TestSystem::start_full(fresh_storage(), csp_kit::clock::system(), &[], quota).await
     }
 
     async fn start_full(
         storage: Storage,
         clock: std::sync::Arc<dyn csp_kit::clock::Clock>,
         held_back: &'static [&'static str],
+        attachment_quota: csp_support::domain::AttachmentQuota,
     ) -> TestSystem {
         let system = csp::start(SystemConfig {
             storage: storage.clone(),
@@ -133,6 +154,7 @@ impl TestSystem {
             seed_demo_catalog: true,
             sealing_key: sealing_key(),
             content_origin: CONTENT_ORIGIN.to_owned(),
+            attachment_quota,
             audit_key: audit_key(),
             held_back,
         })

@@ -512,3 +512,70 @@ async fn tickets_validate_keep_attachments_and_are_idempotent() {
     assert_eq!(status.code(), Code::NotFound);
     system.stop().await;
 }
+
+/// Issue 13: a partner's attachments are held to its quota; past it a
+/// ticket is RESOURCE_EXHAUSTED with a QuotaFailure and nothing of it is
+/// kept, a retry of a ticket already filed still answers it, and another
+/// partner files its own attachments as before.
+#[tokio::test]
+async fn attachments_past_the_partners_quota_are_refused_and_other_partners_are_not() {
+    let system = TestSystem::start_with_attachment_quota(csp_support::domain::AttachmentQuota {
+        files: 10,
+        bytes: 3 * 1024 * 1024,
+    })
+    .await;
+    let mut support = system.support(&[Role::HelpdeskAgent]).await;
+    let with_file = |size: usize| {
+        let mut t = plain_ticket();
+        t.attachments = vec![AttachmentUpload {
+            file_name: "trace.txt".into(),
+            content_type: "text/plain".into(),
+            content: vec![b'x'; size],
+        }];
+        t
+    };
+    let first = with_file(1024 * 1024);
+    support.create_ticket(first.clone()).await.unwrap();
+    support.create_ticket(with_file(1024 * 1024)).await.unwrap();
+
+    let status = support
+        .create_ticket(with_file(1024 * 1024 + 1))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let details = status.get_error_details();
+    let violation = &details
+        .quota_failure()
+        .expect("a QuotaFailure detail")
+        .violations[0];
+    assert!(
+        violation.subject.ends_with("/attachment-bytes"),
+        "{violation:?}"
+    );
+    assert!(
+        status.message().contains("quota of 3145728 bytes"),
+        "{}",
+        status.message()
+    );
+    let listed = support
+        .list_tickets(ListTicketsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .tickets;
+    assert_eq!(listed.len(), 2, "the refused ticket was not kept");
+
+    // A ticket without attachments, and a retry of one filed, still go through.
+    support.create_ticket(plain_ticket()).await.unwrap();
+    let again = support.create_ticket(first).await.unwrap().into_inner();
+    assert_eq!(again.ticket.unwrap().attachments.len(), 1);
+
+    // Another partner's quota is its own.
+    let other = system.token_of(Uuid::new_v4(), &[Role::HelpdeskAgent]);
+    let mut theirs =
+        csp_proto::support::v1::support_service_client::SupportServiceClient::with_interceptor(
+            system.gateway().await,
+            csp_tests::Bearer::new(&other),
+        );
+    theirs.create_ticket(with_file(1024 * 1024)).await.unwrap();
+}

@@ -70,6 +70,15 @@ pub enum ApiError {
     /// The caller may not do this (PERMISSION_DENIED).
     #[error("{0}")]
     PermissionDenied(String),
+    /// The call would take the caller past a quota (RESOURCE_EXHAUSTED, with
+    /// a google.rpc `QuotaFailure`).
+    #[error("{message}")]
+    QuotaExceeded {
+        /// What the quota is about, for example `partner/<id>/attachment-bytes`.
+        subject: String,
+        /// A sentence for a person.
+        message: String,
+    },
     /// A service this one depends on cannot be reached (UNAVAILABLE); the
     /// caller may retry.
     #[error("{0}")]
@@ -226,6 +235,11 @@ impl From<ApiError> for Status {
                 Status::with_error_details(Code::FailedPrecondition, message, details)
             }
             ApiError::PermissionDenied(message) => Status::permission_denied(message),
+            ApiError::QuotaExceeded { subject, message } => Status::with_error_details(
+                Code::ResourceExhausted,
+                message.clone(),
+                ErrorDetails::with_quota_failure_violation(subject, message),
+            ),
             ApiError::Unavailable(message) => Status::unavailable(message),
             ApiError::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "internal error");
@@ -295,5 +309,20 @@ mod tests {
             details.error_info().unwrap().reason,
             "AZURE_RESERVATIONS_UNAVAILABLE"
         );
+    }
+
+    #[test]
+    fn quota_exceeded_is_resource_exhausted_with_a_quota_failure() {
+        let status: Status = ApiError::QuotaExceeded {
+            subject: "partner/p1/attachment-bytes".to_owned(),
+            message: "past the quota".to_owned(),
+        }
+        .into();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.message(), "past the quota");
+        let details = status.get_error_details();
+        let violation = &details.quota_failure().unwrap().violations[0];
+        assert_eq!(violation.subject, "partner/p1/attachment-bytes");
+        assert_eq!(violation.description, "past the quota");
     }
 }

@@ -16,6 +16,92 @@ pub const MAX_ATTACHMENT_BYTES: usize = 10 * 1024 * 1024;
 /// The largest request the support service decodes: five full attachments
 /// and the rest of the ticket.
 pub const MAX_REQUEST_BYTES: usize = MAX_ATTACHMENTS * MAX_ATTACHMENT_BYTES + 1024 * 1024;
+/// What one partner may keep in attachments over all its tickets; a ticket
+/// whose attachments would pass either figure is refused whole
+/// (RESOURCE_EXHAUSTED with a `QuotaFailure`).
+#[derive(clap::Args, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttachmentQuota {
+    /// Attachments one partner may keep, over all its tickets.
+    #[arg(
+        long = "attachment-quota-files",
+        env = "CSP_ATTACHMENT_QUOTA_FILES",
+        default_value_t = AttachmentQuota::DEFAULT.files
+    )]
+    pub files: u64,
+    /// Bytes of attachments one partner may keep, over all its tickets.
+    #[arg(
+        long = "attachment-quota-bytes",
+        env = "CSP_ATTACHMENT_QUOTA_BYTES",
+        default_value_t = AttachmentQuota::DEFAULT.bytes
+    )]
+    pub bytes: u64,
+}
+
+impl AttachmentQuota {
+    /// 500 files and 256 MiB per partner: a few dozen full tickets' worth,
+    /// and well below what eight full tickets at once (400 MiB) would take.
+    pub const DEFAULT: AttachmentQuota = AttachmentQuota {
+        files: 500,
+        bytes: 256 * 1024 * 1024,
+    };
+
+    /// Whether a partner holding `used` may add `adding`; the refusal names
+    /// the figure passed.
+    pub fn admit(&self, partner: PartnerId, used: Usage, adding: Usage) -> Result<(), ApiError> {
+        let files = used.files.saturating_add(adding.files);
+        if files > self.files {
+            return Err(ApiError::QuotaExceeded {
+                subject: format!("partner/{partner}/attachment-files"),
+                message: format!(
+                    "these {} attachments would take your partner past its quota of {} attachments ({} kept now); \
+                     file the ticket without them or ask the operator to raise the quota",
+                    adding.files, self.files, used.files
+                ),
+            });
+        }
+        let bytes = used.bytes.saturating_add(adding.bytes);
+        if bytes > self.bytes {
+            return Err(ApiError::QuotaExceeded {
+                subject: format!("partner/{partner}/attachment-bytes"),
+                message: format!(
+                    "these attachments ({} bytes) would take your partner past its quota of {} bytes ({} kept now); \
+                     file the ticket with smaller or fewer attachments or ask the operator to raise the quota",
+                    adding.bytes, self.bytes, used.bytes
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for AttachmentQuota {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Attachments counted against a quota.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// How many.
+    pub files: u64,
+    /// Their bytes together.
+    pub bytes: u64,
+}
+
+impl Usage {
+    /// What `attachments` add.
+    pub fn of(attachments: &[Attachment]) -> Usage {
+        Usage {
+            files: attachments.len() as u64,
+            bytes: attachments
+                .iter()
+                .map(|a| u64::try_from(a.size_bytes).unwrap_or(0))
+                .sum(),
+        }
+    }
+}
+
 /// Content types an attachment may have.
 pub const CONTENT_TYPES: [&str; 5] = [
     "application/pdf",

@@ -62,6 +62,9 @@ pub struct Config {
     /// Audit, which receives activities.
     #[command(flatten)]
     pub audit: AuditUrl,
+    /// What one partner may keep in attachments.
+    #[command(flatten)]
+    pub attachment_quota: domain::AttachmentQuota,
 }
 
 /// Opens and migrates the database, starts the refund workflow and the
@@ -80,7 +83,14 @@ pub async fn run(
     let relay = backend.relay(vec![audit_destination(audit)]);
     let peers = Peers::new(ordering, licensing);
     let refunds = refunds::Refunds::new(store.clone(), peers.clone(), clock.clone());
-    let api = SupportApi::new(Support::new(store, peers, clock, refunds.waker(), relay));
+    let api = SupportApi::new(Support::new(
+        store,
+        peers,
+        config.attachment_quota,
+        clock,
+        refunds.waker(),
+        relay,
+    ));
     let shutdown = backend.shutdown().clone();
     backend.spawn(refunds.run(shutdown));
     backend

@@ -3,16 +3,26 @@
 
 use csp_kit::clock::Micros;
 use csp_kit::ids::{PartnerId, RequestId, TicketId};
-use csp_store::db::{Db, MigrationSource, Migrations};
+use csp_store::db::{Db, DbTx, MigrationSource, Migrations};
 use csp_store::error::column;
 use csp_store::outbox::{self, Message};
-use csp_store::{StoreResult, on_db, on_tx};
+use csp_store::{StoreResult, lock, on_db, on_tx};
 use sqlx::Row as _;
 
 use crate::domain::{
-    Attachment, Comment, IssueType, RefundOutcome, Step, StepResult, StepState, Ticket,
-    TicketStatus,
+    Attachment, AttachmentQuota, Comment, IssueType, RefundOutcome, Step, StepResult, StepState,
+    Ticket, TicketStatus, Usage,
 };
+
+/// What [`SupportStore::insert`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    /// The ticket is stored.
+    Done,
+    /// Nothing is stored: the attachments would pass the quota; the
+    /// partner's usage before.
+    OverQuota(Usage),
+}
 
 /// The support service's migrations.
 pub const MIGRATIONS: Migrations = Migrations {
@@ -104,16 +114,46 @@ impl SupportStore {
     }
 
     /// Inserts a ticket with its attachments, refund steps and outbox
-    /// messages in one transaction.
+    /// messages in one transaction, unless its attachments would take the
+    /// partner past `quota`: then nothing is written and the partner's usage
+    /// before is returned. The usage is read under the write lock (SQLite)
+    /// or a per-partner advisory lock (PostgreSQL), so tickets filed at the
+    /// same moment cannot pass the quota together.
     pub async fn insert(
         &self,
         t: &Ticket,
         attachments: &[Attachment],
+        quota: &AttachmentQuota,
         steps: &[Step],
         messages: &[Message],
         now: Micros,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Inserted> {
         let mut tx = self.db.begin().await?;
+        if !attachments.is_empty() {
+            let partner = t.partner_id.to_string();
+            if let DbTx::Postgres(x) = &mut tx {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(lock::key(&format!("csp-attachments:{partner}")))
+                    .execute(&mut **x)
+                    .await?;
+            }
+            const SQL: &str = "SELECT COUNT(*), CAST(COALESCE(SUM(a.size_bytes), 0) AS BIGINT) \
+                               FROM ticket_attachments a JOIN tickets t ON t.id = a.ticket_id WHERE t.partner_id = $1";
+            let (files, bytes): (i64, i64) = on_tx!(&mut tx, x => sqlx::query_as(SQL)
+                .bind(&partner)
+                .fetch_one(&mut **x)
+                .await)?;
+            let used = Usage {
+                files: u64::try_from(files).unwrap_or(0),
+                bytes: u64::try_from(bytes).unwrap_or(0),
+            };
+            if quota
+                .admit(t.partner_id, used, Usage::of(attachments))
+                .is_err()
+            {
+                return Ok(Inserted::OverQuota(used));
+            }
+        }
         let sql = format!(
             "INSERT INTO tickets ({TICKET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
              $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)"
@@ -184,7 +224,7 @@ impl SupportStore {
             outbox::enqueue(&mut tx, m).await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(Inserted::Done)
     }
 
     /// A partner's ticket.

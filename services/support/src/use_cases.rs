@@ -20,11 +20,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::domain::{
-    self, Attachment, Comment, IssueType, NewTicket, RefundAsked, Step, StepState, Ticket,
-    TicketStatus,
+    self, Attachment, AttachmentQuota, Comment, IssueType, NewTicket, RefundAsked, Step, StepState,
+    Ticket, TicketStatus, Usage,
 };
 use crate::peers::Peers;
-use crate::storage::{SupportStore, TICKET_REQUEST_KEY};
+use crate::storage::{Inserted, SupportStore, TICKET_REQUEST_KEY};
 
 /// A ticket with its comments and attachments (without content).
 #[derive(Clone, Debug)]
@@ -61,17 +61,19 @@ struct Cursor {
 pub struct Support {
     store: SupportStore,
     peers: Peers,
+    quota: AttachmentQuota,
     clock: Arc<dyn Clock>,
     refunds: Arc<Notify>,
     relay: Arc<Notify>,
 }
 
 impl Support {
-    /// Over `store`; `refunds` and `relay` are woken after a refund ticket
-    /// is stored.
+    /// Over `store`, keeping each partner's attachments within `quota`;
+    /// `refunds` and `relay` are woken after a refund ticket is stored.
     pub fn new(
         store: SupportStore,
         peers: Peers,
+        quota: AttachmentQuota,
         clock: Arc<dyn Clock>,
         refunds: Arc<Notify>,
         relay: Arc<Notify>,
@@ -79,6 +81,7 @@ impl Support {
         Self {
             store,
             peers,
+            quota,
             clock,
             refunds,
             relay,
@@ -127,9 +130,22 @@ impl Support {
         let id = ticket.id;
         let inserted = self
             .store
-            .insert(&ticket, &attachments, &steps, &messages, now)
-            .await
-            .map(|()| ticket);
+            .insert(&ticket, &attachments, &self.quota, &steps, &messages, now)
+            .await;
+        let inserted = match inserted {
+            Ok(Inserted::Done) => Ok(ticket),
+            Ok(Inserted::OverQuota(used)) => {
+                return Err(
+                    match self.quota.admit(partner, used, Usage::of(&attachments)) {
+                        Err(refusal) => refusal,
+                        Ok(()) => ApiError::Internal(anyhow::anyhow!(
+                            "the store refused attachments the quota admits"
+                        )),
+                    },
+                );
+            }
+            Err(error) => Err(error),
+        };
         let ticket = once
             .settle(inserted, || {
                 self.store

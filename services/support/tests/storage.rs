@@ -16,12 +16,13 @@ use csp_store::outbox::{self, Message};
 use csp_store::testing::TestDb;
 use csp_store::{StoreError, StoreResult};
 use csp_support::domain::{
-    self, Attachment, Comment, Impact, IssueType, RefundOutcome, Step, StepResult, StepState,
-    Ticket, TicketStatus,
+    self, Attachment, AttachmentQuota, Comment, Impact, IssueType, RefundOutcome, Step, StepResult,
+    StepState, Ticket, TicketStatus, Usage,
 };
-use csp_support::storage::{MIGRATIONS, SupportStore, TICKET_REQUEST_KEY};
+use csp_support::storage::{Inserted, MIGRATIONS, SupportStore, TICKET_REQUEST_KEY};
 
 const T0: Micros = 1_780_000_000 * SECOND;
+const QUOTA: AttachmentQuota = AttachmentQuota::DEFAULT;
 
 async fn open() -> (TestDb, SupportStore) {
     let test = TestDb::migrated(&MIGRATIONS).await;
@@ -110,7 +111,10 @@ fn message(t: &Ticket, event: &str) -> Message {
 
 /// Inserts a ticket alone, at its creation time.
 async fn insert(store: &SupportStore, t: &Ticket) {
-    store.insert(t, &[], &[], &[], t.created_at).await.unwrap();
+    store
+        .insert(t, &[], &QUOTA, &[], &[], t.created_at)
+        .await
+        .unwrap();
 }
 
 async fn outbox_count(db: &Db) -> i64 {
@@ -229,7 +233,10 @@ async fn a_ticket_round_trips_typed_with_its_attachments_and_outbox_messages() {
         attachment("log.csv", "text/csv", b"time,event\n1,start\n"),
     ];
     let messages = vec![message(&t, "submitted"), message(&t, "noted")];
-    store.insert(&t, &files, &[], &messages, T0).await.unwrap();
+    store
+        .insert(&t, &files, &QUOTA, &[], &messages, T0)
+        .await
+        .unwrap();
 
     let backend = test.backend();
     let by_id = store.ticket(partner, t.id).await.unwrap();
@@ -320,7 +327,7 @@ async fn the_same_request_id_twice_for_one_partner_conflicts_and_writes_nothing(
     let partner = PartnerId::new();
     let first = ticket(partner, IssueType::Billing, TicketStatus::Submitted, T0);
     store
-        .insert(&first, &[], &[], &[message(&first, "filed")], T0)
+        .insert(&first, &[], &QUOTA, &[], &[message(&first, "filed")], T0)
         .await
         .unwrap();
 
@@ -330,7 +337,14 @@ async fn the_same_request_id_twice_for_one_partner_conflicts_and_writes_nothing(
     };
     let files = [attachment("retry.txt", "text/plain", b"again")];
     let error = store
-        .insert(&again, &files, &[], &[message(&again, "filed")], T0 + 1)
+        .insert(
+            &again,
+            &files,
+            &QUOTA,
+            &[],
+            &[message(&again, "filed")],
+            T0 + 1,
+        )
         .await
         .unwrap_err();
     assert!(
@@ -356,7 +370,10 @@ async fn the_same_request_id_twice_for_one_partner_conflicts_and_writes_nothing(
         request_id: RequestId::new(),
         ..first.clone()
     };
-    let error = store.insert(&same_id, &[], &[], &[], T0).await.unwrap_err();
+    let error = store
+        .insert(&same_id, &[], &QUOTA, &[], &[], T0)
+        .await
+        .unwrap_err();
     assert!(matches!(error, StoreError::Conflict(_)), "{error:?}");
     assert!(
         !error.is_unique(TICKET_REQUEST_KEY, "request_id"),
@@ -518,11 +535,14 @@ async fn due_steps_are_the_pending_or_cancelled_steps_whose_time_has_come() {
         step(&t, 2, StepState::Done, 300),
         step(&t, 3, StepState::Failed, 400),
     ];
-    store.insert(&t, &[], &steps, &[], T0 + 10).await.unwrap();
+    store
+        .insert(&t, &[], &QUOTA, &steps, &[], T0 + 10)
+        .await
+        .unwrap();
     let earlier = refund_ticket(PartnerId::new(), T0);
     let early = vec![step(&earlier, 0, StepState::Pending, 500)];
     store
-        .insert(&earlier, &[], &early, &[], T0 + 5)
+        .insert(&earlier, &[], &QUOTA, &early, &[], T0 + 5)
         .await
         .unwrap();
 
@@ -549,7 +569,10 @@ async fn retry_step_counts_the_attempt_and_postpones_the_step() {
         step(&t, 0, StepState::Pending, 100),
         step(&t, 1, StepState::Cancelled, 200),
     ];
-    store.insert(&t, &[], &steps, &[], T0).await.unwrap();
+    store
+        .insert(&t, &[], &QUOTA, &steps, &[], T0)
+        .await
+        .unwrap();
 
     let later = T0 + 60 * SECOND;
     store
@@ -597,7 +620,10 @@ async fn set_step_moves_a_step_on_with_its_error() {
         step(&t, 0, StepState::Pending, 100),
         step(&t, 1, StepState::Pending, 200),
     ];
-    store.insert(&t, &[], &steps, &[], T0).await.unwrap();
+    store
+        .insert(&t, &[], &QUOTA, &steps, &[], T0)
+        .await
+        .unwrap();
     store
         .retry_step(&steps[0], T0, "ordering is unavailable")
         .await
@@ -656,12 +682,16 @@ async fn steps_of_returns_a_tickets_step_results_in_position_order() {
         step(&t, 0, StepState::Pending, 100),
         step(&t, 1, StepState::Done, 200),
     ];
-    store.insert(&t, &[], &steps, &[], T0).await.unwrap();
+    store
+        .insert(&t, &[], &QUOTA, &steps, &[], T0)
+        .await
+        .unwrap();
     let other = refund_ticket(t.partner_id, T0);
     store
         .insert(
             &other,
             &[],
+            &QUOTA,
             &[step(&other, 0, StepState::Pending, 900)],
             &[],
             T0,
@@ -816,4 +846,176 @@ async fn a_ticket_filed_before_ids_were_normalized_is_found_by_the_id_as_sent() 
         "a different spelling of the id does not find the legacy row"
     );
     test.remove().await;
+}
+
+#[tokio::test]
+async fn attachments_past_a_partners_quota_are_refused_whole_and_other_partners_keep_theirs() {
+    let (test, store) = open().await;
+    let backend = test.backend();
+    let quota = AttachmentQuota {
+        files: 3,
+        bytes: 100,
+    };
+    let partner = PartnerId::new();
+    let first = ticket(partner, IssueType::Technical, TicketStatus::Submitted, T0);
+    let files = [
+        attachment("a.txt", "text/plain", &[b'a'; 40]),
+        attachment("b.txt", "text/plain", &[b'b'; 40]),
+    ];
+    let done = store
+        .insert(&first, &files, &quota, &[], &[], T0)
+        .await
+        .unwrap();
+    assert_eq!(done, Inserted::Done, "on {backend}");
+
+    // 80 bytes kept: 30 more pass the byte quota; nothing of the ticket is stored.
+    let over_bytes = ticket(
+        partner,
+        IssueType::Technical,
+        TicketStatus::Submitted,
+        T0 + 1,
+    );
+    let big = [attachment("c.txt", "text/plain", &[b'c'; 30])];
+    let refused = store
+        .insert(
+            &over_bytes,
+            &big,
+            &quota,
+            &[],
+            &[message(&over_bytes, "filed")],
+            T0 + 1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        refused,
+        Inserted::OverQuota(Usage {
+            files: 2,
+            bytes: 80
+        }),
+        "on {backend}"
+    );
+    assert_eq!(store.ticket(partner, over_bytes.id).await.unwrap(), None);
+    assert!(store.attachments(over_bytes.id).await.unwrap().is_empty());
+    assert_eq!(
+        outbox_count(&test.db).await,
+        0,
+        "the refused insert wrote no message"
+    );
+
+    // Exactly at the byte quota is allowed; then one more file passes the count.
+    let at_quota = ticket(
+        partner,
+        IssueType::Technical,
+        TicketStatus::Submitted,
+        T0 + 2,
+    );
+    let fits = [attachment("d.txt", "text/plain", &[b'd'; 20])];
+    let done = store
+        .insert(&at_quota, &fits, &quota, &[], &[], T0 + 2)
+        .await
+        .unwrap();
+    assert_eq!(done, Inserted::Done, "on {backend}");
+    let over_files = ticket(
+        partner,
+        IssueType::Technical,
+        TicketStatus::Submitted,
+        T0 + 3,
+    );
+    let tiny = [attachment("e.txt", "text/plain", b"e")];
+    let refused = store
+        .insert(&over_files, &tiny, &quota, &[], &[], T0 + 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        refused,
+        Inserted::OverQuota(Usage {
+            files: 3,
+            bytes: 100
+        }),
+        "on {backend}"
+    );
+    assert!(
+        quota
+            .admit(
+                partner,
+                Usage {
+                    files: 3,
+                    bytes: 100
+                },
+                Usage::of(&tiny)
+            )
+            .is_err(),
+        "the domain rule agrees with the store"
+    );
+
+    // A ticket without attachments is never held back by the quota.
+    let plain = ticket(
+        partner,
+        IssueType::Technical,
+        TicketStatus::Submitted,
+        T0 + 4,
+    );
+    let done = store
+        .insert(&plain, &[], &quota, &[], &[], T0 + 4)
+        .await
+        .unwrap();
+    assert_eq!(done, Inserted::Done);
+
+    // Another partner's quota is its own.
+    let other = ticket(
+        PartnerId::new(),
+        IssueType::Technical,
+        TicketStatus::Submitted,
+        T0 + 5,
+    );
+    let theirs = [
+        attachment("a.txt", "text/plain", &[b'a'; 40]),
+        attachment("b.txt", "text/plain", &[b'b'; 40]),
+    ];
+    let done = store
+        .insert(&other, &theirs, &quota, &[], &[], T0 + 5)
+        .await
+        .unwrap();
+    assert_eq!(done, Inserted::Done, "on {backend}");
+}
+
+#[tokio::test]
+async fn tickets_filed_at_once_cannot_pass_the_quota_together() {
+    let (test, store) = open().await;
+    let quota = AttachmentQuota {
+        files: 100,
+        bytes: 100,
+    };
+    let partner = PartnerId::new();
+    let mut filings = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let store = store.clone();
+        filings.spawn(async move {
+            let t = ticket(
+                partner,
+                IssueType::Technical,
+                TicketStatus::Submitted,
+                T0 + i,
+            );
+            let files = [attachment("part.txt", "text/plain", &[b'x'; 40])];
+            store.insert(&t, &files, &quota, &[], &[], T0 + i).await
+        });
+    }
+    let outcomes = filings.join_all().await;
+    let stored = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(Inserted::Done)))
+        .count();
+    assert!(
+        outcomes.iter().all(|o| o.is_ok()),
+        "{outcomes:?} on {}",
+        test.backend()
+    );
+    assert_eq!(
+        stored,
+        2,
+        "40 + 40 fit in 100 bytes, a third does not, on {}",
+        test.backend()
+    );
 }
