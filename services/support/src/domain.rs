@@ -508,11 +508,12 @@ pub struct NewTicket {
 
 /// Reads a CreateTicket request: every field checked ([`check_ticket`]),
 /// then trimmed and normalized.
-pub fn read_ticket(r: &pb::CreateTicketRequest) -> Result<NewTicket, ApiError> {
-    check_ticket(r)?;
+pub fn read_ticket(r: pb::CreateTicketRequest) -> Result<NewTicket, ApiError> {
+    check_ticket(&r)?;
     let invalid = |field: &str| ApiError::invalid(field, "required");
     let contact = r.contact.clone().unwrap_or_default();
     let refund = r.refund.as_ref().map(read_refund).transpose()?;
+    let fingerprint = fingerprint(&r);
     Ok(NewTicket {
         issue_type: IssueType::from_pb(r.issue_type).ok_or_else(|| invalid("issue_type"))?,
         impact: Impact::from_pb(r.impact).ok_or_else(|| invalid("impact"))?,
@@ -523,15 +524,16 @@ pub fn read_ticket(r: &pb::CreateTicketRequest) -> Result<NewTicket, ApiError> {
         contact_phone: normalize_phone(&contact.phone).ok_or_else(|| invalid("contact.phone"))?,
         request_id: RequestId::parse("request_id", &r.request_id)?,
         request_id_as_sent: r.request_id.trim().to_owned(),
-        fingerprint: fingerprint(r),
+        fingerprint,
         refund,
+        // The contents are moved, never copied.
         attachments: r
             .attachments
-            .iter()
+            .into_iter()
             .map(|a| NewAttachment {
                 file_name: a.file_name.trim().to_owned(),
-                content_type: a.content_type.clone(),
-                content: a.content.clone(),
+                content_type: a.content_type,
+                content: a.content,
             })
             .collect(),
     })
@@ -724,12 +726,52 @@ fn check_refund(violations: &mut Vec<FieldViolation>, refund: &pb::RefundRequest
 /// tell a retry from a different ticket sent with the same request id.
 pub fn fingerprint(r: &pb::CreateTicketRequest) -> String {
     use prost::Message as _;
-    let mut without_id = r.clone();
-    without_id.request_id.clear();
-    Sha256::digest(without_id.encode_to_vec())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    // The SHA-256 of the request's protobuf encoding without its id, fed to
+    // the hash piece by piece so that no attachment is copied: prost writes
+    // fields in number order, attachments (7) come after every other field
+    // but the id (8, left out), and an attachment's content (3) after its
+    // name and type. Equal to hashing `encode_to_vec` of the request with
+    // its id cleared (pinned by a test), so stored fingerprints stay valid.
+    // Every field named, so a new one is a compile error here, not a
+    // fingerprint that silently ignores it.
+    let head = pb::CreateTicketRequest {
+        issue_type: r.issue_type,
+        impact: r.impact,
+        title: r.title.clone(),
+        description: r.description.clone(),
+        contact: r.contact.clone(),
+        refund: r.refund.clone(),
+        attachments: Vec::new(),
+        request_id: String::new(),
+    };
+    let mut hash = Sha256::new();
+    let mut scratch = Vec::new();
+    head.encode_raw(&mut scratch);
+    for a in &r.attachments {
+        let meta = pb::AttachmentUpload {
+            file_name: a.file_name.clone(),
+            content_type: a.content_type.clone(),
+            content: Vec::new(),
+        };
+        let content_len = if a.content.is_empty() {
+            0
+        } else {
+            1 + prost::encoding::encoded_len_varint(a.content.len() as u64) + a.content.len()
+        };
+        encode_key(7, WireType::LengthDelimited, &mut scratch);
+        encode_varint((meta.encoded_len() + content_len) as u64, &mut scratch);
+        meta.encode_raw(&mut scratch);
+        if !a.content.is_empty() {
+            encode_key(3, WireType::LengthDelimited, &mut scratch);
+            encode_varint(a.content.len() as u64, &mut scratch);
+            hash.update(&scratch);
+            scratch.clear();
+            hash.update(&a.content);
+        }
+    }
+    hash.update(&scratch);
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The SHA-256 of an attachment, hex.
@@ -839,6 +881,44 @@ mod tests {
             ]),
             "{fields:?}"
         );
+    }
+
+    #[test]
+    fn fingerprints_hash_the_encoding_without_the_id_and_copy_no_attachment() {
+        use prost::Message as _;
+        let mut r = ticket();
+        r.refund = Some(pb::RefundRequest {
+            reason: "bought by mistake".into(),
+            ..Default::default()
+        });
+        r.attachments = vec![
+            pb::AttachmentUpload {
+                file_name: "a.pdf".into(),
+                content_type: "application/pdf".into(),
+                content: vec![7; 300],
+            },
+            pb::AttachmentUpload {
+                file_name: String::new(),
+                content_type: "text/plain".into(),
+                content: Vec::new(),
+            },
+            pb::AttachmentUpload {
+                file_name: "big.csv".into(),
+                content_type: "text/csv".into(),
+                content: vec![1; 200_000],
+            },
+        ];
+        for attachments in [0, 1, 2, 3] {
+            let mut one = r.clone();
+            one.attachments.truncate(attachments);
+            let mut without_id = one.clone();
+            without_id.request_id.clear();
+            let expected: String = Sha256::digest(without_id.encode_to_vec())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(fingerprint(&one), expected, "{attachments} attachments");
+        }
     }
 
     #[test]

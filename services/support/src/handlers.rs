@@ -32,7 +32,7 @@ impl SupportService for SupportApi {
         request: Request<pb::CreateTicketRequest>,
     ) -> Result<Response<pb::CreateTicketResponse>, Status> {
         let user = Caller::user_of(&request)?.clone();
-        let new = domain::read_ticket(request.get_ref())?;
+        let new = domain::read_ticket(request.into_inner())?;
         let view = self.support.create_ticket(&user, new).await?;
         Ok(Response::new(pb::CreateTicketResponse {
             ticket: Some(ticket_to_pb(&view)),

@@ -122,7 +122,7 @@ impl SupportStore {
     pub async fn insert(
         &self,
         t: &Ticket,
-        attachments: &[Attachment],
+        attachments: Vec<Attachment>,
         quota: &AttachmentQuota,
         steps: &[Step],
         messages: &[Message],
@@ -148,7 +148,7 @@ impl SupportStore {
                 bytes: u64::try_from(bytes).unwrap_or(0),
             };
             if quota
-                .admit(t.partner_id, used, Usage::of(attachments))
+                .admit(t.partner_id, used, Usage::of(&attachments))
                 .is_err()
             {
                 return Ok(Inserted::OverQuota(used));
@@ -188,7 +188,9 @@ impl SupportStore {
             .await
             .map(drop));
         inserted?;
-        for (position, a) in attachments.iter().enumerate() {
+        // Each content is moved into its statement (SQLite keeps the buffer
+        // as is), never copied.
+        for (position, a) in attachments.into_iter().enumerate() {
             const SQL: &str = "INSERT INTO ticket_attachments (id, ticket_id, position, file_name, content_type, \
                                size_bytes, sha256, content) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
             on_tx!(&mut tx, x => sqlx::query(SQL)
@@ -198,8 +200,8 @@ impl SupportStore {
                 .bind(&a.file_name)
                 .bind(&a.content_type)
                 .bind(a.size_bytes)
-                .bind(&a.sha256)
-                .bind(&a.content)
+                .bind(a.sha256)
+                .bind(a.content)
                 .execute(&mut **x)
                 .await
                 .map(drop))?;

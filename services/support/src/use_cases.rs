@@ -128,21 +128,20 @@ impl Support {
             })
             .collect();
         let id = ticket.id;
+        let adding = Usage::of(&attachments);
         let inserted = self
             .store
-            .insert(&ticket, &attachments, &self.quota, &steps, &messages, now)
+            .insert(&ticket, attachments, &self.quota, &steps, &messages, now)
             .await;
         let inserted = match inserted {
             Ok(Inserted::Done) => Ok(ticket),
             Ok(Inserted::OverQuota(used)) => {
-                return Err(
-                    match self.quota.admit(partner, used, Usage::of(&attachments)) {
-                        Err(refusal) => refusal,
-                        Ok(()) => ApiError::Internal(anyhow::anyhow!(
-                            "the store refused attachments the quota admits"
-                        )),
-                    },
-                );
+                return Err(match self.quota.admit(partner, used, adding) {
+                    Err(refusal) => refusal,
+                    Ok(()) => ApiError::Internal(anyhow::anyhow!(
+                        "the store refused attachments the quota admits"
+                    )),
+                });
             }
             Err(error) => Err(error),
         };

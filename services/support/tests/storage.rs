@@ -112,7 +112,7 @@ fn message(t: &Ticket, event: &str) -> Message {
 /// Inserts a ticket alone, at its creation time.
 async fn insert(store: &SupportStore, t: &Ticket) {
     store
-        .insert(t, &[], &QUOTA, &[], &[], t.created_at)
+        .insert(t, Vec::new(), &QUOTA, &[], &[], t.created_at)
         .await
         .unwrap();
 }
@@ -234,7 +234,7 @@ async fn a_ticket_round_trips_typed_with_its_attachments_and_outbox_messages() {
     ];
     let messages = vec![message(&t, "submitted"), message(&t, "noted")];
     store
-        .insert(&t, &files, &QUOTA, &[], &messages, T0)
+        .insert(&t, files.to_vec(), &QUOTA, &[], &messages, T0)
         .await
         .unwrap();
 
@@ -327,7 +327,14 @@ async fn the_same_request_id_twice_for_one_partner_conflicts_and_writes_nothing(
     let partner = PartnerId::new();
     let first = ticket(partner, IssueType::Billing, TicketStatus::Submitted, T0);
     store
-        .insert(&first, &[], &QUOTA, &[], &[message(&first, "filed")], T0)
+        .insert(
+            &first,
+            Vec::new(),
+            &QUOTA,
+            &[],
+            &[message(&first, "filed")],
+            T0,
+        )
         .await
         .unwrap();
 
@@ -339,7 +346,7 @@ async fn the_same_request_id_twice_for_one_partner_conflicts_and_writes_nothing(
     let error = store
         .insert(
             &again,
-            &files,
+            files.to_vec(),
             &QUOTA,
             &[],
             &[message(&again, "filed")],
@@ -371,7 +378,7 @@ async fn the_same_request_id_twice_for_one_partner_conflicts_and_writes_nothing(
         ..first.clone()
     };
     let error = store
-        .insert(&same_id, &[], &QUOTA, &[], &[], T0)
+        .insert(&same_id, Vec::new(), &QUOTA, &[], &[], T0)
         .await
         .unwrap_err();
     assert!(matches!(error, StoreError::Conflict(_)), "{error:?}");
@@ -536,13 +543,13 @@ async fn due_steps_are_the_pending_or_cancelled_steps_whose_time_has_come() {
         step(&t, 3, StepState::Failed, 400),
     ];
     store
-        .insert(&t, &[], &QUOTA, &steps, &[], T0 + 10)
+        .insert(&t, Vec::new(), &QUOTA, &steps, &[], T0 + 10)
         .await
         .unwrap();
     let earlier = refund_ticket(PartnerId::new(), T0);
     let early = vec![step(&earlier, 0, StepState::Pending, 500)];
     store
-        .insert(&earlier, &[], &QUOTA, &early, &[], T0 + 5)
+        .insert(&earlier, Vec::new(), &QUOTA, &early, &[], T0 + 5)
         .await
         .unwrap();
 
@@ -570,7 +577,7 @@ async fn retry_step_counts_the_attempt_and_postpones_the_step() {
         step(&t, 1, StepState::Cancelled, 200),
     ];
     store
-        .insert(&t, &[], &QUOTA, &steps, &[], T0)
+        .insert(&t, Vec::new(), &QUOTA, &steps, &[], T0)
         .await
         .unwrap();
 
@@ -621,7 +628,7 @@ async fn set_step_moves_a_step_on_with_its_error() {
         step(&t, 1, StepState::Pending, 200),
     ];
     store
-        .insert(&t, &[], &QUOTA, &steps, &[], T0)
+        .insert(&t, Vec::new(), &QUOTA, &steps, &[], T0)
         .await
         .unwrap();
     store
@@ -683,14 +690,14 @@ async fn steps_of_returns_a_tickets_step_results_in_position_order() {
         step(&t, 1, StepState::Done, 200),
     ];
     store
-        .insert(&t, &[], &QUOTA, &steps, &[], T0)
+        .insert(&t, Vec::new(), &QUOTA, &steps, &[], T0)
         .await
         .unwrap();
     let other = refund_ticket(t.partner_id, T0);
     store
         .insert(
             &other,
-            &[],
+            Vec::new(),
             &QUOTA,
             &[step(&other, 0, StepState::Pending, 900)],
             &[],
@@ -863,7 +870,7 @@ async fn attachments_past_a_partners_quota_are_refused_whole_and_other_partners_
         attachment("b.txt", "text/plain", &[b'b'; 40]),
     ];
     let done = store
-        .insert(&first, &files, &quota, &[], &[], T0)
+        .insert(&first, files.to_vec(), &quota, &[], &[], T0)
         .await
         .unwrap();
     assert_eq!(done, Inserted::Done, "on {backend}");
@@ -879,7 +886,7 @@ async fn attachments_past_a_partners_quota_are_refused_whole_and_other_partners_
     let refused = store
         .insert(
             &over_bytes,
-            &big,
+            big.to_vec(),
             &quota,
             &[],
             &[message(&over_bytes, "filed")],
@@ -912,7 +919,7 @@ async fn attachments_past_a_partners_quota_are_refused_whole_and_other_partners_
     );
     let fits = [attachment("d.txt", "text/plain", &[b'd'; 20])];
     let done = store
-        .insert(&at_quota, &fits, &quota, &[], &[], T0 + 2)
+        .insert(&at_quota, fits.to_vec(), &quota, &[], &[], T0 + 2)
         .await
         .unwrap();
     assert_eq!(done, Inserted::Done, "on {backend}");
@@ -924,7 +931,7 @@ async fn attachments_past_a_partners_quota_are_refused_whole_and_other_partners_
     );
     let tiny = [attachment("e.txt", "text/plain", b"e")];
     let refused = store
-        .insert(&over_files, &tiny, &quota, &[], &[], T0 + 3)
+        .insert(&over_files, tiny.to_vec(), &quota, &[], &[], T0 + 3)
         .await
         .unwrap();
     assert_eq!(
@@ -957,7 +964,7 @@ async fn attachments_past_a_partners_quota_are_refused_whole_and_other_partners_
         T0 + 4,
     );
     let done = store
-        .insert(&plain, &[], &quota, &[], &[], T0 + 4)
+        .insert(&plain, Vec::new(), &quota, &[], &[], T0 + 4)
         .await
         .unwrap();
     assert_eq!(done, Inserted::Done);
@@ -974,7 +981,7 @@ async fn attachments_past_a_partners_quota_are_refused_whole_and_other_partners_
         attachment("b.txt", "text/plain", &[b'b'; 40]),
     ];
     let done = store
-        .insert(&other, &theirs, &quota, &[], &[], T0 + 5)
+        .insert(&other, theirs.to_vec(), &quota, &[], &[], T0 + 5)
         .await
         .unwrap();
     assert_eq!(done, Inserted::Done, "on {backend}");
@@ -999,7 +1006,9 @@ async fn tickets_filed_at_once_cannot_pass_the_quota_together() {
                 T0 + i,
             );
             let files = [attachment("part.txt", "text/plain", &[b'x'; 40])];
-            store.insert(&t, &files, &quota, &[], &[], T0 + i).await
+            store
+                .insert(&t, files.to_vec(), &quota, &[], &[], T0 + i)
+                .await
         });
     }
     let outcomes = filings.join_all().await;
