@@ -19,6 +19,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions as _, Connection as _, PgPool, SqlitePool};
 
+/// The bytes a SQLite WAL is cut back to after a checkpoint.
+const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
+
 /// A service's database.
 #[derive(Clone, Debug)]
 pub enum Db {
@@ -137,7 +140,10 @@ impl Db {
     }
 
     /// Opens (creating when missing) a SQLite file with WAL and a full fsync
-    /// on every commit, so an acknowledged write survives a crash.
+    /// on every commit, so an acknowledged write survives a crash. The WAL
+    /// is cut back to 64 MiB after each checkpoint (`journal_size_limit`),
+    /// so a burst of large writes (ticket attachments) does not leave a WAL
+    /// as big as the burst on disk.
     pub async fn open_sqlite(path: &Path) -> anyhow::Result<Db> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).with_context(|| {
@@ -151,6 +157,7 @@ impl Db {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10))
+            .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string())
             .log_statements(tracing::log::LevelFilter::Trace);
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
@@ -389,5 +396,21 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
+    }
+
+    #[tokio::test]
+    async fn sqlite_files_cut_their_wal_back_after_a_checkpoint() {
+        let dir = std::env::temp_dir().join(format!("csp-store-{}", uuid::Uuid::new_v4()));
+        let db = Db::open_sqlite(&dir.join("x.db")).await.unwrap();
+        let Db::Sqlite(pool) = &db else {
+            panic!("not SQLite")
+        };
+        let limit: i64 = sqlx::query_scalar("PRAGMA journal_size_limit")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(limit, 64 * 1024 * 1024);
+        pool.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
