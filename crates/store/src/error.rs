@@ -20,6 +20,12 @@ pub enum StoreError {
         /// The value found.
         value: String,
     },
+    /// The database stayed busy longer than a call may wait: SQLite's write
+    /// lock past the busy timeout, no pooled connection free in time, or a
+    /// PostgreSQL serialization failure, deadlock or lock timeout. Nothing
+    /// was written; the same call may succeed a moment later.
+    #[error("database busy")]
+    Busy(#[source] sqlx::Error),
     /// The database failed.
     #[error("database error")]
     Database(#[source] sqlx::Error),
@@ -50,6 +56,9 @@ impl StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
+        if is_busy(&error) {
+            return StoreError::Busy(error);
+        }
         match crate::db::unique_violation(&error) {
             Some(constraint) => StoreError::Conflict(constraint),
             None => StoreError::Database(error),
@@ -57,11 +66,37 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// Whether `error` means "busy, try again" rather than a failure.
+fn is_busy(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(e) => match e.code() {
+            // SQLite reports extended codes: the primary code is the low byte
+            // (5 SQLITE_BUSY, 6 SQLITE_LOCKED).
+            Some(code) if e.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() => code
+                .parse::<i32>()
+                .is_ok_and(|code| matches!(code & 0xff, 5 | 6)),
+            Some(code) => matches!(code.as_ref(), "40001" | "40P01" | "55P03"),
+            None => false,
+        },
+        _ => false,
+    }
+}
+
 /// Storage failures a use case did not turn into a domain answer are
 /// INTERNAL: logged with their cause, hidden from the caller.
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        ApiError::Internal(anyhow::Error::new(error))
+        match error {
+            StoreError::Busy(cause) => {
+                tracing::warn!(error = %cause, "the database stayed busy; the call is UNAVAILABLE");
+                ApiError::Unavailable(
+                    "the service's database is busy with other writes; nothing was stored, retry in a moment"
+                        .to_owned(),
+                )
+            }
+            other => ApiError::Internal(anyhow::Error::new(other)),
+        }
     }
 }
 
@@ -90,4 +125,49 @@ where
 {
     let text: String = row.try_get(column)?;
     parse(column, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_sqlite_write_lock_held_too_long_is_busy_and_unavailable() {
+        let dir = std::env::temp_dir().join(format!("csp-store-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(dir.join("x.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::ZERO);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .unwrap();
+        let holder = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        let refused = pool.begin_with("BEGIN IMMEDIATE").await.unwrap_err();
+        let error = StoreError::from(refused);
+        assert!(matches!(error, StoreError::Busy(_)), "{error:?}");
+        let api = ApiError::from(error);
+        assert!(matches!(api, ApiError::Unavailable(_)), "{api:?}");
+        drop(holder);
+        pool.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn other_database_failures_stay_internal() {
+        let error = StoreError::from(sqlx::Error::RowNotFound);
+        assert!(matches!(error, StoreError::Database(_)), "{error:?}");
+        assert!(matches!(ApiError::from(error), ApiError::Internal(_)));
+        assert!(matches!(
+            StoreError::from(sqlx::Error::PoolTimedOut),
+            StoreError::Busy(_)
+        ));
+    }
 }
