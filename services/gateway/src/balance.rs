@@ -313,6 +313,9 @@ pub fn not_processed(error: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
+/// The most header bytes the gateway takes in one backend answer.
+const MAX_ANSWER_HEADERS: u32 = 1024 * 1024;
+
 /// The HTTP/2 client every call leaves the gateway by: HTTP/2 only (prior
 /// knowledge), no Nagle delay, keep-alive pings so idle connections stay
 /// usable; one pooled connection per replica.
@@ -337,6 +340,13 @@ impl Forwarder {
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .http2_only(true)
+            // hyper's default of 16 KiB lets h2 accept only about five
+            // CONTINUATION frames; an answer with larger headers was a
+            // connection error (GOAWAY "too_many_continuations") that failed
+            // every call in flight on the connection the gateway shares for
+            // all partners. With 1 MiB such an answer reaches its one caller
+            // (backends keep their own errors under a few KiB).
+            .http2_max_header_list_size(MAX_ANSWER_HEADERS)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .http2_keep_alive_while_idle(true)
             .build(connector);
@@ -475,6 +485,66 @@ mod tests {
             };
             assert!(error.contains("licensing"), "{error}");
         }
+    }
+
+    /// Issue 13: a backend answer whose headers pass the client's limit
+    /// fails that one call, never the other calls sharing its connection.
+    #[tokio::test]
+    async fn an_oversized_answer_fails_alone_and_spares_calls_on_its_connection() {
+        let router = axum::Router::new()
+            .route(
+                "/slow",
+                axum::routing::post(|| async {
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                    ([("grpc-status", "0")], "")
+                }),
+            )
+            .route(
+                "/big",
+                axum::routing::post(|| async {
+                    let message = "x".repeat(200 * 1024);
+                    (
+                        [("grpc-status", "3".to_owned()), ("grpc-message", message)],
+                        "",
+                    )
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let replicas = Arc::new(
+            Replicas::resolve("test", &format!("http://{addr}"))
+                .await
+                .unwrap(),
+        );
+        let forwarder = Forwarder::new();
+        let call = |path: &'static str| {
+            let (forwarder, replicas) = (forwarder.clone(), replicas.clone());
+            async move {
+                let request = http::Request::post(path)
+                    .version(http::Version::HTTP_2)
+                    .body(AxumBody::from("x"))
+                    .unwrap();
+                let response = forwarder.send(&replicas, request).await;
+                let status = response.headers().get("grpc-status").cloned();
+                status.map(|s| s.to_str().unwrap_or_default().to_owned())
+            }
+        };
+        // One call first, so both share a warm connection.
+        assert_eq!(call("/slow").await.as_deref(), Some("0"));
+        let slow = tokio::spawn(call("/slow"));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let big = call("/big").await;
+        assert_ne!(
+            big.as_deref(),
+            Some("0"),
+            "the oversized answer is not a success"
+        );
+        assert_eq!(
+            slow.await.unwrap().as_deref(),
+            Some("0"),
+            "the call in flight beside the oversized answer succeeded"
+        );
     }
 
     #[tokio::test]
