@@ -231,10 +231,7 @@ async fn answer_download(
         Ok(answer) => answer.into_inner(),
         Err(status) => {
             tracing::warn!(code = ?status.code(), "licensing unavailable for a download");
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Downloads are unavailable for a moment. Please try again shortly.",
-            );
+            return unavailable();
         }
     };
     match RedeemOutcome::try_from(answer.outcome) {
@@ -252,13 +249,7 @@ async fn answer_download(
                 "The file's address is not valid.",
             ),
         },
-        Ok(RedeemOutcome::Expired | RedeemOutcome::UsedUp | RedeemOutcome::Revoked) => {
-            text(StatusCode::GONE, &answer.message)
-        }
-        _ => {
-            downloads.guesses.unknown(client);
-            text(StatusCode::NOT_FOUND, &answer.message)
-        }
+        _ => not_redirected(&downloads, client, answer.outcome, &answer.message),
     }
 }
 
@@ -292,22 +283,34 @@ async fn answer_inspect(
         Ok(answer) => answer.into_inner(),
         Err(status) => {
             tracing::warn!(code = ?status.code(), "licensing unavailable for a download link check");
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Downloads are unavailable for a moment. Please try again shortly.",
-            );
+            return unavailable();
         }
     };
     match RedeemOutcome::try_from(answer.outcome) {
         Ok(RedeemOutcome::Redirect) => text(StatusCode::OK, ""),
+        _ => not_redirected(&downloads, client, answer.outcome, &answer.message),
+    }
+}
+
+/// A link that does not lead to its file: 410 when it has ended (expired,
+/// used up, revoked), 404 otherwise, counted as a guess of the client's.
+fn not_redirected(downloads: &Downloads, client: IpAddr, outcome: i32, message: &str) -> Response {
+    match RedeemOutcome::try_from(outcome) {
         Ok(RedeemOutcome::Expired | RedeemOutcome::UsedUp | RedeemOutcome::Revoked) => {
-            text(StatusCode::GONE, &answer.message)
+            text(StatusCode::GONE, message)
         }
         _ => {
             downloads.guesses.unknown(client);
-            text(StatusCode::NOT_FOUND, &answer.message)
+            text(StatusCode::NOT_FOUND, message)
         }
     }
+}
+
+fn unavailable() -> Response {
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Downloads are unavailable for a moment. Please try again shortly.",
+    )
 }
 
 fn text(status: StatusCode, sentence: &str) -> Response {
