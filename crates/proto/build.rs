@@ -2,7 +2,12 @@
 //! writes the encoded descriptor set next to the generated code. The encoded
 //! bytes keep the custom `csp.auth.v1` options, which the gateway reads.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+
+#[path = "src/bounds/spec.rs"]
+#[allow(dead_code)]
+mod spec;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
@@ -29,12 +34,84 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         compiler.encode_file_descriptor_set(),
     )?;
 
+    let set = compiler.file_descriptor_set();
+    let messages = match spec::collect(&set) {
+        Ok(messages) => messages,
+        Err(problems) => {
+            for problem in &problems {
+                println!("cargo:warning={problem}");
+            }
+            return Err(format!(
+                "{} request field(s) without a documented limit (see the warnings)",
+                problems.len()
+            )
+            .into());
+        }
+    };
+    std::fs::write(out_dir.join("bounds_table.rs"), table(&messages)?)?;
+
+    // Messages know their names (`prost::Name`), so the codec can find the
+    // limits of the request it decodes.
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         .generate_default_stubs(true)
-        .compile_fds(compiler.file_descriptor_set())?;
+        .codec_path("crate::bounds::BoundedCodec")
+        .compile_fds_with_config(set, config)?;
     Ok(())
+}
+
+/// The limits as Rust: one `Message` per reachable message, and the index
+/// of each request by package and name.
+fn table(messages: &[spec::MessageSpec]) -> Result<String, std::fmt::Error> {
+    let index: std::collections::HashMap<String, usize> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.full_name(), i))
+        .collect();
+    let mut out = String::new();
+    writeln!(
+        out,
+        "/// Every message reachable from a request, with its checked fields."
+    )?;
+    writeln!(out, "pub(crate) static MESSAGES: &[Message] = &[")?;
+    for message in messages {
+        writeln!(out, "    // {}", message.full_name())?;
+        writeln!(out, "    Message {{ fields: &[")?;
+        for field in &message.fields {
+            let rule = match &field.rule {
+                spec::Rule::Text(max) => format!("Rule::Text({max})"),
+                spec::Rule::Message(target) => format!("Rule::Message({})", index[target]),
+            };
+            writeln!(
+                out,
+                "        Field {{ number: {}, name: {:?}, repeated: {}, rule: {rule} }},",
+                field.number, field.name, field.repeated
+            )?;
+        }
+        writeln!(out, "    ] }},")?;
+    }
+    writeln!(out, "];")?;
+    writeln!(out)?;
+    writeln!(out, "/// The index in [`MESSAGES`] of a request message.")?;
+    writeln!(
+        out,
+        "pub(crate) fn request_index(package: &str, name: &str) -> Option<usize> {{"
+    )?;
+    writeln!(out, "    match (package, name) {{")?;
+    for (i, message) in messages.iter().enumerate().filter(|(_, m)| m.request) {
+        writeln!(
+            out,
+            "        ({:?}, {:?}) => Some({i}),",
+            message.package, message.name
+        )?;
+    }
+    writeln!(out, "        _ => None,")?;
+    writeln!(out, "    }}")?;
+    writeln!(out, "}}")?;
+    Ok(out)
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {

@@ -288,7 +288,7 @@ async fn bad_input_is_refused_with_the_field_named() {
     for (market, hint) in [
         ("XX", "unknown market"),
         ("", "required"),
-        ("USA", "alpha-2"),
+        ("USA", "at most 2 characters"),
     ] {
         let status = catalog.list_products(list(market)).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{market:?}");

@@ -174,6 +174,12 @@ async fn software_is_listed_and_keys_and_links_are_stable() {
     assert_eq!(unknown.status, 404);
     assert!(unknown.body.contains("does not exist"), "{}", unknown.body);
     assert_eq!(http::get(&format!("{prefix}short")).await.status, 404);
+    // A token longer than any link's, or with characters no token has, is
+    // unknown too (licensing is not asked; it would refuse the length).
+    let long = http::get(&format!("{prefix}{}", "A".repeat(4000))).await;
+    assert_eq!(long.status, 404);
+    assert!(long.body.contains("does not exist"), "{}", long.body);
+    assert_eq!(http::get(&format!("{prefix}a.b")).await.status, 404);
     system.stop().await;
 }
 

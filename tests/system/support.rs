@@ -379,10 +379,16 @@ async fn tickets_validate_keep_attachments_and_are_idempotent() {
         email: "not-an-email".into(),
         phone: "555-0100".into(),
     });
+    assert_eq!(
+        fields(&support.create_ticket(bad.clone()).await.unwrap_err()),
+        ["contact.name", "contact.email", "contact.phone"]
+    );
+    // A title past its documented length is refused before anything else is
+    // looked at.
     bad.title = "x".repeat(201);
     assert_eq!(
         fields(&support.create_ticket(bad).await.unwrap_err()),
-        ["title", "contact.name", "contact.email", "contact.phone"]
+        ["title"]
     );
     let file = |size: usize, content_type: &str| AttachmentUpload {
         file_name: "evidence.pdf".into(),

@@ -6,6 +6,8 @@
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/csp_descriptor.bin"));
 
+pub mod bounds;
+
 /// `csp.auth.v1`: roles and the authorization options on RPCs.
 pub mod auth {
     #[allow(missing_docs, clippy::all)]

@@ -106,6 +106,12 @@ impl TokenVerifier for Hs256Verifier {
     }
 }
 
+/// The longest user id (`sub`) accepted: the activity log's limit.
+pub const MAX_USER_ID: usize = 255;
+
+/// Display names are cut to this many characters: the activity log's limit.
+pub const MAX_DISPLAY_NAME: usize = 256;
+
 /// Checks claims that every verifier shares.
 pub fn user_from_claims(claims: UserClaims) -> Result<UserCaller, AuthError> {
     let partner_id = claims
@@ -115,6 +121,11 @@ pub fn user_from_claims(claims: UserClaims) -> Result<UserCaller, AuthError> {
     if claims.sub.trim().is_empty() {
         return Err(AuthError::BadClaim("sub claim is empty".to_owned()));
     }
+    if claims.sub.chars().count() > MAX_USER_ID {
+        return Err(AuthError::BadClaim(format!(
+            "sub claim is longer than {MAX_USER_ID} characters"
+        )));
+    }
     // Unknown role names are ignored: they grant nothing.
     let roles: RoleSet = claims.roles.iter().filter_map(|r| Role::parse(r)).collect();
     Ok(UserCaller {
@@ -122,7 +133,7 @@ pub fn user_from_claims(claims: UserClaims) -> Result<UserCaller, AuthError> {
         display_name: if claims.name.is_empty() {
             claims.sub.clone()
         } else {
-            claims.name
+            claims.name.chars().take(MAX_DISPLAY_NAME).collect()
         },
         user_id: claims.sub,
         roles,
@@ -189,6 +200,33 @@ mod tests {
         assert_eq!(user.partner_id, partner.into());
         assert!(user.roles.contains(Role::AdminAgent));
         assert_eq!(user.display_name, "Ada");
+    }
+
+    #[test]
+    fn a_long_user_id_is_refused_and_a_long_name_cut() {
+        let long_sub = mint_dev_token(
+            &secret(),
+            Uuid::new_v4(),
+            &"u".repeat(MAX_USER_ID + 1),
+            "Ada",
+            &[Role::AdminAgent],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let refused = Hs256Verifier::new(&secret()).verify(&long_sub).unwrap_err();
+        assert!(matches!(refused, AuthError::BadClaim(_)), "{refused}");
+
+        let long_name = mint_dev_token(
+            &secret(),
+            Uuid::new_v4(),
+            &"u".repeat(MAX_USER_ID),
+            &"n".repeat(10_000),
+            &[Role::AdminAgent],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let user = Hs256Verifier::new(&secret()).verify(&long_name).unwrap();
+        assert_eq!(user.display_name.chars().count(), MAX_DISPLAY_NAME);
     }
 
     #[test]

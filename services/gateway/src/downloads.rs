@@ -211,6 +211,14 @@ async fn answer_download(
     if let Some(wait) = downloads.guesses.refused(client) {
         return too_many_guesses(wait);
     }
+    if !plausible_token(&token) {
+        return not_redirected(
+            &downloads,
+            client,
+            RedeemOutcome::Unknown as i32,
+            NO_SUCH_LINK,
+        );
+    }
     let user_agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -274,6 +282,14 @@ async fn answer_inspect(
     if let Some(wait) = downloads.guesses.refused(client) {
         return too_many_guesses(wait);
     }
+    if !plausible_token(&token) {
+        return not_redirected(
+            &downloads,
+            client,
+            RedeemOutcome::Unknown as i32,
+            NO_SUCH_LINK,
+        );
+    }
     let answer = downloads
         .licensing
         .clone()
@@ -290,6 +306,23 @@ async fn answer_inspect(
         Ok(RedeemOutcome::Redirect) => text(StatusCode::OK, ""),
         _ => not_redirected(&downloads, client, answer.outcome, &answer.message),
     }
+}
+
+/// The answer to a token that no link can have.
+const NO_SUCH_LINK: &str = "This download link does not exist. Check that the whole link was copied; \
+                            your partner can enable a new one.";
+
+/// The longest token licensing accepts (its proto documents the same).
+const MAX_TOKEN: usize = 128;
+
+/// Whether `token` could be a link's token (URL-safe base64, not too long):
+/// anything else is answered as an unknown link without asking licensing.
+fn plausible_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= MAX_TOKEN
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// A link that does not lead to its file: 410 when it has ended (expired,
@@ -411,5 +444,15 @@ mod tests {
         );
         assert_eq!(parse_proxy("::1").unwrap().to_string(), "::1/128");
         assert!(parse_proxy("ingress").is_err());
+    }
+
+    #[test]
+    fn only_tokens_a_link_could_have_are_asked_about() {
+        assert!(plausible_token("AbC-_09xyz"));
+        assert!(plausible_token(&"a".repeat(MAX_TOKEN)));
+        assert!(!plausible_token(""));
+        assert!(!plausible_token(&"a".repeat(MAX_TOKEN + 1)));
+        assert!(!plausible_token("abc%2F..%2F"));
+        assert!(!plausible_token("abc def"));
     }
 }
