@@ -54,6 +54,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // limits of the request it decodes.
     let mut config = tonic_prost_build::Config::new();
     config.enable_type_names();
+    // Uploaded attachments decode as slices of the received message, not
+    // copies of it.
+    config.bytes([".csp.support.v1.AttachmentUpload.content"]);
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

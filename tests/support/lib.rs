@@ -505,6 +505,40 @@ impl Instance {
         Instance::ready(trigger, task, addr).await
     }
 
+    /// Starts a second gateway on `addr` in front of `system`'s backends,
+    /// with `limits` (and no download listener).
+    pub async fn gateway(
+        system: &TestSystem,
+        addr: std::net::SocketAddr,
+        limits: csp_gateway::limits::LimitArgs,
+    ) -> Instance {
+        let listener = bind_exactly(addr).await;
+        let http = bind_exactly(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await;
+        let a = system.addresses;
+        let url = |a: std::net::SocketAddr| format!("http://{a}");
+        let config = csp_gateway::Config {
+            listen: Some(addr),
+            http_listen: None,
+            jwt_secret: jwt_secret(),
+            internal_key: internal_key(),
+            metrics_listen: None,
+            default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
+            limits,
+            http_limits: csp_gateway::listener::HttpLimits::default(),
+            trusted_proxies: Vec::new(),
+            backends: csp_gateway::Backends::at(
+                url(a.catalog),
+                url(a.ordering),
+                url(a.licensing),
+                url(a.audit),
+                url(a.support),
+            ),
+        };
+        let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
+        let task = tokio::spawn(csp_gateway::run(config, listener, http, shutdown));
+        Instance::ready(trigger, task, addr).await
+    }
+
     /// Waits until the service answers health checks, or says why it stopped.
     async fn ready(
         trigger: csp_kit::shutdown::ShutdownTrigger,

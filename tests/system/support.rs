@@ -6,12 +6,13 @@ use csp_kit::clock::{DAY, ManualClock, SECOND};
 use csp_kit::roles::Role;
 use csp_proto::licensing::v1::{GetKeysAndDownloadsRequest, ListSoftwareRequest};
 use csp_proto::ordering::v1::{GetSubscriptionRequest, Order, SubscriptionStatus};
+use csp_proto::support::v1::support_service_client::SupportServiceClient;
 use csp_proto::support::v1::{
     AddCommentRequest, AttachmentUpload, CloseTicketRequest, Contact, CreateTicketRequest,
     GetAttachmentRequest, GetTicketRequest, Impact, IssueType, ListTicketsRequest, Ticket,
     TicketStatus, refund_request,
 };
-use csp_tests::{Instance, TestSystem, http};
+use csp_tests::{Bearer, Instance, TestSystem, connect, http};
 use tonic::Code;
 use tonic_types::StatusExt as _;
 use uuid::Uuid;
@@ -393,7 +394,7 @@ async fn tickets_validate_keep_attachments_and_are_idempotent() {
     let file = |size: usize, content_type: &str| AttachmentUpload {
         file_name: "evidence.pdf".into(),
         content_type: content_type.into(),
-        content: vec![7; size],
+        content: vec![7; size].into(),
     };
     let mut too_many = plain_ticket();
     too_many.attachments = (0..6).map(|_| file(10, "application/pdf")).collect();
@@ -417,7 +418,9 @@ async fn tickets_validate_keep_attachments_and_are_idempotent() {
     // The largest allowed file goes through the gateway and comes back whole.
     let mut with_files = plain_ticket();
     let mut big = file(10 * 1024 * 1024, "application/pdf");
-    big.content[12345] = 42;
+    let mut content = big.content.to_vec();
+    content[12345] = 42;
+    big.content = content.into();
     with_files.attachments = vec![big.clone(), file(3, "text/plain")];
     let created = support
         .create_ticket(with_files.clone())
@@ -536,7 +539,7 @@ async fn attachments_past_the_partners_quota_are_refused_and_other_partners_are_
         t.attachments = vec![AttachmentUpload {
             file_name: "trace.txt".into(),
             content_type: "text/plain".into(),
-            content: vec![b'x'; size],
+            content: vec![b'x'; size].into(),
         }];
         t
     };
@@ -584,4 +587,148 @@ async fn attachments_past_the_partners_quota_are_refused_and_other_partners_are_
             csp_tests::Bearer::new(&other),
         );
     theirs.create_ticket(with_file(1024 * 1024)).await.unwrap();
+}
+
+/// A ticket with one attachment of `size` bytes.
+fn ticket_with_file(size: usize) -> CreateTicketRequest {
+    let mut ticket = plain_ticket();
+    ticket.attachments = vec![AttachmentUpload {
+        file_name: "capture.pdf".into(),
+        content_type: "application/pdf".into(),
+        content: vec![3u8; size].into(),
+    }];
+    ticket
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_uploads_one_large_request_at_a_time_and_others_are_not_held_up() {
+    use http_body_util::BodyExt as _;
+    use prost::Message as _;
+    use prost::bytes::Bytes;
+
+    let system = TestSystem::start().await;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // Large means over 256 KiB here.
+    let gateway = Instance::gateway(
+        &system,
+        addr,
+        csp_gateway::limits::LimitArgs {
+            large_request_bytes: 256 * 1024,
+            ..csp_gateway::limits::LimitArgs::default()
+        },
+    )
+    .await;
+    let client = |partner: Uuid| {
+        let token = system.token_of(partner, &[Role::HelpdeskAgent]);
+        async move { SupportServiceClient::with_interceptor(connect(addr).await, Bearer::new(&token)) }
+    };
+    let partner_a = Uuid::new_v4();
+
+    // Partner A starts a 3 MiB upload and stops half-way, as a slow client
+    // would; the gateway admits it from the length its message declares.
+    let encoded = ticket_with_file(3 * 1024 * 1024).encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&encoded);
+    let framed = Bytes::from(framed);
+    let (frames, receive) =
+        tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::convert::Infallible>>(4);
+    let body =
+        http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(receive));
+    let request = ::http::Request::post(format!(
+        "http://{addr}/csp.support.v1.SupportService/CreateTicket"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header(
+        "authorization",
+        format!(
+            "Bearer {}",
+            system.token_of(partner_a, &[Role::HelpdeskAgent])
+        ),
+    )
+    .body(body)
+    .unwrap();
+    let http2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let slow = tokio::spawn(async move { http2.request(request).await });
+    let half = framed.len() / 2;
+    frames
+        .send(Ok(http_body::Frame::data(framed.slice(..half))))
+        .await
+        .unwrap();
+    // Until the gateway has let it through (its gauge counts its 3 MiB).
+    let mut admitted = false;
+    for _ in 0..200 {
+        let metrics = csp_kit::metrics::render().await;
+        let mib = csp_tests::metric_sample(
+            &metrics,
+            "csp_gateway_large_request_mib",
+            &[("service", "gateway")],
+        );
+        if mib.is_some_and(|mib| mib >= 3.0) {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(admitted, "the slow upload was never let through");
+
+    // A's second large upload is refused and told when to retry...
+    let mut support_a = client(partner_a).await;
+    let refused = support_a
+        .create_ticket(ticket_with_file(1024 * 1024))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::ResourceExhausted,
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused.message().contains("one at a time"),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused
+            .get_error_details()
+            .retry_info()
+            .and_then(|r| r.retry_delay)
+            .is_some(),
+        "RetryInfo says when"
+    );
+    // ... while A's small calls and another partner's uploads go through.
+    support_a.create_ticket(plain_ticket()).await.unwrap();
+    client(Uuid::new_v4())
+        .await
+        .create_ticket(ticket_with_file(1024 * 1024))
+        .await
+        .unwrap();
+
+    // The slow upload finishes and is stored; then A may upload again.
+    frames
+        .send(Ok(http_body::Frame::data(framed.slice(half..))))
+        .await
+        .unwrap();
+    drop(frames);
+    let answer = slow.await.unwrap().unwrap();
+    assert_eq!(answer.status(), 200);
+    let answer = answer.into_body().collect().await.unwrap();
+    let grpc_status = answer
+        .trailers()
+        .and_then(|t| t.get("grpc-status"))
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(grpc_status.as_deref(), Some("0"), "{answer:?}");
+    support_a
+        .create_ticket(ticket_with_file(1024 * 1024))
+        .await
+        .unwrap();
+    gateway.stop().await;
+    system.stop().await;
 }

@@ -14,6 +14,9 @@
 //!   gateway's download links), by service, route and status code.
 //! - `csp_gateway_limited_calls` (counter): calls the gateway refused by a
 //!   per-user or per-partner limit, by scope.
+//! - `csp_gateway_large_request_mib` (gauge): MiB of large request messages
+//!   (attachments) let through to the backends and not answered yet; the
+//!   large-request budget bounds it.
 //!
 //! Methods outside the descriptor set and health (reflection, unknown paths)
 //! are counted as `other`, so a caller cannot grow the label set. Database
@@ -51,6 +54,7 @@ struct Metrics {
     pool_max: Family<Labels<1>, Gauge>,
     http_responses: Family<Labels<3>, Counter>,
     limited: Family<Labels<2>, Counter>,
+    large_in_flight: Family<Labels<1>, Gauge>,
     known_methods: HashSet<String>,
     databases: Mutex<Vec<Watched>>,
     /// One scrape at a time: gauges are cleared and refilled per scrape.
@@ -116,10 +120,17 @@ fn metrics() -> &'static Metrics {
             "Calls refused by a per-user or per-partner limit, by scope",
             limited.clone(),
         );
+        let large_in_flight = Family::<Labels<1>, Gauge>::default();
+        registry.register(
+            "gateway_large_request_mib",
+            "MiB of large request messages let through to the backends and not answered yet",
+            large_in_flight.clone(),
+        );
         Metrics {
             registry,
             http_responses,
             limited,
+            large_in_flight,
             handled,
             latency,
             outbox_backlog,
@@ -184,6 +195,15 @@ pub fn count_limited(service: &'static str, scope: &'static str) {
         .limited
         .get_or_create(&[("service", service.to_owned()), ("scope", scope.to_owned())])
         .inc();
+}
+
+/// Adds `mib` (negative: takes away) to the large requests `service` has in
+/// flight.
+pub fn add_large_request_mib(service: &'static str, mib: i64) {
+    metrics()
+        .large_in_flight
+        .get_or_create(&[("service", service.to_owned())])
+        .inc_by(mib);
 }
 
 /// What a database reports on every scrape: its pool, and its outbox where

@@ -224,11 +224,8 @@ impl HeldBody {
                     Ok(data) => {
                         held.extend_from_slice(&data);
                         if held.len() > RETRY_BUFFER {
-                            let rest = Prefixed {
-                                prefix: Some(held.freeze()),
-                                rest: body,
-                            };
-                            return Ok(HeldBody::Streaming(AxumBody::new(rest)));
+                            let rest = Prefixed::body([Frame::data(held.freeze())], body);
+                            return Ok(HeldBody::Streaming(rest));
                         }
                     }
                     Err(frame) => {
@@ -261,10 +258,19 @@ impl HeldBody {
     }
 }
 
-/// Bytes already read, then the rest of the body.
+/// Frames already read, then the rest of the body.
 struct Prefixed {
-    prefix: Option<Bytes>,
+    prefix: std::collections::VecDeque<Frame<Bytes>>,
     rest: AxumBody,
+}
+
+impl Prefixed {
+    fn body(prefix: impl IntoIterator<Item = Frame<Bytes>>, rest: AxumBody) -> AxumBody {
+        AxumBody::new(Prefixed {
+            prefix: prefix.into_iter().collect(),
+            rest,
+        })
+    }
 }
 
 impl http_body::Body for Prefixed {
@@ -275,15 +281,48 @@ impl http_body::Body for Prefixed {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        if let Some(prefix) = self.prefix.take() {
-            return std::task::Poll::Ready(Some(Ok(Frame::data(prefix))));
+        if let Some(frame) = self.prefix.pop_front() {
+            return std::task::Poll::Ready(Some(Ok(frame)));
         }
         std::pin::Pin::new(&mut self.rest).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix.is_none() && self.rest.is_end_stream()
+        self.prefix.is_empty() && self.rest.is_end_stream()
     }
+}
+
+/// The length the first gRPC message of `body` declares (its 5-byte
+/// prefix: a compression flag and a big-endian length), read before
+/// anything is sent on, and the body with what was read put back; `None`
+/// when the body ends first. Usually the first frame holds the prefix and
+/// nothing is copied.
+pub async fn first_message_length(
+    mut body: AxumBody,
+) -> Result<(AxumBody, Option<u32>), axum::Error> {
+    let mut frames = Vec::new();
+    let mut head = [0u8; 5];
+    let mut have = 0;
+    while have < head.len() {
+        match body.frame().await {
+            None => return Ok((Prefixed::body(frames, body), None)),
+            Some(Err(error)) => return Err(error),
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let take = (head.len() - have).min(data.len());
+                    head[have..have + take].copy_from_slice(&data[..take]);
+                    have += take;
+                }
+                let trailers = frame.is_trailers();
+                frames.push(frame);
+                if trailers {
+                    return Ok((Prefixed::body(frames, body), None));
+                }
+            }
+        }
+    }
+    let declared = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+    Ok((Prefixed::body(frames, body), Some(declared)))
 }
 
 /// Whether a failed forward certainly reached no service, so sending it to
@@ -560,5 +599,28 @@ mod tests {
         let body = large.take().unwrap();
         assert_eq!(body.collect().await.unwrap().to_bytes().len(), big.len());
         assert!(large.take().is_none(), "a streamed body is sent once");
+    }
+
+    #[tokio::test]
+    async fn the_first_message_length_is_read_and_the_body_kept_whole() {
+        // A gRPC message of 300 bytes whose prefix arrives split over frames.
+        let mut encoded = vec![0u8];
+        encoded.extend_from_slice(&300u32.to_be_bytes());
+        encoded.extend(std::iter::repeat_n(9u8, 300));
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+            Ok(Frame::data(Bytes::copy_from_slice(&encoded[..2]))),
+            Ok(Frame::data(Bytes::copy_from_slice(&encoded[2..4]))),
+            Ok(Frame::data(Bytes::copy_from_slice(&encoded[4..]))),
+        ];
+        let body = AxumBody::new(http_body_util::StreamBody::new(tokio_stream::iter(frames)));
+        let (body, declared) = first_message_length(body).await.unwrap();
+        assert_eq!(declared, Some(300));
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], &encoded[..]);
+
+        let (body, declared) = first_message_length(AxumBody::from(vec![0u8, 0, 0]))
+            .await
+            .unwrap();
+        assert_eq!(declared, None, "ended before a whole prefix");
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 3);
     }
 }

@@ -29,6 +29,7 @@ use csp_kit::config::{
     OrderingUrl, Secret, SupportUrl,
 };
 use csp_kit::identity::{IDENTITY_HEADER, IdentityKey, REQUEST_ID_HEADER, UserCaller};
+use csp_kit::ids::PartnerId;
 use csp_kit::roles::RoleSet;
 use csp_kit::server::{self, ReflectionScope};
 use csp_kit::shutdown::Shutdown;
@@ -320,11 +321,51 @@ impl Gateway {
     ) -> http::Response<Body> {
         let mut response = match self.admit(request, &request_id) {
             // The permit counts the call as in flight until it is answered.
-            Ok((route, request, _in_flight)) => self.forwarder.send(&route.replicas, request).await,
+            Ok((route, request, partner, _in_flight)) => {
+                self.pass_on(route, request, partner, &request_id).await
+            }
             Err(status) => status.into_http(),
         };
         response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
         response
+    }
+
+    /// Sends an admitted call to its backend, once the size its request
+    /// message declares is within the large-request limits (the permit is
+    /// held until the backend has answered).
+    async fn pass_on(
+        &self,
+        route: &Route,
+        request: http::Request<axum::body::Body>,
+        partner: PartnerId,
+        request_id: &HeaderValue,
+    ) -> http::Response<Body> {
+        let (parts, body) = request.into_parts();
+        let (body, declared) = match balance::first_message_length(body).await {
+            Ok(read) => read,
+            Err(error) => {
+                tracing::info!(%error, "the caller's request body ended early");
+                return Status::cancelled("the request body could not be read").into_http();
+            }
+        };
+        let declared = declared.unwrap_or(0);
+        let _large = match self.limits.admit_large(partner, declared) {
+            Ok(permit) => permit,
+            Err(status) => {
+                tracing::info!(
+                    method = %parts.uri.path(),
+                    request_id = ?request_id,
+                    partner_id = %partner,
+                    declared_bytes = declared,
+                    reason = status.message(),
+                    "call refused: over the large-request limit"
+                );
+                return status.into_http();
+            }
+        };
+        self.forwarder
+            .send(&route.replicas, http::Request::from_parts(parts, body))
+            .await
     }
 
     /// Decides whether a call goes through, and prepares it for the backend.
@@ -336,6 +377,7 @@ impl Gateway {
         (
             &Route,
             http::Request<axum::body::Body>,
+            PartnerId,
             tokio::sync::OwnedSemaphorePermit,
         ),
         Status,
@@ -386,7 +428,12 @@ impl Gateway {
                 .headers
                 .insert(GRPC_TIMEOUT, self.default_deadline.clone());
         }
-        Ok((route, http::Request::from_parts(parts, body), in_flight))
+        Ok((
+            route,
+            http::Request::from_parts(parts, body),
+            user.partner_id,
+            in_flight,
+        ))
     }
 }
 

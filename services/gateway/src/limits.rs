@@ -5,8 +5,16 @@
 //! is RESOURCE_EXHAUSTED with google.rpc `RetryInfo` saying when to try
 //! again (Partner Center answers 429 with `Retry-After`), and is counted in
 //! `csp_gateway_limited_calls_total{scope}`.
+//!
+//! Large requests (a request message over `CSP_LARGE_REQUEST_BYTES`, 4 MiB by
+//! default: ticket attachments) are admitted from the length their gRPC
+//! message prefix declares, before anything reaches the backend: one per
+//! partner at a time, and at most `CSP_LARGE_REQUEST_BUDGET_MIB` (64) MiB of
+//! them in flight for all partners together, so a burst of uploads cannot
+//! make a backend hold more than that in memory. A refused one is
+//! RESOURCE_EXHAUSTED with RetryInfo (1 s).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,6 +49,23 @@ pub struct LimitArgs {
         default_value_t = LimitArgs::DEFAULT.partner_concurrency
     )]
     pub partner_concurrency: u32,
+    /// A call whose request message declares more bytes than this is a large
+    /// request (ticket attachments): each partner may have one in flight at
+    /// a time, and all partners' together at most the large-request budget.
+    #[arg(
+        long,
+        env = "CSP_LARGE_REQUEST_BYTES",
+        default_value_t = LimitArgs::DEFAULT.large_request_bytes
+    )]
+    pub large_request_bytes: u32,
+    /// MiB of large request messages the backends may be holding at once,
+    /// all partners together: what bounds the memory large calls take.
+    #[arg(
+        long,
+        env = "CSP_LARGE_REQUEST_BUDGET_MIB",
+        default_value_t = LimitArgs::DEFAULT.large_request_budget_mib
+    )]
+    pub large_request_budget_mib: u32,
 }
 
 impl LimitArgs {
@@ -54,6 +79,8 @@ impl LimitArgs {
         partner_rate: 20_000,
         partner_burst: 40_000,
         partner_concurrency: 1_024,
+        large_request_bytes: 4 * 1024 * 1024,
+        large_request_budget_mib: 64,
     };
 }
 
@@ -70,6 +97,28 @@ pub struct Limits {
     in_flight: Mutex<HashMap<PartnerId, Arc<Semaphore>>>,
     concurrency: usize,
     clock: DefaultClock,
+    large_request_bytes: u32,
+    large_budget_mib: u32,
+    large_budget: Arc<Semaphore>,
+    large_partners: Arc<Mutex<HashSet<PartnerId>>>,
+}
+
+/// Holds a large request's share of the budget, and its partner's one slot,
+/// until dropped (when the backend has answered).
+pub struct LargePermit {
+    budget: OwnedSemaphorePermit,
+    partner: PartnerId,
+    partners: Arc<Mutex<HashSet<PartnerId>>>,
+}
+
+impl Drop for LargePermit {
+    fn drop(&mut self) {
+        csp_kit::metrics::add_large_request_mib("gateway", -(self.budget.num_permits() as i64));
+        self.partners
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.partner);
+    }
 }
 
 fn quota(rate: u32, burst: u32) -> anyhow::Result<Quota> {
@@ -86,12 +135,20 @@ impl Limits {
             args.partner_concurrency > 0,
             "the partner concurrency must be at least 1"
         );
+        anyhow::ensure!(
+            args.large_request_budget_mib > 0,
+            "the large-request budget must be at least 1 MiB"
+        );
         Ok(Self {
             users: DefaultKeyedRateLimiter::keyed(quota(args.user_rate, args.user_burst)?),
             partners: DefaultKeyedRateLimiter::keyed(quota(args.partner_rate, args.partner_burst)?),
             in_flight: Mutex::new(HashMap::new()),
             concurrency: args.partner_concurrency as usize,
             clock: DefaultClock::default(),
+            large_request_bytes: args.large_request_bytes,
+            large_budget_mib: args.large_request_budget_mib,
+            large_budget: Arc::new(Semaphore::new(args.large_request_budget_mib as usize)),
+            large_partners: Arc::new(Mutex::new(HashSet::new())),
         })
     }
 
@@ -127,6 +184,59 @@ impl Limits {
                 Duration::from_millis(100),
             )
         })
+    }
+
+    /// Admits a call of `partner` whose request message declares `declared`
+    /// bytes: nothing to hold for a small one; for a large one, the
+    /// partner's one slot and the message's MiB of the budget, or
+    /// RESOURCE_EXHAUSTED with RetryInfo (refused before anything reaches
+    /// the backend, so a burst of large uploads never sits in its memory).
+    pub fn admit_large(
+        &self,
+        partner: PartnerId,
+        declared: u32,
+    ) -> Result<Option<LargePermit>, Status> {
+        if declared <= self.large_request_bytes {
+            return Ok(None);
+        }
+        let retry_in = Duration::from_secs(1);
+        if !self
+            .large_partners
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(partner)
+        {
+            return Err(exhausted(
+                "partner_large_requests",
+                &format!(
+                    "this partner already has a large request (over {} MiB) in progress; send them one at a time",
+                    self.large_request_bytes / (1024 * 1024)
+                ),
+                retry_in,
+            ));
+        }
+        let mib = declared.div_ceil(1024 * 1024).min(self.large_budget_mib);
+        match self.large_budget.clone().try_acquire_many_owned(mib) {
+            Ok(budget) => Ok(Some({
+                csp_kit::metrics::add_large_request_mib("gateway", i64::from(mib));
+                LargePermit {
+                    budget,
+                    partner,
+                    partners: self.large_partners.clone(),
+                }
+            })),
+            Err(_) => {
+                self.large_partners
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .remove(&partner);
+                Err(exhausted(
+                    "large_requests",
+                    "too many large requests are in progress",
+                    retry_in,
+                ))
+            }
+        }
     }
 
     /// Forgets users and partners that have been quiet (their buckets are
@@ -217,5 +327,54 @@ mod tests {
         drop(first);
         let _ = limits.admit(&user(p, "u3")).unwrap();
         limits.forget_quiet();
+    }
+
+    #[test]
+    fn a_partner_has_one_large_request_at_a_time_within_a_shared_budget() {
+        let limits = Limits::new(&LimitArgs {
+            large_request_bytes: 1024 * 1024,
+            large_request_budget_mib: 60,
+            ..LimitArgs::default()
+        })
+        .unwrap();
+        let (a, b, c) = (PartnerId::new(), PartnerId::new(), PartnerId::new());
+        assert!(
+            limits.admit_large(a, 1024 * 1024).unwrap().is_none(),
+            "small"
+        );
+
+        let first = limits.admit_large(a, 50 * 1024 * 1024).unwrap().unwrap();
+        let again = limits.admit_large(a, 2 * 1024 * 1024).err().unwrap();
+        assert_eq!(again.code(), Code::ResourceExhausted);
+        assert!(
+            again.message().contains("one at a time"),
+            "{}",
+            again.message()
+        );
+        assert!(
+            again.get_error_details().retry_info().is_some(),
+            "RetryInfo says when"
+        );
+
+        // Another partner fits in what is left of the budget (10 MiB), a
+        // third does not.
+        let other = limits.admit_large(b, 10 * 1024 * 1024).unwrap().unwrap();
+        let over = limits.admit_large(c, 1024 * 1024 + 1).err().unwrap();
+        assert!(
+            over.message().contains("too many large"),
+            "{}",
+            over.message()
+        );
+        // Refused by the budget, c holds no slot.
+        drop(other);
+        let third = limits.admit_large(c, 5 * 1024 * 1024).unwrap();
+        assert!(third.is_some());
+
+        drop(first);
+        // A message larger than the whole budget takes all of it.
+        drop(third);
+        let huge = limits.admit_large(a, u32::MAX).unwrap();
+        assert!(huge.is_some());
+        assert!(limits.admit_large(b, 2 * 1024 * 1024).is_err());
     }
 }

@@ -7,6 +7,7 @@ use csp_kit::error::quoted;
 use csp_kit::ids::{PartnerId, RequestId, SubscriptionId, TicketId};
 use csp_kit::{ApiError, FieldViolation};
 use csp_proto::support::v1 as pb;
+use prost::bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 /// At most this many attachments per ticket.
@@ -270,7 +271,7 @@ pub struct Attachment {
     /// SHA-256, hex.
     pub sha256: String,
     /// The bytes (empty unless loaded).
-    pub content: Vec<u8>,
+    pub content: Bytes,
 }
 
 /// A step of a refund: one subscription to cancel and revoke.
@@ -472,8 +473,8 @@ pub struct NewAttachment {
     pub file_name: String,
     /// Content type.
     pub content_type: String,
-    /// The bytes.
-    pub content: Vec<u8>,
+    /// The bytes: a slice of the received request, never a copy.
+    pub content: Bytes,
 }
 
 /// A ticket to file (checked and normalized).
@@ -752,7 +753,7 @@ pub fn fingerprint(r: &pb::CreateTicketRequest) -> String {
         let meta = pb::AttachmentUpload {
             file_name: a.file_name.clone(),
             content_type: a.content_type.clone(),
-            content: Vec::new(),
+            content: Bytes::new(),
         };
         let content_len = if a.content.is_empty() {
             0
@@ -865,7 +866,7 @@ mod tests {
             .map(|_| pb::AttachmentUpload {
                 file_name: "a.exe".into(),
                 content_type: "application/x-msdownload".into(),
-                content: vec![1],
+                content: vec![1].into(),
             })
             .collect();
         let Err(ApiError::InvalidArgument(v)) = check_ticket(&bad) else {
@@ -895,17 +896,17 @@ mod tests {
             pb::AttachmentUpload {
                 file_name: "a.pdf".into(),
                 content_type: "application/pdf".into(),
-                content: vec![7; 300],
+                content: vec![7; 300].into(),
             },
             pb::AttachmentUpload {
                 file_name: String::new(),
                 content_type: "text/plain".into(),
-                content: Vec::new(),
+                content: Bytes::new(),
             },
             pb::AttachmentUpload {
                 file_name: "big.csv".into(),
                 content_type: "text/csv".into(),
-                content: vec![1; 200_000],
+                content: vec![1; 200_000].into(),
             },
         ];
         for attachments in [0, 1, 2, 3] {

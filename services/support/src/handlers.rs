@@ -116,7 +116,7 @@ impl SupportService for SupportApi {
             .await?;
         Ok(Response::new(pb::GetAttachmentResponse {
             attachment: Some(attachment_to_pb(&attachment)),
-            content: attachment.content,
+            content: Vec::from(attachment.content),
         }))
     }
 }

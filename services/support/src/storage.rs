@@ -7,6 +7,7 @@ use csp_store::db::{Db, DbTx, MigrationSource, Migrations};
 use csp_store::error::column;
 use csp_store::outbox::{self, Message};
 use csp_store::{StoreResult, lock, on_db, on_tx};
+use prost::bytes::Bytes;
 use sqlx::Row as _;
 
 use crate::domain::{
@@ -188,8 +189,8 @@ impl SupportStore {
             .await
             .map(drop));
         inserted?;
-        // Each content is moved into its statement (SQLite keeps the buffer
-        // as is), never copied.
+        // Each content is lent to its statement (a slice of the received
+        // request), never copied here.
         for (position, a) in attachments.into_iter().enumerate() {
             const SQL: &str = "INSERT INTO ticket_attachments (id, ticket_id, position, file_name, content_type, \
                                size_bytes, sha256, content) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
@@ -201,7 +202,7 @@ impl SupportStore {
                 .bind(&a.content_type)
                 .bind(a.size_bytes)
                 .bind(a.sha256)
-                .bind(a.content)
+                .bind(&a.content[..])
                 .execute(&mut **x)
                 .await
                 .map(drop))?;
@@ -335,7 +336,7 @@ impl SupportStore {
                     content_type,
                     size_bytes,
                     sha256,
-                    content: Vec::new(),
+                    content: Bytes::new(),
                 },
             )
             .collect())
@@ -357,7 +358,7 @@ impl SupportStore {
                 content_type,
                 size_bytes,
                 sha256,
-                content,
+                content: Bytes::from(content),
             },
         ))
     }

@@ -84,7 +84,7 @@ fn attachment(file_name: &str, content_type: &str, content: &[u8]) -> Attachment
         content_type: content_type.to_owned(),
         size_bytes: content.len() as i64,
         sha256: domain::sha256(content),
-        content: content.to_vec(),
+        content: content.to_vec().into(),
     }
 }
 
@@ -250,7 +250,7 @@ async fn a_ticket_round_trips_typed_with_its_attachments_and_outbox_messages() {
     let listed: Vec<Attachment> = files
         .iter()
         .map(|a| Attachment {
-            content: Vec::new(),
+            content: Default::default(),
             ..a.clone()
         })
         .collect();
