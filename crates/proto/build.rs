@@ -98,13 +98,44 @@ fn table(messages: &[spec::MessageSpec]) -> Result<String, std::fmt::Error> {
     }
     writeln!(out, "];")?;
     writeln!(out)?;
-    writeln!(out, "/// The index in [`MESSAGES`] of a request message.")?;
+    writeln!(
+        out,
+        "/// The index in [`MESSAGES`] of a request message the codec checks."
+    )?;
     writeln!(
         out,
         "pub(crate) fn request_index(package: &str, name: &str) -> Option<usize> {{"
     )?;
     writeln!(out, "    match (package, name) {{")?;
-    for (i, message) in messages.iter().enumerate().filter(|(_, m)| m.request) {
+    for (i, message) in messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.request && !m.itemwise)
+    {
+        writeln!(
+            out,
+            "        ({:?}, {:?}) => Some({i}),",
+            message.package, message.name
+        )?;
+    }
+    writeln!(out, "        _ => None,")?;
+    writeln!(out, "    }}")?;
+    writeln!(out, "}}")?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "/// The index in [`MESSAGES`] of any top-level message reachable from a request."
+    )?;
+    writeln!(
+        out,
+        "pub(crate) fn message_index(package: &str, name: &str) -> Option<usize> {{"
+    )?;
+    writeln!(out, "    match (package, name) {{")?;
+    for (i, message) in messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| !m.name.contains('.'))
+    {
         writeln!(
             out,
             "        ({:?}, {:?}) => Some({i}),",

@@ -133,6 +133,36 @@ async fn ranges_include_the_start_exclude_the_end_and_are_checked() {
         .into_inner()
         .rejected;
     assert_eq!(rejected.len(), 1);
+    // A record past a documented length is rejected alone; the rest of its
+    // batch is recorded.
+    let mut long = record(&partner, "e", ActivityType::KeyAccessed, BASE, "x");
+    if let Some(activity) = long.activity.as_mut() {
+        activity.user_id = "u".repeat(10_000);
+    }
+    let fine = record(
+        &partner,
+        "f",
+        ActivityType::KeyAccessed,
+        BASE + 3 * DAY,
+        "ada",
+    );
+    let outcome = intake
+        .record_activities(RecordActivitiesRequest {
+            records: vec![long, fine],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(outcome.recorded, 1);
+    assert_eq!(outcome.rejected.len(), 1);
+    assert_eq!(outcome.rejected[0].event_id, "e");
+    assert!(
+        outcome.rejected[0]
+            .reason
+            .starts_with("activity.user_id: at most 255 characters"),
+        "{}",
+        outcome.rejected[0].reason
+    );
 
     let mut audit = system.audit(&[Role::AccountAdmin]).await;
     let ids = |list: Vec<Activity>| -> Vec<String> {

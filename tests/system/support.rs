@@ -661,14 +661,15 @@ async fn a_partner_uploads_one_large_request_at_a_time_and_others_are_not_held_u
         .send(Ok(http_body::Frame::data(framed.slice(..half))))
         .await
         .unwrap();
-    // Until the gateway has let it through (its gauge counts its 3 MiB).
+    // Until this gateway has let it through (its gauge counts its 3 MiB).
     let mut admitted = false;
     for _ in 0..200 {
         let metrics = csp_kit::metrics::render().await;
+        let listener = addr.to_string();
         let mib = csp_tests::metric_sample(
             &metrics,
             "csp_gateway_large_request_mib",
-            &[("service", "gateway")],
+            &[("service", "gateway"), ("listener", listener.as_str())],
         );
         if mib.is_some_and(|mib| mib >= 3.0) {
             admitted = true;

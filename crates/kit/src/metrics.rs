@@ -14,9 +14,9 @@
 //!   gateway's download links), by service, route and status code.
 //! - `csp_gateway_limited_calls` (counter): calls the gateway refused by a
 //!   per-user or per-partner limit, by scope.
-//! - `csp_gateway_large_request_mib` (gauge): MiB of large request messages
-//!   (attachments) let through to the backends and not answered yet; the
-//!   large-request budget bounds it.
+//! - `csp_gateway_large_request_mib` (gauge, by gateway `listener`): MiB of
+//!   large request messages (attachments) let through to the backends and
+//!   not answered yet; the large-request budget bounds it.
 //!
 //! Methods outside the descriptor set and health (reflection, unknown paths)
 //! are counted as `other`, so a caller cannot grow the label set. Database
@@ -54,7 +54,7 @@ struct Metrics {
     pool_max: Family<Labels<1>, Gauge>,
     http_responses: Family<Labels<3>, Counter>,
     limited: Family<Labels<2>, Counter>,
-    large_in_flight: Family<Labels<1>, Gauge>,
+    large_in_flight: Family<Labels<2>, Gauge>,
     known_methods: HashSet<String>,
     databases: Mutex<Vec<Watched>>,
     /// One scrape at a time: gauges are cleared and refilled per scrape.
@@ -120,7 +120,7 @@ fn metrics() -> &'static Metrics {
             "Calls refused by a per-user or per-partner limit, by scope",
             limited.clone(),
         );
-        let large_in_flight = Family::<Labels<1>, Gauge>::default();
+        let large_in_flight = Family::<Labels<2>, Gauge>::default();
         registry.register(
             "gateway_large_request_mib",
             "MiB of large request messages let through to the backends and not answered yet",
@@ -197,12 +197,15 @@ pub fn count_limited(service: &'static str, scope: &'static str) {
         .inc();
 }
 
-/// Adds `mib` (negative: takes away) to the large requests `service` has in
-/// flight.
-pub fn add_large_request_mib(service: &'static str, mib: i64) {
+/// Adds `mib` (negative: takes away) to the large requests `service`, on
+/// its `listener` (an address: one series per gateway), has in flight.
+pub fn add_large_request_mib(service: &'static str, listener: &str, mib: i64) {
     metrics()
         .large_in_flight
-        .get_or_create(&[("service", service.to_owned())])
+        .get_or_create(&[
+            ("service", service.to_owned()),
+            ("listener", listener.to_owned()),
+        ])
         .inc_by(mib);
 }
 

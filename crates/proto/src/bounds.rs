@@ -101,25 +101,45 @@ impl Found {
     }
 }
 
+/// Bytes that are not a protobuf encoding the walker can follow (prost
+/// would refuse them too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Malformed;
+
 /// The fields of an encoded request of `package.name` over their limits;
-/// empty when every field is within them, when the message is not a
-/// request, or when the bytes do not parse (decoding reports that).
-pub fn violations(package: &str, name: &str, encoded: &[u8]) -> Vec<Violation> {
-    let Some(index) = request_index(package, name) else {
+/// empty when every field is within them or the message is not a request the
+/// codec checks.
+pub fn violations(package: &str, name: &str, encoded: &[u8]) -> Result<Vec<Violation>, Malformed> {
+    match request_index(package, name) {
+        Some(index) => walk(index, encoded),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The fields of one item of a batch (a producer's record, an ordering
+/// event: see `ITEMWISE` in the spec) over their limits, so a handler
+/// rejects that item alone. Empty for a message no request reaches.
+pub fn item_violations<M: prost::Message + prost::Name>(item: &M) -> Vec<Violation> {
+    let Some(index) = message_index(M::PACKAGE, M::NAME) else {
         return Vec::new();
     };
+    // An encoding prost just made always parses.
+    walk(index, &item.encode_to_vec()).unwrap_or_default()
+}
+
+fn walk(index: usize, encoded: &[u8]) -> Result<Vec<Violation>, Malformed> {
     let mut found = Found {
         violations: Vec::new(),
         more: 0,
     };
-    let _ = scan(&MESSAGES[index], encoded, None, 0, &mut found);
+    scan(&MESSAGES[index], encoded, None, 0, &mut found).ok_or(Malformed)?;
     if found.more > 0 {
         found.violations.push(Violation {
             field: "request".to_owned(),
             description: format!("{} more fields are over their limits", found.more),
         });
     }
-    found.violations
+    Ok(found.violations)
 }
 
 /// Walks one encoded message; `None` when the bytes do not parse.
@@ -130,20 +150,21 @@ fn scan(
     depth: usize,
     found: &mut Found,
 ) -> Option<()> {
-    if depth > MAX_DEPTH || message.fields.is_empty() {
-        return Some(());
+    if depth > MAX_DEPTH {
+        return None;
     }
     // How many times each repeated field was seen, for the paths.
     let mut seen = [0usize; 64];
     while !bytes.is_empty() {
         let key = varint(&mut bytes)?;
-        let number = u32::try_from(key >> 3).ok()?;
+        let number = u32::try_from(key >> 3).ok().filter(|n| *n > 0)?;
         match key & 7 {
             0 => {
                 varint(&mut bytes)?;
             }
             1 => bytes = bytes.get(8..)?,
             5 => bytes = bytes.get(4..)?,
+            3 => skip_group(&mut bytes, number, depth + 1)?,
             2 => {
                 let len = usize::try_from(varint(&mut bytes)?).ok()?;
                 let value = bytes.get(..len)?;
@@ -183,10 +204,37 @@ fn scan(
                     }
                 }
             }
+            // An end-group tag outside a group, or wire types 6 and 7.
             _ => return None,
         }
     }
     Some(())
+}
+
+/// Skips the rest of a group (proto2's wire types 3 and 4, which prost
+/// skips in unknown fields) up to its matching end tag.
+fn skip_group(bytes: &mut &[u8], number: u32, depth: usize) -> Option<()> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    loop {
+        let key = varint(bytes)?;
+        let inner = u32::try_from(key >> 3).ok().filter(|n| *n > 0)?;
+        match key & 7 {
+            0 => {
+                varint(bytes)?;
+            }
+            1 => *bytes = bytes.get(8..)?,
+            5 => *bytes = bytes.get(4..)?,
+            2 => {
+                let len = usize::try_from(varint(bytes)?).ok()?;
+                *bytes = bytes.get(len..)?;
+            }
+            3 => skip_group(bytes, inner, depth + 1)?,
+            4 if inner == number => return Some(()),
+            _ => return None,
+        }
+    }
 }
 
 /// Characters in UTF-8 bytes: the bytes that do not continue a character.
@@ -280,16 +328,25 @@ where
                 violations(U::PACKAGE, U::NAME, chunk)
             } else {
                 let whole = buf.copy_to_bytes(buf.remaining());
-                let found = violations(U::PACKAGE, U::NAME, &whole);
-                if found.is_empty() {
-                    return U::decode(whole).map(Some).map_err(|e| {
-                        Status::internal(format!("failed to decode the message: {e}"))
-                    });
+                match violations(U::PACKAGE, U::NAME, &whole) {
+                    Ok(found) if found.is_empty() => {
+                        return U::decode(whole).map(Some).map_err(|e| {
+                            Status::internal(format!("failed to decode the message: {e}"))
+                        });
+                    }
+                    other => other,
                 }
-                found
             };
-            if !found.is_empty() {
-                return Err(refusal(found));
+            match found {
+                Ok(found) if found.is_empty() => {}
+                Ok(found) => return Err(refusal(found)),
+                Err(Malformed) => {
+                    return Err(refusal(vec![Violation {
+                        field: "request".to_owned(),
+                        description: "not a valid protobuf encoding of the request message"
+                            .to_owned(),
+                    }]));
+                }
             }
         }
         self.inner.decode(buf)
@@ -305,10 +362,11 @@ mod tests {
     use super::*;
     use crate::catalog::v1::GetProductRequest;
     use crate::ordering::v1::{OrderLineRequest, PlaceOrderRequest};
+    use prost::Message as _;
     use prost::Name as _;
 
     fn check<M: prost::Message + prost::Name>(message: &M) -> Vec<Violation> {
-        violations(M::PACKAGE, M::NAME, &message.encode_to_vec())
+        violations(M::PACKAGE, M::NAME, &message.encode_to_vec()).unwrap()
     }
 
     #[test]
@@ -330,7 +388,7 @@ mod tests {
             assert!(spec.fields.len() <= 64, "{}", spec.full_name());
             assert_eq!(
                 request_index(&spec.package, &spec.name).is_some(),
-                spec.request,
+                spec.request && !spec.itemwise,
                 "{}",
                 spec.full_name()
             );
@@ -425,15 +483,101 @@ mod tests {
     }
 
     #[test]
-    fn bytes_that_do_not_parse_are_left_to_the_decoder() {
+    fn bytes_that_do_not_parse_are_malformed() {
+        let (package, name) = (GetProductRequest::PACKAGE, GetProductRequest::NAME);
+        assert_eq!(violations(package, name, &[0x0a, 0xff]), Err(Malformed));
         assert_eq!(
-            violations(
-                GetProductRequest::PACKAGE,
-                GetProductRequest::NAME,
-                &[0x0a, 0xff]
-            ),
-            vec![]
+            violations(package, name, &[0x0c]),
+            Err(Malformed),
+            "end group"
         );
+        assert_eq!(
+            violations(package, name, &[0x07]),
+            Err(Malformed),
+            "wire type 7"
+        );
+        assert_eq!(
+            violations(package, name, &[0x02, 0x00]),
+            Err(Malformed),
+            "field 0"
+        );
+        assert_eq!(
+            violations(package, name, &[0x7b]),
+            Err(Malformed),
+            "open group"
+        );
+    }
+
+    #[test]
+    fn a_group_does_not_hide_the_fields_after_it() {
+        // An unknown empty group (field 15), one with a field inside, then
+        // an oversized product_id: prost skips the groups and decodes the
+        // rest, so the walker must too.
+        let mut encoded = vec![0x7b, 0x7c, 0x7b, 0x08, 0x01, 0x7c];
+        encoded.extend(
+            GetProductRequest {
+                product_id: "p".repeat(65),
+                market: String::new(),
+            }
+            .encode_to_vec(),
+        );
+        assert!(
+            GetProductRequest::decode(&encoded[..]).is_ok(),
+            "prost takes it"
+        );
+        let found = violations(
+            GetProductRequest::PACKAGE,
+            GetProductRequest::NAME,
+            &encoded,
+        );
+        assert_eq!(found.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn batch_items_are_checked_one_by_one_not_by_the_codec() {
+        use crate::audit::v1::{Activity, ActivityRecord, RecordActivitiesRequest};
+        let record = ActivityRecord {
+            partner_id: "p".repeat(65),
+            activity: Some(Activity {
+                user_id: "u".repeat(300),
+                ..Default::default()
+            }),
+        };
+        let batch = RecordActivitiesRequest {
+            records: vec![record.clone()],
+        };
+        assert_eq!(check(&batch), vec![], "the codec lets the batch through");
+        let fields: Vec<String> = item_violations(&record)
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(fields, ["partner_id", "activity.user_id"]);
+    }
+
+    #[test]
+    fn limits_follow_the_proto_comments() {
+        // Numbers written here by hand, from the proto comments.
+        let expected = [
+            ("csp.catalog.v1", "GetProductRequest", 1, 64),
+            ("csp.catalog.v1", "ListProductsRequest", 1, 2),
+            ("csp.catalog.v1", "ListProductsRequest", 4, 4096),
+            ("csp.support.v1", "CreateTicketRequest", 3, 200),
+            ("csp.support.v1", "CreateTicketRequest", 4, 10_000),
+            ("csp.ordering.v1", "CreateCustomerRequest", 2, 255),
+        ];
+        for (package, name, number, max) in expected {
+            let index = request_index(package, name).unwrap();
+            let field = MESSAGES[index]
+                .fields
+                .iter()
+                .find(|f| f.number == number)
+                .unwrap();
+            assert!(
+                matches!(field.rule, Rule::Text(m) if m == max),
+                "{package}.{name} field {number}: {:?}",
+                field.rule
+            );
+        }
     }
 
     #[test]

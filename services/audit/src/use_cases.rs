@@ -89,6 +89,18 @@ impl Audit {
         let mut intake = Intake::default();
         let mut batches: Vec<(PartnerId, Vec<Record>)> = Vec::new();
         for r in records {
+            // Each record within its documented limits (the codec leaves
+            // batches to us, so one bad record does not refuse the others).
+            if let Some(v) = csp_proto::bounds::item_violations(r).first() {
+                intake.rejected.push((
+                    r.activity
+                        .as_ref()
+                        .map(|a| csp_kit::error::shortened(&a.id))
+                        .unwrap_or_default(),
+                    format!("{}: {}", v.field, v.description),
+                ));
+                continue;
+            }
             match domain::intake_record(r, now) {
                 Ok((partner, record)) => match batches.last_mut() {
                     Some((p, records)) if *p == partner => records.push(record),

@@ -168,6 +168,8 @@ struct Gateway {
     identity: IdentityKey,
     /// `grpc-timeout` for calls without one.
     default_deadline: HeaderValue,
+    /// How long the first bytes of a request's message may take to come.
+    first_message_wait: std::time::Duration,
     /// Per-user and per-partner limits.
     limits: Arc<limits::Limits>,
 }
@@ -268,7 +270,9 @@ async fn serve_grpc(
             channel: forwarder.to(replicas),
         })
         .collect();
-    let limits = Arc::new(limits::Limits::new(&config.limits)?);
+    let limits = Arc::new(
+        limits::Limits::new(&config.limits)?.on_listener(&listener.local_addr()?.to_string()),
+    );
     tokio::spawn(forget_quiet(limits.clone(), shutdown.clone()));
     let gateway = Arc::new(Gateway {
         routes,
@@ -281,6 +285,7 @@ async fn serve_grpc(
         verifier: Box::new(Hs256Verifier::new(&config.jwt_secret)),
         identity: IdentityKey::new(&config.internal_key),
         default_deadline: grpc_timeout(config.default_deadline)?,
+        first_message_wait: std::time::Duration::from_secs(config.default_deadline),
         limits: limits.clone(),
     });
     let (health, routes) = server::base_routes(ReflectionScope::Only(public)).await?;
@@ -341,11 +346,19 @@ impl Gateway {
         request_id: &HeaderValue,
     ) -> http::Response<Body> {
         let (parts, body) = request.into_parts();
-        let (body, declared) = match balance::first_message_length(body).await {
-            Ok(read) => read,
-            Err(error) => {
+        let first = balance::first_message_length(body);
+        let (body, declared) = match tokio::time::timeout(self.first_message_wait, first).await {
+            Ok(Ok(read)) => read,
+            Ok(Err(error)) => {
                 tracing::info!(%error, "the caller's request body ended early");
                 return Status::cancelled("the request body could not be read").into_http();
+            }
+            Err(_) => {
+                return Status::deadline_exceeded(format!(
+                    "the request message did not start within {} s",
+                    self.first_message_wait.as_secs()
+                ))
+                .into_http();
             }
         };
         let declared = declared.unwrap_or(0);
@@ -363,6 +376,12 @@ impl Gateway {
                 return status.into_http();
             }
         };
+        let mut parts = parts;
+        if _large.is_some() {
+            // A large call holds a share of the budget: it may not hold it
+            // past LARGE_DEADLINE, whatever deadline its caller asked for.
+            cap_deadline(&mut parts.headers, LARGE_DEADLINE);
+        }
         self.forwarder
             .send(&route.replicas, http::Request::from_parts(parts, body))
             .await
@@ -451,6 +470,41 @@ async fn forget_quiet(limits: Arc<limits::Limits>, shutdown: Shutdown) {
 const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// A `grpc-timeout` value of `seconds` (at most 8 digits, as gRPC allows).
+/// The longest deadline a large call (an upload) gets.
+const LARGE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Lowers the call's `grpc-timeout` to `cap` when it asks for more (or is
+/// not one that parses).
+fn cap_deadline(headers: &mut http::HeaderMap, cap: std::time::Duration) {
+    let asked = headers
+        .get(GRPC_TIMEOUT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout);
+    if asked.is_none_or(|asked| asked > cap)
+        && let Ok(value) = HeaderValue::from_str(&format!("{}m", cap.as_millis()))
+    {
+        headers.insert(GRPC_TIMEOUT, value);
+    }
+}
+
+/// A `grpc-timeout` value: 1 to 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => std::time::Duration::from_secs(n * 3600),
+        "M" => std::time::Duration::from_secs(n * 60),
+        "S" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_millis(n),
+        "u" => std::time::Duration::from_micros(n),
+        "n" => std::time::Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 fn grpc_timeout(seconds: u64) -> anyhow::Result<HeaderValue> {
     anyhow::ensure!(
         (1..=99_999_999).contains(&seconds),
@@ -519,6 +573,24 @@ pub fn http_listen_addr(config: &Config) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_call_gets_at_most_the_large_deadline() {
+        use std::time::Duration;
+        assert_eq!(parse_grpc_timeout("30S"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        let mut headers = http::HeaderMap::new();
+        headers.insert(GRPC_TIMEOUT, HeaderValue::from_static("99999999S"));
+        cap_deadline(&mut headers, LARGE_DEADLINE);
+        assert_eq!(headers[GRPC_TIMEOUT], "60000m");
+        headers.insert(GRPC_TIMEOUT, HeaderValue::from_static("5S"));
+        cap_deadline(&mut headers, LARGE_DEADLINE);
+        assert_eq!(headers[GRPC_TIMEOUT], "5S", "a shorter deadline stays");
+    }
 
     #[test]
     fn request_ids_are_kept_when_sane_and_made_otherwise() {

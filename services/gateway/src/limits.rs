@@ -101,6 +101,8 @@ pub struct Limits {
     large_budget_mib: u32,
     large_budget: Arc<Semaphore>,
     large_partners: Arc<Mutex<HashSet<PartnerId>>>,
+    /// The gateway's listen address, labelling its gauge.
+    listener: Arc<str>,
 }
 
 /// Holds a large request's share of the budget, and its partner's one slot,
@@ -109,11 +111,16 @@ pub struct LargePermit {
     budget: OwnedSemaphorePermit,
     partner: PartnerId,
     partners: Arc<Mutex<HashSet<PartnerId>>>,
+    listener: Arc<str>,
 }
 
 impl Drop for LargePermit {
     fn drop(&mut self) {
-        csp_kit::metrics::add_large_request_mib("gateway", -(self.budget.num_permits() as i64));
+        csp_kit::metrics::add_large_request_mib(
+            "gateway",
+            &self.listener,
+            -(self.budget.num_permits() as i64),
+        );
         self.partners
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -149,7 +156,15 @@ impl Limits {
             large_budget_mib: args.large_request_budget_mib,
             large_budget: Arc::new(Semaphore::new(args.large_request_budget_mib as usize)),
             large_partners: Arc::new(Mutex::new(HashSet::new())),
+            listener: Arc::from(""),
         })
+    }
+
+    /// The same limits, labelling their gauge with the gateway's listen
+    /// address.
+    pub fn on_listener(mut self, listener: &str) -> Self {
+        self.listener = Arc::from(listener);
+        self
     }
 
     /// Admits one call of `user`, or says when to retry. The permit keeps
@@ -218,11 +233,12 @@ impl Limits {
         let mib = declared.div_ceil(1024 * 1024).min(self.large_budget_mib);
         match self.large_budget.clone().try_acquire_many_owned(mib) {
             Ok(budget) => Ok(Some({
-                csp_kit::metrics::add_large_request_mib("gateway", i64::from(mib));
+                csp_kit::metrics::add_large_request_mib("gateway", &self.listener, i64::from(mib));
                 LargePermit {
                     budget,
                     partner,
                     partners: self.large_partners.clone(),
+                    listener: self.listener.clone(),
                 }
             })),
             Err(_) => {

@@ -278,7 +278,15 @@ impl Licensing {
     pub async fn apply_events(&self, events: Vec<OrderingEvent>) -> ApiResult<Applied> {
         let mut outcome = Applied::default();
         for event in events {
-            let event_id = event.event_id.clone();
+            let event_id = csp_kit::error::shortened(&event.event_id);
+            // Each event within its documented limits (the codec leaves
+            // batches to us, so one bad event does not refuse the others).
+            if let Some(v) = csp_proto::bounds::item_violations(&event).first() {
+                outcome
+                    .rejected
+                    .push((event_id, format!("{}: {}", v.field, v.description)));
+                continue;
+            }
             match self.apply(event).await {
                 Ok(true) => outcome.applied += 1,
                 Ok(false) => {}

@@ -473,7 +473,7 @@ pub struct NewAttachment {
     pub file_name: String,
     /// Content type.
     pub content_type: String,
-    /// The bytes: a slice of the received request, never a copy.
+    /// The bytes: a slice of the received request (decoding copies nothing).
     pub content: Bytes,
 }
 
@@ -527,7 +527,7 @@ pub fn read_ticket(r: pb::CreateTicketRequest) -> Result<NewTicket, ApiError> {
         request_id_as_sent: r.request_id.trim().to_owned(),
         fingerprint,
         refund,
-        // The contents are moved, never copied.
+        // The contents are moved (slices of the received request).
         attachments: r
             .attachments
             .into_iter()

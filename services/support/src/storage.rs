@@ -189,8 +189,9 @@ impl SupportStore {
             .await
             .map(drop));
         inserted?;
-        // Each content is lent to its statement (a slice of the received
-        // request), never copied here.
+        // Each content is a slice of the received request, lent to its
+        // statement; sqlx copies it once into the statement's arguments, one
+        // attachment at a time.
         for (position, a) in attachments.into_iter().enumerate() {
             const SQL: &str = "INSERT INTO ticket_attachments (id, ticket_id, position, file_name, content_type, \
                                size_bytes, sha256, content) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";

@@ -11,6 +11,15 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+/// Requests that carry a batch of independent items (producers' records,
+/// ordering events): the codec does not refuse the whole batch for one bad
+/// item; the handler checks each item with `bounds::item_violations` and
+/// rejects only that one.
+pub const ITEMWISE: &[&str] = &[
+    "csp.audit.v1.RecordActivitiesRequest",
+    "csp.licensing.v1.ApplyOrderingEventsRequest",
+];
+
 use prost_types::field_descriptor_proto::{Label, Type};
 use prost_types::{DescriptorProto, FileDescriptorSet};
 
@@ -46,6 +55,9 @@ pub struct MessageSpec {
     pub name: String,
     /// Whether some RPC takes this message as its request.
     pub request: bool,
+    /// Whether it is a request whose items are checked one by one
+    /// ([`ITEMWISE`]), not by the codec.
+    pub itemwise: bool,
     /// The fields with a rule, by field number.
     pub fields: Vec<FieldSpec>,
 }
@@ -153,6 +165,7 @@ pub fn collect(set: &FileDescriptorSet) -> Result<Vec<MessageSpec>, Vec<String>>
                 package: package.clone(),
                 name: name.clone(),
                 request,
+                itemwise: ITEMWISE.contains(&full_name.as_str()),
                 fields,
             },
         );
