@@ -13,6 +13,7 @@ pub mod checkpoints;
 pub mod domain;
 pub mod export;
 pub mod handlers;
+pub mod log;
 pub mod storage;
 pub mod use_cases;
 
