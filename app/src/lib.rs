@@ -272,6 +272,7 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
     let c = csp_audit::Config {
         backend: audit_args,
         checkpoint_key: config.audit_key.clone(),
+        log_name: csp_audit::log::DEFAULT_LOG_NAME.to_owned(),
         checkpoint_file: None,
     };
     if !config.held_back.contains(&"audit") {

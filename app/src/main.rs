@@ -59,6 +59,23 @@ enum Command {
     /// Ask a server's gRPC health check; exits 0 when it is SERVING (for
     /// container health checks: the runtime image has no shell).
     Health(HealthArgs),
+    /// Print the activity log's public key (the verifier key auditors check
+    /// checkpoints and proofs with), or generate a new key pair.
+    AuditLogKey(AuditLogKeyArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct AuditLogKeyArgs {
+    /// Generate a new key pair instead: prints the signer key (for
+    /// CSP_AUDIT_KEY; keep it secret) and the verifier key.
+    #[arg(long)]
+    generate: bool,
+    /// The log key (as the audit service takes it).
+    #[arg(long, env = "CSP_AUDIT_KEY", default_value = csp_audit::DEV_CHECKPOINT_KEY, hide_default_value = true)]
+    key: csp_kit::config::Secret,
+    /// The log's name (for a generated key, or one derived from a secret).
+    #[arg(long, env = "CSP_AUDIT_LOG_NAME", default_value = csp_audit::log::DEFAULT_LOG_NAME)]
+    log_name: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -141,7 +158,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(
         cli.command,
-        Command::Token(_) | Command::Outbox(_) | Command::Health(_)
+        Command::Token(_) | Command::Outbox(_) | Command::Health(_) | Command::AuditLogKey(_)
     ) {
         telemetry::init(cli.log_format);
     }
@@ -167,6 +184,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 Duration::from_secs(args.hours * 3600),
             )?;
             println!("{token}");
+            Ok(())
+        }
+        Command::AuditLogKey(args) => {
+            if args.generate {
+                let (signer, verifier) = csp_audit::log::generate(&args.log_name)?;
+                println!("signer key (CSP_AUDIT_KEY, secret): {signer}");
+                println!("verifier key (public): {verifier}");
+            } else {
+                let key = csp_audit::log::LogKey::from_config(args.key.expose(), &args.log_name)?;
+                println!("{}", key.verifier_key());
+            }
             Ok(())
         }
         Command::Outbox(args) => outbox(args).await,

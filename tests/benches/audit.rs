@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use csp_audit::domain::{Record, Signer};
+use csp_audit::domain::Record;
 use csp_audit::storage::{AuditStore, Query};
 use csp_kit::clock::{DAY, SECOND};
 use csp_kit::ids::PartnerId;
@@ -37,7 +37,6 @@ async fn run(large: usize) -> anyhow::Result<()> {
     let (db, cleanup) = open().await?;
     db.migrate(&csp_audit::storage::MIGRATIONS).await?;
     let store = AuditStore::new(db.clone());
-    let signer = Signer::new(b"bench-audit-key");
     let partner = PartnerId::new();
     println!(
         "activity log scale: one partner, events over 90 days, page of 100 newest first, {QUERIES} queries per figure ({})",
@@ -54,7 +53,7 @@ async fn run(large: usize) -> anyhow::Result<()> {
         while filled < size {
             let n = BATCH.min(size - filled);
             let records = (filled..filled + n).map(record).collect();
-            store.append(partner, records, &signer, START).await?;
+            store.append(partner, records).await?;
             filled += n;
             if filled % 100_000 == 0 {
                 eprintln!(
@@ -116,8 +115,6 @@ fn record(i: usize) -> Record {
         subscription_id: format!("subscription-{}", i % 1000),
         product_id: "windows-server-datacenter".to_owned(),
         details: r#"{"version":"2022"}"#.to_owned(),
-        prev_hash: String::new(),
-        hash: String::new(),
     }
 }
 

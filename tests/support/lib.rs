@@ -463,6 +463,7 @@ impl Instance {
                 metrics_listen: None,
             },
             checkpoint_key: audit_key(),
+            log_name: csp_audit::log::DEFAULT_LOG_NAME.to_owned(),
             checkpoint_file: None,
         };
         let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();

@@ -519,29 +519,81 @@ async fn verify(audit: &mut Audit) -> csp_proto::audit::v1::VerifyActivityLogRes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn verification_names_an_edited_row_a_deleted_row_and_deleted_newest_rows() {
+async fn verification_names_edited_reordered_inserted_and_deleted_rows_and_a_rewritten_history() {
+    use csp_proto::audit::v1::{
+        GetConsistencyProofRequest, GetInclusionProofRequest, GetLogCheckpointRequest,
+        GetLogPublicKeyRequest, get_inclusion_proof_request,
+    };
     let system = TestSystem::start().await;
     let partner = system.partner.to_string();
     let mut intake = system.audit_intake().await;
+    let send = |ids: std::ops::Range<i64>| {
+        let partner = partner.clone();
+        RecordActivitiesRequest {
+            records: ids
+                .map(|i| {
+                    record(
+                        &partner,
+                        &format!("r{i}"),
+                        ActivityType::KeyAccessed,
+                        BASE + i,
+                        "u",
+                    )
+                })
+                .collect(),
+        }
+    };
+    let mut audit = system.audit(&[Role::GlobalAdmin]).await;
     for i in 0..10 {
-        // One at a time: one checkpoint per record.
-        intake
-            .record_activities(RecordActivitiesRequest {
-                records: vec![record(
-                    &partner,
-                    &format!("r{i}"),
-                    ActivityType::KeyAccessed,
-                    BASE + i,
-                    "u",
-                )],
-            })
+        intake.record_activities(send(i..i + 1)).await.unwrap();
+        // Every size gets a signed checkpoint.
+        audit
+            .get_log_checkpoint(GetLogCheckpointRequest {})
             .await
             .unwrap();
     }
-    let mut audit = system.audit(&[Role::GlobalAdmin]).await;
     let intact = verify(&mut audit).await;
     assert!(intact.intact, "{}", intact.summary);
-    assert_eq!(intact.records_checked, 10);
+    assert_eq!((intact.records_checked, intact.tree_size), (10, 10));
+
+    // An auditor keeps the public key and a checkpoint, and checks a record's
+    // inclusion with code that is not the service's.
+    let key = audit
+        .get_log_public_key(GetLogPublicKeyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(key.origin, format!("{}/{partner}", key.key_name));
+    let kept = audit
+        .get_log_checkpoint(GetLogCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let kept_head = csp_audit::log::open(&kept.checkpoint, &key.verifier_key).unwrap();
+    assert_eq!(kept_head.size, 10);
+    assert_eq!(kept_head.origin, key.origin);
+    let proof = audit
+        .get_inclusion_proof(GetInclusionProofRequest {
+            record: Some(get_inclusion_proof_request::Record::RecordId("r3".into())),
+            tree_size: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(proof.leaf_index, 3);
+    let hashes = |list: &[Vec<u8>]| -> Vec<tlog_tiles::Hash> {
+        list.iter()
+            .map(|h| tlog_tiles::Hash(h.as_slice().try_into().unwrap()))
+            .collect()
+    };
+    tlog_tiles::check_record(
+        &hashes(&proof.proof),
+        10,
+        kept_head.root,
+        3,
+        tlog_tiles::record_hash(&proof.entry),
+    )
+    .unwrap();
 
     let db = system.service_db("audit").await;
     let exec = |sql: &'static str| {
@@ -551,38 +603,132 @@ async fn verification_names_an_edited_row_a_deleted_row_and_deleted_newest_rows(
             csp_store::on_db!(&db, pool => csp_tests::sqlx::query(sql).bind(partner).execute(pool).await.map(drop)).unwrap();
         }
     };
-    // Edit one row.
+    // An edited row.
     exec("UPDATE activities SET user_id = 'mallory' WHERE partner_id = $1 AND seq = 3").await;
     let edited = verify(&mut audit).await;
     assert!(!edited.intact);
-    assert_eq!(edited.first_mismatch_id, "r2", "{}", edited.summary);
+    assert_eq!(edited.edited_record_ids, ["r2"], "{}", edited.summary);
+    assert_eq!(edited.first_mismatch_id, "r2");
     exec("UPDATE activities SET user_id = 'u' WHERE partner_id = $1 AND seq = 3").await;
     assert!(verify(&mut audit).await.intact);
 
-    // Delete one row.
+    // Two rows swapped.
+    exec("UPDATE activities SET seq = -6 WHERE partner_id = $1 AND seq = 6").await;
+    exec("UPDATE activities SET seq = 6 WHERE partner_id = $1 AND seq = 7").await;
+    exec("UPDATE activities SET seq = 7 WHERE partner_id = $1 AND seq = -6").await;
+    let reordered = verify(&mut audit).await;
+    assert_eq!(
+        reordered.reordered_record_ids,
+        ["r6", "r5"],
+        "{}",
+        reordered.summary
+    );
+    assert!(
+        reordered.edited_record_ids.is_empty(),
+        "{}",
+        reordered.summary
+    );
+    assert!(
+        reordered.summary.contains("reordered"),
+        "{}",
+        reordered.summary
+    );
+    exec("UPDATE activities SET seq = -6 WHERE partner_id = $1 AND seq = 6").await;
+    exec("UPDATE activities SET seq = 6 WHERE partner_id = $1 AND seq = 7").await;
+    exec("UPDATE activities SET seq = 7 WHERE partner_id = $1 AND seq = -6").await;
+    assert!(verify(&mut audit).await.intact);
+
+    // A row inserted into the past, behind the log's back.
+    exec(
+        "INSERT INTO activities (partner_id, seq, id, kind, occur_at_us, recorded_at_us, user_id, \
+         user_display_name, customer_tenant_id, subscription_id, product_id, details) \
+         VALUES ($1, 11, 'backdated', 'key_accessed', 0, 0, 'mallory', 'M', '', '', '', '{}')",
+    )
+    .await;
+    let inserted = verify(&mut audit).await;
+    assert_eq!(
+        inserted.inserted_record_ids,
+        ["backdated"],
+        "{}",
+        inserted.summary
+    );
+    exec("DELETE FROM activities WHERE partner_id = $1 AND seq = 11").await;
+
+    // A deleted row.
     exec("DELETE FROM activities WHERE partner_id = $1 AND seq = 5").await;
     let deleted = verify(&mut audit).await;
-    assert!(!deleted.intact);
     assert_eq!(deleted.missing_sequence_numbers, [5], "{}", deleted.summary);
 
-    // Delete the newest rows with their checkpoints and the chain head: the
-    // checkpoints outside the database still know them.
-    exec("DELETE FROM activities WHERE partner_id = $1 AND seq >= 9").await;
-    exec("DELETE FROM checkpoints WHERE partner_id = $1 AND seq >= 9").await;
-    exec("UPDATE chain_heads SET seq = 8 WHERE partner_id = $1").await;
-    let truncated = verify(&mut audit).await;
-    assert_eq!(
-        truncated.missing_sequence_numbers,
-        [5, 9, 10],
+    // History rewritten by someone who can write the database: records
+    // edited and the tree rebuilt over them, checkpoints in the database
+    // dropped. The service signs the rewritten tree from then on.
+    exec("UPDATE activities SET seq = 5, user_id = 'mallory' WHERE partner_id = $1 AND seq = 6")
+        .await;
+    exec("UPDATE activities SET seq = seq - 1 WHERE partner_id = $1 AND seq > 6").await;
+    exec("DELETE FROM tree_hashes WHERE partner_id = $1").await;
+    exec("DELETE FROM log_checkpoints WHERE partner_id = $1").await;
+    exec("DELETE FROM log_heads WHERE partner_id = $1").await;
+    csp_audit::storage::AuditStore::new(db.clone())
+        .build_missing_leaves(1000)
+        .await
+        .unwrap();
+    // The rewritten tree of 9 records gets signed: a second, different
+    // checkpoint of size 9.
+    audit
+        .get_log_checkpoint(GetLogCheckpointRequest {})
+        .await
+        .unwrap();
+    intake.record_activities(send(20..22)).await.unwrap();
+    let now = audit
+        .get_log_checkpoint(GetLogCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let now_head = csp_audit::log::open(&now.checkpoint, &key.verifier_key).unwrap();
+    assert_eq!(now_head.size, 11, "9 rewritten records and 2 new ones");
+    // The auditor asks for a proof that the new tree extends the kept one:
+    // none can exist.
+    let consistency = audit
+        .get_consistency_proof(GetConsistencyProofRequest {
+            first_size: 10,
+            second_size: 11,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        tlog_tiles::check_tree(
+            &hashes(&consistency.proof),
+            11,
+            now_head.root,
+            10,
+            kept_head.root
+        )
+        .is_err(),
+        "the rewritten history passed as an extension of the kept checkpoint"
+    );
+    // The server's own check sees it against the checkpoints in the file,
+    // and the two different signed checkpoints of size 10 as a fork.
+    let rewritten = verify(&mut audit).await;
+    assert!(!rewritten.intact);
+    assert!(rewritten.rewritten_at_size > 0, "{}", rewritten.summary);
+    assert!(
+        rewritten.summary.contains("history rewritten"),
         "{}",
-        truncated.summary
+        rewritten.summary
+    );
+    assert_eq!(rewritten.forked_sizes, [9], "{}", rewritten.summary);
+    assert!(
+        rewritten.summary.contains("forked"),
+        "{}",
+        rewritten.summary
     );
     db.close().await;
     system.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_append_to_one_chain_without_forking() {
+async fn two_replicas_append_to_one_log_without_forking() {
     let system = TestSystem::start().await;
     let partner = system.partner.to_string();
     let second_addr = std::net::TcpListener::bind("127.0.0.1:0")
@@ -788,6 +934,166 @@ async fn a_user_hammering_a_denied_method_makes_one_record_not_one_per_call() {
         denials(&found),
         1,
         "the first denial is recorded at once, the other 199 are counted into one record at the end of the minute"
+    );
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proofs_are_checked_and_never_about_another_partners_log() {
+    use csp_proto::audit::v1::{
+        GetConsistencyProofRequest, GetInclusionProofRequest, GetLogCheckpointRequest,
+        get_inclusion_proof_request::Record as Which,
+    };
+    let system = TestSystem::start().await;
+    let partner = system.partner.to_string();
+    let mut intake = system.audit_intake().await;
+    intake
+        .record_activities(RecordActivitiesRequest {
+            records: (0..5)
+                .map(|i| {
+                    record(
+                        &partner,
+                        &format!("p{i}"),
+                        ActivityType::KeyAccessed,
+                        BASE + i,
+                        "u",
+                    )
+                })
+                .collect(),
+        })
+        .await
+        .unwrap();
+    let mut audit = system.audit(&[Role::AccountAdmin]).await;
+    let head = audit
+        .get_log_checkpoint(GetLogCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(head.tree_size, 5);
+    assert_eq!(head.root_hash.len(), 32);
+
+    // By index, against the newest checkpoint (tree_size 0).
+    let by_index = audit
+        .get_inclusion_proof(GetInclusionProofRequest {
+            record: Some(Which::LeafIndex(4)),
+            tree_size: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((by_index.leaf_index, by_index.tree_size), (4, 5));
+    assert_eq!(by_index.checkpoint, head.checkpoint);
+
+    let refused = |status: tonic::Status, code: Code, field: &str| {
+        assert_eq!(status.code(), code, "{}", status.message());
+        if code == Code::InvalidArgument {
+            let details = status.get_error_details();
+            let fields: Vec<&str> = details
+                .bad_request()
+                .map(|b| {
+                    b.field_violations
+                        .iter()
+                        .map(|v| v.field.as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert_eq!(fields, [field], "{}", status.message());
+        }
+    };
+    let inclusion =
+        |record: Option<Which>, tree_size: u64| GetInclusionProofRequest { record, tree_size };
+    refused(
+        audit
+            .get_inclusion_proof(inclusion(None, 0))
+            .await
+            .unwrap_err(),
+        Code::InvalidArgument,
+        "record",
+    );
+    refused(
+        audit
+            .get_inclusion_proof(inclusion(Some(Which::LeafIndex(5)), 5))
+            .await
+            .unwrap_err(),
+        Code::InvalidArgument,
+        "leaf_index",
+    );
+    refused(
+        audit
+            .get_inclusion_proof(inclusion(Some(Which::LeafIndex(0)), 6))
+            .await
+            .unwrap_err(),
+        Code::InvalidArgument,
+        "tree_size",
+    );
+    refused(
+        audit
+            .get_inclusion_proof(inclusion(Some(Which::RecordId("p4".into())), 3))
+            .await
+            .unwrap_err(),
+        Code::InvalidArgument,
+        "record_id",
+    );
+    refused(
+        audit
+            .get_inclusion_proof(inclusion(Some(Which::RecordId("nope".into())), 0))
+            .await
+            .unwrap_err(),
+        Code::NotFound,
+        "",
+    );
+    let consistency = |first_size: u64, second_size: u64| GetConsistencyProofRequest {
+        first_size,
+        second_size,
+    };
+    audit
+        .get_consistency_proof(consistency(2, 5))
+        .await
+        .unwrap();
+    refused(
+        audit
+            .get_consistency_proof(consistency(0, 5))
+            .await
+            .unwrap_err(),
+        Code::InvalidArgument,
+        "first_size",
+    );
+    refused(
+        audit
+            .get_consistency_proof(consistency(4, 3))
+            .await
+            .unwrap_err(),
+        Code::InvalidArgument,
+        "first_size",
+    );
+    refused(
+        audit
+            .get_consistency_proof(consistency(1, 9))
+            .await
+            .unwrap_err(),
+        Code::InvalidArgument,
+        "second_size",
+    );
+
+    // Another partner's admin sees an empty log and none of these records.
+    let mut other =
+        csp_proto::audit::v1::audit_service_client::AuditServiceClient::with_interceptor(
+            system.gateway().await,
+            csp_tests::Bearer::new(&system.token_of(uuid::Uuid::new_v4(), &[Role::AccountAdmin])),
+        );
+    let empty = other
+        .get_log_checkpoint(GetLogCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((empty.tree_size, empty.checkpoint.as_str()), (0, ""));
+    refused(
+        other
+            .get_inclusion_proof(inclusion(Some(Which::RecordId("p1".into())), 0))
+            .await
+            .unwrap_err(),
+        Code::InvalidArgument,
+        "tree_size",
     );
     system.stop().await;
 }

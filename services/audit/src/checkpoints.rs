@@ -1,6 +1,6 @@
-//! Checkpoints kept outside the database: an append-only file of JSON lines
-//! (fsynced), and a log line for each, so records deleted from the end of the
-//! log together with their database checkpoints are still detected.
+//! Signed checkpoints kept outside the database: an append-only file of JSON
+//! lines (fsynced), and a log line for each, so a witness can keep them and
+//! a database rewritten together with its checkpoints is still caught.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -8,7 +8,16 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use csp_kit::ids::PartnerId;
 
-use crate::domain::Checkpoint;
+/// One line of the file.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FiledCheckpoint {
+    /// The partner whose log it is.
+    pub partner_id: PartnerId,
+    /// The tree size.
+    pub size: u64,
+    /// The signed note (C2SP tlog-checkpoint).
+    pub note: String,
+}
 
 /// The outside record of checkpoints.
 #[derive(Clone, Debug)]
@@ -28,7 +37,7 @@ impl CheckpointFile {
     }
 
     /// Appends checkpoints and waits until they are on disk; also logs them.
-    pub fn append(&self, checkpoints: &[Checkpoint]) -> anyhow::Result<()> {
+    pub fn append(&self, checkpoints: &[FiledCheckpoint]) -> anyhow::Result<()> {
         if checkpoints.is_empty() {
             return Ok(());
         }
@@ -40,9 +49,8 @@ impl CheckpointFile {
         for c in checkpoints {
             tracing::info!(
                 partner_id = %c.partner_id,
-                seq = c.seq,
-                hash = %c.hash,
-                mac = %c.mac,
+                size = c.size,
+                note = %c.note,
                 "audit checkpoint"
             );
             lines.push_str(&serde_json::to_string(c)?);
@@ -59,9 +67,10 @@ impl CheckpointFile {
     }
 
     /// The checkpoints of one partner in the file (none when it does not
-    /// exist yet). Lines that do not parse are skipped: verification decides
+    /// exist yet). Lines that do not parse (such as the HMAC checkpoints of
+    /// the hash chain before the tree) are skipped: verification decides
     /// what the rest proves.
-    pub fn read(&self, partner_id: PartnerId) -> anyhow::Result<Vec<Checkpoint>> {
+    pub fn read(&self, partner_id: PartnerId) -> anyhow::Result<Vec<FiledCheckpoint>> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -71,7 +80,7 @@ impl CheckpointFile {
         };
         Ok(text
             .lines()
-            .filter_map(|line| serde_json::from_str::<Checkpoint>(line).ok())
+            .filter_map(|line| serde_json::from_str::<FiledCheckpoint>(line).ok())
             .filter(|c| c.partner_id == partner_id)
             .collect())
     }

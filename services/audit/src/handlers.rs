@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::domain::{self, Record, micros_of};
 use crate::export::Format;
-use crate::use_cases::{ActivityQuery, Audit};
+use crate::use_cases::{ActivityQuery, Audit, Leaf};
 
 /// The audit API (intake and queries) over its use cases.
 #[derive(Clone)]
@@ -118,13 +118,93 @@ impl AuditService for AuditApi {
         Ok(Response::new(pb::VerifyActivityLogResponse {
             intact: findings.intact(),
             records_checked: findings.checked,
-            first_mismatch_id: findings
-                .first_mismatch
-                .as_ref()
-                .map(|m| m.0.clone())
-                .unwrap_or_default(),
-            missing_sequence_numbers: findings.missing.iter().map(|s| *s as u64).collect(),
+            first_mismatch_id: findings.first_mismatch().unwrap_or_default().to_owned(),
+            missing_sequence_numbers: findings.missing.iter().map(|i| i + 1).collect(),
             summary: findings.summary(),
+            tree_size: findings.tree_size,
+            edited_record_ids: findings.edited.iter().map(|(id, _)| id.clone()).collect(),
+            reordered_record_ids: findings
+                .reordered
+                .iter()
+                .map(|(id, _, _)| id.clone())
+                .collect(),
+            inserted_record_ids: findings.inserted.clone(),
+            rewritten_at_size: findings.rewritten_at.unwrap_or(0),
+            forked_sizes: findings.forks.clone(),
+            forged_checkpoints: findings.forged_checkpoints,
+        }))
+    }
+
+    async fn get_log_public_key(
+        &self,
+        request: Request<pb::GetLogPublicKeyRequest>,
+    ) -> Result<Response<pb::GetLogPublicKeyResponse>, Status> {
+        let user = Caller::user_of(&request)?;
+        let (verifier_key, key_name, origin) = self.audit.public_key(user);
+        Ok(Response::new(pb::GetLogPublicKeyResponse {
+            verifier_key,
+            key_name,
+            origin,
+        }))
+    }
+
+    async fn get_log_checkpoint(
+        &self,
+        request: Request<pb::GetLogCheckpointRequest>,
+    ) -> Result<Response<pb::GetLogCheckpointResponse>, Status> {
+        let user = Caller::user_of(&request)?.clone();
+        let answer = match self.audit.checkpoint(&user).await? {
+            Some((tree_size, checkpoint, root)) => pb::GetLogCheckpointResponse {
+                checkpoint,
+                tree_size,
+                root_hash: root.0.to_vec(),
+            },
+            None => pb::GetLogCheckpointResponse::default(),
+        };
+        Ok(Response::new(answer))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<pb::GetInclusionProofRequest>,
+    ) -> Result<Response<pb::GetInclusionProofResponse>, Status> {
+        use pb::get_inclusion_proof_request::Record as Which;
+        let user = Caller::user_of(&request)?.clone();
+        let r = request.into_inner();
+        let leaf = match r.record {
+            Some(Which::RecordId(id)) if !id.trim().is_empty() => Leaf::Id(id.trim().to_owned()),
+            Some(Which::LeafIndex(index)) => Leaf::Index(index),
+            _ => {
+                return Err(ApiError::invalid("record", "set record_id or leaf_index").into());
+            }
+        };
+        let proof = self.audit.inclusion_proof(&user, leaf, r.tree_size).await?;
+        Ok(Response::new(pb::GetInclusionProofResponse {
+            leaf_index: proof.index,
+            tree_size: proof.size,
+            entry: proof.entry,
+            leaf_hash: proof.leaf.0.to_vec(),
+            proof: proof.proof.iter().map(|h| h.0.to_vec()).collect(),
+            checkpoint: proof.checkpoint.unwrap_or_default(),
+        }))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<pb::GetConsistencyProofRequest>,
+    ) -> Result<Response<pb::GetConsistencyProofResponse>, Status> {
+        let user = Caller::user_of(&request)?.clone();
+        let r = request.into_inner();
+        let proof = self
+            .audit
+            .consistency_proof(&user, r.first_size, r.second_size)
+            .await?;
+        Ok(Response::new(pb::GetConsistencyProofResponse {
+            first_size: proof.first,
+            second_size: proof.second,
+            proof: proof.proof.iter().map(|h| h.0.to_vec()).collect(),
+            first_checkpoint: proof.checkpoints.0.unwrap_or_default(),
+            second_checkpoint: proof.checkpoints.1.unwrap_or_default(),
         }))
     }
 }

@@ -1,8 +1,11 @@
 //! The audit service: every partner's activity log, complete and
 //! tamper-evident, queryable by date range.
 //!
-//! - [`domain`]: record hashes, signed checkpoints, chain verification; no I/O.
-//! - [`storage`]: appending to the chains, reading by range.
+//! - [`domain`]: records, their intake, what verification found; no I/O.
+//! - [`log`]: the transparency log without I/O: entries, the Merkle tree,
+//!   signed checkpoints, the log key.
+//! - [`storage`]: appending records and tree hashes, checkpoints, reading by
+//!   range.
 //! - [`checkpoints`]: the checkpoint file outside the database.
 //! - [`export`]: CSV and JSON lines.
 //! - [`handlers`]: the intake (internal) and the query API (public): decode,
@@ -43,8 +46,8 @@ pub const SPEC: Spec = Spec {
 };
 /// Where the service listens by default.
 pub const DEFAULT_ADDR: SocketAddr = config::local(config::ports::AUDIT);
-/// The development default of the checkpoint key; a deployment sets
-/// `CSP_AUDIT_KEY`.
+/// The development default of the log key; a deployment sets
+/// `CSP_AUDIT_KEY` to a note signer key (`csp audit-log-key --generate`).
 pub const DEV_CHECKPOINT_KEY: &str = "csp-development-audit-key-change-me";
 
 /// The service's configuration.
@@ -53,9 +56,17 @@ pub struct Config {
     /// Shared backend settings.
     #[command(flatten)]
     pub backend: BackendArgs,
-    /// The key chain heads are signed with; the database never holds it.
+    /// The key checkpoints are signed with (Ed25519); the database never
+    /// holds it. A note signer key `PRIVATE+KEY+NAME+ID+KEY` (from `csp
+    /// audit-log-key --generate`), or any other secret, from which a key
+    /// named by `--log-name` is derived (development).
     #[arg(long, env = "CSP_AUDIT_KEY", default_value = DEV_CHECKPOINT_KEY, hide_default_value = true)]
     pub checkpoint_key: Secret,
+    /// The log's name: the key's name and the first part of every
+    /// checkpoint's origin (NAME/PARTNER_ID), when the key does not carry
+    /// its own.
+    #[arg(long, env = "CSP_AUDIT_LOG_NAME", default_value = log::DEFAULT_LOG_NAME)]
+    pub log_name: String,
     /// The file checkpoints are also appended to, outside the database
     /// [default: DATA_DIR/audit-checkpoints.jsonl].
     #[arg(long, env = "CSP_AUDIT_CHECKPOINT_FILE")]
@@ -76,12 +87,25 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| config.backend.data_dir.join("audit-checkpoints.jsonl"));
     tracing::info!(service = NAME, checkpoint_file = %file.display(), "checkpoints also go to a file");
-    let api = AuditApi::new(Audit::new(
-        AuditStore::new(backend.db().clone()),
-        domain::Signer::new(config.checkpoint_key.expose().as_bytes()),
+    let key = log::LogKey::from_config(config.checkpoint_key.expose(), &config.log_name)?;
+    tracing::info!(service = NAME, public_key = %key.verifier_key(), "activity log checkpoints are signed with this key");
+    let store = AuditStore::new(backend.db().clone());
+    let built = store.build_missing_leaves(1000).await?;
+    if built > 0 {
+        tracing::info!(
+            service = NAME,
+            leaves = built,
+            "built the activity log's tree over records logged before it"
+        );
+    }
+    let audit = Audit::new(
+        store,
+        std::sync::Arc::new(key),
         checkpoints::CheckpointFile::new(file),
         clock,
-    ));
+    );
+    tokio::spawn(audit.clone().checkpoint_until(backend.shutdown().clone()));
+    let api = AuditApi::new(audit);
     backend
         .serve(|routes| {
             routes

@@ -192,6 +192,48 @@ pub fn append_reads(size: u64, count: u64) -> Vec<u64> {
     reads
 }
 
+/// Computes tree roots from leaves given in order, keeping only the right
+/// edge (one hash per level): the root of every prefix, in one pass.
+#[derive(Debug, Default)]
+pub struct RootBuilder {
+    /// Complete subtrees, largest first: (height, hash).
+    edge: Vec<(u32, Hash)>,
+    size: u64,
+}
+
+impl RootBuilder {
+    /// Adds the next leaf.
+    pub fn push(&mut self, leaf: Hash) {
+        let mut node = (0u32, leaf);
+        while let Some(&(height, left)) = self.edge.last() {
+            if height != node.0 {
+                break;
+            }
+            self.edge.pop();
+            node = (height + 1, tlog_tiles::node_hash(left, node.1));
+        }
+        self.edge.push(node);
+        self.size += 1;
+    }
+
+    /// Leaves so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The root of the leaves so far (RFC 9162 MTH).
+    pub fn root(&self) -> Hash {
+        let mut nodes = self.edge.iter().rev();
+        let Some(&(_, mut root)) = nodes.next() else {
+            return EMPTY_HASH;
+        };
+        for &(_, left) in nodes {
+            root = tlog_tiles::node_hash(left, root);
+        }
+        root
+    }
+}
+
 /// The log's signing key: Ed25519, named. It signs checkpoints; the
 /// database never holds it.
 pub struct LogKey {
@@ -390,8 +432,6 @@ mod tests {
             subscription_id: String::new(),
             product_id: String::new(),
             details: "{}".into(),
-            prev_hash: String::new(),
-            hash: String::new(),
         }
     }
 
@@ -470,6 +510,24 @@ mod tests {
                 let root = tlog_tiles::tree_hash(n as u64 + 1, &stored).unwrap();
                 assert_eq!(to_hex(&root), *want, "size {} in batches of {batch}", n + 1);
             }
+        }
+    }
+
+    #[test]
+    fn the_root_builder_agrees_with_the_stored_tree() {
+        let hashes: Vec<Hash> = (0..100).map(|n| leaf_hash(&record(n))).collect();
+        let stored = tree(&hashes, 7);
+        let mut builder = RootBuilder::default();
+        assert_eq!(builder.root(), EMPTY_HASH);
+        for (n, leaf) in hashes.iter().enumerate() {
+            builder.push(*leaf);
+            let size = n as u64 + 1;
+            assert_eq!(builder.size(), size);
+            assert_eq!(
+                builder.root(),
+                tlog_tiles::tree_hash(size, &stored).unwrap(),
+                "{size}"
+            );
         }
     }
 

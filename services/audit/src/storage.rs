@@ -1,20 +1,24 @@
-//! Audit storage: appending to each partner's chain (one writer at a time
-//! per partner, on any number of replicas), reading by time range, and
-//! walking a chain for verification.
+//! Audit storage: appending records and their tree hashes to each
+//! partner's log (one writer at a time per partner, on any number of
+//! replicas), signed checkpoints, reading by time range, and the stored
+//! hashes proofs and verification read.
 
 use csp_kit::clock::Micros;
 use csp_kit::ids::PartnerId;
 use csp_store::db::{Db, MigrationSource, Migrations};
-use csp_store::error::column;
+use csp_store::error::{StoreError, column};
 use csp_store::{StoreResult, on_db, on_tx};
 use sqlx::Row as _;
 
-use crate::domain::{self, Checkpoint, GENESIS, Record, Signer};
+use tlog_tiles::Hash;
+
+use crate::domain::Record;
+use crate::log::{self, Fetched};
 
 /// The audit service's migrations.
 pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: &[AUDIT],
-    postgres: &[AUDIT],
+    sqlite: &[AUDIT, MERKLE_LOG],
+    postgres: &[AUDIT, MERKLE_LOG],
 };
 
 const AUDIT: MigrationSource = MigrationSource {
@@ -23,8 +27,37 @@ const AUDIT: MigrationSource = MigrationSource {
     sql: include_str!("../migrations/0001_audit.sql"),
 };
 
+const MERKLE_LOG: MigrationSource = MigrationSource {
+    version: 2,
+    description: "merkle log",
+    sql: include_str!("../migrations/0002_merkle_log.sql"),
+};
+
 const COLUMNS: &str = "partner_id, seq, id, kind, occur_at_us, recorded_at_us, user_id, user_display_name, \
-                       customer_tenant_id, subscription_id, product_id, details, prev_hash, hash";
+                       customer_tenant_id, subscription_id, product_id, details";
+
+/// The query reading `count` stored hashes of a partner by index.
+fn hashes_sql(count: usize) -> String {
+    let placeholders: Vec<String> = (0..count).map(|i| format!("${}", i + 2)).collect();
+    format!(
+        "SELECT idx, hash FROM tree_hashes WHERE partner_id = $1 AND idx IN ({})",
+        placeholders.join(", ")
+    )
+}
+
+/// Runs [`hashes_sql`] for `indexes` on an executor; evaluates to
+/// `Result<Vec<(i64, String)>, sqlx::Error>`.
+macro_rules! read_hashes {
+    ($executor:expr, $partner:expr, $indexes:expr) => {{
+        let sql = hashes_sql($indexes.len());
+        let mut query =
+            sqlx::query_as::<_, (i64, String)>(sqlx::AssertSqlSafe(sql.as_str())).bind($partner);
+        for idx in $indexes {
+            query = query.bind(*idx as i64);
+        }
+        query.fetch_all($executor).await
+    }};
+}
 
 /// Reads a record row; evaluates to `StoreResult<Record>`.
 macro_rules! record_from_row {
@@ -43,8 +76,6 @@ macro_rules! record_from_row {
                 subscription_id: $row.try_get("subscription_id")?,
                 product_id: $row.try_get("product_id")?,
                 details: $row.try_get("details")?,
-                prev_hash: $row.try_get("prev_hash")?,
-                hash: $row.try_get("hash")?,
             })
         })()
     };
@@ -97,44 +128,37 @@ impl AuditStore {
         Self { db }
     }
 
-    /// Appends `records` (their `partner_id`, `seq`, `prev_hash` and `hash`
-    /// are set here) to `partner_id`'s chain in one transaction, skipping
-    /// ids already recorded, and checkpoints the new head. Returns how many
-    /// were new and the checkpoint (when any was).
-    pub async fn append(
-        &self,
-        partner_id: PartnerId,
-        records: Vec<Record>,
-        signer: &Signer,
-        now: Micros,
-    ) -> StoreResult<(u32, Option<Checkpoint>)> {
+    /// Appends `records` to `partner_id`'s log in one transaction: each new
+    /// record gets the next sequence number (its leaf index plus one) and
+    /// its leaf, and the tree's new stored hashes are written with it; ids
+    /// already recorded (before or earlier in the batch) are skipped.
+    /// Returns how many were new.
+    pub async fn append(&self, partner_id: PartnerId, records: Vec<Record>) -> StoreResult<u32> {
         let partner = partner_id.to_string();
         let mut tx = self.db.begin().await?;
-        const HEAD_INIT: &str = "INSERT INTO chain_heads (partner_id, seq, hash) VALUES ($1, 0, $2) \
-                                 ON CONFLICT (partner_id) DO NOTHING";
-        // Locks the partner's head row until commit: appends never interleave.
-        const HEAD_LOCK: &str = "UPDATE chain_heads SET seq = seq WHERE partner_id = $1";
-        const HEAD: &str = "SELECT seq, hash FROM chain_heads WHERE partner_id = $1";
-        let (mut seq, mut hash): (i64, String) = on_tx!(&mut tx, t => {
-            sqlx::query(HEAD_INIT).bind(&partner).bind(GENESIS).execute(&mut **t).await?;
-            sqlx::query(HEAD_LOCK).bind(&partner).execute(&mut **t).await?;
-            sqlx::query_as(HEAD).bind(&partner).fetch_one(&mut **t).await
-        })?;
-        let mut added = 0u32;
-        for mut record in records {
+        let size = lock_head(&mut tx, &partner).await?;
+        let mut fresh: Vec<Record> = Vec::with_capacity(records.len());
+        let mut ids = std::collections::HashSet::new();
+        for record in records {
             const SEEN: &str = "SELECT COUNT(*) FROM activities WHERE id = $1";
             let seen: i64 = on_tx!(&mut tx, t => sqlx::query_scalar(SEEN).bind(&record.id).fetch_one(&mut **t).await)?;
-            if seen > 0 {
-                continue;
+            if seen == 0 && ids.insert(record.id.clone()) {
+                fresh.push(record);
             }
+        }
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        for (k, record) in fresh.iter_mut().enumerate() {
             record.partner_id = partner_id;
-            record.seq = seq + 1;
-            record.prev_hash = hash.clone();
-            record.hash = domain::record_hash(&hash, &record);
-            let insert = format!(
-                "INSERT INTO activities ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-            );
-            let r = &record;
+            record.seq = size as i64 + k as i64 + 1;
+        }
+        let leaves: Vec<Hash> = fresh.iter().map(log::leaf_hash).collect();
+        add_leaves(&mut tx, &partner, size, &leaves).await?;
+        let insert = format!(
+            "INSERT INTO activities ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        );
+        for r in &fresh {
             on_tx!(&mut tx, t => sqlx::query(sqlx::AssertSqlSafe(insert.as_str()))
                 .bind(&partner)
                 .bind(r.seq)
@@ -148,36 +172,188 @@ impl AuditStore {
                 .bind(&r.subscription_id)
                 .bind(&r.product_id)
                 .bind(&r.details)
-                .bind(&r.prev_hash)
-                .bind(&r.hash)
                 .execute(&mut **t)
                 .await
                 .map(drop))?;
-            seq = record.seq;
-            hash = record.hash;
-            added += 1;
         }
-        if added == 0 {
-            return Ok((0, None));
+        tx.commit().await?;
+        Ok(fresh.len() as u32)
+    }
+
+    /// Builds the leaves of records stored without them (logged before the
+    /// tree existed), in order, `chunk` records per transaction; returns
+    /// how many were added. Safe to run on several replicas at once.
+    pub async fn build_missing_leaves(&self, chunk: u32) -> StoreResult<u64> {
+        const BEHIND: &str = "SELECT a.partner_id FROM activities a LEFT JOIN log_heads h \
+                              ON h.partner_id = a.partner_id GROUP BY a.partner_id \
+                              HAVING MAX(a.seq) > COALESCE(MAX(h.size), 0)";
+        let partners: Vec<String> =
+            on_db!(&self.db, pool => sqlx::query_scalar(BEHIND).fetch_all(pool).await)?;
+        let mut added = 0u64;
+        for partner in partners {
+            loop {
+                let mut tx = self.db.begin().await?;
+                let size = lock_head(&mut tx, &partner).await?;
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM activities WHERE partner_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                );
+                let records: Vec<Record> = on_tx!(&mut tx, t => {
+                    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                        .bind(&partner)
+                        .bind(size as i64)
+                        .bind(i64::from(chunk))
+                        .fetch_all(&mut **t)
+                        .await?;
+                    rows.iter().map(|r| record_from_row!(r)).collect::<StoreResult<Vec<Record>>>()
+                })?;
+                if records.is_empty() {
+                    break;
+                }
+                // Leaves follow the stored order; a gap would shift every
+                // later leaf, so the records must number on from the tree.
+                for (k, r) in records.iter().enumerate() {
+                    if r.seq != size as i64 + k as i64 + 1 {
+                        return Err(StoreError::corrupt("activities.seq", r.seq.to_string()));
+                    }
+                }
+                let leaves: Vec<Hash> = records.iter().map(log::leaf_hash).collect();
+                add_leaves(&mut tx, &partner, size, &leaves).await?;
+                tx.commit().await?;
+                added += records.len() as u64;
+                tracing::info!(partner_id = %partner, leaves = size + records.len() as u64, "building the activity log's tree from stored records");
+            }
         }
-        let checkpoint = signer.checkpoint(partner_id, seq, &hash);
-        const HEAD_SET: &str = "UPDATE chain_heads SET seq = $2, hash = $3 WHERE partner_id = $1";
-        const CHECKPOINT: &str = "INSERT INTO checkpoints (partner_id, seq, hash, mac, created_at_us) \
-                                  VALUES ($1, $2, $3, $4, $5)";
+        Ok(added)
+    }
+
+    /// Partners whose tree grew since their newest signed checkpoint, with
+    /// their size now.
+    pub async fn unsigned_heads(&self) -> StoreResult<Vec<(PartnerId, u64)>> {
+        const SQL: &str = "SELECT partner_id, size FROM log_heads WHERE size > signed_size";
+        let rows: Vec<(String, i64)> =
+            on_db!(&self.db, pool => sqlx::query_as(SQL).fetch_all(pool).await)?;
+        rows.into_iter()
+            .map(|(partner, size)| {
+                let partner = partner
+                    .parse()
+                    .map_err(|_| StoreError::corrupt("log_heads.partner_id", partner))?;
+                Ok((partner, size as u64))
+            })
+            .collect()
+    }
+
+    /// A partner's tree size (0 when it has no record).
+    pub async fn tree_size(&self, partner_id: PartnerId) -> StoreResult<u64> {
+        const SQL: &str = "SELECT COALESCE(MAX(size), 0) FROM log_heads WHERE partner_id = $1";
+        let size: i64 = on_db!(&self.db, pool => sqlx::query_scalar(SQL).bind(partner_id.to_string()).fetch_one(pool).await)?;
+        Ok(size as u64)
+    }
+
+    /// The stored hashes at `indexes` of a partner's tree (those missing are
+    /// left out; the tree math then says what is missing).
+    pub async fn hashes(&self, partner_id: PartnerId, indexes: &[u64]) -> StoreResult<Fetched> {
+        let partner = partner_id.to_string();
+        let mut fetched = Fetched::default();
+        for chunk in indexes.chunks(500) {
+            let rows = on_db!(&self.db, pool => read_hashes!(pool, &partner, chunk))?;
+            for (idx, hex) in rows {
+                let hash = log::from_hex(&hex)
+                    .ok_or_else(|| StoreError::corrupt("tree_hashes.hash", hex.clone()))?;
+                fetched.0.insert(idx as u64, hash);
+            }
+        }
+        Ok(fetched)
+    }
+
+    /// Stores a signed checkpoint and marks the partner's head signed up to
+    /// its size (a checkpoint of that size stored before is kept).
+    pub async fn save_checkpoint(
+        &self,
+        partner_id: PartnerId,
+        size: u64,
+        root: &Hash,
+        note: &str,
+        now: Micros,
+    ) -> StoreResult<()> {
+        let partner = partner_id.to_string();
+        let mut tx = self.db.begin().await?;
+        const INSERT: &str = "INSERT INTO log_checkpoints (partner_id, size, root, note, created_at_us) \
+                              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (partner_id, size) DO NOTHING";
+        const SIGNED: &str =
+            "UPDATE log_heads SET signed_size = $2 WHERE partner_id = $1 AND signed_size < $2";
         on_tx!(&mut tx, t => {
-            sqlx::query(HEAD_SET).bind(&partner).bind(seq).bind(&hash).execute(&mut **t).await?;
-            sqlx::query(CHECKPOINT)
+            sqlx::query(INSERT)
                 .bind(&partner)
-                .bind(seq)
-                .bind(&hash)
-                .bind(&checkpoint.mac)
+                .bind(size as i64)
+                .bind(log::to_hex(root))
+                .bind(note)
                 .bind(now)
                 .execute(&mut **t)
-                .await
-                .map(drop)
+                .await?;
+            sqlx::query(SIGNED).bind(&partner).bind(size as i64).execute(&mut **t).await.map(drop)
         })?;
         tx.commit().await?;
-        Ok((added, Some(checkpoint)))
+        Ok(())
+    }
+
+    /// A partner's signed checkpoints in the database: (size, note), by size.
+    pub async fn checkpoints(&self, partner_id: PartnerId) -> StoreResult<Vec<(u64, String)>> {
+        const SQL: &str =
+            "SELECT size, note FROM log_checkpoints WHERE partner_id = $1 ORDER BY size";
+        let rows: Vec<(i64, String)> = on_db!(&self.db, pool => sqlx::query_as(SQL).bind(partner_id.to_string()).fetch_all(pool).await)?;
+        Ok(rows
+            .into_iter()
+            .map(|(size, note)| (size as u64, note))
+            .collect())
+    }
+
+    /// A partner's newest signed checkpoint: (size, note).
+    pub async fn latest_checkpoint(
+        &self,
+        partner_id: PartnerId,
+    ) -> StoreResult<Option<(u64, String)>> {
+        const SQL: &str = "SELECT size, note FROM log_checkpoints WHERE partner_id = $1 \
+                           ORDER BY size DESC LIMIT 1";
+        let row: Option<(i64, String)> = on_db!(&self.db, pool => sqlx::query_as(SQL).bind(partner_id.to_string()).fetch_optional(pool).await)?;
+        Ok(row.map(|(size, note)| (size as u64, note)))
+    }
+
+    /// The signed checkpoint of one size: its note.
+    pub async fn checkpoint_at(
+        &self,
+        partner_id: PartnerId,
+        size: u64,
+    ) -> StoreResult<Option<String>> {
+        const SQL: &str = "SELECT note FROM log_checkpoints WHERE partner_id = $1 AND size = $2";
+        Ok(
+            on_db!(&self.db, pool => sqlx::query_scalar(SQL).bind(partner_id.to_string()).bind(size as i64).fetch_optional(pool).await)?,
+        )
+    }
+
+    /// The record of a partner with id `id`.
+    pub async fn record_by_id(
+        &self,
+        partner_id: PartnerId,
+        id: &str,
+    ) -> StoreResult<Option<Record>> {
+        let sql = format!("SELECT {COLUMNS} FROM activities WHERE partner_id = $1 AND id = $2");
+        on_db!(&self.db, pool => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(partner_id.to_string())
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+            row.map(|r| record_from_row!(&r)).transpose()
+        })
+    }
+
+    /// The record of a partner at sequence number `seq`.
+    pub async fn record_at(&self, partner_id: PartnerId, seq: i64) -> StoreResult<Option<Record>> {
+        Ok(self
+            .chain(partner_id, seq - 1, 1)
+            .await?
+            .into_iter()
+            .find(|r| r.seq == seq))
     }
 
     /// The newest sequence number of a partner's chain (0 when empty).
@@ -248,20 +424,55 @@ impl AuditStore {
             rows.iter().map(|r| record_from_row!(r)).collect()
         })
     }
+}
 
-    /// A partner's checkpoints kept in the database.
-    pub async fn checkpoints(&self, partner_id: PartnerId) -> StoreResult<Vec<Checkpoint>> {
-        const SQL: &str =
-            "SELECT seq, hash, mac FROM checkpoints WHERE partner_id = $1 ORDER BY seq";
-        let rows: Vec<(i64, String, String)> = on_db!(&self.db, pool => sqlx::query_as(SQL).bind(partner_id.to_string()).fetch_all(pool).await)?;
-        Ok(rows
-            .into_iter()
-            .map(|(seq, hash, mac)| Checkpoint {
-                partner_id,
-                seq,
-                hash,
-                mac,
-            })
-            .collect())
+/// Creates a partner's head row when missing, locks it until the
+/// transaction ends (appends never interleave) and reads the tree size.
+async fn lock_head(tx: &mut csp_store::db::DbTx, partner: &str) -> StoreResult<u64> {
+    const HEAD_INIT: &str = "INSERT INTO log_heads (partner_id, size, signed_size) VALUES ($1, 0, 0) \
+                             ON CONFLICT (partner_id) DO NOTHING";
+    const HEAD_LOCK: &str = "UPDATE log_heads SET size = size WHERE partner_id = $1";
+    const HEAD: &str = "SELECT size FROM log_heads WHERE partner_id = $1";
+    let size: i64 = on_tx!(tx, t => {
+        sqlx::query(HEAD_INIT).bind(partner).execute(&mut **t).await?;
+        sqlx::query(HEAD_LOCK).bind(partner).execute(&mut **t).await?;
+        sqlx::query_scalar(HEAD).bind(partner).fetch_one(&mut **t).await
+    })?;
+    Ok(size as u64)
+}
+
+/// Appends `leaves` to a partner's tree of `size` leaves inside `tx`: reads
+/// the stored hashes appending needs, writes the new ones and the new size.
+async fn add_leaves(
+    tx: &mut csp_store::db::DbTx,
+    partner: &str,
+    size: u64,
+    leaves: &[Hash],
+) -> StoreResult<()> {
+    let reads = log::append_reads(size, leaves.len() as u64);
+    let mut known = Fetched::default();
+    for chunk in reads.chunks(500) {
+        let rows = on_tx!(tx, t => read_hashes!(&mut **t, partner, chunk))?;
+        for (idx, hex) in rows {
+            let hash = log::from_hex(&hex)
+                .ok_or_else(|| StoreError::corrupt("tree_hashes.hash", hex.clone()))?;
+            known.0.insert(idx as u64, hash);
+        }
     }
+    let stored = log::append(size, leaves, &known).map_err(|_| {
+        StoreError::corrupt("tree_hashes", format!("hashes missing below leaf {size}"))
+    })?;
+    const INSERT: &str = "INSERT INTO tree_hashes (partner_id, idx, hash) VALUES ($1, $2, $3)";
+    for (idx, hash) in stored {
+        on_tx!(tx, t => sqlx::query(INSERT)
+            .bind(partner)
+            .bind(idx as i64)
+            .bind(log::to_hex(&hash))
+            .execute(&mut **t)
+            .await
+            .map(drop))?;
+    }
+    const SIZE: &str = "UPDATE log_heads SET size = $2 WHERE partner_id = $1";
+    on_tx!(tx, t => sqlx::query(SIZE).bind(partner).bind((size + leaves.len() as u64) as i64).execute(&mut **t).await.map(drop))?;
+    Ok(())
 }

@@ -1,7 +1,8 @@
-//! Audit's use cases: taking records in from producers, listing, exporting
-//! and verifying a partner's log. Each appends to the chain through one
-//! storage call that owns its transaction, then writes the checkpoint
-//! outside the database. Handlers call exactly one of these.
+//! Audit's use cases: taking records in from producers, listing, exporting,
+//! signing checkpoints, proving and verifying a partner's log. Each append
+//! is one storage call that owns its transaction; checkpoints are signed in
+//! the background (at least every second while records come) and written
+//! to the database and outside it. Handlers call exactly one of these.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,10 +16,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::checkpoints::CheckpointFile;
-use crate::domain::{self, Findings, Record, Signer, Verifier};
+use crate::checkpoints::{CheckpointFile, FiledCheckpoint};
+use crate::domain::{self, Findings, Record};
 use crate::export::{self, Format};
+use crate::log::{self, LogKey};
 use crate::storage::{AuditStore, Query};
+use tlog_tiles::Hash;
+
+/// How often new records are checkpointed.
+pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Records read per query when exporting or verifying.
 const CHUNK: u32 = 1000;
@@ -59,23 +65,62 @@ pub struct Intake {
 #[derive(Clone)]
 pub struct Audit {
     store: AuditStore,
-    signer: Signer,
+    key: Arc<LogKey>,
     file: CheckpointFile,
     clock: Arc<dyn Clock>,
 }
 
+/// Which record an inclusion proof is for.
+#[derive(Clone, Debug)]
+pub enum Leaf {
+    /// By the record's id.
+    Id(String),
+    /// By leaf index.
+    Index(u64),
+}
+
+/// An inclusion proof.
+#[derive(Clone, Debug)]
+pub struct Inclusion {
+    /// The leaf index.
+    pub index: u64,
+    /// The tree size.
+    pub size: u64,
+    /// The record's entry.
+    pub entry: Vec<u8>,
+    /// The leaf hash the tree holds.
+    pub leaf: Hash,
+    /// The audit path.
+    pub proof: Vec<Hash>,
+    /// The signed checkpoint of that size, if any.
+    pub checkpoint: Option<String>,
+}
+
+/// A consistency proof.
+#[derive(Clone, Debug)]
+pub struct Consistency {
+    /// Older size.
+    pub first: u64,
+    /// Newer size.
+    pub second: u64,
+    /// The proof.
+    pub proof: Vec<Hash>,
+    /// The signed checkpoints of both sizes, if any.
+    pub checkpoints: (Option<String>, Option<String>),
+}
+
 impl Audit {
-    /// Over `store`, signing checkpoints with `signer` and appending them to
+    /// Over `store`, signing checkpoints with `key` and appending them to
     /// `file` too.
     pub fn new(
         store: AuditStore,
-        signer: Signer,
+        key: Arc<LogKey>,
         file: CheckpointFile,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             store,
-            signer,
+            key,
             file,
             clock,
         }
@@ -206,42 +251,359 @@ impl Audit {
         Ok(rx)
     }
 
-    /// Walks the caller's partner's whole chain against the checkpoints in
-    /// the database and in the file.
-    pub async fn verify(&self, user: &UserCaller) -> ApiResult<Findings> {
-        let partner_id = user.partner_id;
-        let mut checkpoints = self.store.checkpoints(partner_id).await?;
-        checkpoints.extend(self.file.read(partner_id).map_err(ApiError::Internal)?);
-        let mut verifier = Verifier::new(&self.signer, checkpoints);
-        let mut after = 0;
+    /// Signs a checkpoint of every partner's tree that grew since its last
+    /// one, stores them and appends them to the file (one fsync).
+    pub async fn sign_new_checkpoints(&self) -> ApiResult<usize> {
+        let heads = self.store.unsigned_heads().await?;
+        let mut filed = Vec::with_capacity(heads.len());
+        for (partner, size) in heads {
+            filed.push(self.sign(partner, size).await?);
+        }
+        self.file.append(&filed).map_err(ApiError::Internal)?;
+        Ok(filed.len())
+    }
+
+    /// Signs checkpoints every [`CHECKPOINT_EVERY`] until `shutdown`.
+    pub async fn checkpoint_until(self, shutdown: csp_kit::shutdown::Shutdown) {
         loop {
-            let records = self.store.chain(partner_id, after, CHUNK * 5).await?;
-            let Some(last) = records.last() else { break };
-            after = last.seq;
-            for record in &records {
-                verifier.push(record);
+            tokio::select! {
+                () = shutdown.clone().wait() => return,
+                () = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+            }
+            if let Err(error) = self.sign_new_checkpoints().await {
+                tracing::warn!(%error, "cannot sign activity log checkpoints now; trying again");
             }
         }
-        let findings = verifier.finish();
+    }
+
+    /// Signs and stores the checkpoint of `partner`'s tree of `size` leaves.
+    async fn sign(&self, partner: PartnerId, size: u64) -> ApiResult<FiledCheckpoint> {
+        let root = self.root(partner, size).await?;
+        let note = self
+            .key
+            .sign(partner, size, root)
+            .map_err(ApiError::Internal)?;
+        self.store
+            .save_checkpoint(partner, size, &root, &note, self.clock.now())
+            .await?;
+        Ok(FiledCheckpoint {
+            partner_id: partner,
+            size,
+            note,
+        })
+    }
+
+    /// The root of `partner`'s tree of `size` leaves, from the stored hashes.
+    async fn root(&self, partner: PartnerId, size: u64) -> ApiResult<Hash> {
+        let reads = log::indexes_read(|r| tlog_tiles::tree_hash(size, r));
+        let fetched = self.store.hashes(partner, &reads).await?;
+        tlog_tiles::tree_hash(size, &fetched).map_err(|_| tree_damaged(partner, size))
+    }
+
+    /// The public key and the caller's partner's origin.
+    pub fn public_key(&self, user: &UserCaller) -> (String, String, String) {
+        (
+            self.key.verifier_key().to_owned(),
+            self.key.name().to_owned(),
+            log::origin(self.key.name(), user.partner_id),
+        )
+    }
+
+    /// The caller's partner's newest checkpoint (signed now when records
+    /// came since): (size, note, root); `None` for an empty log.
+    pub async fn checkpoint(&self, user: &UserCaller) -> ApiResult<Option<(u64, String, Hash)>> {
+        let partner = user.partner_id;
+        let size = self.store.tree_size(partner).await?;
+        if size == 0 {
+            return Ok(None);
+        }
+        let note = match self.store.checkpoint_at(partner, size).await? {
+            Some(note) => note,
+            None => {
+                let filed = self.sign(partner, size).await?;
+                self.file
+                    .append(std::slice::from_ref(&filed))
+                    .map_err(ApiError::Internal)?;
+                filed.note
+            }
+        };
+        let root = self.root(partner, size).await?;
+        Ok(Some((size, note, root)))
+    }
+
+    /// The tree size a proof is against: `asked`, or the newest signed
+    /// checkpoint's when 0; never more than the tree holds.
+    async fn proof_size(&self, partner: PartnerId, asked: u64, field: &str) -> ApiResult<u64> {
+        let size = self.store.tree_size(partner).await?;
+        let size = match asked {
+            0 => match self.store.latest_checkpoint(partner).await? {
+                Some((signed, _)) => signed,
+                None => size,
+            },
+            n => n,
+        };
+        if size == 0 || size > self.store.tree_size(partner).await? {
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "the log has {} records; ask for a size from 1 to that",
+                    self.store.tree_size(partner).await?
+                ),
+            ));
+        }
+        Ok(size)
+    }
+
+    /// Proves a record of the caller's partner is in its tree of `size`.
+    pub async fn inclusion_proof(
+        &self,
+        user: &UserCaller,
+        leaf: Leaf,
+        size: u64,
+    ) -> ApiResult<Inclusion> {
+        let partner = user.partner_id;
+        let size = self.proof_size(partner, size, "tree_size").await?;
+        let (index, field) = match &leaf {
+            Leaf::Id(id) => {
+                let record = self
+                    .store
+                    .record_by_id(partner, id)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("activity record", id.clone()))?;
+                ((record.seq - 1) as u64, "record_id")
+            }
+            Leaf::Index(index) => (*index, "leaf_index"),
+        };
+        if index >= size {
+            return Err(ApiError::invalid(
+                field,
+                format!("leaf {index} is not in the tree of size {size}"),
+            ));
+        }
+        let record = self
+            .store
+            .record_at(partner, index as i64 + 1)
+            .await?
+            .ok_or_else(|| ApiError::not_found("activity record", format!("leaf {index}")))?;
+        let leaf_index = log::stored_hash_index(0, index);
+        let mut reads = log::indexes_read(|r| tlog_tiles::prove_record(size, index, r));
+        reads.push(leaf_index);
+        let fetched = self.store.hashes(partner, &reads).await?;
+        let proof = tlog_tiles::prove_record(size, index, &fetched)
+            .map_err(|_| tree_damaged(partner, size))?;
+        let leaf = *fetched
+            .0
+            .get(&leaf_index)
+            .ok_or_else(|| tree_damaged(partner, size))?;
+        Ok(Inclusion {
+            index,
+            size,
+            entry: log::entry(&record),
+            leaf,
+            proof,
+            checkpoint: self.store.checkpoint_at(partner, size).await?,
+        })
+    }
+
+    /// Proves the caller's partner's tree of `second` extends that of
+    /// `first`.
+    pub async fn consistency_proof(
+        &self,
+        user: &UserCaller,
+        first: u64,
+        second: u64,
+    ) -> ApiResult<Consistency> {
+        let partner = user.partner_id;
+        let second = self.proof_size(partner, second, "second_size").await?;
+        if first == 0 || first > second {
+            return Err(ApiError::invalid(
+                "first_size",
+                format!("ask for a size from 1 to {second}"),
+            ));
+        }
+        let reads = log::indexes_read(|r| tlog_tiles::prove_tree(second, first, r));
+        let fetched = self.store.hashes(partner, &reads).await?;
+        let proof = tlog_tiles::prove_tree(second, first, &fetched)
+            .map_err(|_| tree_damaged(partner, second))?;
+        Ok(Consistency {
+            first,
+            second,
+            proof,
+            checkpoints: (
+                self.store.checkpoint_at(partner, first).await?,
+                self.store.checkpoint_at(partner, second).await?,
+            ),
+        })
+    }
+
+    /// Checks the caller's partner's whole log: the stored tree against
+    /// every signed checkpoint (database and file), every record against
+    /// the leaf logged at its place.
+    pub async fn verify(&self, user: &UserCaller) -> ApiResult<Findings> {
+        let partner = user.partner_id;
+        let size = self.store.tree_size(partner).await?;
+        let mut findings = Findings {
+            tree_size: size,
+            ..Findings::default()
+        };
+        // Signed roots by size; forged ones counted, disagreeing ones forks.
+        let mut notes: Vec<String> = self
+            .store
+            .checkpoints(partner)
+            .await?
+            .into_iter()
+            .map(|(_, note)| note)
+            .collect();
+        notes.extend(
+            self.file
+                .read(partner)
+                .map_err(ApiError::Internal)?
+                .into_iter()
+                .map(|c| c.note),
+        );
+        let origin = log::origin(self.key.name(), partner);
+        let mut signed: std::collections::BTreeMap<u64, Hash> = std::collections::BTreeMap::new();
+        for note in notes {
+            match log::open(&note, self.key.verifier_key()) {
+                Ok(c) if c.origin == origin => match signed.get(&c.size) {
+                    Some(root) if *root != c.root => findings.forks.push(c.size),
+                    Some(_) => {}
+                    None => {
+                        signed.insert(c.size, c.root);
+                    }
+                },
+                _ => findings.forged_checkpoints += 1,
+            }
+        }
+        findings.forks.sort_unstable();
+        findings.forks.dedup();
+        findings.checkpoints_checked = signed.len() as u64;
+        // A signed size beyond the tree: leaves were cut off the end.
+        if let Some((&largest, _)) = signed.last_key_value()
+            && largest > size
+        {
+            findings.rewritten_at = Some(largest);
+            for index in size..largest {
+                findings.deleted(index);
+            }
+        }
+        // The stored leaves, in order, against the signed roots.
+        let mut builder = log::RootBuilder::default();
+        let mut next = 0u64;
+        while next < size {
+            let upto = (next + u64::from(CHUNK)).min(size);
+            let leaves = self.leaves(partner, next, upto).await?;
+            for leaf in leaves {
+                builder.push(leaf);
+                if let Some(root) = signed.get(&builder.size())
+                    && *root != builder.root()
+                    && findings.rewritten_at.is_none_or(|at| builder.size() < at)
+                {
+                    findings.rewritten_at = Some(builder.size());
+                }
+            }
+            next = upto;
+        }
+        // Every record against the leaf at its place.
+        let mut mismatched: Vec<(String, u64, Hash)> = Vec::new();
+        let mut expected = 0u64;
+        let mut after = 0;
+        loop {
+            let records = self.store.chain(partner, after, CHUNK * 5).await?;
+            let Some(last) = records.last() else { break };
+            after = last.seq;
+            let in_tree: Vec<u64> = records
+                .iter()
+                .map(|r| (r.seq - 1) as u64)
+                .filter(|i| *i < size)
+                .collect();
+            let stored = match (in_tree.first(), in_tree.last()) {
+                (Some(&lo), Some(&hi)) => self.leaves(partner, lo, hi + 1).await?,
+                _ => Vec::new(),
+            };
+            let base = in_tree.first().copied().unwrap_or(0);
+            for record in &records {
+                findings.checked += 1;
+                let index = (record.seq - 1) as u64;
+                if index >= size {
+                    if findings.inserted.len() < domain::MAX_REPORTED {
+                        findings.inserted.push(record.id.clone());
+                    }
+                    continue;
+                }
+                while expected < index {
+                    findings.deleted(expected);
+                    expected += 1;
+                }
+                expected = index + 1;
+                let leaf = log::leaf_hash(record);
+                if stored.get((index - base) as usize) != Some(&leaf) {
+                    mismatched.push((record.id.clone(), index, leaf));
+                }
+            }
+        }
+        while expected < size {
+            findings.deleted(expected);
+            expected += 1;
+        }
+        // A mismatched record logged at another place was moved; else edited.
+        if !mismatched.is_empty() {
+            let wanted: HashMap<[u8; 32], usize> = mismatched
+                .iter()
+                .enumerate()
+                .map(|(i, (_, _, leaf))| (leaf.0, i))
+                .collect();
+            let mut logged_at: HashMap<usize, u64> = HashMap::new();
+            let mut next = 0u64;
+            while next < size {
+                let upto = (next + u64::from(CHUNK)).min(size);
+                for (k, leaf) in self
+                    .leaves(partner, next, upto)
+                    .await?
+                    .into_iter()
+                    .enumerate()
+                {
+                    if let Some(&i) = wanted.get(&leaf.0) {
+                        logged_at.entry(i).or_insert(next + k as u64);
+                    }
+                }
+                next = upto;
+            }
+            for (i, (id, index, _)) in mismatched.into_iter().enumerate() {
+                match logged_at.get(&i) {
+                    Some(&at) if at != index => {
+                        if findings.reordered.len() < domain::MAX_REPORTED {
+                            findings.reordered.push((id, index, at));
+                        }
+                    }
+                    _ => {
+                        if findings.edited.len() < domain::MAX_REPORTED {
+                            findings.edited.push((id, index));
+                        }
+                    }
+                }
+            }
+        }
         if !findings.intact() {
-            tracing::error!(partner_id = %partner_id, summary = %findings.summary(), "activity log verification failed");
+            tracing::error!(partner_id = %partner, summary = %findings.summary(), "activity log verification failed");
         }
         Ok(findings)
     }
 
-    /// Appends records of one partner and writes the checkpoint outside the
-    /// database.
+    /// The stored leaf hashes of leaves `from..to` (a missing one ends the
+    /// list early: the tree is damaged there).
+    async fn leaves(&self, partner: PartnerId, from: u64, to: u64) -> ApiResult<Vec<Hash>> {
+        let indexes: Vec<u64> = (from..to).map(|n| log::stored_hash_index(0, n)).collect();
+        let fetched = self.store.hashes(partner, &indexes).await?;
+        Ok(indexes
+            .iter()
+            .map_while(|i| fetched.0.get(i).copied())
+            .collect())
+    }
+
+    /// Appends records of one partner.
     async fn append(&self, partner_id: PartnerId, records: Vec<Record>) -> ApiResult<u32> {
-        let (added, checkpoint) = self
-            .store
-            .append(partner_id, records, &self.signer, self.clock.now())
-            .await?;
-        if let Some(checkpoint) = checkpoint {
-            self.file
-                .append(&[checkpoint])
-                .map_err(ApiError::Internal)?;
-        }
-        Ok(added)
+        Ok(self.store.append(partner_id, records).await?)
     }
 
     /// Records that `user` read or exported the log.
@@ -270,10 +632,15 @@ impl Audit {
             subscription_id: String::new(),
             product_id: String::new(),
             details: domain::canonical_details(&details),
-            prev_hash: String::new(),
-            hash: String::new(),
         };
         self.append(user.partner_id, vec![record]).await?;
         Ok(())
     }
+}
+
+/// INTERNAL for a tree whose stored hashes do not add up.
+fn tree_damaged(partner: PartnerId, size: u64) -> ApiError {
+    ApiError::Internal(anyhow::anyhow!(
+        "the activity log tree of partner {partner} lacks stored hashes below size {size}; run VerifyActivityLog"
+    ))
 }
