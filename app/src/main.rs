@@ -62,6 +62,24 @@ enum Command {
     /// Print the activity log's public key (the verifier key auditors check
     /// checkpoints and proofs with), or generate a new key pair.
     AuditLogKey(AuditLogKeyArgs),
+    /// Check a proof bundle (ExportActivity with include_proofs, JSON lines)
+    /// with the log's public key alone: every record's inclusion, the
+    /// checkpoint's signature, and that it extends a checkpoint kept from
+    /// before. Exits 1 and names what is wrong when anything is.
+    VerifyLog(VerifyLogArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct VerifyLogArgs {
+    /// The log's verifier key (NAME+ID+KEY), as `csp audit-log-key` or
+    /// GetLogPublicKey give it.
+    #[arg(long)]
+    public_key: String,
+    /// A signed checkpoint kept from before (a file holding the note).
+    #[arg(long)]
+    previous: Option<std::path::PathBuf>,
+    /// The bundle (a file; `-` for standard input).
+    bundle: std::path::PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -158,7 +176,11 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(
         cli.command,
-        Command::Token(_) | Command::Outbox(_) | Command::Health(_) | Command::AuditLogKey(_)
+        Command::Token(_)
+            | Command::Outbox(_)
+            | Command::Health(_)
+            | Command::AuditLogKey(_)
+            | Command::VerifyLog(_)
     ) {
         telemetry::init(cli.log_format);
     }
@@ -197,6 +219,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::VerifyLog(args) => verify_log(args),
         Command::Outbox(args) => outbox(args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Health(args) => {
@@ -349,4 +372,38 @@ async fn outbox(args: OutboxArgs) -> anyhow::Result<()> {
     }
     db.close().await;
     Ok(())
+}
+
+fn verify_log(args: VerifyLogArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let bundle = if args.bundle.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("cannot read the bundle from stdin")?
+    } else {
+        std::fs::read_to_string(&args.bundle)
+            .with_context(|| format!("cannot read {}", args.bundle.display()))?
+    };
+    let previous = match &args.previous {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let report = csp_audit::bundle::verify(&bundle, &args.public_key, previous.as_deref())?;
+    if report.intact() {
+        println!(
+            "intact: {} records proven in the signed tree of {} leaves",
+            report.checked, report.tree_size
+        );
+        return Ok(());
+    }
+    for problem in &report.problems {
+        println!("{problem}");
+    }
+    anyhow::bail!(
+        "{} problems in {} records (signed tree of {} leaves)",
+        report.problems.len(),
+        report.checked,
+        report.tree_size
+    )
 }

@@ -413,6 +413,7 @@ async fn reads_exports_and_denied_calls_are_recorded_and_exports_open_in_a_sprea
             start_time: at(BASE),
             end_time: at(BASE + 10),
             format: ExportFormat::Csv as i32,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -442,6 +443,7 @@ async fn reads_exports_and_denied_calls_are_recorded_and_exports_open_in_a_sprea
             start_time: at(BASE),
             end_time: at(BASE + 10),
             format: ExportFormat::JsonLines as i32,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -461,6 +463,7 @@ async fn reads_exports_and_denied_calls_are_recorded_and_exports_open_in_a_sprea
             start_time: at(BASE),
             end_time: at(BASE + 10),
             format: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -1095,5 +1098,138 @@ async fn proofs_are_checked_and_never_about_another_partners_log() {
         Code::InvalidArgument,
         "tree_size",
     );
+    system.stop().await;
+}
+
+/// A whole-log proof bundle (JSON lines), cut at the newest checkpoint.
+async fn bundle(audit: &mut Audit, previous_size: u64) -> (String, String) {
+    let mut stream = audit
+        .export_activity(ExportActivityRequest {
+            start_time: at(0),
+            end_time: at(BASE * 2),
+            format: ExportFormat::JsonLines as i32,
+            include_proofs: true,
+            previous_size,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut data, mut checkpoint) = (Vec::new(), String::new());
+    while let Some(chunk) = stream.message().await.unwrap() {
+        data.extend(chunk.data);
+        if !chunk.checkpoint.is_empty() {
+            checkpoint = chunk.checkpoint;
+        }
+    }
+    (String::from_utf8(data).unwrap(), checkpoint)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auditor_with_the_public_key_alone_checks_a_bundle_and_names_each_tampering() {
+    use csp_audit::bundle;
+    use csp_proto::audit::v1::GetLogPublicKeyRequest;
+    let system = TestSystem::start().await;
+    let partner = system.partner.to_string();
+    let mut intake = system.audit_intake().await;
+    intake
+        .record_activities(RecordActivitiesRequest {
+            records: (0..8)
+                .map(|i| {
+                    record(
+                        &partner,
+                        &format!("b{i}"),
+                        ActivityType::KeyAccessed,
+                        BASE + i,
+                        "u",
+                    )
+                })
+                .collect(),
+        })
+        .await
+        .unwrap();
+    let mut audit = system.audit(&[Role::GlobalAdmin]).await;
+    let vkey = audit
+        .get_log_public_key(GetLogPublicKeyRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .verifier_key;
+    let (clean, kept) = bundle(&mut audit, 0).await;
+    let report = bundle::verify(&clean, &vkey, None).unwrap();
+    assert!(report.intact(), "{:?}", report.problems);
+    // 8 records and the export's own record.
+    assert_eq!((report.checked, report.tree_size), (9, 9));
+    let header: serde_json::Value = serde_json::from_str(clean.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        header["checkpoint"],
+        kept.as_str(),
+        "the first line carries the checkpoint"
+    );
+    // Another key refuses the bundle outright.
+    let other =
+        csp_audit::log::LogKey::from_config("not the log key", "csp.local/activity-log").unwrap();
+    assert!(bundle::verify(&clean, other.verifier_key(), None).is_err());
+
+    let db = system.service_db("audit").await;
+    let exec = |sql: &'static str| {
+        let db = db.clone();
+        let partner = partner.clone();
+        async move {
+            csp_store::on_db!(&db, pool => csp_tests::sqlx::query(sql).bind(partner).execute(pool).await.map(drop)).unwrap();
+        }
+    };
+    let named = |report: bundle::Report, what: &str| {
+        assert!(
+            report.problems.iter().any(|p| p.starts_with(what)),
+            "{what} not named in {:?}",
+            report.problems
+        );
+    };
+    // Each tampering is named in a new bundle, then undone.
+    exec("UPDATE activities SET user_id = 'mallory' WHERE partner_id = $1 AND seq = 2").await;
+    named(
+        bundle::verify(&bundle(&mut audit, 0).await.0, &vkey, None).unwrap(),
+        "edited: record b1",
+    );
+    exec("UPDATE activities SET user_id = 'u' WHERE partner_id = $1 AND seq = 2").await;
+
+    exec("UPDATE activities SET seq = -3 WHERE partner_id = $1 AND seq = 3").await;
+    exec("UPDATE activities SET seq = 3 WHERE partner_id = $1 AND seq = 4").await;
+    exec("UPDATE activities SET seq = 4 WHERE partner_id = $1 AND seq = -3").await;
+    named(
+        bundle::verify(&bundle(&mut audit, 0).await.0, &vkey, None).unwrap(),
+        "reordered",
+    );
+    exec("UPDATE activities SET seq = -3 WHERE partner_id = $1 AND seq = 3").await;
+    exec("UPDATE activities SET seq = 3 WHERE partner_id = $1 AND seq = 4").await;
+    exec("UPDATE activities SET seq = 4 WHERE partner_id = $1 AND seq = -3").await;
+
+    exec("DELETE FROM activities WHERE partner_id = $1 AND seq = 5").await;
+    named(
+        bundle::verify(&bundle(&mut audit, 0).await.0, &vkey, None).unwrap(),
+        "deleted: 1 records are missing (leaves 4)",
+    );
+
+    // History rewritten (records changed, tree rebuilt over them): a bundle
+    // now verifies on its own, but not against the checkpoint kept before.
+    exec("UPDATE activities SET seq = seq - 1 WHERE partner_id = $1 AND seq > 5").await;
+    exec("DELETE FROM tree_hashes WHERE partner_id = $1").await;
+    exec("DELETE FROM log_checkpoints WHERE partner_id = $1").await;
+    exec("DELETE FROM log_heads WHERE partner_id = $1").await;
+    csp_audit::storage::AuditStore::new(db.clone())
+        .build_missing_leaves(1000)
+        .await
+        .unwrap();
+    // Exports record themselves: the rewritten log grows past the kept size.
+    let kept_size = csp_audit::log::open(&kept, &vkey).unwrap().size;
+    let _ = bundle(&mut audit, 0).await;
+    let (rewritten, _) = bundle(&mut audit, kept_size).await;
+    let alone = bundle::verify(&rewritten, &vkey, None).unwrap();
+    assert!(alone.intact(), "{:?}", alone.problems);
+    named(
+        bundle::verify(&rewritten, &vkey, Some(&kept)).unwrap(),
+        "history rewritten: the signed tree",
+    );
+    db.close().await;
     system.stop().await;
 }

@@ -1,14 +1,43 @@
 //! Exporting a range of the log as CSV (RFC 4180, with a header row, a UTF-8
 //! byte order mark and formula-safe cells, so spreadsheets open it as it is)
 //! or JSON lines, in chunks: memory stays constant however long the range.
+//! With proofs, the export is a bundle an auditor checks with the public
+//! key alone (`bundle::verify`): the checkpoint it was cut at, and for each
+//! record its leaf index, entry, the tree's leaf there and an inclusion
+//! proof.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use csp_kit::clock::to_rfc3339;
 use csp_proto::audit::v1::ExportActivityResponse;
+use tlog_tiles::Hash;
 use tokio::sync::mpsc::Sender;
 use tonic::Status;
 
 use crate::domain::Record;
+use crate::log;
 use crate::storage::{AuditStore, Query};
+
+/// What a proof bundle is cut at.
+#[derive(Clone, Debug)]
+pub struct Proving {
+    /// The signed checkpoint's tree size (records after it are left out).
+    pub size: u64,
+    /// The signed checkpoint.
+    pub checkpoint: String,
+    /// Whether the range holds every record up to `size`, so a missing
+    /// leaf index is a deleted record.
+    pub complete: bool,
+    /// A consistency proof from an older size, when asked for.
+    pub consistency: Option<(u64, Vec<Hash>)>,
+}
+
+/// One record's proof.
+struct Proven {
+    index: u64,
+    tree_leaf: Hash,
+    proof: Vec<Hash>,
+}
 
 /// Bytes gathered before a chunk is sent.
 const CHUNK_BYTES: usize = 64 * 1024;
@@ -45,18 +74,51 @@ const HEADER: [&str; 10] = [
     "details",
 ];
 
-/// Streams the records of `query`, newest first, into `tx`.
+/// The columns a bundle adds to each CSV row.
+const PROOF_HEADER: [&str; 4] = ["leaf_index", "entry", "tree_leaf", "inclusion_proof"];
+
+/// Streams the records of `query`, newest first, into `tx`; with
+/// `proving`, as a proof bundle.
 pub async fn run(
     store: AuditStore,
     query: Query,
     format: Format,
     page: u32,
+    proving: Option<Proving>,
     tx: Sender<Result<ExportActivityResponse, Status>>,
 ) {
     let mut buffer = Vec::with_capacity(CHUNK_BYTES + 4096);
     if format == Format::Csv {
         buffer.extend_from_slice("\u{feff}".as_bytes());
-        csv_row(&mut buffer, HEADER.iter().map(|h| (*h).to_owned()));
+        let mut header: Vec<String> = HEADER.iter().map(|h| (*h).to_owned()).collect();
+        if proving.is_some() {
+            header.extend(PROOF_HEADER.iter().map(|h| (*h).to_owned()));
+        }
+        csv_row(&mut buffer, header.into_iter());
+    }
+    if let Some(p) = &proving {
+        if format == Format::JsonLines {
+            let consistency = p.consistency.as_ref().map(
+                |(from, proof)| serde_json::json!({"from_size": from, "proof": encode_all(proof)}),
+            );
+            let header = serde_json::json!({
+                "checkpoint": p.checkpoint,
+                "tree_size": p.size,
+                "complete": p.complete,
+                "consistency": consistency,
+            });
+            buffer.extend_from_slice(header.to_string().as_bytes());
+            buffer.push(b'\n');
+        }
+        // The checkpoint also travels beside the data (CSV has no place
+        // for it).
+        let first = ExportActivityResponse {
+            data: Vec::new(),
+            checkpoint: p.checkpoint.clone(),
+        };
+        if tx.send(Ok(first)).await.is_err() {
+            return;
+        }
     }
     let mut cursor = None;
     loop {
@@ -68,10 +130,24 @@ pub async fn run(
                 return;
             }
         };
-        for record in &records {
+        let proofs = match &proving {
+            Some(p) => match prove(&store, query.partner_id, p.size, &records).await {
+                Ok(proofs) => proofs,
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            },
+            None => Vec::new(),
+        };
+        for (i, record) in records.iter().enumerate() {
+            let proven = proofs.get(i);
             match format {
-                Format::Csv => csv_row(&mut buffer, fields(record)),
-                Format::JsonLines => json_line(&mut buffer, record),
+                Format::Csv => {
+                    let extra = proven.map(|p| proof_cells(record, p)).unwrap_or_default();
+                    csv_row(&mut buffer, fields(record).chain(extra));
+                }
+                Format::JsonLines => json_line(&mut buffer, record, proven),
             }
             if buffer.len() >= CHUNK_BYTES && !send(&tx, &mut buffer).await {
                 return; // the client went away
@@ -91,10 +167,63 @@ pub async fn run(
 
 async fn send(tx: &Sender<Result<ExportActivityResponse, Status>>, buffer: &mut Vec<u8>) -> bool {
     let data = std::mem::take(buffer);
-    tx.send(Ok(ExportActivityResponse { data })).await.is_ok()
+    tx.send(Ok(ExportActivityResponse {
+        data,
+        checkpoint: String::new(),
+    }))
+    .await
+    .is_ok()
 }
 
-fn fields(r: &Record) -> impl Iterator<Item = String> {
+/// The inclusion proofs of a page of records in the tree of `size`, with
+/// one read of the stored hashes they need.
+async fn prove(
+    store: &AuditStore,
+    partner: csp_kit::ids::PartnerId,
+    size: u64,
+    records: &[Record],
+) -> Result<Vec<Proven>, Status> {
+    let indexes: Vec<u64> = records.iter().map(|r| (r.seq - 1) as u64).collect();
+    let mut reads = Vec::new();
+    for &index in &indexes {
+        reads.extend(log::indexes_read(|r| {
+            tlog_tiles::prove_record(size, index, r)
+        }));
+        reads.push(log::stored_hash_index(0, index));
+    }
+    reads.sort_unstable();
+    reads.dedup();
+    let fetched = store.hashes(partner, &reads).await.map_err(Status::from)?;
+    let damaged = || Status::internal("the activity log's tree is damaged; run VerifyActivityLog");
+    indexes
+        .into_iter()
+        .map(|index| {
+            Ok(Proven {
+                index,
+                tree_leaf: *fetched
+                    .0
+                    .get(&log::stored_hash_index(0, index))
+                    .ok_or_else(damaged)?,
+                proof: tlog_tiles::prove_record(size, index, &fetched).map_err(|_| damaged())?,
+            })
+        })
+        .collect()
+}
+
+fn encode_all(hashes: &[Hash]) -> Vec<String> {
+    hashes.iter().map(|h| BASE64.encode(h.0)).collect()
+}
+
+fn proof_cells(record: &Record, p: &Proven) -> Vec<String> {
+    vec![
+        p.index.to_string(),
+        BASE64.encode(log::entry(record)),
+        BASE64.encode(p.tree_leaf.0),
+        encode_all(&p.proof).join(" "),
+    ]
+}
+
+fn fields(r: &Record) -> std::vec::IntoIter<String> {
     [
         r.seq.to_string(),
         r.id.clone(),
@@ -107,6 +236,7 @@ fn fields(r: &Record) -> impl Iterator<Item = String> {
         r.product_id.clone(),
         r.details.clone(),
     ]
+    .to_vec()
     .into_iter()
 }
 
@@ -134,10 +264,10 @@ fn csv_row(out: &mut Vec<u8>, cells: impl Iterator<Item = String>) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn json_line(out: &mut Vec<u8>, r: &Record) {
+fn json_line(out: &mut Vec<u8>, r: &Record, proven: Option<&Proven>) {
     let details: serde_json::Value =
         serde_json::from_str(&r.details).unwrap_or(serde_json::Value::Null);
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "sequence": r.seq,
         "id": r.id,
         "occur_time": to_rfc3339(r.occur_at),
@@ -149,6 +279,12 @@ fn json_line(out: &mut Vec<u8>, r: &Record) {
         "product_id": r.product_id,
         "details": details,
     });
+    if let (Some(p), Some(object)) = (proven, line.as_object_mut()) {
+        object.insert("leaf_index".into(), p.index.into());
+        object.insert("entry".into(), BASE64.encode(log::entry(r)).into());
+        object.insert("tree_leaf".into(), BASE64.encode(p.tree_leaf.0).into());
+        object.insert("inclusion_proof".into(), encode_all(&p.proof).into());
+    }
     out.extend_from_slice(line.to_string().as_bytes());
     out.push(b'\n');
 }

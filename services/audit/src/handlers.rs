@@ -100,9 +100,17 @@ impl AuditService for AuditApi {
                 .into());
             }
         };
+        let proofs = r.include_proofs.then_some(r.previous_size);
+        if !r.include_proofs && r.previous_size > 0 {
+            return Err(ApiError::invalid(
+                "previous_size",
+                "a consistency proof comes with a proof bundle: set include_proofs",
+            )
+            .into());
+        }
         let chunks = self
             .audit
-            .export_activity(&user, start, end, format)
+            .export_activity(&user, start, end, format, proofs)
             .await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(chunks))))
     }

@@ -7,11 +7,13 @@
 //! - [`storage`]: appending records and tree hashes, checkpoints, reading by
 //!   range.
 //! - [`checkpoints`]: the checkpoint file outside the database.
+//! - [`bundle`]: the offline verifier of proof bundles (`csp verify-log`).
 //! - [`export`]: CSV and JSON lines.
 //! - [`handlers`]: the intake (internal) and the query API (public): decode,
 //!   caller, one use case, encode.
 //! - [`use_cases`]: intake, list, export and verify as flows.
 
+pub mod bundle;
 pub mod checkpoints;
 pub mod domain;
 pub mod export;

@@ -73,6 +73,23 @@ pub fn entry(r: &Record) -> Vec<u8> {
     out
 }
 
+/// The fields of an entry, in encoding order (partner id, record id,
+/// type, occur and recorded microseconds as decimal text, user id, user
+/// display name, customer tenant id, subscription id, product id, details);
+/// `None` unless it is a whole, valid entry.
+pub fn decode_entry(bytes: &[u8]) -> Option<Vec<String>> {
+    let mut rest = bytes.strip_prefix(ENTRY_PREFIX)?;
+    let mut fields = Vec::with_capacity(11);
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        let len = u32::from_be_bytes(*len) as usize;
+        let field = tail.get(..len)?;
+        fields.push(String::from_utf8(field.to_vec()).ok()?);
+        rest = &tail[len..];
+    }
+    (fields.len() == 11).then_some(fields)
+}
+
 /// The leaf hash of a record: `SHA-256(0x00 || entry)`.
 pub fn leaf_hash(r: &Record) -> Hash {
     tlog_tiles::record_hash(&entry(r))
@@ -467,6 +484,19 @@ mod tests {
         b.user_id = "a".into();
         b.user_display_name = "bc".into();
         assert_ne!(entry(&a), entry(&b));
+    }
+
+    #[test]
+    fn an_entry_decodes_to_its_fields() {
+        let r = record(5);
+        let fields = decode_entry(&entry(&r)).unwrap();
+        assert_eq!(fields[1], "e5");
+        assert_eq!(fields[3], r.occur_at.to_string());
+        assert_eq!(fields[10], "{}");
+        let mut cut = entry(&r);
+        cut.pop();
+        assert_eq!(decode_entry(&cut), None);
+        assert_eq!(decode_entry(b"other"), None);
     }
 
     #[test]

@@ -330,6 +330,26 @@ impl AuditStore {
         )
     }
 
+    /// How many of a partner's records up to `max_seq` lie outside
+    /// [start, end).
+    pub async fn count_outside(
+        &self,
+        partner_id: PartnerId,
+        start: Micros,
+        end: Micros,
+        max_seq: i64,
+    ) -> StoreResult<i64> {
+        const SQL: &str = "SELECT COUNT(*) FROM activities WHERE partner_id = $1 AND seq <= $2 \
+                           AND (occur_at_us < $3 OR occur_at_us >= $4)";
+        Ok(on_db!(&self.db, pool => sqlx::query_scalar(SQL)
+            .bind(partner_id.to_string())
+            .bind(max_seq)
+            .bind(start)
+            .bind(end)
+            .fetch_one(pool)
+            .await)?)
+    }
+
     /// The record of a partner with id `id`.
     pub async fn record_by_id(
         &self,

@@ -230,9 +230,9 @@ impl Audit {
         start: Micros,
         end: Micros,
         format: Format,
+        proofs: Option<u64>,
     ) -> ApiResult<mpsc::Receiver<Result<pb::ExportActivityResponse, tonic::Status>>> {
         let partner_id = user.partner_id;
-        let max_seq = self.store.head_seq(partner_id).await?;
         let details = HashMap::from([
             ("start_time".to_owned(), to_rfc3339(start)),
             ("end_time".to_owned(), to_rfc3339(end)),
@@ -240,6 +240,41 @@ impl Audit {
         ]);
         self.record_own(user, pb::ActivityType::ActivityLogExported, details)
             .await?;
+        let (max_seq, proving) = match proofs {
+            None => (self.store.head_seq(partner_id).await?, None),
+            Some(previous) => {
+                let (size, checkpoint, _) = self.checkpoint(user).await?.ok_or_else(|| {
+                    ApiError::Internal(anyhow::anyhow!("the export's own record made no tree"))
+                })?;
+                let consistency = match previous {
+                    0 => None,
+                    m if m > size => {
+                        return Err(ApiError::invalid(
+                            "previous_size",
+                            format!("the log has {size} records; ask for a size from 1 to that"),
+                        ));
+                    }
+                    m => {
+                        let reads = log::indexes_read(|r| tlog_tiles::prove_tree(size, m, r));
+                        let fetched = self.store.hashes(partner_id, &reads).await?;
+                        let proof = tlog_tiles::prove_tree(size, m, &fetched)
+                            .map_err(|_| tree_damaged(partner_id, size))?;
+                        Some((m, proof))
+                    }
+                };
+                let outside = self
+                    .store
+                    .count_outside(partner_id, start, end, size as i64)
+                    .await?;
+                let proving = export::Proving {
+                    size,
+                    checkpoint,
+                    complete: outside == 0,
+                    consistency,
+                };
+                (size as i64, Some(proving))
+            }
+        };
         let query = Query {
             start,
             end,
@@ -247,7 +282,14 @@ impl Audit {
             ..Query::all(partner_id)
         };
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(export::run(self.store.clone(), query, format, CHUNK, tx));
+        tokio::spawn(export::run(
+            self.store.clone(),
+            query,
+            format,
+            CHUNK,
+            proving,
+            tx,
+        ));
         Ok(rx)
     }
 
