@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -47,12 +48,42 @@ macro_rules! on_db {
     };
 }
 
+/// One writer's turn at a SQLite file (see [`Db::begin`]); released when
+/// dropped, with the transaction.
+#[derive(Debug)]
+pub struct WriterTurn(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>);
+
+impl WriterTurn {
+    /// How long a writer waits for its turn: SQLite's own busy timeout.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    async fn take(pool: &sqlx::SqlitePool) -> Result<WriterTurn, sqlx::Error> {
+        static QUEUES: std::sync::LazyLock<
+            std::sync::Mutex<
+                std::collections::HashMap<std::path::PathBuf, Arc<tokio::sync::Mutex<()>>>,
+            >,
+        > = std::sync::LazyLock::new(Default::default);
+        let file = pool.connect_options().get_filename().to_path_buf();
+        let queue = QUEUES
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(file)
+            .or_default()
+            .clone();
+        match tokio::time::timeout(Self::WAIT, queue.lock_owned()).await {
+            Ok(guard) => Ok(WriterTurn(guard)),
+            // Read as busy, like SQLite's own timeout.
+            Err(_) => Err(sqlx::Error::PoolTimedOut),
+        }
+    }
+}
+
 /// A transaction on whichever backend a [`Db`] holds; use it with
 /// [`on_tx!`](crate::on_tx). Dropped without [`DbTx::commit`], it rolls back.
 #[derive(Debug)]
 pub enum DbTx {
-    /// On SQLite.
-    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    /// On SQLite, holding the file's writer turn until it ends.
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>, WriterTurn),
     /// On PostgreSQL.
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
 }
@@ -67,7 +98,7 @@ pub enum DbTx {
 macro_rules! on_tx {
     ($tx:expr, $t:ident => $body:expr) => {
         match $tx {
-            $crate::db::DbTx::Sqlite($t) => $body,
+            $crate::db::DbTx::Sqlite($t, _) => $body,
             $crate::db::DbTx::Postgres($t) => $body,
         }
     };
@@ -167,12 +198,19 @@ impl Db {
         Ok(Db::Sqlite(pool))
     }
 
-    /// Begins a transaction that will write. On SQLite it takes the write
-    /// lock at once (`BEGIN IMMEDIATE`), so concurrent writers queue on the
-    /// busy timeout instead of failing when they upgrade a read.
+    /// Begins a transaction that will write. On SQLite, writers of one file
+    /// in this process first take their turn in a FIFO queue (a fair async
+    /// mutex per file), then the write lock at once (`BEGIN IMMEDIATE`): one
+    /// writer at a time is all SQLite allows, and queueing here instead of in
+    /// SQLite's busy handler (which sleeps up to 100 ms between tries and
+    /// lets later writers overtake) keeps waits short and in order. Another
+    /// process on the same file still meets the busy timeout.
     pub async fn begin(&self) -> Result<DbTx, sqlx::Error> {
         Ok(match self {
-            Db::Sqlite(pool) => DbTx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Sqlite(pool) => {
+                let turn = WriterTurn::take(pool).await?;
+                DbTx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?, turn)
+            }
             Db::Postgres(pool) => DbTx::Postgres(pool.begin().await?),
         })
     }
