@@ -36,12 +36,36 @@ const MERKLE_LOG: MigrationSource = MigrationSource {
 const COLUMNS: &str = "partner_id, seq, id, kind, occur_at_us, recorded_at_us, user_id, user_display_name, \
                        customer_tenant_id, subscription_id, product_id, details";
 
+/// `head ($first, ..., $n)`: an IN list of `count` placeholders from `$first`.
+fn in_list(head: &str, first: usize, count: usize) -> String {
+    let placeholders: Vec<String> = (first..first + count).map(|i| format!("${i}")).collect();
+    format!("{head} ({})", placeholders.join(", "))
+}
+
+/// `head ($1, ..., $width), (...), ...`: `rows` rows of `width` values.
+fn rows_sql(head: &str, width: usize, rows: usize) -> String {
+    let mut sql = String::with_capacity(head.len() + rows * width * 5);
+    sql.push_str(head);
+    for row in 0..rows {
+        sql.push_str(if row == 0 { " (" } else { ", (" });
+        for col in 0..width {
+            if col > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(row * width + col + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 /// The query reading `count` stored hashes of a partner by index.
 fn hashes_sql(count: usize) -> String {
-    let placeholders: Vec<String> = (0..count).map(|i| format!("${}", i + 2)).collect();
-    format!(
-        "SELECT idx, hash FROM tree_hashes WHERE partner_id = $1 AND idx IN ({})",
-        placeholders.join(", ")
+    in_list(
+        "SELECT idx, hash FROM tree_hashes WHERE partner_id = $1 AND idx IN",
+        2,
+        count,
     )
 }
 
@@ -137,12 +161,23 @@ impl AuditStore {
         let partner = partner_id.to_string();
         let mut tx = self.db.begin().await?;
         let size = lock_head(&mut tx, &partner).await?;
+        // Ids recorded before: one query per 500.
+        let mut seen = std::collections::HashSet::new();
+        for chunk in records.chunks(500) {
+            let sql = in_list("SELECT id FROM activities WHERE id IN", 1, chunk.len());
+            let found: Vec<String> = on_tx!(&mut tx, t => {
+                let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()));
+                for r in chunk {
+                    query = query.bind(&r.id);
+                }
+                query.fetch_all(&mut **t).await
+            })?;
+            seen.extend(found);
+        }
         let mut fresh: Vec<Record> = Vec::with_capacity(records.len());
-        let mut ids = std::collections::HashSet::new();
         for record in records {
-            const SEEN: &str = "SELECT COUNT(*) FROM activities WHERE id = $1";
-            let seen: i64 = on_tx!(&mut tx, t => sqlx::query_scalar(SEEN).bind(&record.id).fetch_one(&mut **t).await)?;
-            if seen == 0 && ids.insert(record.id.clone()) {
+            // `insert` also drops a repeat within the batch.
+            if seen.insert(record.id.clone()) {
                 fresh.push(record);
             }
         }
@@ -155,26 +190,33 @@ impl AuditStore {
         }
         let leaves: Vec<Hash> = fresh.iter().map(log::leaf_hash).collect();
         add_leaves(&mut tx, &partner, size, &leaves).await?;
-        let insert = format!(
-            "INSERT INTO activities ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-        );
-        for r in &fresh {
-            on_tx!(&mut tx, t => sqlx::query(sqlx::AssertSqlSafe(insert.as_str()))
-                .bind(&partner)
-                .bind(r.seq)
-                .bind(&r.id)
-                .bind(&r.kind)
-                .bind(r.occur_at)
-                .bind(r.recorded_at)
-                .bind(&r.user_id)
-                .bind(&r.user_display_name)
-                .bind(&r.customer_tenant_id)
-                .bind(&r.subscription_id)
-                .bind(&r.product_id)
-                .bind(&r.details)
-                .execute(&mut **t)
-                .await
-                .map(drop))?;
+        // Many rows per statement (12 values each, well under both
+        // databases' limits on bound values).
+        for chunk in fresh.chunks(200) {
+            let sql = rows_sql(
+                &format!("INSERT INTO activities ({COLUMNS}) VALUES"),
+                12,
+                chunk.len(),
+            );
+            on_tx!(&mut tx, t => {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+                for r in chunk {
+                    query = query
+                        .bind(&partner)
+                        .bind(r.seq)
+                        .bind(&r.id)
+                        .bind(&r.kind)
+                        .bind(r.occur_at)
+                        .bind(r.recorded_at)
+                        .bind(&r.user_id)
+                        .bind(&r.user_display_name)
+                        .bind(&r.customer_tenant_id)
+                        .bind(&r.subscription_id)
+                        .bind(&r.product_id)
+                        .bind(&r.details);
+                }
+                query.execute(&mut **t).await.map(drop)
+            })?;
         }
         tx.commit().await?;
         Ok(fresh.len() as u32)
@@ -482,15 +524,19 @@ async fn add_leaves(
     let stored = log::append(size, leaves, &known).map_err(|_| {
         StoreError::corrupt("tree_hashes", format!("hashes missing below leaf {size}"))
     })?;
-    const INSERT: &str = "INSERT INTO tree_hashes (partner_id, idx, hash) VALUES ($1, $2, $3)";
-    for (idx, hash) in stored {
-        on_tx!(tx, t => sqlx::query(INSERT)
-            .bind(partner)
-            .bind(idx as i64)
-            .bind(log::to_hex(&hash))
-            .execute(&mut **t)
-            .await
-            .map(drop))?;
+    for chunk in stored.chunks(500) {
+        let sql = rows_sql(
+            "INSERT INTO tree_hashes (partner_id, idx, hash) VALUES",
+            3,
+            chunk.len(),
+        );
+        on_tx!(tx, t => {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            for (idx, hash) in chunk {
+                query = query.bind(partner).bind(*idx as i64).bind(log::to_hex(hash));
+            }
+            query.execute(&mut **t).await.map(drop)
+        })?;
     }
     const SIZE: &str = "UPDATE log_heads SET size = $2 WHERE partner_id = $1";
     on_tx!(tx, t => sqlx::query(SIZE).bind(partner).bind((size + leaves.len() as u64) as i64).execute(&mut **t).await.map(drop))?;
