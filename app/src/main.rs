@@ -78,6 +78,10 @@ struct VerifyLogArgs {
     /// A signed checkpoint kept from before (a file holding the note).
     #[arg(long)]
     previous: Option<std::path::PathBuf>,
+    /// Accept a bundle of part of the log (a date range): records deleted
+    /// from the log cannot be found in it.
+    #[arg(long)]
+    partial: bool,
     /// The bundle (a file; `-` for standard input).
     bundle: std::path::PathBuf,
 }
@@ -390,10 +394,22 @@ fn verify_log(args: VerifyLogArgs) -> anyhow::Result<()> {
         None => None,
     };
     let report = csp_audit::bundle::verify(&bundle, &args.public_key, previous.as_deref())?;
+    anyhow::ensure!(
+        report.complete || args.partial,
+        "the bundle holds part of the log (a date range), so deleted records cannot be found \
+         in it: export the whole log, or pass --partial to check only what it holds"
+    );
     if report.intact() {
         println!(
-            "intact: {} records proven in the signed tree of {} leaves",
-            report.checked, report.tree_size
+            "intact: {} records of {} proven in the signed tree of {} leaves{}",
+            report.checked,
+            report.origin,
+            report.tree_size,
+            if report.complete {
+                ""
+            } else {
+                " (a partial export: deletions not checked)"
+            }
         );
         return Ok(());
     }

@@ -222,7 +222,11 @@ async fn run() -> anyhow::Result<()> {
                 let mut taken: Vec<u64> = Vec::new();
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    let record = activity(&sample_partner.to_string(), format!("sample-{n}"));
+                    // Record ids are unique across the whole log.
+                    let record = activity(
+                        &sample_partner.to_string(),
+                        format!("sample-{sample_partner}-{n}"),
+                    );
                     let answer = client
                         .record_activities(RecordActivitiesRequest {
                             records: vec![record],
@@ -233,7 +237,7 @@ async fn run() -> anyhow::Result<()> {
                     }
                     let committed = Instant::now();
                     let want = n + 1;
-                    loop {
+                    let covered = loop {
                         let signed = store
                             .latest_checkpoint(sample_partner)
                             .await
@@ -242,9 +246,15 @@ async fn run() -> anyhow::Result<()> {
                             .map(|(size, _)| size)
                             .unwrap_or(0);
                         if signed >= want {
-                            break;
+                            break true;
+                        }
+                        if stop.load(Ordering::Relaxed) {
+                            break false;
                         }
                         tokio::time::sleep(Duration::from_millis(5)).await;
+                    };
+                    if !covered {
+                        break;
                     }
                     taken.push(committed.elapsed().as_micros() as u64);
                     n += 1;

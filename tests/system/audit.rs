@@ -1154,6 +1154,13 @@ async fn an_auditor_with_the_public_key_alone_checks_a_bundle_and_names_each_tam
         .unwrap()
         .into_inner()
         .verifier_key;
+    let named = |report: bundle::Report, what: &str| {
+        assert!(
+            report.problems.iter().any(|p| p.starts_with(what)),
+            "{what} not named in {:?}",
+            report.problems
+        );
+    };
     let (clean, kept) = bundle(&mut audit, 0).await;
     let report = bundle::verify(&clean, &vkey, None).unwrap();
     assert!(report.intact(), "{:?}", report.problems);
@@ -1165,6 +1172,22 @@ async fn an_auditor_with_the_public_key_alone_checks_a_bundle_and_names_each_tam
         kept.as_str(),
         "the first line carries the checkpoint"
     );
+    // A line shown twice, or with another sequence number, is named; a
+    // bundle that says it is partial cannot show deletions and says so.
+    let lines: Vec<&str> = clean.lines().collect();
+    let doubled = format!("{}\n{}\n", clean.trim_end(), lines[2]);
+    named(bundle::verify(&doubled, &vkey, None).unwrap(), "leaf");
+    let renumbered = clean.replacen("\"sequence\":", "\"sequence\":9", 1);
+    named(bundle::verify(&renumbered, &vkey, None).unwrap(), "record");
+    let partial = lines
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3)
+        .map(|(_, l)| l.replace("\"complete\":true", "\"complete\":false"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let report = bundle::verify(&partial, &vkey, None).unwrap();
+    assert!(!report.complete && report.intact(), "{:?}", report.problems);
     // Another key refuses the bundle outright.
     let other =
         csp_audit::log::LogKey::from_config("not the log key", "csp.local/activity-log").unwrap();
@@ -1177,13 +1200,6 @@ async fn an_auditor_with_the_public_key_alone_checks_a_bundle_and_names_each_tam
         async move {
             csp_store::on_db!(&db, pool => csp_tests::sqlx::query(sql).bind(partner).execute(pool).await.map(drop)).unwrap();
         }
-    };
-    let named = |report: bundle::Report, what: &str| {
-        assert!(
-            report.problems.iter().any(|p| p.starts_with(what)),
-            "{what} not named in {:?}",
-            report.problems
-        );
     };
     // Each tampering is named in a new bundle, then undone.
     exec("UPDATE activities SET user_id = 'mallory' WHERE partner_id = $1 AND seq = 2").await;
@@ -1230,6 +1246,76 @@ async fn an_auditor_with_the_public_key_alone_checks_a_bundle_and_names_each_tam
         bundle::verify(&rewritten, &vkey, Some(&kept)).unwrap(),
         "history rewritten: the signed tree",
     );
+    db.close().await;
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_arriving_during_a_check_are_not_tampering_and_a_rewritten_tree_is_not_signed() {
+    use csp_proto::audit::v1::GetLogCheckpointRequest;
+    let system = TestSystem::start().await;
+    let partner = system.partner.to_string();
+    let mut intake = system.audit_intake().await;
+    let feeder = {
+        let mut intake = intake.clone();
+        let partner = partner.clone();
+        tokio::spawn(async move {
+            for i in 0..300 {
+                intake
+                    .record_activities(RecordActivitiesRequest {
+                        records: vec![record(
+                            &partner,
+                            &format!("live{i}"),
+                            ActivityType::KeyAccessed,
+                            BASE + i,
+                            "u",
+                        )],
+                    })
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut audit = system.audit(&[Role::GlobalAdmin]).await;
+    while !feeder.is_finished() {
+        let found = verify(&mut audit).await;
+        assert!(found.intact, "while records arrive: {}", found.summary);
+    }
+    feeder.await.unwrap();
+    assert!(verify(&mut audit).await.intact);
+
+    // The stored hash of the first 256 leaves changed behind the log's
+    // back: the service will not sign a tree that does not extend what it
+    // signed before.
+    audit
+        .get_log_checkpoint(GetLogCheckpointRequest {})
+        .await
+        .unwrap();
+    let db = system.service_db("audit").await;
+    let index = csp_audit::log::stored_hash_index(8, 0) as i64;
+    csp_store::on_db!(&db, pool => csp_tests::sqlx::query(
+        "UPDATE tree_hashes SET hash = '0000000000000000000000000000000000000000000000000000000000000000' WHERE partner_id = $1 AND idx = $2")
+        .bind(&partner).bind(index).execute(pool).await.map(drop)).unwrap();
+    intake
+        .record_activities(RecordActivitiesRequest {
+            records: vec![record(
+                &partner,
+                "after",
+                ActivityType::KeyAccessed,
+                BASE,
+                "u",
+            )],
+        })
+        .await
+        .unwrap();
+    let refused = audit
+        .get_log_checkpoint(GetLogCheckpointRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Internal, "{}", refused.message());
+    let found = verify(&mut audit).await;
+    assert!(found.tree_damaged, "{}", found.summary);
+    assert!(found.summary.contains("tree damaged"), "{}", found.summary);
     db.close().await;
     system.stop().await;
 }

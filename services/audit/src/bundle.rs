@@ -28,6 +28,12 @@ pub struct Report {
     pub checked: u64,
     /// One line per problem, naming it.
     pub problems: Vec<String>,
+    /// Whether the bundle says it holds every record of the tree, so that
+    /// deleted records can be found (the flag is not signed: an auditor who
+    /// asked for the whole log insists on it).
+    pub complete: bool,
+    /// The log the bundle is of (its checkpoint's origin).
+    pub origin: String,
 }
 
 impl Report {
@@ -146,8 +152,17 @@ pub fn verify(bundle: &str, vkey: &str, previous: Option<&str>) -> Result<Report
         .unwrap_or(false);
     let mut report = Report {
         tree_size: head.size,
+        complete,
+        origin: head.origin.clone(),
         ..Report::default()
     };
+    // The partner whose log it is: the origin's last part.
+    let partner = head
+        .origin
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
 
     let mut records = Vec::new();
     for (n, text) in lines {
@@ -174,6 +189,26 @@ pub fn verify(bundle: &str, vkey: &str, previous: Option<&str>) -> Result<Report
                 "record {} shows other fields than its entry holds",
                 line.id
             ));
+        }
+        let entry_partner = log::decode_entry(&line.entry).map(|f| f[0].clone());
+        if entry_partner.as_deref() != Some(partner.as_str()) {
+            report.problems.push(format!(
+                "record {} is not of the log {}",
+                line.id, head.origin
+            ));
+        }
+        if line.shown.get("sequence").and_then(|v| v.as_u64()) != Some(line.index + 1) {
+            report.problems.push(format!(
+                "record {} shows another sequence number than its leaf {} gives",
+                line.id, line.index
+            ));
+        }
+        if tree.contains_key(&line.index) {
+            report.problems.push(format!(
+                "leaf {} appears twice in the bundle (record {})",
+                line.index, line.id
+            ));
+            continue;
         }
         if tlog_tiles::check_record(
             &line.proof,

@@ -98,6 +98,10 @@ pub struct Findings {
     /// The smallest signed size whose root the stored tree no longer gives
     /// (the tree was rewritten or shortened).
     pub rewritten_at: Option<u64>,
+    /// The first leaf whose stored hashes (the leaf or a subtree it
+    /// completes) are missing or not what the leaves below give: proofs
+    /// through them fail.
+    pub tree_damaged: Option<u64>,
 }
 
 impl Findings {
@@ -110,6 +114,7 @@ impl Findings {
             && self.forged_checkpoints == 0
             && self.forks.is_empty()
             && self.rewritten_at.is_none()
+            && self.tree_damaged.is_none()
     }
 
     /// A deleted record at leaf `index`.
@@ -186,6 +191,11 @@ impl Findings {
         if let Some(size) = self.rewritten_at {
             parts.push(format!(
                 "history rewritten: the stored tree no longer gives the signed root of size {size}"
+            ));
+        }
+        if let Some(leaf) = self.tree_damaged {
+            parts.push(format!(
+                "tree damaged: the stored hashes at leaf {leaf} are not the hashes of the leaves below them"
             ));
         }
         if !self.forks.is_empty() {
@@ -282,6 +292,7 @@ mod tests {
         f.rewritten_at = Some(10);
         f.forks.push(7);
         f.forged_checkpoints = 1;
+        f.tree_damaged = Some(4);
         let summary = f.summary();
         for part in [
             "edited",
@@ -292,6 +303,7 @@ mod tests {
             "history rewritten",
             "forked: two different signed checkpoints of size 7",
             "1 checkpoints are not signed",
+            "tree damaged: the stored hashes at leaf 4",
         ] {
             assert!(summary.contains(part), "{part} not in {summary}");
         }

@@ -183,6 +183,11 @@ async fn prove(
     size: u64,
     records: &[Record],
 ) -> Result<Vec<Proven>, Status> {
+    if records.iter().any(|r| r.seq < 1) {
+        return Err(Status::internal(
+            "a record of the log has no valid sequence number; run VerifyActivityLog",
+        ));
+    }
     let indexes: Vec<u64> = records.iter().map(|r| (r.seq - 1) as u64).collect();
     let mut reads = Vec::new();
     for &index in &indexes {

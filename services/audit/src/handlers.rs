@@ -140,6 +140,7 @@ impl AuditService for AuditApi {
             rewritten_at_size: findings.rewritten_at.unwrap_or(0),
             forked_sizes: findings.forks.clone(),
             forged_checkpoints: findings.forged_checkpoints,
+            tree_damaged: findings.tree_damaged.is_some(),
         }))
     }
 

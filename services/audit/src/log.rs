@@ -221,6 +221,15 @@ pub struct RootBuilder {
 impl RootBuilder {
     /// Adds the next leaf.
     pub fn push(&mut self, leaf: Hash) {
+        self.push_nodes(leaf);
+    }
+
+    /// Adds the next leaf and returns the complete subtrees it finishes,
+    /// each with the stored hash index it is kept at: the leaf itself,
+    /// then each parent it completes (what storage wrote when appending it).
+    pub fn push_nodes(&mut self, leaf: Hash) -> Vec<(u64, Hash)> {
+        let n = self.size;
+        let mut nodes = vec![(stored_hash_index(0, n), leaf)];
         let mut node = (0u32, leaf);
         while let Some(&(height, left)) = self.edge.last() {
             if height != node.0 {
@@ -228,9 +237,13 @@ impl RootBuilder {
             }
             self.edge.pop();
             node = (height + 1, tlog_tiles::node_hash(left, node.1));
+            // The level fits: a tree of 2^64 leaves is not stored here.
+            let level = node.0 as u8;
+            nodes.push((stored_hash_index(level, n >> level), node.1));
         }
         self.edge.push(node);
         self.size += 1;
+        nodes
     }
 
     /// Leaves so far.
@@ -550,7 +563,13 @@ mod tests {
         let mut builder = RootBuilder::default();
         assert_eq!(builder.root(), EMPTY_HASH);
         for (n, leaf) in hashes.iter().enumerate() {
-            builder.push(*leaf);
+            for (index, hash) in builder.push_nodes(*leaf) {
+                assert_eq!(
+                    stored.0.get(&index),
+                    Some(&hash),
+                    "node {index} of leaf {n}"
+                );
+            }
             let size = n as u64 + 1;
             assert_eq!(builder.size(), size);
             assert_eq!(

@@ -233,37 +233,51 @@ impl AuditStore {
             on_db!(&self.db, pool => sqlx::query_scalar(BEHIND).fetch_all(pool).await)?;
         let mut added = 0u64;
         for partner in partners {
-            loop {
-                let mut tx = self.db.begin().await?;
-                let size = lock_head(&mut tx, &partner).await?;
-                let sql = format!(
-                    "SELECT {COLUMNS} FROM activities WHERE partner_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
-                );
-                let records: Vec<Record> = on_tx!(&mut tx, t => {
-                    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                        .bind(&partner)
-                        .bind(size as i64)
-                        .bind(i64::from(chunk))
-                        .fetch_all(&mut **t)
-                        .await?;
-                    rows.iter().map(|r| record_from_row!(r)).collect::<StoreResult<Vec<Record>>>()
-                })?;
-                if records.is_empty() {
-                    break;
+            match self.build_leaves_of(&partner, chunk).await {
+                Ok(n) => added += n,
+                // One partner's damaged log does not keep the others (or
+                // the service) from working; verification names it.
+                Err(error) => {
+                    tracing::error!(partner_id = %partner, error = %anyhow::Error::new(error), "cannot build this activity log's tree from its stored records");
                 }
-                // Leaves follow the stored order; a gap would shift every
-                // later leaf, so the records must number on from the tree.
-                for (k, r) in records.iter().enumerate() {
-                    if r.seq != size as i64 + k as i64 + 1 {
-                        return Err(StoreError::corrupt("activities.seq", r.seq.to_string()));
-                    }
-                }
-                let leaves: Vec<Hash> = records.iter().map(log::leaf_hash).collect();
-                add_leaves(&mut tx, &partner, size, &leaves).await?;
-                tx.commit().await?;
-                added += records.len() as u64;
-                tracing::info!(partner_id = %partner, leaves = size + records.len() as u64, "building the activity log's tree from stored records");
             }
+        }
+        Ok(added)
+    }
+
+    /// Builds one partner's missing leaves (see [`Self::build_missing_leaves`]).
+    async fn build_leaves_of(&self, partner: &str, chunk: u32) -> StoreResult<u64> {
+        let mut added = 0u64;
+        loop {
+            let mut tx = self.db.begin().await?;
+            let size = lock_head(&mut tx, partner).await?;
+            let sql = format!(
+                "SELECT {COLUMNS} FROM activities WHERE partner_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+            );
+            let records: Vec<Record> = on_tx!(&mut tx, t => {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(partner)
+                    .bind(size as i64)
+                    .bind(i64::from(chunk))
+                    .fetch_all(&mut **t)
+                    .await?;
+                rows.iter().map(|r| record_from_row!(r)).collect::<StoreResult<Vec<Record>>>()
+            })?;
+            if records.is_empty() {
+                break;
+            }
+            // Leaves follow the stored order; a gap would shift every
+            // later leaf, so the records must number on from the tree.
+            for (k, r) in records.iter().enumerate() {
+                if r.seq != size as i64 + k as i64 + 1 {
+                    return Err(StoreError::corrupt("activities.seq", r.seq.to_string()));
+                }
+            }
+            let leaves: Vec<Hash> = records.iter().map(log::leaf_hash).collect();
+            add_leaves(&mut tx, partner, size, &leaves).await?;
+            tx.commit().await?;
+            added += records.len() as u64;
+            tracing::info!(partner_id = %partner, leaves = size + records.len() as u64, "building the activity log's tree from stored records");
         }
         Ok(added)
     }
@@ -303,6 +317,31 @@ impl AuditStore {
                     .ok_or_else(|| StoreError::corrupt("tree_hashes.hash", hex.clone()))?;
                 fetched.0.insert(idx as u64, hash);
             }
+        }
+        Ok(fetched)
+    }
+
+    /// A partner's stored hashes with index in `from..to` (what appending
+    /// the leaves of such a range wrote: contiguous in tlog's order).
+    pub async fn hashes_between(
+        &self,
+        partner_id: PartnerId,
+        from: u64,
+        to: u64,
+    ) -> StoreResult<Fetched> {
+        const SQL: &str =
+            "SELECT idx, hash FROM tree_hashes WHERE partner_id = $1 AND idx >= $2 AND idx < $3";
+        let rows: Vec<(i64, String)> = on_db!(&self.db, pool => sqlx::query_as(SQL)
+            .bind(partner_id.to_string())
+            .bind(from as i64)
+            .bind(to as i64)
+            .fetch_all(pool)
+            .await)?;
+        let mut fetched = Fetched::default();
+        for (idx, hex) in rows {
+            let hash = log::from_hex(&hex)
+                .ok_or_else(|| StoreError::corrupt("tree_hashes.hash", hex.clone()))?;
+            fetched.0.insert(idx as u64, hash);
         }
         Ok(fetched)
     }

@@ -297,12 +297,38 @@ impl Audit {
     /// one, stores them and appends them to the file (one fsync).
     pub async fn sign_new_checkpoints(&self) -> ApiResult<usize> {
         let heads = self.store.unsigned_heads().await?;
-        let mut filed = Vec::with_capacity(heads.len());
+        let mut signed = Vec::with_capacity(heads.len());
         for (partner, size) in heads {
-            filed.push(self.sign(partner, size).await?);
+            // One partner's damaged tree stops only its own checkpoints.
+            match self.prepare(partner, size).await {
+                Ok(checkpoint) => signed.push(checkpoint),
+                Err(error) => {
+                    tracing::error!(partner_id = %partner, size, error = %error, "not signing this activity log checkpoint");
+                }
+            }
         }
-        self.file.append(&filed).map_err(ApiError::Internal)?;
-        Ok(filed.len())
+        self.keep(signed).await
+    }
+
+    /// Writes signed checkpoints outside the database first (one fsync),
+    /// then into it: every checkpoint the database holds is in the file.
+    async fn keep(&self, signed: Vec<(FiledCheckpoint, Hash)>) -> ApiResult<usize> {
+        if signed.is_empty() {
+            return Ok(0);
+        }
+        let filed: Vec<FiledCheckpoint> = signed.iter().map(|(c, _)| c.clone()).collect();
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || file.append(&filed))
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?
+            .map_err(ApiError::Internal)?;
+        let now = self.clock.now();
+        for (c, root) in &signed {
+            self.store
+                .save_checkpoint(c.partner_id, c.size, root, &c.note, now)
+                .await?;
+        }
+        Ok(signed.len())
     }
 
     /// Signs checkpoints every [`CHECKPOINT_EVERY`] until `shutdown`.
@@ -318,21 +344,47 @@ impl Audit {
         }
     }
 
-    /// Signs and stores the checkpoint of `partner`'s tree of `size` leaves.
-    async fn sign(&self, partner: PartnerId, size: u64) -> ApiResult<FiledCheckpoint> {
+    /// Signs the checkpoint of `partner`'s tree of `size` leaves, once the
+    /// tree is shown to extend the newest checkpoint signed before (so the
+    /// key never signs a rewritten history, whatever the stored hashes say).
+    async fn prepare(&self, partner: PartnerId, size: u64) -> ApiResult<(FiledCheckpoint, Hash)> {
         let root = self.root(partner, size).await?;
+        if let Some((last_size, last_note)) = self.store.latest_checkpoint(partner).await?
+            && last_size < size
+        {
+            match log::open(&last_note, self.key.verifier_key()) {
+                Ok(last) => {
+                    let reads = log::indexes_read(|r| tlog_tiles::prove_tree(size, last_size, r));
+                    let fetched = self.store.hashes(partner, &reads).await?;
+                    let extends = tlog_tiles::prove_tree(size, last_size, &fetched)
+                        .and_then(|proof| {
+                            tlog_tiles::check_tree(&proof, size, root, last_size, last.root)
+                        })
+                        .is_ok();
+                    if !extends {
+                        return Err(ApiError::Internal(anyhow::anyhow!(
+                            "the stored tree of {size} leaves does not extend the checkpoint signed at {last_size}; run VerifyActivityLog"
+                        )));
+                    }
+                }
+                Err(error) => {
+                    // Signed with another key (rotated): nothing to compare.
+                    tracing::warn!(partner_id = %partner, %error, "the newest stored checkpoint does not open with the current key");
+                }
+            }
+        }
         let note = self
             .key
             .sign(partner, size, root)
             .map_err(ApiError::Internal)?;
-        self.store
-            .save_checkpoint(partner, size, &root, &note, self.clock.now())
-            .await?;
-        Ok(FiledCheckpoint {
-            partner_id: partner,
-            size,
-            note,
-        })
+        Ok((
+            FiledCheckpoint {
+                partner_id: partner,
+                size,
+                note,
+            },
+            root,
+        ))
     }
 
     /// The root of `partner`'s tree of `size` leaves, from the stored hashes.
@@ -362,11 +414,10 @@ impl Audit {
         let note = match self.store.checkpoint_at(partner, size).await? {
             Some(note) => note,
             None => {
-                let filed = self.sign(partner, size).await?;
-                self.file
-                    .append(std::slice::from_ref(&filed))
-                    .map_err(ApiError::Internal)?;
-                filed.note
+                let signed = self.prepare(partner, size).await?;
+                let note = signed.0.note.clone();
+                self.keep(vec![signed]).await?;
+                note
             }
         };
         let root = self.root(partner, size).await?;
@@ -483,12 +534,8 @@ impl Audit {
     /// the leaf logged at its place.
     pub async fn verify(&self, user: &UserCaller) -> ApiResult<Findings> {
         let partner = user.partner_id;
-        let size = self.store.tree_size(partner).await?;
-        let mut findings = Findings {
-            tree_size: size,
-            ..Findings::default()
-        };
-        // Signed roots by size; forged ones counted, disagreeing ones forks.
+        // Checkpoints first, then the size: records and checkpoints that
+        // come while the check runs are never taken for tampering.
         let mut notes: Vec<String> = self
             .store
             .checkpoints(partner)
@@ -496,13 +543,17 @@ impl Audit {
             .into_iter()
             .map(|(_, note)| note)
             .collect();
-        notes.extend(
-            self.file
-                .read(partner)
-                .map_err(ApiError::Internal)?
-                .into_iter()
-                .map(|c| c.note),
-        );
+        let file = self.file.clone();
+        let filed = tokio::task::spawn_blocking(move || file.read(partner))
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?
+            .map_err(ApiError::Internal)?;
+        notes.extend(filed.into_iter().map(|c| c.note));
+        let size = self.store.tree_size(partner).await?;
+        let mut findings = Findings {
+            tree_size: size,
+            ..Findings::default()
+        };
         let origin = log::origin(self.key.name(), partner);
         let mut signed: std::collections::BTreeMap<u64, Hash> = std::collections::BTreeMap::new();
         for note in notes {
@@ -530,13 +581,30 @@ impl Audit {
             }
         }
         // The stored leaves, in order, against the signed roots.
+        // Every stored subtree hash is also recomputed from the leaves
+        // below it: a changed inner hash would fail auditors' proofs.
         let mut builder = log::RootBuilder::default();
         let mut next = 0u64;
         while next < size {
             let upto = (next + u64::from(CHUNK)).min(size);
-            let leaves = self.leaves(partner, next, upto).await?;
-            for leaf in leaves {
-                builder.push(leaf);
+            let stored = self
+                .store
+                .hashes_between(
+                    partner,
+                    log::stored_hash_index(0, next),
+                    log::stored_hash_index(0, upto),
+                )
+                .await?;
+            for n in next..upto {
+                let Some(leaf) = stored.0.get(&log::stored_hash_index(0, n)).copied() else {
+                    findings.tree_damaged.get_or_insert(n);
+                    break;
+                };
+                for (index, hash) in builder.push_nodes(leaf) {
+                    if stored.0.get(&index).is_some_and(|kept| *kept != hash) {
+                        findings.tree_damaged.get_or_insert(n);
+                    }
+                }
                 if let Some(root) = signed.get(&builder.size())
                     && *root != builder.root()
                     && findings.rewritten_at.is_none_or(|at| builder.size() < at)
@@ -544,21 +612,22 @@ impl Audit {
                     findings.rewritten_at = Some(builder.size());
                 }
             }
+            if findings.tree_damaged.is_some() && builder.size() < upto {
+                break;
+            }
             next = upto;
         }
         // Every record against the leaf at its place.
         let mut mismatched: Vec<(String, u64, Hash)> = Vec::new();
         let mut expected = 0u64;
         let mut after = 0;
-        loop {
-            let records = self.store.chain(partner, after, CHUNK * 5).await?;
+        while after < size as i64 {
+            let mut records = self.store.chain(partner, after, CHUNK * 5).await?;
             let Some(last) = records.last() else { break };
             after = last.seq;
-            let in_tree: Vec<u64> = records
-                .iter()
-                .map(|r| (r.seq - 1) as u64)
-                .filter(|i| *i < size)
-                .collect();
+            // Only the tree's records; what lies beyond is looked at last.
+            records.retain(|r| r.seq >= 1 && r.seq <= size as i64);
+            let in_tree: Vec<u64> = records.iter().map(|r| (r.seq - 1) as u64).collect();
             let stored = match (in_tree.first(), in_tree.last()) {
                 (Some(&lo), Some(&hi)) => self.leaves(partner, lo, hi + 1).await?,
                 _ => Vec::new(),
@@ -567,12 +636,6 @@ impl Audit {
             for record in &records {
                 findings.checked += 1;
                 let index = (record.seq - 1) as u64;
-                if index >= size {
-                    if findings.inserted.len() < domain::MAX_REPORTED {
-                        findings.inserted.push(record.id.clone());
-                    }
-                    continue;
-                }
                 while expected < index {
                     findings.deleted(expected);
                     expected += 1;
@@ -587,6 +650,21 @@ impl Audit {
         while expected < size {
             findings.deleted(expected);
             expected += 1;
+        }
+        // Records beyond the tree: read them, then the tree's size again. A
+        // record appended meanwhile committed with its leaf, so the size
+        // read after it covers it; one beyond that size was written behind
+        // the log's back.
+        let beyond = self
+            .store
+            .chain(partner, size as i64, domain::MAX_REPORTED as u32)
+            .await?;
+        let now_size = self.store.tree_size(partner).await?;
+        for record in beyond {
+            if record.seq > now_size as i64 {
+                findings.checked += 1;
+                findings.inserted.push(record.id);
+            }
         }
         // A mismatched record logged at another place was moved; else edited.
         if !mismatched.is_empty() {
