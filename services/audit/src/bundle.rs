@@ -17,6 +17,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use csp_kit::clock::to_rfc3339;
 use tlog_tiles::Hash;
 
+use crate::domain::{Findings, Mismatch, name_mismatches};
 use crate::log::{self, RootBuilder};
 
 /// What the verifier found.
@@ -228,22 +229,31 @@ pub fn verify(bundle: &str, vkey: &str, previous: Option<&str>) -> Result<Report
         }
         tree.insert(line.index, line.tree_leaf);
     }
+    // The same naming as the server's check (`domain::name_mismatches`).
     let at: HashMap<[u8; 32], u64> = tree.iter().map(|(i, h)| (h.0, *i)).collect();
-    for line in records.iter().filter(|l| l.index < head.size) {
-        let leaf = tlog_tiles::record_hash(&line.entry);
-        if tree.get(&line.index) == Some(&leaf) {
-            continue;
-        }
-        match at.get(&leaf.0) {
-            Some(&logged) if logged != line.index => report.problems.push(format!(
-                "reordered: record {} is at leaf {} but was logged at leaf {logged}",
-                line.id, line.index
-            )),
-            _ => report.problems.push(format!(
-                "edited: record {} at leaf {} is not what was logged there",
-                line.id, line.index
-            )),
-        }
+    let mismatched: Vec<Mismatch> = records
+        .iter()
+        .filter(|l| tree.contains_key(&l.index))
+        .filter_map(|line| {
+            let leaf = tlog_tiles::record_hash(&line.entry);
+            (tree.get(&line.index) != Some(&leaf)).then(|| Mismatch {
+                id: line.id.clone(),
+                index: line.index,
+                leaf: leaf.0,
+            })
+        })
+        .collect();
+    let mut named = Findings::default();
+    name_mismatches(mismatched, |leaf| at.get(leaf).copied(), &mut named);
+    for (id, index, logged) in named.reordered {
+        report.problems.push(format!(
+            "reordered: record {id} is at leaf {index} but was logged at leaf {logged}"
+        ));
+    }
+    for (id, index) in named.edited {
+        report.problems.push(format!(
+            "edited: record {id} at leaf {index} is not what was logged there"
+        ));
     }
     if complete {
         let missing: Vec<u64> = (0..head.size).filter(|i| !tree.contains_key(i)).collect();

@@ -218,6 +218,42 @@ impl Findings {
     }
 }
 
+/// A record whose leaf is not the one the tree holds at its place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    /// The record's id.
+    pub id: String,
+    /// Its place (leaf index).
+    pub index: u64,
+    /// Its leaf hash.
+    pub leaf: [u8; 32],
+}
+
+/// Names mismatched records, the one rule the server's check and the
+/// offline verifier share: a record whose leaf the tree holds at another
+/// place was moved there from (reordered); otherwise it was edited.
+/// `logged_at` finds the place a leaf was logged at.
+pub fn name_mismatches(
+    mismatched: Vec<Mismatch>,
+    logged_at: impl Fn(&[u8; 32]) -> Option<u64>,
+    findings: &mut Findings,
+) {
+    for m in mismatched {
+        match logged_at(&m.leaf) {
+            Some(at) if at != m.index => {
+                if findings.reordered.len() < MAX_REPORTED {
+                    findings.reordered.push((m.id, m.index, at));
+                }
+            }
+            _ => {
+                if findings.edited.len() < MAX_REPORTED {
+                    findings.edited.push((m.id, m.index));
+                }
+            }
+        }
+    }
+}
+
 /// A record from the intake, checked; or why it is refused (its partner
 /// and the record).
 pub fn intake_record(r: &pb::ActivityRecord, now: Micros) -> Result<(PartnerId, Record), String> {

@@ -356,23 +356,39 @@ impl AuditStore {
         note: &str,
         now: Micros,
     ) -> StoreResult<()> {
-        let partner = partner_id.to_string();
+        self.save_checkpoints(&[(partner_id, size, *root, note.to_owned())], now)
+            .await
+    }
+
+    /// Stores signed checkpoints (partner, size, root, note) in one
+    /// transaction, as [`Self::save_checkpoint`] does each.
+    pub async fn save_checkpoints(
+        &self,
+        checkpoints: &[(PartnerId, u64, Hash, String)],
+        now: Micros,
+    ) -> StoreResult<()> {
+        if checkpoints.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.db.begin().await?;
         const INSERT: &str = "INSERT INTO log_checkpoints (partner_id, size, root, note, created_at_us) \
                               VALUES ($1, $2, $3, $4, $5) ON CONFLICT (partner_id, size) DO NOTHING";
         const SIGNED: &str =
             "UPDATE log_heads SET signed_size = $2 WHERE partner_id = $1 AND signed_size < $2";
-        on_tx!(&mut tx, t => {
-            sqlx::query(INSERT)
-                .bind(&partner)
-                .bind(size as i64)
-                .bind(log::to_hex(root))
-                .bind(note)
-                .bind(now)
-                .execute(&mut **t)
-                .await?;
-            sqlx::query(SIGNED).bind(&partner).bind(size as i64).execute(&mut **t).await.map(drop)
-        })?;
+        for (partner_id, size, root, note) in checkpoints {
+            let partner = partner_id.to_string();
+            on_tx!(&mut tx, t => {
+                sqlx::query(INSERT)
+                    .bind(&partner)
+                    .bind(*size as i64)
+                    .bind(log::to_hex(root))
+                    .bind(note)
+                    .bind(now)
+                    .execute(&mut **t)
+                    .await?;
+                sqlx::query(SIGNED).bind(&partner).bind(*size as i64).execute(&mut **t).await.map(drop)
+            })?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -528,17 +544,13 @@ impl AuditStore {
 }
 
 /// Creates a partner's head row when missing, locks it until the
-/// transaction ends (appends never interleave) and reads the tree size.
+/// transaction ends (appends never interleave) and reads the tree size, in
+/// one statement (an upsert that touches the row takes its lock).
 async fn lock_head(tx: &mut csp_store::db::DbTx, partner: &str) -> StoreResult<u64> {
-    const HEAD_INIT: &str = "INSERT INTO log_heads (partner_id, size, signed_size) VALUES ($1, 0, 0) \
-                             ON CONFLICT (partner_id) DO NOTHING";
-    const HEAD_LOCK: &str = "UPDATE log_heads SET size = size WHERE partner_id = $1";
-    const HEAD: &str = "SELECT size FROM log_heads WHERE partner_id = $1";
-    let size: i64 = on_tx!(tx, t => {
-        sqlx::query(HEAD_INIT).bind(partner).execute(&mut **t).await?;
-        sqlx::query(HEAD_LOCK).bind(partner).execute(&mut **t).await?;
-        sqlx::query_scalar(HEAD).bind(partner).fetch_one(&mut **t).await
-    })?;
+    const HEAD: &str = "INSERT INTO log_heads (partner_id, size, signed_size) VALUES ($1, 0, 0) \
+                        ON CONFLICT (partner_id) DO UPDATE SET size = log_heads.size RETURNING size";
+    let size: i64 =
+        on_tx!(tx, t => sqlx::query_scalar(HEAD).bind(partner).fetch_one(&mut **t).await)?;
     Ok(size as u64)
 }
 

@@ -322,12 +322,11 @@ impl Audit {
             .await
             .map_err(|e| ApiError::Internal(e.into()))?
             .map_err(ApiError::Internal)?;
-        let now = self.clock.now();
-        for (c, root) in &signed {
-            self.store
-                .save_checkpoint(c.partner_id, c.size, root, &c.note, now)
-                .await?;
-        }
+        let rows: Vec<(PartnerId, u64, Hash, String)> = signed
+            .iter()
+            .map(|(c, root)| (c.partner_id, c.size, *root, c.note.clone()))
+            .collect();
+        self.store.save_checkpoints(&rows, self.clock.now()).await?;
         Ok(signed.len())
     }
 
@@ -618,7 +617,7 @@ impl Audit {
             next = upto;
         }
         // Every record against the leaf at its place.
-        let mut mismatched: Vec<(String, u64, Hash)> = Vec::new();
+        let mut mismatched: Vec<domain::Mismatch> = Vec::new();
         let mut expected = 0u64;
         let mut after = 0;
         while after < size as i64 {
@@ -643,7 +642,11 @@ impl Audit {
                 expected = index + 1;
                 let leaf = log::leaf_hash(record);
                 if stored.get((index - base) as usize) != Some(&leaf) {
-                    mismatched.push((record.id.clone(), index, leaf));
+                    mismatched.push(domain::Mismatch {
+                        id: record.id.clone(),
+                        index,
+                        leaf: leaf.0,
+                    });
                 }
             }
         }
@@ -668,12 +671,9 @@ impl Audit {
         }
         // A mismatched record logged at another place was moved; else edited.
         if !mismatched.is_empty() {
-            let wanted: HashMap<[u8; 32], usize> = mismatched
-                .iter()
-                .enumerate()
-                .map(|(i, (_, _, leaf))| (leaf.0, i))
-                .collect();
-            let mut logged_at: HashMap<usize, u64> = HashMap::new();
+            let wanted: std::collections::HashSet<[u8; 32]> =
+                mismatched.iter().map(|m| m.leaf).collect();
+            let mut logged_at: HashMap<[u8; 32], u64> = HashMap::new();
             let mut next = 0u64;
             while next < size {
                 let upto = (next + u64::from(CHUNK)).min(size);
@@ -683,26 +683,17 @@ impl Audit {
                     .into_iter()
                     .enumerate()
                 {
-                    if let Some(&i) = wanted.get(&leaf.0) {
-                        logged_at.entry(i).or_insert(next + k as u64);
+                    if wanted.contains(&leaf.0) {
+                        logged_at.entry(leaf.0).or_insert(next + k as u64);
                     }
                 }
                 next = upto;
             }
-            for (i, (id, index, _)) in mismatched.into_iter().enumerate() {
-                match logged_at.get(&i) {
-                    Some(&at) if at != index => {
-                        if findings.reordered.len() < domain::MAX_REPORTED {
-                            findings.reordered.push((id, index, at));
-                        }
-                    }
-                    _ => {
-                        if findings.edited.len() < domain::MAX_REPORTED {
-                            findings.edited.push((id, index));
-                        }
-                    }
-                }
-            }
+            domain::name_mismatches(
+                mismatched,
+                |leaf| logged_at.get(leaf).copied(),
+                &mut findings,
+            );
         }
         if !findings.intact() {
             tracing::error!(partner_id = %partner, summary = %findings.summary(), "activity log verification failed");
