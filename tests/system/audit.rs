@@ -1188,6 +1188,25 @@ async fn an_auditor_with_the_public_key_alone_checks_a_bundle_and_names_each_tam
         .join("\n");
     let report = bundle::verify(&partial, &vkey, None).unwrap();
     assert!(!report.complete && report.intact(), "{:?}", report.problems);
+    // A second checkpoint of the same size, signed with the log key over
+    // another root (a forked history), is named against the bundle.
+    let log_key = csp_audit::log::LogKey::from_config(
+        csp_tests::audit_key().expose(),
+        csp_audit::log::DEFAULT_LOG_NAME,
+    )
+    .unwrap();
+    let kept_head = csp_audit::log::open(&kept, &vkey).unwrap();
+    let fork = log_key
+        .sign(
+            csp_kit::ids::PartnerId::from_uuid(system.partner),
+            kept_head.size,
+            tlog_tiles::record_hash(b"another history"),
+        )
+        .unwrap();
+    named(
+        bundle::verify(&clean, &vkey, Some(&fork)).unwrap(),
+        "forked",
+    );
     // Another key refuses the bundle outright.
     let other =
         csp_audit::log::LogKey::from_config("not the log key", "csp.local/activity-log").unwrap();
