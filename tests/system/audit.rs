@@ -1338,3 +1338,49 @@ async fn records_arriving_during_a_check_are_not_tampering_and_a_rewritten_tree_
     db.close().await;
     system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_single_records_are_committed_together_and_each_call_counts_its_own() {
+    let system = TestSystem::start().await;
+    let partner = system.partner.to_string();
+    let intake = system.audit_intake().await;
+    let mut calls = Vec::new();
+    for i in 0..60 {
+        let (mut intake, partner) = (intake.clone(), partner.clone());
+        calls.push(tokio::spawn(async move {
+            // Every third call repeats the id of the call before it.
+            let id = if i % 3 == 2 {
+                format!("g{}", i - 1)
+            } else {
+                format!("g{i}")
+            };
+            intake
+                .record_activities(RecordActivitiesRequest {
+                    records: vec![record(
+                        &partner,
+                        &id,
+                        ActivityType::KeyAccessed,
+                        BASE + i,
+                        "u",
+                    )],
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .recorded
+        }));
+    }
+    let mut recorded = 0;
+    for call in calls {
+        let counted = call.await.unwrap();
+        assert!(counted <= 1, "a call counted {counted} records");
+        recorded += counted;
+    }
+    // 40 distinct ids, each counted for exactly one call.
+    assert_eq!(recorded, 40);
+    let mut audit = system.audit(&[Role::GlobalAdmin]).await;
+    let found = verify(&mut audit).await;
+    assert!(found.intact, "{}", found.summary);
+    assert_eq!(found.tree_size, 40, "each id once: {}", found.summary);
+    system.stop().await;
+}

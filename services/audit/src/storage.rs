@@ -105,6 +105,35 @@ macro_rules! record_from_row {
     };
 }
 
+/// A storage failure shared by every call of a group append.
+#[derive(Debug)]
+pub struct StoreFailure {
+    busy: bool,
+    error: String,
+}
+
+impl From<StoreError> for StoreFailure {
+    fn from(error: StoreError) -> Self {
+        Self {
+            busy: matches!(error, StoreError::Busy(_)),
+            error: format!("{:#}", anyhow::Error::new(error)),
+        }
+    }
+}
+
+impl StoreFailure {
+    /// The error each call of the group answers.
+    pub fn to_api_error(&self) -> csp_kit::ApiError {
+        if self.busy {
+            csp_kit::ApiError::Unavailable(
+                "the activity log is busy; send the records again shortly".to_owned(),
+            )
+        } else {
+            csp_kit::ApiError::Internal(anyhow::anyhow!("{}", self.error))
+        }
+    }
+}
+
 /// A filter for reading the log.
 #[derive(Clone, Debug)]
 pub struct Query {
@@ -158,6 +187,15 @@ impl AuditStore {
     /// already recorded (before or earlier in the batch) are skipped.
     /// Returns how many were new.
     pub async fn append(&self, partner_id: PartnerId, records: Vec<Record>) -> StoreResult<u32> {
+        Ok(self.append_ids(partner_id, records).await?.len() as u32)
+    }
+
+    /// [`Self::append`], returning the ids of the records that were new.
+    pub async fn append_ids(
+        &self,
+        partner_id: PartnerId,
+        records: Vec<Record>,
+    ) -> StoreResult<Vec<String>> {
         let partner = partner_id.to_string();
         let mut tx = self.db.begin().await?;
         let size = lock_head(&mut tx, &partner).await?;
@@ -182,7 +220,7 @@ impl AuditStore {
             }
         }
         if fresh.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         for (k, record) in fresh.iter_mut().enumerate() {
             record.partner_id = partner_id;
@@ -219,7 +257,7 @@ impl AuditStore {
             })?;
         }
         tx.commit().await?;
-        Ok(fresh.len() as u32)
+        Ok(fresh.into_iter().map(|r| r.id).collect())
     }
 
     /// Builds the leaves of records stored without them (logged before the
