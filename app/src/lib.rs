@@ -111,6 +111,8 @@ pub struct SystemConfig {
     pub attachment_quota: csp_support::domain::AttachmentQuota,
     /// The key audit signs its checkpoints with.
     pub audit_key: Secret,
+    /// The activity log's name (checkpoint origins `NAME/PARTNER_ID`).
+    pub audit_log_name: String,
     /// Services not to start (tests leave one down to show nothing is lost
     /// and start it later on its address): "audit", "licensing".
     pub held_back: &'static [&'static str],
@@ -272,7 +274,7 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
     let c = csp_audit::Config {
         backend: audit_args,
         checkpoint_key: config.audit_key.clone(),
-        log_name: csp_audit::log::DEFAULT_LOG_NAME.to_owned(),
+        log_name: config.audit_log_name.clone(),
         checkpoint_file: None,
     };
     if !config.held_back.contains(&"audit") {

@@ -33,6 +33,10 @@ pub struct UpArgs {
     /// Key the audit log's checkpoints are signed with.
     #[arg(long, env = "CSP_AUDIT_KEY", default_value = csp_audit::DEV_CHECKPOINT_KEY, hide_default_value = true)]
     audit_key: Secret,
+    /// The activity log's name: the key's name and the first part of each
+    /// checkpoint's origin (as `csp audit-log-key --log-name` takes it).
+    #[arg(long, env = "CSP_AUDIT_LOG_NAME", default_value = csp_audit::log::DEFAULT_LOG_NAME)]
+    audit_log_name: String,
     /// Where download links redirect to.
     #[arg(
         long,
@@ -72,6 +76,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         content_origin: args.content_origin.clone(),
         attachment_quota: args.attachment_quota,
         audit_key: args.audit_key.clone(),
+        audit_log_name: args.audit_log_name.clone(),
         held_back: &[],
     })
     .await?;

@@ -65,6 +65,7 @@ fn run_system() -> anyhow::Result<()> {
         content_origin: "https://files.bench/software".to_owned(),
         attachment_quota: Default::default(),
         audit_key: Secret::new("bench-audit-key-0123456789"),
+        audit_log_name: csp_audit::log::DEFAULT_LOG_NAME.to_owned(),
         held_back: &[],
     }))?;
     println!("gateway {}", system.addresses.gateway);

@@ -67,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         content_origin: "https://files.bench/software".to_owned(),
         attachment_quota: Default::default(),
         audit_key: csp_kit::config::Secret::new("bench-audit-key-0123456789"),
+        audit_log_name: csp_audit::log::DEFAULT_LOG_NAME.to_owned(),
         held_back: &[],
     }))?;
     let addresses = system.addresses;

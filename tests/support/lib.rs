@@ -156,6 +156,7 @@ impl TestSystem {
             content_origin: CONTENT_ORIGIN.to_owned(),
             attachment_quota,
             audit_key: audit_key(),
+            audit_log_name: csp_audit::log::DEFAULT_LOG_NAME.to_owned(),
             held_back,
         })
         .await
