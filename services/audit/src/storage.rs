@@ -511,7 +511,7 @@ impl AuditStore {
             .find(|r| r.seq == seq))
     }
 
-    /// The newest sequence number of a partner's chain (0 when empty).
+    /// The newest sequence number of a partner's log (0 when empty).
     pub async fn head_seq(&self, partner_id: PartnerId) -> StoreResult<i64> {
         const SQL: &str = "SELECT COALESCE(MAX(seq), 0) FROM activities WHERE partner_id = $1";
         Ok(
@@ -559,7 +559,7 @@ impl AuditStore {
         })
     }
 
-    /// Records of a partner's chain after `after_seq`, in sequence order.
+    /// Records of a partner's log after `after_seq`, in sequence order.
     pub async fn chain(
         &self,
         partner_id: PartnerId,
