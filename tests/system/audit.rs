@@ -1053,30 +1053,20 @@ async fn proofs_are_checked_and_never_about_another_partners_log() {
         .get_consistency_proof(consistency(2, 5))
         .await
         .unwrap();
-    refused(
-        audit
-            .get_consistency_proof(consistency(0, 5))
-            .await
-            .unwrap_err(),
-        Code::InvalidArgument,
-        "first_size",
-    );
-    refused(
-        audit
-            .get_consistency_proof(consistency(4, 3))
-            .await
-            .unwrap_err(),
-        Code::InvalidArgument,
-        "first_size",
-    );
-    refused(
-        audit
-            .get_consistency_proof(consistency(1, 9))
-            .await
-            .unwrap_err(),
-        Code::InvalidArgument,
-        "second_size",
-    );
+    for (first, second, field) in [
+        (0, 5, "first_size"),
+        (4, 3, "first_size"),
+        (1, 9, "second_size"),
+    ] {
+        refused(
+            audit
+                .get_consistency_proof(consistency(first, second))
+                .await
+                .unwrap_err(),
+            Code::InvalidArgument,
+            field,
+        );
+    }
 
     // Another partner's admin sees an empty log and none of these records.
     let mut other =
@@ -1382,5 +1372,53 @@ async fn concurrent_single_records_are_committed_together_and_each_call_counts_i
     let found = verify(&mut audit).await;
     assert!(found.intact, "{}", found.summary);
     assert_eq!(found.tree_size, 40, "each id once: {}", found.summary);
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_records_are_checkpointed_without_anyone_asking() {
+    let system = TestSystem::start().await;
+    let partner = system.partner.to_string();
+    system
+        .audit_intake()
+        .await
+        .record_activities(RecordActivitiesRequest {
+            records: vec![record(
+                &partner,
+                "unasked",
+                ActivityType::KeyAccessed,
+                BASE,
+                "u",
+            )],
+        })
+        .await
+        .unwrap();
+    // The background signer (every 500 ms) stores a checkpoint of size 1;
+    // nobody calls GetLogCheckpoint. Waits at most 10 s.
+    let db = system.service_db("audit").await;
+    let mut signed = None;
+    for _ in 0..200 {
+        signed = csp_store::on_db!(&db, pool => csp_tests::sqlx::query_scalar::<_, String>(
+            "SELECT note FROM log_checkpoints WHERE partner_id = $1 AND size = 1")
+            .bind(&partner).fetch_optional(pool).await)
+        .unwrap();
+        if signed.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let note = signed.expect("no checkpoint was signed in the background");
+    let key = csp_audit::log::LogKey::from_config(
+        csp_tests::audit_key().expose(),
+        csp_audit::log::DEFAULT_LOG_NAME,
+    )
+    .unwrap();
+    assert_eq!(
+        csp_audit::log::open(&note, key.verifier_key())
+            .unwrap()
+            .size,
+        1
+    );
+    db.close().await;
     system.stop().await;
 }

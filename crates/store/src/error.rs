@@ -85,17 +85,39 @@ fn is_busy(error: &sqlx::Error) -> bool {
 
 /// Storage failures a use case did not turn into a domain answer are
 /// INTERNAL: logged with their cause, hidden from the caller.
+/// What a caller is told when the database stayed busy.
+const BUSY: &str =
+    "the service's database is busy with other writes; nothing was stored, retry in a moment";
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Busy(cause) => {
                 tracing::warn!(error = %cause, "the database stayed busy; the call is UNAVAILABLE");
-                ApiError::Unavailable(
-                    "the service's database is busy with other writes; nothing was stored, retry in a moment"
-                        .to_owned(),
-                )
+                ApiError::Unavailable(BUSY.to_owned())
             }
             other => ApiError::Internal(anyhow::Error::new(other)),
+        }
+    }
+}
+
+impl StoreError {
+    /// The same answer as `ApiError::from`, for a failure that ends several
+    /// calls at once (one transaction serving a group of them): the cause is
+    /// kept as text, since the error cannot be cloned.
+    pub fn to_api_error(&self) -> ApiError {
+        match self {
+            StoreError::Busy(_) => ApiError::Unavailable(BUSY.to_owned()),
+            other => {
+                let mut text = other.to_string();
+                let mut source = std::error::Error::source(other);
+                while let Some(cause) = source {
+                    text.push_str(": ");
+                    text.push_str(&cause.to_string());
+                    source = cause.source();
+                }
+                ApiError::Internal(anyhow::anyhow!(text))
+            }
         }
     }
 }
@@ -134,6 +156,22 @@ mod tests {
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
     use super::*;
+
+    #[test]
+    fn a_shared_failure_answers_as_an_owned_one_would() {
+        let busy = StoreError::Busy(sqlx::Error::PoolTimedOut);
+        assert!(matches!(busy.to_api_error(), ApiError::Unavailable(m) if m == BUSY));
+        let corrupt = StoreError::corrupt("t.c", "x");
+        match corrupt.to_api_error() {
+            ApiError::Internal(e) => assert!(e.to_string().contains("t.c"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        let failed = StoreError::Database(sqlx::Error::RowNotFound);
+        match failed.to_api_error() {
+            ApiError::Internal(e) => assert!(e.to_string().contains("no rows"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[tokio::test]
     async fn a_sqlite_write_lock_held_too_long_is_busy_and_unavailable() {

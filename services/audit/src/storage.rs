@@ -105,35 +105,6 @@ macro_rules! record_from_row {
     };
 }
 
-/// A storage failure shared by every call of a group append.
-#[derive(Debug)]
-pub struct StoreFailure {
-    busy: bool,
-    error: String,
-}
-
-impl From<StoreError> for StoreFailure {
-    fn from(error: StoreError) -> Self {
-        Self {
-            busy: matches!(error, StoreError::Busy(_)),
-            error: format!("{:#}", anyhow::Error::new(error)),
-        }
-    }
-}
-
-impl StoreFailure {
-    /// The error each call of the group answers.
-    pub fn to_api_error(&self) -> csp_kit::ApiError {
-        if self.busy {
-            csp_kit::ApiError::Unavailable(
-                "the activity log is busy; send the records again shortly".to_owned(),
-            )
-        } else {
-            csp_kit::ApiError::Internal(anyhow::anyhow!("{}", self.error))
-        }
-    }
-}
-
 /// A filter for reading the log.
 #[derive(Clone, Debug)]
 pub struct Query {

@@ -74,7 +74,7 @@ pub struct Audit {
 /// What a group's append answers one of its calls: how many of its records
 /// were new (a record new once is counted for the first call that sent it),
 /// or why the group failed.
-type Appended = Result<u32, Arc<crate::storage::StoreFailure>>;
+type Appended = Result<u32, Arc<csp_store::error::StoreError>>;
 
 /// One call waiting for its group's append: its records and where to answer.
 type Waiting = (Vec<Record>, tokio::sync::oneshot::Sender<Appended>);
@@ -429,37 +429,41 @@ impl Audit {
         if size == 0 {
             return Ok(None);
         }
-        let note = match self.store.checkpoint_at(partner, size).await? {
-            Some(note) => note,
+        let (note, root) = match self.store.checkpoint_at(partner, size).await? {
+            // The root the note signs (a note that does not open is
+            // answered as stored; verification names it).
+            Some(note) => match log::open(&note, self.key.verifier_key()) {
+                Ok(head) => (note, head.root),
+                Err(_) => {
+                    let root = self.root(partner, size).await?;
+                    (note, root)
+                }
+            },
             None => {
                 let signed = self.prepare(partner, size).await?;
-                let note = signed.0.note.clone();
+                let answer = (signed.0.note.clone(), signed.1);
                 self.keep(vec![signed]).await?;
-                note
+                answer
             }
         };
-        let root = self.root(partner, size).await?;
         Ok(Some((size, note, root)))
     }
 
     /// The tree size a proof is against: `asked`, or the newest signed
     /// checkpoint's when 0; never more than the tree holds.
     async fn proof_size(&self, partner: PartnerId, asked: u64, field: &str) -> ApiResult<u64> {
-        let size = self.store.tree_size(partner).await?;
+        let tree = self.store.tree_size(partner).await?;
         let size = match asked {
             0 => match self.store.latest_checkpoint(partner).await? {
                 Some((signed, _)) => signed,
-                None => size,
+                None => tree,
             },
             n => n,
         };
-        if size == 0 || size > self.store.tree_size(partner).await? {
+        if size == 0 || size > tree {
             return Err(ApiError::invalid(
                 field,
-                format!(
-                    "the log has {} records; ask for a size from 1 to that",
-                    self.store.tree_size(partner).await?
-                ),
+                format!("the log has {tree} records; ask for a size from 1 to that"),
             ));
         }
         Ok(size)
@@ -802,7 +806,7 @@ impl Audit {
                     }
                 }
                 Err(error) => {
-                    let failure = Arc::new(crate::storage::StoreFailure::from(error));
+                    let failure = Arc::new(error);
                     for answer in answers {
                         let _ = answer.send(Err(failure.clone()));
                     }

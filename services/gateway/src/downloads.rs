@@ -13,6 +13,7 @@
 //! with `Retry-After`, without a database read, until its allowance refills.
 
 use std::net::IpAddr;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use axum::Router;
@@ -207,18 +208,10 @@ async fn answer_download(
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let client = client_address(peer.ip(), &headers, &downloads.trusted_proxies);
-    if let Some(wait) = downloads.guesses.refused(client) {
-        return too_many_guesses(wait);
-    }
-    if !plausible_token(&token) {
-        return not_redirected(
-            &downloads,
-            client,
-            RedeemOutcome::Unknown as i32,
-            NO_SUCH_LINK,
-        );
-    }
+    let client = match screen(&downloads, peer.ip(), &headers, &token) {
+        ControlFlow::Continue(client) => client,
+        ControlFlow::Break(answer) => return answer,
+    };
     let user_agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -278,18 +271,10 @@ async fn answer_inspect(
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let client = client_address(peer.ip(), &headers, &downloads.trusted_proxies);
-    if let Some(wait) = downloads.guesses.refused(client) {
-        return too_many_guesses(wait);
-    }
-    if !plausible_token(&token) {
-        return not_redirected(
-            &downloads,
-            client,
-            RedeemOutcome::Unknown as i32,
-            NO_SUCH_LINK,
-        );
-    }
+    let client = match screen(&downloads, peer.ip(), &headers, &token) {
+        ControlFlow::Continue(client) => client,
+        ControlFlow::Break(answer) => return answer,
+    };
     let answer = downloads
         .licensing
         .clone()
@@ -323,6 +308,30 @@ fn plausible_token(token: &str) -> bool {
         && token
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The client of a GET or HEAD on a link, or the answer that ends it
+/// before licensing is asked: 429 for a client guessing too many tokens,
+/// 404 (counted as a guess) for a token no link can have.
+fn screen(
+    downloads: &Downloads,
+    peer: IpAddr,
+    headers: &HeaderMap,
+    token: &str,
+) -> ControlFlow<Response, IpAddr> {
+    let client = client_address(peer, headers, &downloads.trusted_proxies);
+    if let Some(wait) = downloads.guesses.refused(client) {
+        return ControlFlow::Break(too_many_guesses(wait));
+    }
+    if !plausible_token(token) {
+        return ControlFlow::Break(not_redirected(
+            downloads,
+            client,
+            RedeemOutcome::Unknown as i32,
+            NO_SUCH_LINK,
+        ));
+    }
+    ControlFlow::Continue(client)
 }
 
 /// A link that does not lead to its file: 410 when it has ended (expired,
