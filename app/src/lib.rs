@@ -8,7 +8,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use csp_kit::clock::Clock;
 use csp_kit::config::{BackendArgs, Secret};
+use csp_kit::identity::keys::KeySet;
 use csp_kit::server::bind;
+use csp_kit::service_name::ServiceName;
 use csp_kit::shutdown::{Shutdown, ShutdownTrigger};
 use csp_store::db;
 use tokio::net::TcpListener;
@@ -97,8 +99,9 @@ pub struct SystemConfig {
     pub addresses: Addresses,
     /// The gateway's HS256 secret for user tokens.
     pub jwt_secret: Secret,
-    /// The key caller identities are signed with.
-    pub internal_key: Secret,
+    /// Each service's identity key (`csp up` makes fresh ones at each
+    /// start; tests use the development ones).
+    pub identity_keys: KeySet,
     /// Seed the demo catalog.
     pub seed_demo_catalog: bool,
     /// Where business time comes from (tests pin it).
@@ -195,18 +198,18 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         Storage::Sqlite(dir) => dir.clone(),
         Storage::Postgres { files, .. } => files.clone(),
     };
-    let backend = |listen: SocketAddr| BackendArgs {
+    let backend = |listen: SocketAddr, service: ServiceName| BackendArgs {
         listen: Some(listen),
         database_url: None,
         data_dir: data_dir.clone(),
-        internal_key: config.internal_key.clone(),
+        identity: config.identity_keys.args_for(service, true),
         metrics_listen: None,
     };
-    let mut catalog_args = backend(addresses.catalog);
-    let mut ordering_args = backend(addresses.ordering);
-    let mut licensing_args = backend(addresses.licensing);
-    let mut audit_args = backend(addresses.audit);
-    let mut support_args = backend(addresses.support);
+    let mut catalog_args = backend(addresses.catalog, ServiceName::Catalog);
+    let mut ordering_args = backend(addresses.ordering, ServiceName::Ordering);
+    let mut licensing_args = backend(addresses.licensing, ServiceName::Licensing);
+    let mut audit_args = backend(addresses.audit, ServiceName::Audit);
+    let mut support_args = backend(addresses.support, ServiceName::Support);
     if let Storage::Postgres {
         server_url, prefix, ..
     } = &config.storage
@@ -256,7 +259,7 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         catalog: url(addresses.catalog).into(),
         ordering: url(addresses.ordering).into(),
         audit: url(addresses.audit).into(),
-        sealing_key: config.sealing_key.clone(),
+        sealing_key: Some(config.sealing_key.clone()),
         download_base_url: format!("http://{}", addresses.gateway_http),
         content_origin: config.content_origin.clone(),
     };
@@ -273,8 +276,9 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
     }
     let c = csp_audit::Config {
         backend: audit_args,
-        checkpoint_key: config.audit_key.clone(),
+        checkpoint_key: Some(config.audit_key.clone()),
         log_name: config.audit_log_name.clone(),
+        max_record_age_hours: 168,
         checkpoint_file: None,
     };
     if !config.held_back.contains(&"audit") {
@@ -296,8 +300,8 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
     let gateway_config = csp_gateway::Config {
         listen: Some(addresses.gateway),
         http_listen: Some(addresses.gateway_http),
-        jwt_secret: config.jwt_secret.clone(),
-        internal_key: config.internal_key.clone(),
+        jwt_secret: Some(config.jwt_secret.clone()),
+        identity: config.identity_keys.args_for(ServiceName::Gateway, true),
         metrics_listen: None,
         default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
         limits: csp_gateway::limits::LimitArgs::default(),

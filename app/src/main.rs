@@ -6,6 +6,7 @@
 //! - `csp gateway|catalog|ordering|licensing|audit|support` runs one service,
 //!   as a deployment does.
 //! - `csp token` prints a development token.
+//! - `csp keys generate` prints fresh keys and secrets for a deployment.
 
 mod up;
 
@@ -39,6 +40,8 @@ enum Command {
     Up(up::UpArgs),
     /// Print a development token (HS256) for the gateway.
     Token(TokenArgs),
+    /// Keys and secrets for a deployment.
+    Keys(KeysArgs),
     /// Run the gateway alone.
     Gateway(csp_gateway::Config),
     /// Run the catalog service alone.
@@ -70,6 +73,37 @@ enum Command {
 }
 
 #[derive(clap::Args, Debug)]
+struct KeysArgs {
+    #[command(subcommand)]
+    action: KeysAction,
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysAction {
+    /// Print fresh keys and secrets for every service, as the CSP_*
+    /// variables each needs (secret: store them in your secret manager, never
+    /// in the repository).
+    Generate {
+        /// The activity log's name (its key's name and the start of every
+        /// checkpoint's origin).
+        #[arg(long, env = "CSP_AUDIT_LOG_NAME", default_value = csp_audit::log::DEFAULT_LOG_NAME)]
+        log_name: String,
+        /// `env`: the variables of each service, grouped; `compose`: an
+        /// .env file for deploy/compose.yaml; `kubernetes`: the Secret
+        /// `csp-keys` the manifests read.
+        #[arg(long, value_enum, default_value_t = KeysFormat::Env)]
+        format: KeysFormat,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum KeysFormat {
+    Env,
+    Compose,
+    Kubernetes,
+}
+
+#[derive(clap::Args, Debug)]
 struct VerifyLogArgs {
     /// The log's verifier key (NAME+ID+KEY), as `csp audit-log-key` or
     /// GetLogPublicKey give it.
@@ -93,8 +127,11 @@ struct AuditLogKeyArgs {
     #[arg(long)]
     generate: bool,
     /// The log key (as the audit service takes it).
-    #[arg(long, env = "CSP_AUDIT_KEY", default_value = csp_audit::DEV_CHECKPOINT_KEY, hide_default_value = true)]
-    key: csp_kit::config::Secret,
+    #[arg(long, env = "CSP_AUDIT_KEY", hide_env_values = true)]
+    key: Option<csp_kit::config::Secret>,
+    /// Without a key, print the development key's (as `csp up` signs with).
+    #[arg(long, env = "CSP_DEV")]
+    dev: bool,
     /// The log's name (for a generated key, or one derived from a secret).
     #[arg(long, env = "CSP_AUDIT_LOG_NAME", default_value = csp_audit::log::DEFAULT_LOG_NAME)]
     log_name: String,
@@ -184,6 +221,7 @@ async fn main() -> ExitCode {
             | Command::Outbox(_)
             | Command::Health(_)
             | Command::AuditLogKey(_)
+            | Command::Keys(_)
             | Command::VerifyLog(_)
     ) {
         telemetry::init(cli.log_format);
@@ -218,11 +256,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 println!("signer key (CSP_AUDIT_KEY, secret): {signer}");
                 println!("verifier key (public): {verifier}");
             } else {
-                let key = csp_audit::log::LogKey::from_config(args.key.expose(), &args.log_name)?;
+                let secret = csp_kit::config::required_secret(
+                    "CSP_AUDIT_KEY",
+                    args.key.as_ref(),
+                    csp_audit::DEV_CHECKPOINT_KEY,
+                    args.dev,
+                )?;
+                let key = csp_audit::log::LogKey::from_config(secret.expose(), &args.log_name)?;
                 println!("{}", key.verifier_key());
             }
             Ok(())
         }
+        Command::Keys(KeysArgs {
+            action: KeysAction::Generate { log_name, format },
+        }) => generate_keys(&log_name, format),
         Command::VerifyLog(args) => verify_log(args),
         Command::Outbox(args) => outbox(args).await,
         Command::Migrate(args) => migrate(args).await,
@@ -310,14 +357,16 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         csp_support::SPEC,
     ]
     .into_iter()
-    .find(|spec| spec.name == args.service)
+    .find(|spec| spec.service.as_str() == args.service)
     .ok_or_else(|| {
         anyhow::anyhow!(
             "no service named {}; choose catalog, ordering, licensing, audit or support",
             csp_kit::error::quoted(&args.service)
         )
     })?;
-    let db = csp_store::backend::open_database(spec.name, &args.backend, spec.migrations).await?;
+    let db =
+        csp_store::backend::open_database(spec.service.as_str(), &args.backend, spec.migrations)
+            .await?;
     db.close().await;
     Ok(())
 }
@@ -422,4 +471,80 @@ fn verify_log(args: VerifyLogArgs) -> anyhow::Result<()> {
         report.checked,
         report.tree_size
     )
+}
+
+/// Prints fresh keys for one deployment in `format`.
+fn generate_keys(log_name: &str, format: KeysFormat) -> anyhow::Result<()> {
+    use csp_kit::identity::keys::KeySet;
+    use csp_kit::service_name::ServiceName;
+
+    let keys = KeySet::generate()?;
+    let secret = || csp_kit::config::generate_secret().map(|s| s.expose().to_owned());
+    let (jwt, licensing, postgres) = (secret()?, secret()?, secret()?);
+    let (audit_key, audit_verifier) = csp_audit::log::generate(log_name)?;
+    let identity = |service: ServiceName| keys.key(service).to_config().expose().to_owned();
+    match format {
+        KeysFormat::Env => {
+            println!("# Fresh keys for one csp deployment (csp keys generate). Every line but the");
+            println!(
+                "# trust list is secret: keep them in a secret manager, never in a repository."
+            );
+            println!();
+            println!("# Every service: the same trust list (public).");
+            println!("CSP_IDENTITY_TRUST={}", keys.trust());
+            for service in ServiceName::ALL {
+                println!();
+                println!("# {service}");
+                println!("CSP_IDENTITY_KEY={}", identity(service));
+                match service {
+                    ServiceName::Gateway => println!("CSP_JWT_SECRET={jwt}"),
+                    ServiceName::Licensing => println!("CSP_LICENSING_KEY={licensing}"),
+                    ServiceName::Audit => {
+                        println!("CSP_AUDIT_KEY={audit_key}");
+                        println!("# the activity log's public key, for auditors: {audit_verifier}");
+                    }
+                    _ => {}
+                }
+            }
+        }
+        KeysFormat::Compose => {
+            println!(
+                "# deploy/.env for deploy/compose.yaml (csp keys generate --format compose). Secret."
+            );
+            println!("CSP_IDENTITY_TRUST={}", keys.trust());
+            for service in ServiceName::ALL {
+                println!(
+                    "CSP_{}_IDENTITY_KEY={}",
+                    service.as_str().to_uppercase(),
+                    identity(service)
+                );
+            }
+            println!("CSP_JWT_SECRET={jwt}");
+            println!("CSP_LICENSING_KEY={licensing}");
+            println!("CSP_AUDIT_KEY={audit_key}");
+            println!("CSP_POSTGRES_PASSWORD={postgres}");
+            println!("# the activity log's public key, for auditors: {audit_verifier}");
+        }
+        KeysFormat::Kubernetes => {
+            println!("# The Secret csp-keys the manifests in deploy/k8s read (csp keys generate");
+            println!(
+                "# --format kubernetes). Secret: apply it or store it in your secret manager."
+            );
+            println!("# The activity log's public key, for auditors: {audit_verifier}");
+            println!("apiVersion: v1");
+            println!("kind: Secret");
+            println!("metadata:");
+            println!("  name: csp-keys");
+            println!("type: Opaque");
+            println!("stringData:");
+            for service in ServiceName::ALL {
+                println!("  {service}-identity-key: \"{}\"", identity(service));
+            }
+            println!("  identity-trust: \"{}\"", keys.trust());
+            println!("  jwt-secret: \"{jwt}\"");
+            println!("  licensing-key: \"{licensing}\"");
+            println!("  audit-key: \"{audit_key}\"");
+        }
+    }
+    Ok(())
 }

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use csp::{Addresses, Storage, SystemConfig};
-use csp_kit::config::{DEV_INTERNAL_KEY, DEV_JWT_SECRET, Secret};
+use csp_kit::config::{DEV_JWT_SECRET, Secret};
+use csp_kit::identity::keys::KeySet;
 use csp_kit::roles::Role;
 use csp_kit::shutdown::Shutdown;
 
@@ -24,9 +25,6 @@ pub struct UpArgs {
     /// HS256 secret for user tokens.
     #[arg(long, env = "CSP_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true)]
     jwt_secret: Secret,
-    /// Key caller identities are signed with.
-    #[arg(long, env = "CSP_INTERNAL_KEY", default_value = DEV_INTERNAL_KEY, hide_default_value = true)]
-    internal_key: Secret,
     /// Key product keys and link tokens are sealed with in the database.
     #[arg(long, env = "CSP_LICENSING_KEY", default_value = csp_licensing::DEV_SEALING_KEY, hide_default_value = true)]
     sealing_key: Secret,
@@ -69,7 +67,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             ..Addresses::local_defaults()
         },
         jwt_secret: args.jwt_secret.clone(),
-        internal_key: args.internal_key.clone(),
+        // Fresh identity keys at every start: the services of one process
+        // trust each other and nothing else.
+        identity_keys: KeySet::generate()?,
         seed_demo_catalog: true,
         clock: csp_kit::clock::system(),
         sealing_key: args.sealing_key.clone(),

@@ -196,6 +196,21 @@ struct Deployment {
     stopped: bool,
 }
 
+/// A service's own identity key and the trust list, as a deployment sets
+/// them (fresh keys, no development mode).
+fn identity_env(service: &str) -> [(String, String); 2] {
+    let service = csp_tests::ServiceName::parse(service)
+        .unwrap_or_else(|| panic!("{service} is not a csp service"));
+    let keys = csp_tests::identity_keys();
+    [
+        (
+            "CSP_IDENTITY_KEY".into(),
+            keys.key(service).to_config().expose().to_owned(),
+        ),
+        ("CSP_IDENTITY_TRUST".into(), keys.trust()),
+    ]
+}
+
 impl Deployment {
     fn port(&self, name: &str) -> u16 {
         self.ports[name]
@@ -222,10 +237,7 @@ impl Deployment {
             format!("127.0.0.1:{}", self.port(&format!("{replica}-metrics"))),
         );
         env.insert("CSP_DATABASE_URL".into(), database_url.to_owned());
-        env.insert(
-            "CSP_INTERNAL_KEY".into(),
-            csp_tests::internal_key().expose().to_owned(),
-        );
+        env.extend(identity_env(service));
         match service {
             "licensing" => {
                 env.insert(
@@ -273,10 +285,7 @@ impl Deployment {
             "CSP_JWT_SECRET".into(),
             csp_tests::jwt_secret().expose().to_owned(),
         );
-        env.insert(
-            "CSP_INTERNAL_KEY".into(),
-            csp_tests::internal_key().expose().to_owned(),
-        );
+        env.extend(identity_env("gateway"));
         env
     }
 

@@ -58,7 +58,7 @@ fn run_system() -> anyhow::Result<()> {
         storage: Storage::Sqlite(dir),
         addresses: Addresses::ephemeral(),
         jwt_secret: jwt_secret(),
-        internal_key: Secret::new("bench-internal-key-0123456789"),
+        identity_keys: csp_kit::identity::keys::KeySet::generate()?,
         seed_demo_catalog: true,
         clock: csp_kit::clock::system(),
         sealing_key: Secret::new("bench-sealing-key-0123456789"),

@@ -25,8 +25,10 @@ use csp_audit::log;
 use csp_audit::storage::AuditStore;
 use csp_kit::clock::SECOND;
 use csp_kit::config::{BackendArgs, Secret};
-use csp_kit::identity::{IdentityKey, ServiceIdentity};
+use csp_kit::identity::keys::KeySet;
+use csp_kit::identity::{ServiceIdentity, Signer};
 use csp_kit::ids::PartnerId;
+use csp_kit::service_name::ServiceName;
 use csp_proto::audit::v1::audit_intake_service_client::AuditIntakeServiceClient;
 use csp_proto::audit::v1::{Activity, ActivityRecord, ActivityType, RecordActivitiesRequest};
 use csp_store::db::Db;
@@ -55,10 +57,8 @@ fn activity(partner: &str, id: String) -> ActivityRecord {
         activity: Some(Activity {
             id,
             r#type: ActivityType::KeyAccessed as i32,
-            occur_time: Some(prost_types::Timestamp {
-                seconds: START / SECOND,
-                nanos: 0,
-            }),
+            // Now: the intake refuses records from long ago.
+            occur_time: Some(csp_kit::clock::to_timestamp(csp_kit::clock::system().now())),
             user_id: "bench".into(),
             user_display_name: "Bench".into(),
             customer_tenant_id: "00000000-0000-0000-0000-000000000001".into(),
@@ -88,7 +88,7 @@ async fn run() -> anyhow::Result<()> {
         }
         None => (None, None),
     };
-    let internal_key = Secret::new("bench-internal-key-0123456789");
+    let keys = KeySet::generate()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let config = csp_audit::Config {
@@ -96,11 +96,12 @@ async fn run() -> anyhow::Result<()> {
             listen: Some(addr),
             database_url: url.clone(),
             data_dir: dir.clone(),
-            internal_key: internal_key.clone(),
+            identity: keys.args_for(ServiceName::Audit, true),
             metrics_listen: None,
         },
-        checkpoint_key: Secret::new("bench-audit-key-0123456789"),
+        checkpoint_key: Some(Secret::new("bench-audit-key-0123456789")),
         log_name: log::DEFAULT_LOG_NAME.to_owned(),
+        max_record_age_hours: 168,
         checkpoint_file: None,
     };
     let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
@@ -129,11 +130,8 @@ async fn run() -> anyhow::Result<()> {
         }
     };
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_lazy();
-    let key = Arc::new(IdentityKey::new(&internal_key));
-    let client = AuditIntakeServiceClient::with_interceptor(
-        channel,
-        ServiceIdentity::new(key.clone(), "ordering"),
-    );
+    let signer = Arc::new(Signer::new(keys.key(ServiceName::Licensing).clone()));
+    let client = AuditIntakeServiceClient::with_interceptor(channel, ServiceIdentity::new(signer));
     // Wait until it answers.
     for _ in 0..200 {
         if client

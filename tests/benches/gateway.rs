@@ -14,8 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use csp::{Addresses, Storage, SystemConfig};
-use csp_kit::identity::{IDENTITY_HEADER, IdentityKey, UserCaller};
+use csp_kit::identity::keys::KeySet;
+use csp_kit::identity::{IDENTITY_HEADER, Signer, UserCaller};
 use csp_kit::roles::Role;
+use csp_kit::service_name::ServiceName;
 use csp_proto::catalog::v1::ListProductsRequest;
 use csp_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use hdrhistogram::Histogram;
@@ -55,12 +57,12 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let dir = std::env::temp_dir().join(format!("csp-bench-{}", uuid::Uuid::new_v4().simple()));
     let jwt_secret = csp_kit::config::Secret::new("bench-jwt-secret-0123456789");
-    let internal_key = csp_kit::config::Secret::new("bench-internal-key-0123456789");
+    let keys = KeySet::generate()?;
     let system = system_runtime.block_on(csp::start(SystemConfig {
         storage: Storage::Sqlite(dir.clone()),
         addresses: Addresses::ephemeral(),
         jwt_secret: jwt_secret.clone(),
-        internal_key: internal_key.clone(),
+        identity_keys: keys.clone(),
         seed_demo_catalog: true,
         clock: csp_kit::clock::system(),
         sealing_key: csp_kit::config::Secret::new("bench-sealing-key-0123456789"),
@@ -85,7 +87,7 @@ fn main() -> anyhow::Result<()> {
         &[Role::SalesAgent],
         Duration::from_secs(3600),
     )?;
-    let identity_key = IdentityKey::new(&internal_key);
+    let identity_key = Signer::new(keys.key(ServiceName::Gateway).clone());
     let user = UserCaller {
         partner_id: partner.into(),
         user_id: "bench".into(),

@@ -16,6 +16,7 @@ use std::time::Duration;
 use csp::{Addresses, RunningSystem, Storage, SystemConfig};
 use csp_kit::config::Secret;
 use csp_kit::roles::Role;
+pub use csp_kit::service_name::ServiceName;
 use csp_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use csp_proto::common::v1::Money;
 use csp_proto::ordering::v1::ordering_service_client::OrderingServiceClient;
@@ -37,22 +38,48 @@ pub const CONTENT_ORIGIN: &str = "https://files.test/software";
 
 /// The key test systems seal product keys and link tokens with.
 pub fn sealing_key() -> Secret {
-    Secret::new("test-sealing-key-0123456789")
+    Secret::new("test-sealing-key-0123456789-0123456789")
 }
 
 /// The key test systems sign audit checkpoints with.
 pub fn audit_key() -> Secret {
-    Secret::new("test-audit-key-0123456789")
+    Secret::new("test-audit-key-0123456789-0123456789")
 }
 
 /// The user-token secret of test systems.
 pub fn jwt_secret() -> Secret {
-    Secret::new("test-jwt-secret-0123456789")
+    Secret::new("test-jwt-secret-0123456789-0123456789")
 }
 
-/// The internal key of test systems.
-pub fn internal_key() -> Secret {
-    Secret::new("test-internal-key-0123456789")
+/// The identity keys of test systems: fresh for each test process, one per
+/// service.
+pub fn identity_keys() -> &'static csp_kit::identity::keys::KeySet {
+    static KEYS: std::sync::OnceLock<csp_kit::identity::keys::KeySet> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        csp_kit::identity::keys::KeySet::generate()
+            .unwrap_or_else(|error| panic!("cannot generate identity keys: {error}"))
+    })
+}
+
+/// The identity options of `service` in test systems (development mode for
+/// the short test secrets).
+pub fn identity_args(service: ServiceName) -> csp_kit::identity::IdentityArgs {
+    identity_keys().args_for(service, true)
+}
+
+/// Signs identities as `service` does in test systems.
+pub fn signer(service: ServiceName) -> std::sync::Arc<csp_kit::identity::Signer> {
+    std::sync::Arc::new(csp_kit::identity::Signer::new(
+        identity_keys().key(service).clone(),
+    ))
+}
+
+/// Verifies callers as `service` does in test systems.
+pub fn verifier(service: ServiceName) -> std::sync::Arc<csp_kit::identity::Verifier> {
+    identity_args(service)
+        .resolve(service)
+        .unwrap_or_else(|error| panic!("cannot resolve {service}'s identity: {error}"))
+        .verifier
 }
 
 /// Fresh storage of the configured kind: a temporary SQLite directory, or a
@@ -150,7 +177,7 @@ impl TestSystem {
             clock: clock.clone(),
             addresses: Addresses::ephemeral(),
             jwt_secret: jwt_secret(),
-            internal_key: internal_key(),
+            identity_keys: identity_keys().clone(),
             seed_demo_catalog: true,
             sealing_key: sealing_key(),
             content_origin: CONTENT_ORIGIN.to_owned(),
@@ -262,16 +289,16 @@ impl TestSystem {
         )
     }
 
-    /// The audit intake, called directly as a producing service would.
+    /// The audit intake, called directly as licensing (the producer of key
+    /// and download records) would.
     pub async fn audit_intake(
         &self,
     ) -> csp_proto::audit::v1::audit_intake_service_client::AuditIntakeServiceClient<
         InterceptedService<Channel, csp_kit::identity::ServiceIdentity>,
     > {
-        let key = std::sync::Arc::new(csp_kit::identity::IdentityKey::new(&internal_key()));
         csp_proto::audit::v1::audit_intake_service_client::AuditIntakeServiceClient::with_interceptor(
             connect(self.addresses.audit).await,
-            csp_kit::identity::ServiceIdentity::new(key, "ordering"),
+            csp_kit::identity::ServiceIdentity::new(signer(ServiceName::Licensing)),
         )
     }
 
@@ -282,10 +309,9 @@ impl TestSystem {
     ) -> csp_proto::ordering::v1::ordering_internal_service_client::OrderingInternalServiceClient<
         InterceptedService<Channel, csp_kit::identity::ServiceIdentity>,
     >{
-        let key = std::sync::Arc::new(csp_kit::identity::IdentityKey::new(&internal_key()));
         csp_proto::ordering::v1::ordering_internal_service_client::OrderingInternalServiceClient::with_interceptor(
             connect(self.addresses.ordering).await,
-            csp_kit::identity::ServiceIdentity::new(key, "support"),
+            csp_kit::identity::ServiceIdentity::new(signer(ServiceName::Support)),
         )
     }
 
@@ -373,21 +399,21 @@ impl Replica {
                 listen: Some(licensing_addr),
                 database_url: Some(system.database_url("licensing").await),
                 data_dir: PathBuf::from("data"),
-                internal_key: internal_key(),
+                identity: identity_args(ServiceName::Licensing),
                 metrics_listen: None,
             },
             catalog: url(a.catalog).into(),
             ordering: url(a.ordering).into(),
             audit: url(a.audit).into(),
-            sealing_key: sealing_key(),
+            sealing_key: Some(sealing_key()),
             download_base_url: url(http_addr),
             content_origin: CONTENT_ORIGIN.to_owned(),
         };
         let gateway_config = csp_gateway::Config {
             listen: Some(gateway_addr),
             http_listen: Some(http_addr),
-            jwt_secret: jwt_secret(),
-            internal_key: internal_key(),
+            jwt_secret: Some(jwt_secret()),
+            identity: identity_args(ServiceName::Gateway),
             metrics_listen: None,
             default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
             limits: csp_gateway::limits::LimitArgs::default(),
@@ -460,11 +486,12 @@ impl Instance {
                 listen: Some(addr),
                 database_url: Some(system.database_url("audit").await),
                 data_dir,
-                internal_key: internal_key(),
+                identity: identity_args(ServiceName::Audit),
                 metrics_listen: None,
             },
-            checkpoint_key: audit_key(),
+            checkpoint_key: Some(audit_key()),
             log_name: csp_audit::log::DEFAULT_LOG_NAME.to_owned(),
+            max_record_age_hours: 168,
             checkpoint_file: None,
         };
         let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
@@ -487,13 +514,13 @@ impl Instance {
                 listen: Some(addr),
                 database_url: Some(system.database_url("licensing").await),
                 data_dir: PathBuf::from("data"),
-                internal_key: internal_key(),
+                identity: identity_args(ServiceName::Licensing),
                 metrics_listen: None,
             },
             catalog: url(a.catalog).into(),
             ordering: url(a.ordering).into(),
             audit: url(a.audit).into(),
-            sealing_key: sealing_key(),
+            sealing_key: Some(sealing_key()),
             download_base_url: url(a.gateway_http),
             content_origin: CONTENT_ORIGIN.to_owned(),
         };
@@ -521,8 +548,8 @@ impl Instance {
         let config = csp_gateway::Config {
             listen: Some(addr),
             http_listen: None,
-            jwt_secret: jwt_secret(),
-            internal_key: internal_key(),
+            jwt_secret: Some(jwt_secret()),
+            identity: identity_args(ServiceName::Gateway),
             metrics_listen: None,
             default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
             limits,

@@ -24,7 +24,18 @@ use uuid::Uuid;
 type Audit = AuditServiceClient<InterceptedService<Channel, Bearer>>;
 
 const DAY: i64 = 86_400;
-const BASE: i64 = 1_780_000_000;
+/// The day the tests' records start: four days ago at midnight UTC, so every
+/// record lies within the week the intake accepts.
+fn base() -> i64 {
+    static BASE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        (now / DAY - 4) * DAY
+    })
+}
 
 fn at(seconds: i64) -> Option<Timestamp> {
     Some(Timestamp { seconds, nanos: 0 })
@@ -87,19 +98,19 @@ async fn ranges_include_the_start_exclude_the_end_and_are_checked() {
     let sent = intake
         .record_activities(RecordActivitiesRequest {
             records: vec![
-                record(&partner, "a", ActivityType::KeyAccessed, BASE, "ada"),
+                record(&partner, "a", ActivityType::KeyAccessed, base(), "ada"),
                 record(
                     &partner,
                     "b",
                     ActivityType::SoftwareDownloaded,
-                    BASE + DAY,
+                    base() + DAY,
                     "bob",
                 ),
                 record(
                     &partner,
                     "c",
                     ActivityType::KeyAccessed,
-                    BASE + 2 * DAY,
+                    base() + 2 * DAY,
                     "ada",
                 ),
             ],
@@ -115,7 +126,7 @@ async fn ranges_include_the_start_exclude_the_end_and_are_checked() {
                 &partner,
                 "a",
                 ActivityType::KeyAccessed,
-                BASE,
+                base(),
                 "ada",
             )],
         })
@@ -124,7 +135,7 @@ async fn ranges_include_the_start_exclude_the_end_and_are_checked() {
         .into_inner();
     assert_eq!(again.recorded, 0);
     // Invalid ones are rejected one by one.
-    let mut bad = record(&partner, "d", ActivityType::Unspecified, BASE, "x");
+    let mut bad = record(&partner, "d", ActivityType::Unspecified, base(), "x");
     bad.partner_id = "nope".into();
     let rejected = intake
         .record_activities(RecordActivitiesRequest { records: vec![bad] })
@@ -135,7 +146,7 @@ async fn ranges_include_the_start_exclude_the_end_and_are_checked() {
     assert_eq!(rejected.len(), 1);
     // A record past a documented length is rejected alone; the rest of its
     // batch is recorded.
-    let mut long = record(&partner, "e", ActivityType::KeyAccessed, BASE, "x");
+    let mut long = record(&partner, "e", ActivityType::KeyAccessed, base(), "x");
     if let Some(activity) = long.activity.as_mut() {
         activity.user_id = "u".repeat(10_000);
     }
@@ -143,7 +154,7 @@ async fn ranges_include_the_start_exclude_the_end_and_are_checked() {
         &partner,
         "f",
         ActivityType::KeyAccessed,
-        BASE + 3 * DAY,
+        base() + 3 * DAY,
         "ada",
     );
     let outcome = intake
@@ -168,22 +179,22 @@ async fn ranges_include_the_start_exclude_the_end_and_are_checked() {
     let ids = |list: Vec<Activity>| -> Vec<String> {
         produced(&list).iter().map(|a| a.id.clone()).collect()
     };
-    assert_eq!(ids(list(&mut audit, BASE, BASE + DAY).await), ["a"]);
+    assert_eq!(ids(list(&mut audit, base(), base() + DAY).await), ["a"]);
     assert_eq!(
-        ids(list(&mut audit, BASE, BASE + DAY + 1).await),
+        ids(list(&mut audit, base(), base() + DAY + 1).await),
         ["b", "a"],
         "newest first"
     );
     assert_eq!(
-        ids(list(&mut audit, BASE + 1, BASE + 2 * DAY + 1).await),
+        ids(list(&mut audit, base() + 1, base() + 2 * DAY + 1).await),
         ["c", "b"]
     );
 
     // Filters.
     let by_user = audit
         .list_activity(ListActivityRequest {
-            start_time: at(BASE),
-            end_time: at(BASE + 3 * DAY),
+            start_time: at(base()),
+            end_time: at(base() + 3 * DAY),
             user_id: "ada".into(),
             r#type: ActivityType::KeyAccessed as i32,
             ..Default::default()
@@ -215,8 +226,8 @@ async fn ranges_include_the_start_exclude_the_end_and_are_checked() {
     };
     let status = audit
         .list_activity(ListActivityRequest {
-            start_time: at(BASE + 10),
-            end_time: at(BASE),
+            start_time: at(base() + 10),
+            end_time: at(base()),
             ..Default::default()
         })
         .await
@@ -226,7 +237,7 @@ async fn ranges_include_the_start_exclude_the_end_and_are_checked() {
         .list_activity(ListActivityRequest {
             start_time: None,
             end_time: Some(Timestamp {
-                seconds: BASE,
+                seconds: base(),
                 nanos: -5,
             }),
             ..Default::default()
@@ -236,8 +247,8 @@ async fn ranges_include_the_start_exclude_the_end_and_are_checked() {
     assert_eq!(field(status), ["start_time", "end_time"]);
     let status = audit
         .list_activity(ListActivityRequest {
-            start_time: at(BASE),
-            end_time: at(BASE + 1),
+            start_time: at(base()),
+            end_time: at(base() + 1),
             page_size: -3,
             ..Default::default()
         })
@@ -259,7 +270,7 @@ async fn paging_is_a_snapshot_while_new_events_arrive() {
                     &partner,
                     &format!("e{i:04}"),
                     ActivityType::KeyAccessed,
-                    BASE + i,
+                    base() + i,
                     "u",
                 )
             })
@@ -268,8 +279,8 @@ async fn paging_is_a_snapshot_while_new_events_arrive() {
     intake.record_activities(batch(0, 250)).await.unwrap();
     let mut audit = system.audit(&[Role::GlobalAdmin]).await;
     let request = |token: String| ListActivityRequest {
-        start_time: at(BASE - 1000),
-        end_time: at(BASE + 1000),
+        start_time: at(base() - 1000),
+        end_time: at(base() + 1000),
         page_size: 100,
         page_token: token,
         r#type: ActivityType::KeyAccessed as i32,
@@ -290,7 +301,7 @@ async fn paging_is_a_snapshot_while_new_events_arrive() {
                 &partner,
                 &format!("old{i}"),
                 ActivityType::KeyAccessed,
-                BASE - 500 + i,
+                base() - 500 + i,
                 "u",
             )
         })
@@ -342,7 +353,7 @@ async fn only_the_log_roles_read_it_and_only_their_partners_log() {
                 &partner,
                 "mine",
                 ActivityType::KeyAccessed,
-                BASE,
+                base(),
                 "u",
             )],
         })
@@ -354,7 +365,7 @@ async fn only_the_log_roles_read_it_and_only_their_partners_log() {
             .await
             .list_activity(ListActivityRequest {
                 start_time: at(0),
-                end_time: at(BASE * 2),
+                end_time: at(base() * 2),
                 ..Default::default()
             })
             .await
@@ -368,14 +379,14 @@ async fn only_the_log_roles_read_it_and_only_their_partners_log() {
         Role::MarketingContentAdmin,
     ] {
         let mut audit = system.audit(&[role]).await;
-        let found = list(&mut audit, 0, BASE * 2).await;
+        let found = list(&mut audit, 0, base() * 2).await;
         assert!(found.iter().any(|a| a.id == "mine"), "{role}");
     }
     let mut stranger = AuditServiceClient::with_interceptor(
         system.gateway().await,
         Bearer::new(&system.token_of(Uuid::new_v4(), &[Role::GlobalAdmin])),
     );
-    let theirs = list(&mut stranger, 0, BASE * 2).await;
+    let theirs = list(&mut stranger, 0, base() * 2).await;
     assert!(
         produced(&theirs).is_empty(),
         "another partner sees nothing of this log"
@@ -397,7 +408,7 @@ async fn reads_exports_and_denied_calls_are_recorded_and_exports_open_in_a_sprea
                         &partner,
                         &format!("x{i}"),
                         ActivityType::SoftwareDownloaded,
-                        BASE + i,
+                        base() + i,
                         "=cmd",
                     )
                 })
@@ -410,8 +421,8 @@ async fn reads_exports_and_denied_calls_are_recorded_and_exports_open_in_a_sprea
     let mut csv = Vec::new();
     let mut stream = audit
         .export_activity(ExportActivityRequest {
-            start_time: at(BASE),
-            end_time: at(BASE + 10),
+            start_time: at(base()),
+            end_time: at(base() + 10),
             format: ExportFormat::Csv as i32,
             ..Default::default()
         })
@@ -440,8 +451,8 @@ async fn reads_exports_and_denied_calls_are_recorded_and_exports_open_in_a_sprea
     let mut json = Vec::new();
     let mut stream = audit
         .export_activity(ExportActivityRequest {
-            start_time: at(BASE),
-            end_time: at(BASE + 10),
+            start_time: at(base()),
+            end_time: at(base() + 10),
             format: ExportFormat::JsonLines as i32,
             ..Default::default()
         })
@@ -460,8 +471,8 @@ async fn reads_exports_and_denied_calls_are_recorded_and_exports_open_in_a_sprea
     assert_eq!(parsed[0]["details"]["note"], "a, \"quoted\" note");
     let status = audit
         .export_activity(ExportActivityRequest {
-            start_time: at(BASE),
-            end_time: at(BASE + 10),
+            start_time: at(base()),
+            end_time: at(base() + 10),
             format: 0,
             ..Default::default()
         })
@@ -514,7 +525,7 @@ async fn verify(audit: &mut Audit) -> csp_proto::audit::v1::VerifyActivityLogRes
     audit
         .verify_activity_log(VerifyActivityLogRequest {
             start_time: at(0),
-            end_time: at(BASE * 2),
+            end_time: at(base() * 2),
         })
         .await
         .unwrap()
@@ -539,7 +550,7 @@ async fn verification_names_edited_reordered_inserted_and_deleted_rows_and_a_rew
                         &partner,
                         &format!("r{i}"),
                         ActivityType::KeyAccessed,
-                        BASE + i,
+                        base() + i,
                         "u",
                     )
                 })
@@ -739,9 +750,7 @@ async fn two_replicas_append_to_one_log_without_forking() {
         .local_addr()
         .unwrap();
     let second = AuditInstance::start(&system, second_addr).await;
-    let key = std::sync::Arc::new(csp_kit::identity::IdentityKey::new(
-        &csp_tests::internal_key(),
-    ));
+    let key = csp_tests::signer(csp_tests::ServiceName::Licensing);
     let mut tasks = Vec::new();
     for i in 0..40 {
         let addr = if i % 2 == 0 {
@@ -752,7 +761,7 @@ async fn two_replicas_append_to_one_log_without_forking() {
         let channel = csp_tests::connect(addr).await;
         let mut client = csp_proto::audit::v1::audit_intake_service_client::AuditIntakeServiceClient::with_interceptor(
             channel,
-            csp_kit::identity::ServiceIdentity::new(key.clone(), "ordering"),
+            csp_kit::identity::ServiceIdentity::new(key.clone()),
         );
         let partner = partner.clone();
         tasks.push(tokio::spawn(async move {
@@ -764,7 +773,7 @@ async fn two_replicas_append_to_one_log_without_forking() {
                                 &partner,
                                 &format!("p{i}-{j}"),
                                 ActivityType::KeyAccessed,
-                                BASE + j,
+                                base() + j,
                                 "u",
                             )
                         })
@@ -958,7 +967,7 @@ async fn proofs_are_checked_and_never_about_another_partners_log() {
                         &partner,
                         &format!("p{i}"),
                         ActivityType::KeyAccessed,
-                        BASE + i,
+                        base() + i,
                         "u",
                     )
                 })
@@ -1096,7 +1105,7 @@ async fn bundle(audit: &mut Audit, previous_size: u64) -> (String, String) {
     let mut stream = audit
         .export_activity(ExportActivityRequest {
             start_time: at(0),
-            end_time: at(BASE * 2),
+            end_time: at(base() * 2),
             format: ExportFormat::JsonLines as i32,
             include_proofs: true,
             previous_size,
@@ -1129,7 +1138,7 @@ async fn an_auditor_with_the_public_key_alone_checks_a_bundle_and_names_each_tam
                         &partner,
                         &format!("b{i}"),
                         ActivityType::KeyAccessed,
-                        BASE + i,
+                        base() + i,
                         "u",
                     )
                 })
@@ -1276,7 +1285,7 @@ async fn records_arriving_during_a_check_are_not_tampering_and_a_rewritten_tree_
                             &partner,
                             &format!("live{i}"),
                             ActivityType::KeyAccessed,
-                            BASE + i,
+                            base() + i,
                             "u",
                         )],
                     })
@@ -1311,7 +1320,7 @@ async fn records_arriving_during_a_check_are_not_tampering_and_a_rewritten_tree_
                 &partner,
                 "after",
                 ActivityType::KeyAccessed,
-                BASE,
+                base(),
                 "u",
             )],
         })
@@ -1350,7 +1359,7 @@ async fn concurrent_single_records_are_committed_together_and_each_call_counts_i
                         &partner,
                         &id,
                         ActivityType::KeyAccessed,
-                        BASE + i,
+                        base() + i,
                         "u",
                     )],
                 })
@@ -1387,7 +1396,7 @@ async fn new_records_are_checkpointed_without_anyone_asking() {
                 &partner,
                 "unasked",
                 ActivityType::KeyAccessed,
-                BASE,
+                base(),
                 "u",
             )],
         })

@@ -4,10 +4,12 @@
 use std::time::Duration;
 
 use csp_kit::config::Secret;
-use csp_kit::identity::{IDENTITY_HEADER, IdentityKey, UserCaller};
+use csp_kit::identity::keys::SigningKey;
+use csp_kit::identity::{IDENTITY_HEADER, Signer, UserCaller};
 use csp_kit::roles::Role;
 use csp_proto::catalog::v1::ListMarketsRequest;
 use csp_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
+use csp_tests::ServiceName;
 use csp_tests::{Bearer, TestSystem, connect, mint, raw};
 use tonic::Code;
 use tonic_types::StatusExt as _;
@@ -168,9 +170,10 @@ async fn a_backend_called_directly_refuses_calls_without_the_gateway_identity() 
         display_name: "Mallory".into(),
         roles: Role::ALL.into_iter().collect(),
     };
-    let forged = IdentityKey::new(&Secret::new("not-the-internal-key-0123"))
+    let forged = Signer::new(SigningKey::generate(ServiceName::Gateway).unwrap())
         .mint_for_user(&user, LIST_MARKETS)
-        .unwrap();
+        .unwrap()
+        .to_string();
     let mut client =
         CatalogServiceClient::with_interceptor(connect(catalog).await, Identity(forged));
     let status = client
@@ -180,10 +183,11 @@ async fn a_backend_called_directly_refuses_calls_without_the_gateway_identity() 
     assert_eq!(status.code(), Code::Unauthenticated);
 
     // With a genuine identity issued for another method.
-    let key = IdentityKey::new(&csp_tests::internal_key());
+    let key = csp_tests::signer(ServiceName::Gateway);
     let other = key
         .mint_for_user(&user, "/csp.catalog.v1.CatalogService/ListProducts")
-        .unwrap();
+        .unwrap()
+        .to_string();
     let mut client =
         CatalogServiceClient::with_interceptor(connect(catalog).await, Identity(other));
     let status = client
@@ -194,7 +198,7 @@ async fn a_backend_called_directly_refuses_calls_without_the_gateway_identity() 
 
     // A genuine identity for this method is accepted (the check is not
     // refusing everything).
-    let genuine = key.mint_for_user(&user, LIST_MARKETS).unwrap();
+    let genuine = key.mint_for_user(&user, LIST_MARKETS).unwrap().to_string();
     let mut client =
         CatalogServiceClient::with_interceptor(connect(catalog).await, Identity(genuine));
     assert!(client.list_markets(ListMarketsRequest {}).await.is_ok());
@@ -239,7 +243,7 @@ async fn a_caller_cannot_smuggle_an_identity_through_the_gateway() {
         roles: [Role::AdminAgent].into_iter().collect(),
     };
     let path = "/csp.licensing.v1.LicensingService/ListSoftware";
-    let smuggled = IdentityKey::new(&csp_tests::internal_key())
+    let smuggled = csp_tests::signer(ServiceName::Gateway)
         .mint_for_user(&user, path)
         .unwrap();
     let token = system.token(&[Role::MarketingContentAdmin]);
@@ -315,8 +319,8 @@ async fn an_unreachable_backend_is_unavailable_not_a_hang() {
     let config = csp_gateway::Config {
         listen: Some(addr),
         http_listen: None,
-        jwt_secret: csp_tests::jwt_secret(),
-        internal_key: csp_tests::internal_key(),
+        jwt_secret: Some(csp_tests::jwt_secret()),
+        identity: csp_tests::identity_args(ServiceName::Gateway),
         metrics_listen: None,
         default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
         limits: csp_gateway::limits::LimitArgs::default(),
@@ -446,11 +450,11 @@ async fn the_backend_receives_the_verified_caller_deadline_and_request_id_but_no
     let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend_addr = backend.local_addr().unwrap();
     let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
-    let key = csp_tests::internal_key();
+    let verifier = csp_tests::verifier(ServiceName::Catalog);
     let backend_task = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            csp_kit::server::run_backend("recorder", backend, &key, shutdown, |routes| {
+            csp_kit::server::run_backend("recorder", backend, &verifier, shutdown, |routes| {
                 routes.add_service(
                     csp_proto::catalog::v1::catalog_service_server::CatalogServiceServer::new(
                         Recorder,
@@ -466,8 +470,8 @@ async fn the_backend_receives_the_verified_caller_deadline_and_request_id_but_no
     let config = csp_gateway::Config {
         listen: Some(gateway_addr),
         http_listen: None,
-        jwt_secret: csp_tests::jwt_secret(),
-        internal_key: csp_tests::internal_key(),
+        jwt_secret: Some(csp_tests::jwt_secret()),
+        identity: csp_tests::identity_args(ServiceName::Gateway),
         metrics_listen: None,
         default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
         limits: csp_gateway::limits::LimitArgs::default(),
@@ -564,10 +568,14 @@ async fn a_starting_backend_is_not_serving_and_refuses_calls_until_ready() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
-    let starting =
-        csp_kit::server::start_backend("recorder", listener, &csp_tests::internal_key(), shutdown)
-            .await
-            .unwrap();
+    let starting = csp_kit::server::start_backend(
+        "recorder",
+        listener,
+        &csp_tests::verifier(ServiceName::Catalog),
+        shutdown,
+    )
+    .await
+    .unwrap();
 
     let health = |addr| async move {
         let mut client = tonic_health::pb::health_client::HealthClient::new(connect(addr).await);
@@ -597,10 +605,10 @@ async fn a_starting_backend_is_not_serving_and_refuses_calls_until_ready() {
         display_name: "U".into(),
         roles: [Role::AdminAgent].into_iter().collect(),
     };
-    let key = IdentityKey::new(&csp_tests::internal_key());
+    let key = csp_tests::signer(ServiceName::Gateway);
     let mut client = CatalogServiceClient::with_interceptor(
         connect(addr).await,
-        Identity(key.mint_for_user(&user, LIST_MARKETS).unwrap()),
+        Identity(key.mint_for_user(&user, LIST_MARKETS).unwrap().to_string()),
     );
     let status = client
         .list_markets(ListMarketsRequest {})
@@ -658,10 +666,14 @@ async fn a_backend_whose_database_stops_answering_is_not_serving_but_alive() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
-    let starting =
-        csp_kit::server::start_backend("watched", listener, &csp_tests::internal_key(), shutdown)
-            .await
-            .unwrap();
+    let starting = csp_kit::server::start_backend(
+        "watched",
+        listener,
+        &csp_tests::verifier(ServiceName::Catalog),
+        shutdown,
+    )
+    .await
+    .unwrap();
     let watched = db.clone();
     let served = tokio::spawn(async move {
         starting
@@ -707,8 +719,8 @@ async fn a_user_over_the_rate_is_told_when_to_retry_and_another_partner_is_not_s
     let config = csp_gateway::Config {
         listen: Some(addr),
         http_listen: None,
-        jwt_secret: csp_tests::jwt_secret(),
-        internal_key: csp_tests::internal_key(),
+        jwt_secret: Some(csp_tests::jwt_secret()),
+        identity: csp_tests::identity_args(ServiceName::Gateway),
         metrics_listen: None,
         default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
         limits: csp_gateway::limits::LimitArgs {
@@ -788,8 +800,8 @@ async fn the_download_listener_closes_silent_connections_and_caps_open_ones() {
     let config = csp_gateway::Config {
         listen: Some(addr),
         http_listen: None,
-        jwt_secret: csp_tests::jwt_secret(),
-        internal_key: csp_tests::internal_key(),
+        jwt_secret: Some(csp_tests::jwt_secret()),
+        identity: csp_tests::identity_args(ServiceName::Gateway),
         metrics_listen: None,
         default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
         limits: csp_gateway::limits::LimitArgs::default(),

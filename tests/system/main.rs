@@ -9,6 +9,7 @@ mod contract;
 mod gateway;
 mod grpcurl_cli;
 mod hybrid;
+mod identity;
 mod licensing;
 mod limits;
 mod metrics;

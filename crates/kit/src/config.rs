@@ -44,13 +44,51 @@ impl std::str::FromStr for Secret {
     }
 }
 
-/// The development default for the key the gateway signs caller identities
-/// with. `csp up` uses it so the system runs with no set-up; a deployment sets
-/// `CSP_INTERNAL_KEY`.
-pub const DEV_INTERNAL_KEY: &str = "csp-development-internal-key-change-me";
-
-/// The development default for the HS256 secret of user tokens.
+/// The development value of the HS256 secret of user tokens (`csp up`,
+/// `csp token`).
 pub const DEV_JWT_SECRET: &str = "csp-development-jwt-secret-change-me";
+
+/// A fresh random secret: 32 bytes in base64url (43 characters).
+pub fn generate_secret() -> anyhow::Result<Secret> {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(Secret::new(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
+    ))
+}
+
+/// The shortest secret accepted outside development.
+pub const MIN_SECRET_CHARS: usize = 32;
+
+/// A required secret: the configured one, or the public `development` value
+/// with `--dev`. Outside development a missing secret, the development value
+/// or one shorter than [`MIN_SECRET_CHARS`] stops the service with a message
+/// naming `variable`, never the value.
+pub fn required_secret(
+    variable: &str,
+    configured: Option<&Secret>,
+    development: &str,
+    dev: bool,
+) -> anyhow::Result<Secret> {
+    match configured {
+        None if dev => Ok(Secret::new(development)),
+        None => anyhow::bail!(
+            "{variable} is not set: set it to a fresh secret (`csp keys generate` prints one), \
+             or pass --dev for development"
+        ),
+        Some(secret) if dev => Ok(secret.clone()),
+        Some(secret) if secret.expose() == development => anyhow::bail!(
+            "{variable} holds the public development value; set a fresh secret \
+             (`csp keys generate` prints one), or pass --dev for development"
+        ),
+        Some(secret) if secret.expose().chars().count() < MIN_SECRET_CHARS => anyhow::bail!(
+            "{variable} is shorter than {MIN_SECRET_CHARS} characters; set a fresh secret \
+             (`csp keys generate` prints one)"
+        ),
+        Some(secret) => Ok(secret.clone()),
+    }
+}
 
 /// What every backend service binary takes. Each deployment sets its own
 /// `CSP_*` environment, so the names need no service prefix.
@@ -66,9 +104,9 @@ pub struct BackendArgs {
     /// Directory for the embedded SQLite database.
     #[arg(long, env = "CSP_DATA_DIR", default_value = "data")]
     pub data_dir: std::path::PathBuf,
-    /// Key the gateway signs caller identities with; shared by all services.
-    #[arg(long, env = "CSP_INTERNAL_KEY", default_value = DEV_INTERNAL_KEY, hide_default_value = true)]
-    pub internal_key: Secret,
+    /// This service's identity key, the keys it trusts, and development mode.
+    #[command(flatten)]
+    pub identity: crate::identity::IdentityArgs,
     /// Address to serve Prometheus metrics on (`GET /metrics`, HTTP/1.1)
     /// [default: no metrics listener].
     #[arg(long, env = "CSP_METRICS_LISTEN")]
@@ -154,6 +192,38 @@ peer_url!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn required_secrets_refuse_missing_development_and_short_values() {
+        let var = "CSP_LICENSING_KEY";
+        let dev = "csp-development-licensing-key-change-me";
+        let missing = required_secret(var, None, dev, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains(var) && missing.contains("not set"),
+            "{missing}"
+        );
+        let public = required_secret(var, Some(&Secret::new(dev)), dev, false)
+            .unwrap_err()
+            .to_string();
+        assert!(public.contains("development value"), "{public}");
+        let short = required_secret(var, Some(&Secret::new("0123456789abcdef")), dev, false)
+            .unwrap_err()
+            .to_string();
+        assert!(short.contains("shorter than 32"), "{short}");
+        assert!(!short.contains("0123456789abcdef"), "{short}");
+        assert_eq!(
+            required_secret(var, None, dev, true).unwrap().expose(),
+            dev,
+            "--dev takes the development value"
+        );
+        let fresh = Secret::new("a-fresh-secret-of-forty-characters-000000");
+        assert_eq!(
+            required_secret(var, Some(&fresh), dev, false).unwrap(),
+            fresh
+        );
+    }
 
     #[test]
     fn peer_url_defaults_follow_the_default_ports() {

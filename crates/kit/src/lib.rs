@@ -7,10 +7,11 @@
 //! - [`telemetry`]: tracing set-up.
 //! - [`shutdown`]: a cloneable shutdown signal (SIGTERM/SIGINT, or a test's
 //!   trigger).
-//! - [`roles`] and [`access`]: roles and the per-RPC access rules read from the
+//! - [`roles`], [`service_name`] and [`access`]: roles, the services by name,
+//!   and the per-RPC access rules (roles and calling services) read from the
 //!   descriptor set.
-//! - [`identity`]: the gateway-issued caller identity, minted by the gateway
-//!   and verified by every backend.
+//! - [`identity`]: the caller identity each service signs with its own key
+//!   (users' only by the gateway), verified and authorized by every backend.
 //! - [`error`]: the one mapping from API errors to `tonic::Status`.
 //! - [`ids`] and [`market`]: typed identifiers and market codes, parsed once
 //!   at the edge.
@@ -42,6 +43,7 @@ pub mod peer;
 pub mod product;
 pub mod roles;
 pub mod server;
+pub mod service_name;
 pub mod shutdown;
 pub mod stored;
 pub mod telemetry;

@@ -12,13 +12,13 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::ApiError;
-use crate::identity::{IdentityKey, ServiceIdentity};
+use crate::identity::{ServiceIdentity, Signer};
 
 /// A channel whose calls carry this service's signed identity.
 pub type Signed = InterceptedService<Channel, ServiceIdentity>;
 
-/// A lazily connected channel to `url` that signs calls as `service`.
-pub fn signed_channel(url: &str, key: &Arc<IdentityKey>, service: &str) -> anyhow::Result<Signed> {
+/// A lazily connected channel to `url` that signs calls with `signer`.
+pub fn signed_channel(url: &str, signer: &Arc<Signer>) -> anyhow::Result<Signed> {
     let channel = Endpoint::from_shared(url.to_owned())
         .map_err(|error| anyhow::anyhow!("{url:?} is not a valid URL: {error}"))?
         .tcp_nodelay(true)
@@ -27,7 +27,7 @@ pub fn signed_channel(url: &str, key: &Arc<IdentityKey>, service: &str) -> anyho
         .connect_lazy();
     Ok(InterceptedService::new(
         channel,
-        ServiceIdentity::new(key.clone(), service),
+        ServiceIdentity::new(signer.clone()),
     ))
 }
 

@@ -13,7 +13,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::identity::{IdentityKey, IdentityLayer};
+use crate::identity::{IdentityLayer, Verifier};
 use crate::metrics::MetricsLayer;
 use crate::shutdown::Shutdown;
 use axum::body as axum_body;
@@ -148,9 +148,9 @@ pub async fn set_serving(reporter: &HealthReporter, serving: bool) {
 /// never lets its connection go.
 pub const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Serves `routes` on `listener` until `shutdown` fires. With an identity key,
+/// Serves `routes` on `listener` until `shutdown` fires. With a verifier,
 /// every call except health and reflection must carry a valid caller
-/// identity. On shutdown, health turns NOT_SERVING first, then the server
+/// identity that the contract lets call the path. On shutdown, health turns NOT_SERVING first, then the server
 /// stops accepting and waits for in-flight calls, at most [`DRAIN_LIMIT`].
 /// Every call is counted and timed under `name` ([`MetricsLayer`]).
 pub async fn serve(
@@ -158,7 +158,7 @@ pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     health: HealthReporter,
-    identity: Option<Arc<IdentityKey>>,
+    identity: Option<Arc<Verifier>>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -170,10 +170,10 @@ pub async fn serve(
     let served: std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
     > = match identity {
-        Some(key) => Box::pin(
+        Some(verifier) => Box::pin(
             Server::builder()
                 .layer(MetricsLayer::new(name))
-                .layer(IdentityLayer::new(key))
+                .layer(IdentityLayer::new(verifier))
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, signal),
         ),
@@ -209,18 +209,18 @@ pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// Runs a backend until `shutdown` fires: health, reflection of every
-/// service, caller identity checks under `internal_key`, and the service's
+/// service, caller identity checks with `verifier`, and the service's
 /// own gRPC services, which `add_services` adds to the routes. For a service
 /// with nothing to prepare (tests' stand-ins); the five backends start with
 /// `csp_store::backend::Backend`.
 pub async fn run_backend(
     name: &'static str,
     listener: TcpListener,
-    internal_key: &crate::config::Secret,
+    verifier: &Arc<Verifier>,
     shutdown: Shutdown,
     add_services: impl FnOnce(Routes) -> Routes,
 ) -> anyhow::Result<()> {
-    start_backend(name, listener, internal_key, shutdown)
+    start_backend(name, listener, verifier, shutdown)
         .await?
         .ready(add_services)
         .await
@@ -242,7 +242,7 @@ pub struct Starting {
 pub async fn start_backend(
     name: &'static str,
     listener: TcpListener,
-    internal_key: &crate::config::Secret,
+    verifier: &Arc<Verifier>,
     shutdown: Shutdown,
 ) -> anyhow::Result<Starting> {
     let (health, routes) = base_routes(ReflectionScope::All).await?;
@@ -253,14 +253,13 @@ pub async fn start_backend(
             .into_axum_router()
             .fallback_service(Deferred(slot.clone())),
     );
-    let key = Arc::new(IdentityKey::new(internal_key));
     tracing::info!(service = name, addr = %listener.local_addr()?, "listening; starting up");
     let served = tokio::spawn(serve(
         name,
         listener,
         routes,
         health.clone(),
-        Some(key),
+        Some(verifier.clone()),
         shutdown.clone(),
     ));
     Ok(Starting {

@@ -9,10 +9,11 @@ use std::future::Future;
 use std::sync::Arc;
 
 use csp_kit::config::BackendArgs;
-use csp_kit::identity::IdentityKey;
+use csp_kit::identity::Identity;
 use csp_kit::metrics::{self, DatabaseGauges, DatabaseWatch, PoolGauges};
 use csp_kit::peer::{Signed, signed_channel};
 use csp_kit::server::{self, Starting};
+use csp_kit::service_name::ServiceName;
 use csp_kit::shutdown::Shutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -36,8 +37,8 @@ pub enum Outbox {
 /// events (so its outbox is reported).
 #[derive(Clone, Copy, Debug)]
 pub struct Spec {
-    /// The service's name.
-    pub name: &'static str,
+    /// The service.
+    pub service: ServiceName,
     /// Its database's migrations.
     pub migrations: &'static Migrations,
     /// Whether its database holds an outbox.
@@ -47,10 +48,9 @@ pub struct Spec {
 /// A backend that is starting: serving health and reflection, with its
 /// database open and migrated.
 pub struct Backend {
-    name: &'static str,
     starting: Starting,
     db: Db,
-    key: Arc<IdentityKey>,
+    identity: Identity,
     shutdown: Shutdown,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _metrics: DatabaseWatch,
@@ -67,22 +67,23 @@ impl Backend {
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
         let Spec {
-            name,
+            service,
             migrations,
             outbox,
         } = *spec;
+        let name = service.as_str();
+        let identity = args.identity.resolve(service)?;
         let starting =
-            server::start_backend(name, listener, &args.internal_key, shutdown.clone()).await?;
+            server::start_backend(name, listener, &identity.verifier, shutdown.clone()).await?;
         let db = open_database(name, args, migrations).await?;
         let gauges = Arc::new(Gauges {
             db: db.clone(),
             outbox,
         });
         Ok(Self {
-            name,
             starting,
             db,
-            key: Arc::new(IdentityKey::new(&args.internal_key)),
+            identity,
             shutdown,
             tasks: Vec::new(),
             _metrics: metrics::watch_database(name, gauges),
@@ -102,7 +103,7 @@ impl Backend {
     /// A lazily connected channel to a peer at `url`, signing calls as this
     /// service.
     pub fn channel(&self, url: &str) -> anyhow::Result<Signed> {
-        signed_channel(url, &self.key, self.name)
+        signed_channel(url, &self.identity.signer)
     }
 
     /// Starts the outbox relay to `destinations`; notify the returned waker

@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use csp_kit::clock::Micros;
+use csp_kit::clock::{Micros, SECOND};
 use csp_kit::ids::PartnerId;
+use csp_kit::service_name::{ServiceName, ServiceSet};
 use csp_proto::audit::v1 as pb;
 use csp_proto::audit::v1::ActivityType;
 /// Records of each kind of finding named at most (counts stay exact).
@@ -254,9 +255,38 @@ pub fn name_mismatches(
     }
 }
 
+/// How far an activity may be dated ahead of the log's clock (clock skew
+/// between services).
+pub const MAX_AHEAD: Micros = 60 * SECOND;
+
+/// What the intake accepts from whom: which services produce each activity
+/// type (the contract's `producers` option), and how old a record may be
+/// when it arrives (outbox redeliveries after an outage carry their original
+/// time).
+#[derive(Clone, Debug)]
+pub struct IntakeRules {
+    producers: std::collections::HashMap<i32, ServiceSet>,
+    max_age: Micros,
+}
+
+impl IntakeRules {
+    /// The contract's producers, and records up to `max_age` old.
+    pub fn new(max_age: Micros) -> anyhow::Result<Self> {
+        Ok(Self {
+            producers: csp_kit::access::activity_producers(csp_proto::FILE_DESCRIPTOR_SET)?,
+            max_age,
+        })
+    }
+}
+
 /// A record from the intake, checked; or why it is refused (its partner
-/// and the record).
-pub fn intake_record(r: &pb::ActivityRecord, now: Micros) -> Result<(PartnerId, Record), String> {
+/// and the record). `producer` is the verified caller that sent it.
+pub fn intake_record(
+    r: &pb::ActivityRecord,
+    producer: ServiceName,
+    rules: &IntakeRules,
+    now: Micros,
+) -> Result<(PartnerId, Record), String> {
     let partner: PartnerId = r
         .partner_id
         .parse()
@@ -271,6 +301,32 @@ pub fn intake_record(r: &pb::ActivityRecord, now: Micros) -> Result<(PartnerId, 
         .as_ref()
         .ok_or("the activity has no occur_time")?;
     let occur_at = micros_of(occur).ok_or("occur_time is not a valid time")?;
+    let producers = rules.producers.get(&a.r#type).copied().unwrap_or_default();
+    if !producers.contains(producer) {
+        return Err(format!(
+            "the {producer} service may not write {kind} records (they come from {})",
+            if producers.is_empty() {
+                "no service".to_owned()
+            } else {
+                producers.names().join(", ")
+            }
+        ));
+    }
+    if occur_at > now.saturating_add(MAX_AHEAD) {
+        return Err(format!(
+            "occur_time is {} s ahead of the log's clock; at most {} s is accepted",
+            (occur_at - now) / SECOND,
+            MAX_AHEAD / SECOND
+        ));
+    }
+    if occur_at < now.saturating_sub(rules.max_age) {
+        return Err(format!(
+            "occur_time is {} hours before the log received it; records older than {} hours \
+             are refused (CSP_AUDIT_MAX_RECORD_AGE_HOURS)",
+            (now - occur_at) / (3600 * SECOND),
+            rules.max_age / (3600 * SECOND)
+        ));
+    }
     Ok((
         partner,
         Record {

@@ -35,10 +35,10 @@ impl AuditIntakeService for AuditApi {
         &self,
         request: Request<pb::RecordActivitiesRequest>,
     ) -> Result<Response<pb::RecordActivitiesResponse>, Status> {
-        Caller::service_of(&request)?;
+        let producer = Caller::service_of(&request)?;
         let intake = self
             .audit
-            .record_activities(&request.get_ref().records)
+            .record_activities(producer, &request.get_ref().records)
             .await?;
         Ok(Response::new(pb::RecordActivitiesResponse {
             recorded: intake.recorded,

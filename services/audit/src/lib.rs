@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use csp_kit::clock::Clock;
 use csp_kit::config::{self, BackendArgs, Secret};
+use csp_kit::service_name::ServiceName;
 use csp_kit::shutdown::Shutdown;
 use csp_proto::audit::v1::audit_intake_service_server::AuditIntakeServiceServer;
 use csp_proto::audit::v1::audit_service_server::AuditServiceServer;
@@ -39,10 +40,10 @@ use crate::storage::AuditStore;
 use crate::use_cases::Audit;
 
 /// The service's name in logs, data files and database names.
-pub const NAME: &str = "audit";
+pub const NAME: &str = ServiceName::Audit.as_str();
 /// What the service is to its start-up.
 pub const SPEC: Spec = Spec {
-    name: NAME,
+    service: ServiceName::Audit,
     migrations: &storage::MIGRATIONS,
     outbox: Outbox::Absent,
 };
@@ -61,14 +62,19 @@ pub struct Config {
     /// The key checkpoints are signed with (Ed25519); the database never
     /// holds it. A note signer key `PRIVATE+KEY+NAME+ID+KEY` (from `csp
     /// audit-log-key --generate`), or any other secret, from which a key
-    /// named by `--log-name` is derived (development).
-    #[arg(long, env = "CSP_AUDIT_KEY", default_value = DEV_CHECKPOINT_KEY, hide_default_value = true)]
-    pub checkpoint_key: Secret,
+    /// named by `--log-name` is derived. Required unless --dev.
+    #[arg(long, env = "CSP_AUDIT_KEY", hide_env_values = true)]
+    pub checkpoint_key: Option<Secret>,
     /// The log's name: the key's name and the first part of every
     /// checkpoint's origin (NAME/PARTNER_ID), when the key does not carry
     /// its own.
     #[arg(long, env = "CSP_AUDIT_LOG_NAME", default_value = log::DEFAULT_LOG_NAME)]
     pub log_name: String,
+    /// How old, in hours, a record may be when it reaches the log (outbox
+    /// redeliveries after an outage keep their original time); older ones
+    /// are refused, so no producer can backdate a record further.
+    #[arg(long, env = "CSP_AUDIT_MAX_RECORD_AGE_HOURS", default_value_t = 168)]
+    pub max_record_age_hours: u32,
     /// The file checkpoints are also appended to, outside the database
     /// [default: DATA_DIR/audit-checkpoints.jsonl].
     #[arg(long, env = "CSP_AUDIT_CHECKPOINT_FILE")]
@@ -83,13 +89,19 @@ pub async fn run(
     shutdown: Shutdown,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
+    let checkpoint_key = csp_kit::config::required_secret(
+        "CSP_AUDIT_KEY",
+        config.checkpoint_key.as_ref(),
+        DEV_CHECKPOINT_KEY,
+        config.backend.identity.dev,
+    )?;
     let backend = Backend::start(&SPEC, &config.backend, listener, shutdown).await?;
     let file = config
         .checkpoint_file
         .clone()
         .unwrap_or_else(|| config.backend.data_dir.join("audit-checkpoints.jsonl"));
     tracing::info!(service = NAME, checkpoint_file = %file.display(), "checkpoints also go to a file");
-    let key = log::LogKey::from_config(config.checkpoint_key.expose(), &config.log_name)?;
+    let key = log::LogKey::from_config(checkpoint_key.expose(), &config.log_name)?;
     tracing::info!(service = NAME, public_key = %key.verifier_key(), "activity log checkpoints are signed with this key");
     let store = AuditStore::new(backend.db().clone());
     let built = store.build_missing_leaves(1000).await?;
@@ -105,6 +117,9 @@ pub async fn run(
         std::sync::Arc::new(key),
         checkpoints::CheckpointFile::new(file),
         clock,
+        domain::IntakeRules::new(
+            i64::from(config.max_record_age_hours) * 3600 * csp_kit::clock::SECOND,
+        )?,
     );
     tokio::spawn(audit.clone().checkpoint_until(backend.shutdown().clone()));
     let api = AuditApi::new(audit);

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use csp_kit::clock::{Clock, Micros, to_rfc3339};
 use csp_kit::identity::UserCaller;
 use csp_kit::ids::PartnerId;
+use csp_kit::service_name::ServiceName;
 use csp_kit::{ApiError, ApiResult, paging};
 use csp_proto::audit::v1 as pb;
 use serde::{Deserialize, Serialize};
@@ -68,6 +69,7 @@ pub struct Audit {
     key: Arc<LogKey>,
     file: CheckpointFile,
     clock: Arc<dyn Clock>,
+    rules: Arc<domain::IntakeRules>,
     appends: Arc<GroupCommit>,
 }
 
@@ -135,20 +137,27 @@ impl Audit {
         key: Arc<LogKey>,
         file: CheckpointFile,
         clock: Arc<dyn Clock>,
+        rules: domain::IntakeRules,
     ) -> Self {
         Self {
             store,
             key,
             file,
             clock,
+            rules: Arc::new(rules),
             appends: Arc::default(),
         }
     }
 
-    /// Takes producers' records: each checked (a bad one is rejected with
-    /// its reason), consecutive records of one partner appended together,
-    /// ids seen before skipped.
-    pub async fn record_activities(&self, records: &[pb::ActivityRecord]) -> ApiResult<Intake> {
+    /// Takes `producer`'s records: each checked (a bad one, a type the
+    /// producer may not write, or a time outside the accepted window is
+    /// rejected with its reason), consecutive records of one partner appended
+    /// together, ids seen before skipped.
+    pub async fn record_activities(
+        &self,
+        producer: ServiceName,
+        records: &[pb::ActivityRecord],
+    ) -> ApiResult<Intake> {
         let now = self.clock.now();
         let mut intake = Intake::default();
         let mut batches: Vec<(PartnerId, Vec<Record>)> = Vec::new();
@@ -165,7 +174,7 @@ impl Audit {
                 ));
                 continue;
             }
-            match domain::intake_record(r, now) {
+            match domain::intake_record(r, producer, &self.rules, now) {
                 Ok((partner, record)) => match batches.last_mut() {
                     Some((p, records)) if *p == partner => records.push(record),
                     _ => batches.push((partner, vec![record])),

@@ -21,6 +21,7 @@ pub mod use_cases;
 use std::net::SocketAddr;
 
 use csp_kit::config::{self, BackendArgs};
+use csp_kit::service_name::ServiceName;
 use csp_kit::shutdown::Shutdown;
 use csp_proto::catalog::v1::catalog_internal_service_server::CatalogInternalServiceServer;
 use csp_proto::catalog::v1::catalog_service_server::CatalogServiceServer;
@@ -32,10 +33,10 @@ use crate::storage::CatalogStore;
 use crate::use_cases::Catalog;
 
 /// The service's name in logs, data files and database names.
-pub const NAME: &str = "catalog";
+pub const NAME: &str = ServiceName::Catalog.as_str();
 /// What the service is to its start-up.
 pub const SPEC: Spec = Spec {
-    name: NAME,
+    service: ServiceName::Catalog,
     migrations: &storage::MIGRATIONS,
     outbox: Outbox::Absent,
 };

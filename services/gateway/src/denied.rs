@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use csp_kit::activity::Activity;
 use csp_kit::backoff::Backoff;
 use csp_kit::clock::{Clock as _, SystemClock, to_rfc3339};
-use csp_kit::identity::{IdentityKey, UserCaller};
+use csp_kit::identity::{Signer, UserCaller};
 use csp_kit::ids::PartnerId;
 use csp_kit::peer::signed_channel;
 use csp_kit::shutdown::Shutdown;
@@ -109,10 +109,10 @@ impl DeniedCalls {
     /// Starts the reporter; it drains its queue until `shutdown` fires.
     pub fn start(
         audit_url: &str,
-        key: &Arc<IdentityKey>,
+        signer: &Arc<Signer>,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
-        let client = AuditIntakeServiceClient::new(signed_channel(audit_url, key, "gateway")?);
+        let client = AuditIntakeServiceClient::new(signed_channel(audit_url, signer)?);
         let (tx, rx) = mpsc::channel(QUEUE);
         let repeats = Arc::new(Mutex::new(Repeats::default()));
         tokio::spawn(deliver(client, rx, shutdown.clone()));

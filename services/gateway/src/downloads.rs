@@ -21,8 +21,8 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use csp_kit::identity::IdentityKey;
 use csp_kit::identity::ServiceIdentity;
+use csp_kit::identity::Signer;
 use csp_kit::shutdown::Shutdown;
 use csp_proto::licensing::v1::licensing_internal_service_client::LicensingInternalServiceClient;
 use csp_proto::licensing::v1::{
@@ -165,14 +165,14 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet
 pub async fn serve(
     listener: TcpListener,
     channel: ReplicaChannel,
-    key: Arc<IdentityKey>,
+    signer: Arc<Signer>,
     trusted_proxies: Vec<ipnet::IpNet>,
     limits: crate::listener::HttpLimits,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let licensing: Licensing = LicensingInternalServiceClient::new(InterceptedService::new(
         channel,
-        ServiceIdentity::new(key, "gateway"),
+        ServiceIdentity::new(signer),
     ));
     let app = Router::new()
         .route("/download/{token}", get(download).head(inspect))

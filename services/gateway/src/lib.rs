@@ -25,13 +25,14 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use csp_kit::access::{self, PublicMethod};
 use csp_kit::config::{
-    self as kit_config, AuditUrl, CatalogUrl, DEV_INTERNAL_KEY, DEV_JWT_SECRET, LicensingUrl,
-    OrderingUrl, Secret, SupportUrl,
+    self as kit_config, AuditUrl, CatalogUrl, DEV_JWT_SECRET, LicensingUrl, OrderingUrl, Secret,
+    SupportUrl,
 };
-use csp_kit::identity::{IDENTITY_HEADER, IdentityKey, REQUEST_ID_HEADER, UserCaller};
+use csp_kit::identity::{IDENTITY_HEADER, IdentityArgs, REQUEST_ID_HEADER, Signer, UserCaller};
 use csp_kit::ids::PartnerId;
 use csp_kit::roles::RoleSet;
 use csp_kit::server::{self, ReflectionScope};
+use csp_kit::service_name::ServiceName;
 use csp_kit::shutdown::Shutdown;
 use http::HeaderValue;
 use tokio::net::TcpListener;
@@ -59,12 +60,13 @@ pub struct Config {
     /// Address to serve download links (HTTP) on [default: 127.0.0.1:8080].
     #[arg(long, env = "CSP_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
-    /// HS256 secret user tokens are signed with.
-    #[arg(long, env = "CSP_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true)]
-    pub jwt_secret: Secret,
-    /// Key the gateway signs caller identities with; shared with the backends.
-    #[arg(long, env = "CSP_INTERNAL_KEY", default_value = DEV_INTERNAL_KEY, hide_default_value = true)]
-    pub internal_key: Secret,
+    /// HS256 secret user tokens are signed with. Required unless --dev.
+    #[arg(long, env = "CSP_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+    /// The gateway's identity key (it alone signs users' identities), the
+    /// keys it trusts, and development mode.
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// Address to serve Prometheus metrics on (`GET /metrics`, HTTP/1.1)
     /// [default: no metrics listener].
     #[arg(long, env = "CSP_METRICS_LISTEN")]
@@ -165,7 +167,7 @@ struct Gateway {
     denied: denied::DeniedCalls,
     forwarder: Forwarder,
     verifier: Box<dyn TokenVerifier>,
-    identity: IdentityKey,
+    identity: Arc<Signer>,
     /// `grpc-timeout` for calls without one.
     default_deadline: HeaderValue,
     /// How long the first bytes of a request's message may take to come.
@@ -225,16 +227,34 @@ pub async fn run(
     }
     let licensing = licensing.context("no route leads to licensing")?;
     let forwarder = Forwarder::new();
-    let key = std::sync::Arc::new(IdentityKey::new(&config.internal_key));
+    let identity = config.identity.resolve(ServiceName::Gateway)?;
+    let jwt_secret = kit_config::required_secret(
+        "CSP_JWT_SECRET",
+        config.jwt_secret.as_ref(),
+        DEV_JWT_SECRET,
+        config.identity.dev,
+    )?;
     let downloads = tokio::spawn(downloads::serve(
         http,
         forwarder.to(licensing),
-        key,
+        identity.signer.clone(),
         config.trusted_proxies.clone(),
         config.http_limits,
         shutdown.clone(),
     ));
-    let grpc = serve_grpc(config, routes, replicas, forwarder, listener, shutdown).await;
+    let grpc = serve_grpc(
+        config,
+        Authentication {
+            signer: identity.signer,
+            verifier: Box::new(Hs256Verifier::new(&jwt_secret)),
+        },
+        routes,
+        replicas,
+        forwarder,
+        listener,
+        shutdown,
+    )
+    .await;
     let downloads = downloads
         .await
         .map_err(anyhow::Error::from)
@@ -242,8 +262,17 @@ pub async fn run(
     grpc.and(downloads)
 }
 
+/// How the gateway knows its callers and speaks for them.
+struct Authentication {
+    /// Signs users' identities and the gateway's own.
+    signer: Arc<Signer>,
+    /// Verifies users' bearer tokens.
+    verifier: Box<dyn TokenVerifier>,
+}
+
 async fn serve_grpc(
     config: Config,
+    authentication: Authentication,
     routes: HashMap<String, Route>,
     replicas: Vec<Arc<Replicas>>,
     forwarder: Forwarder,
@@ -278,12 +307,12 @@ async fn serve_grpc(
         routes,
         denied: denied::DeniedCalls::start(
             &config.backends.audit.audit_url,
-            &std::sync::Arc::new(IdentityKey::new(&config.internal_key)),
+            &authentication.signer,
             shutdown.clone(),
         )?,
         forwarder,
-        verifier: Box::new(Hs256Verifier::new(&config.jwt_secret)),
-        identity: IdentityKey::new(&config.internal_key),
+        verifier: authentication.verifier,
+        identity: authentication.signer,
         default_deadline: grpc_timeout(config.default_deadline)?,
         first_message_wait: std::time::Duration::from_secs(config.default_deadline),
         limits: limits.clone(),

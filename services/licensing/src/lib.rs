@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use csp_kit::clock::Clock;
 use csp_kit::config::{self, AuditUrl, BackendArgs, CatalogUrl, OrderingUrl, Secret};
+use csp_kit::service_name::ServiceName;
 use csp_kit::shutdown::Shutdown;
 use csp_proto::licensing::v1::licensing_internal_service_server::LicensingInternalServiceServer;
 use csp_proto::licensing::v1::licensing_service_server::LicensingServiceServer;
@@ -41,10 +42,10 @@ use crate::storage::LicensingStore;
 use crate::use_cases::{Licensing, Urls};
 
 /// The service's name in logs, data files, database names and identities.
-pub const NAME: &str = "licensing";
+pub const NAME: &str = ServiceName::Licensing.as_str();
 /// What the service is to its start-up.
 pub const SPEC: Spec = Spec {
-    name: NAME,
+    service: ServiceName::Licensing,
     migrations: &storage::MIGRATIONS,
     outbox: Outbox::Present,
 };
@@ -70,8 +71,9 @@ pub struct Config {
     #[command(flatten)]
     pub audit: AuditUrl,
     /// The key product keys and link tokens are sealed with in the database.
-    #[arg(long, env = "CSP_LICENSING_KEY", default_value = DEV_SEALING_KEY, hide_default_value = true)]
-    pub sealing_key: Secret,
+    /// Required unless --dev.
+    #[arg(long, env = "CSP_LICENSING_KEY", hide_env_values = true)]
+    pub sealing_key: Option<Secret>,
     /// The public base URL of the gateway's download listener, as customers
     /// reach it.
     #[arg(
@@ -98,6 +100,12 @@ pub async fn run(
     shutdown: Shutdown,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
+    let sealing_key = csp_kit::config::required_secret(
+        "CSP_LICENSING_KEY",
+        config.sealing_key.as_ref(),
+        DEV_SEALING_KEY,
+        config.backend.identity.dev,
+    )?;
     let mut backend = Backend::start(&SPEC, &config.backend, listener, shutdown).await?;
     let catalog = backend.channel(&config.catalog.catalog_url)?;
     let ordering = backend.channel(&config.ordering.ordering_url)?;
@@ -106,7 +114,7 @@ pub async fn run(
     let api = LicensingApi::new(Licensing::new(
         LicensingStore::new(backend.db().clone()),
         Peers::new(catalog, ordering),
-        secrets::Sealer::new(&config.sealing_key)?,
+        secrets::Sealer::new(&sealing_key)?,
         clock,
         Urls {
             download_base: config.download_base_url.clone(),

@@ -209,7 +209,7 @@ impl OrderingInternalService for OrderingApi {
         &self,
         request: Request<pb::CancelSubscriptionRequest>,
     ) -> Result<Response<pb::CancelSubscriptionResponse>, Status> {
-        let actor = Caller::service_of(&request)?.to_owned();
+        let actor = Caller::service_of(&request)?.to_string();
         let cancel = decode_cancel(request.into_inner())?;
         let cancelled = self.ordering.cancel_subscription(&actor, cancel).await?;
         Ok(Response::new(pb::CancelSubscriptionResponse {

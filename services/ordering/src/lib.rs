@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use csp_kit::clock::Clock;
 use csp_kit::config::{self, AuditUrl, BackendArgs, CatalogUrl, LicensingUrl};
+use csp_kit::service_name::ServiceName;
 use csp_kit::shutdown::Shutdown;
 use csp_proto::ordering::v1::ordering_internal_service_server::OrderingInternalServiceServer;
 use csp_proto::ordering::v1::ordering_service_server::OrderingServiceServer;
@@ -40,10 +41,10 @@ use crate::storage::OrderingStore;
 use crate::use_cases::Ordering;
 
 /// The service's name in logs, data files, database names and identities.
-pub const NAME: &str = "ordering";
+pub const NAME: &str = ServiceName::Ordering.as_str();
 /// What the service is to its start-up.
 pub const SPEC: Spec = Spec {
-    name: NAME,
+    service: ServiceName::Ordering,
     migrations: &storage::MIGRATIONS,
     outbox: Outbox::Present,
 };

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use csp_kit::clock::Clock;
 use csp_kit::config::{self, AuditUrl, BackendArgs, LicensingUrl, OrderingUrl};
+use csp_kit::service_name::ServiceName;
 use csp_kit::shutdown::Shutdown;
 use csp_proto::support::v1::support_service_server::SupportServiceServer;
 use csp_store::backend::{Backend, Outbox, Spec};
@@ -37,10 +38,10 @@ use crate::storage::SupportStore;
 use crate::use_cases::Support;
 
 /// The service's name in logs, data files and database names.
-pub const NAME: &str = "support";
+pub const NAME: &str = ServiceName::Support.as_str();
 /// What the service is to its start-up.
 pub const SPEC: Spec = Spec {
-    name: NAME,
+    service: ServiceName::Support,
     migrations: &storage::MIGRATIONS,
     outbox: Outbox::Present,
 };
