@@ -97,8 +97,10 @@ pub struct SystemConfig {
     pub storage: Storage,
     /// Where services listen.
     pub addresses: Addresses,
-    /// The gateway's HS256 secret for user tokens.
+    /// The gateway's HS256 secret for development user tokens.
     pub jwt_secret: Secret,
+    /// OpenID Connect providers the gateway also accepts users of.
+    pub oidc: csp_gateway::oidc::OidcArgs,
     /// Each service's identity key (`csp up` makes fresh ones at each
     /// start; tests use the development ones).
     pub identity_keys: KeySet,
@@ -301,6 +303,7 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         listen: Some(addresses.gateway),
         http_listen: Some(addresses.gateway_http),
         jwt_secret: Some(config.jwt_secret.clone()),
+        oidc: config.oidc.clone(),
         identity: config.identity_keys.args_for(ServiceName::Gateway, true),
         metrics_listen: None,
         default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,

@@ -478,6 +478,13 @@ fn generate_keys(log_name: &str, format: KeysFormat) -> anyhow::Result<()> {
     use csp_kit::identity::keys::KeySet;
     use csp_kit::service_name::ServiceName;
 
+    anyhow::ensure!(
+        !log_name.is_empty()
+            && log_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._/:-".contains(c)),
+        "--log-name may hold only letters, digits and . _ / : - (such as audit.example.com/log)"
+    );
     let keys = KeySet::generate()?;
     let secret = || csp_kit::config::generate_secret().map(|s| s.expose().to_owned());
     let (jwt, licensing, postgres) = (secret()?, secret()?, secret()?);
@@ -497,7 +504,11 @@ fn generate_keys(log_name: &str, format: KeysFormat) -> anyhow::Result<()> {
                 println!("# {service}");
                 println!("CSP_IDENTITY_KEY={}", identity(service));
                 match service {
-                    ServiceName::Gateway => println!("CSP_JWT_SECRET={jwt}"),
+                    ServiceName::Gateway => {
+                        println!(
+                            "# and CSP_OIDC_ISSUERS, CSP_OIDC_AUDIENCE: the identity providers users sign in with"
+                        );
+                    }
                     ServiceName::Licensing => println!("CSP_LICENSING_KEY={licensing}"),
                     ServiceName::Audit => {
                         println!("CSP_AUDIT_KEY={audit_key}");
@@ -519,6 +530,7 @@ fn generate_keys(log_name: &str, format: KeysFormat) -> anyhow::Result<()> {
                     identity(service)
                 );
             }
+            // compose's gateway takes development tokens (see compose.yaml).
             println!("CSP_JWT_SECRET={jwt}");
             println!("CSP_LICENSING_KEY={licensing}");
             println!("CSP_AUDIT_KEY={audit_key}");
@@ -541,7 +553,6 @@ fn generate_keys(log_name: &str, format: KeysFormat) -> anyhow::Result<()> {
                 println!("  {service}-identity-key: \"{}\"", identity(service));
             }
             println!("  identity-trust: \"{}\"", keys.trust());
-            println!("  jwt-secret: \"{jwt}\"");
             println!("  licensing-key: \"{licensing}\"");
             println!("  audit-key: \"{audit_key}\"");
         }

@@ -25,6 +25,10 @@ pub struct UpArgs {
     /// HS256 secret for user tokens.
     #[arg(long, env = "CSP_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true)]
     jwt_secret: Secret,
+    /// OpenID Connect providers whose users may sign in too (beside the
+    /// printed development tokens).
+    #[command(flatten)]
+    oidc: csp_gateway::oidc::OidcArgs,
     /// Key product keys and link tokens are sealed with in the database.
     #[arg(long, env = "CSP_LICENSING_KEY", default_value = csp_licensing::DEV_SEALING_KEY, hide_default_value = true)]
     sealing_key: Secret,
@@ -67,6 +71,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             ..Addresses::local_defaults()
         },
         jwt_secret: args.jwt_secret.clone(),
+        oidc: args.oidc.clone(),
         // Fresh identity keys at every start: the services of one process
         // trust each other and nothing else.
         identity_keys: KeySet::generate()?,

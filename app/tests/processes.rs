@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use csp_kit::roles::Role;
 use csp_proto::licensing::v1::licensing_service_client::LicensingServiceClient;
 use csp_proto::licensing::v1::{GetKeysAndDownloadsRequest, ListSoftwareRequest};
 use csp_proto::ordering::v1::CreateCustomerRequest;
@@ -194,6 +193,8 @@ struct Deployment {
     licensing_replicas: String,
     /// Whether [`Deployment::stop`] cleaned up.
     stopped: bool,
+    /// The OpenID Connect provider users sign in with.
+    oidc_issuer: String,
 }
 
 /// A service's own identity key and the trust list, as a deployment sets
@@ -281,15 +282,16 @@ impl Deployment {
             "CSP_METRICS_LISTEN".into(),
             format!("127.0.0.1:{}", self.port(&format!("{gateway}-metrics"))),
         );
+        env.insert("CSP_OIDC_ISSUERS".into(), self.oidc_issuer.clone());
         env.insert(
-            "CSP_JWT_SECRET".into(),
-            csp_tests::jwt_secret().expose().to_owned(),
+            "CSP_OIDC_AUDIENCE".into(),
+            csp_tests::oidc::AUDIENCE.to_owned(),
         );
         env.extend(identity_env("gateway"));
         env
     }
 
-    async fn start() -> Deployment {
+    async fn start(oidc_issuer: &str) -> Deployment {
         let server_url = postgres_url();
         let prefix = format!("e2e{}", Uuid::new_v4().simple());
         let dir = std::env::temp_dir().join(&prefix);
@@ -347,6 +349,7 @@ impl Deployment {
             common,
             licensing_replicas: licensing,
             stopped: false,
+            oidc_issuer: oidc_issuer.to_owned(),
         };
 
         // The databases the DBA creates (deploy/README.md, step 1).
@@ -519,9 +522,14 @@ fn lines_of_call(name: &str, text: &str, request_id: &str) -> Vec<serde_json::Va
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn separate_processes_on_postgres_survive_a_replica_terminated_under_load() {
-    let mut deployment = Deployment::start().await;
+    // Users sign in through a real OpenID Connect provider, as in production.
     let partner = Uuid::new_v4();
-    let admin = csp_tests::mint(partner, &[Role::AdminAgent], Duration::from_secs(600));
+    let provider = csp_tests::oidc::Provider::start(&[
+        csp_tests::oidc::User::new("admin", partner, &["admin_agent"]),
+        csp_tests::oidc::User::new("helpdesk", partner, &["helpdesk_agent"]),
+    ]);
+    let mut deployment = Deployment::start(&provider.issuer).await;
+    let admin = provider.token("admin", csp_tests::oidc::ES256).await;
     let (a, b) = (
         deployment.gateway("gateway-a"),
         deployment.gateway("gateway-b"),
@@ -750,7 +758,7 @@ async fn separate_processes_on_postgres_survive_a_replica_terminated_under_load(
     // Request ids: a call the gateway denies, and one a backend refuses,
     // each logged in JSON with the request id in its span.
     let request_id = format!("e2e-{}", Uuid::new_v4().simple());
-    let helpdesk = csp_tests::mint(partner, &[Role::HelpdeskAgent], Duration::from_secs(600));
+    let helpdesk = provider.token("helpdesk", csp_tests::oidc::RS256).await;
     let mut denied = ordering(a, &helpdesk).await;
     let mut request = tonic::Request::new(CreateCustomerRequest {
         tenant_id: String::new(),

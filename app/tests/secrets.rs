@@ -150,7 +150,8 @@ fn development_values_are_refused_unless_dev() {
         ],
     );
     refused(&output, "CSP_AUDIT_KEY", "shorter than 32");
-    // The gateway with its fresh key but the public JWT secret.
+    // The gateway with its fresh key: development (HS256) tokens only with
+    // --dev, and without them an identity provider is required.
     let gateway_key = key_of("gateway");
     let output = run(
         &["gateway"],
@@ -160,7 +161,15 @@ fn development_values_are_refused_unless_dev() {
             ("CSP_JWT_SECRET", DEV_JWT),
         ],
     );
-    refused(&output, "CSP_JWT_SECRET", "public development value");
+    refused(&output, "CSP_JWT_SECRET", "only with --dev");
+    let output = run(
+        &["gateway"],
+        &[
+            ("CSP_IDENTITY_KEY", &gateway_key),
+            ("CSP_IDENTITY_TRUST", trust),
+        ],
+    );
+    refused(&output, "CSP_OIDC_ISSUERS", "is not set");
     // No identity key given: development keys only with --dev.
     let output = run(&["catalog"], &[("CSP_IDENTITY_TRUST", trust)]);
     refused(&output, "CSP_IDENTITY_KEY", "is not set");

@@ -58,6 +58,7 @@ fn run_system() -> anyhow::Result<()> {
         storage: Storage::Sqlite(dir),
         addresses: Addresses::ephemeral(),
         jwt_secret: jwt_secret(),
+        oidc: Default::default(),
         identity_keys: csp_kit::identity::keys::KeySet::generate()?,
         seed_demo_catalog: true,
         clock: csp_kit::clock::system(),

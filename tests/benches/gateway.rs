@@ -62,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         storage: Storage::Sqlite(dir.clone()),
         addresses: Addresses::ephemeral(),
         jwt_secret: jwt_secret.clone(),
+        oidc: Default::default(),
         identity_keys: keys.clone(),
         seed_demo_catalog: true,
         clock: csp_kit::clock::system(),

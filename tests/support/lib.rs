@@ -8,6 +8,7 @@ pub use sqlx;
 pub mod grpcurl;
 pub mod http;
 pub mod logs;
+pub mod oidc;
 pub mod raw;
 
 use std::path::PathBuf;
@@ -177,6 +178,7 @@ impl TestSystem {
             clock: clock.clone(),
             addresses: Addresses::ephemeral(),
             jwt_secret: jwt_secret(),
+            oidc: Default::default(),
             identity_keys: identity_keys().clone(),
             seed_demo_catalog: true,
             sealing_key: sealing_key(),
@@ -413,6 +415,7 @@ impl Replica {
             listen: Some(gateway_addr),
             http_listen: Some(http_addr),
             jwt_secret: Some(jwt_secret()),
+            oidc: Default::default(),
             identity: identity_args(ServiceName::Gateway),
             metrics_listen: None,
             default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
@@ -541,15 +544,36 @@ impl Instance {
         addr: std::net::SocketAddr,
         limits: csp_gateway::limits::LimitArgs,
     ) -> Instance {
+        Instance::gateway_with(system, addr, limits, None).await
+    }
+
+    /// Starts a production gateway (no --dev: no HS256 tokens) on `addr` in
+    /// front of `system`'s backends, signing users in through `oidc`.
+    pub async fn oidc_gateway(
+        system: &TestSystem,
+        addr: std::net::SocketAddr,
+        oidc: csp_gateway::oidc::OidcArgs,
+    ) -> Instance {
+        Instance::gateway_with(system, addr, Default::default(), Some(oidc)).await
+    }
+
+    async fn gateway_with(
+        system: &TestSystem,
+        addr: std::net::SocketAddr,
+        limits: csp_gateway::limits::LimitArgs,
+        oidc: Option<csp_gateway::oidc::OidcArgs>,
+    ) -> Instance {
         let listener = bind_exactly(addr).await;
         let http = bind_exactly(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await;
         let a = system.addresses;
         let url = |a: std::net::SocketAddr| format!("http://{a}");
+        let production = oidc.is_some();
         let config = csp_gateway::Config {
             listen: Some(addr),
             http_listen: None,
-            jwt_secret: Some(jwt_secret()),
-            identity: identity_args(ServiceName::Gateway),
+            jwt_secret: (!production).then(jwt_secret),
+            oidc: oidc.unwrap_or_default(),
+            identity: identity_keys().args_for(ServiceName::Gateway, !production),
             metrics_listen: None,
             default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
             limits,

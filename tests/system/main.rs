@@ -15,4 +15,5 @@ mod limits;
 mod metrics;
 mod ordering;
 mod outbox;
+mod sign_in;
 mod support;

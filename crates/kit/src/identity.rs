@@ -44,7 +44,8 @@ pub const IDENTITY_HEADER: &str = "x-csp-identity";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 const AUDIENCE: &str = "csp-internal";
-/// The longest an identity lives, whatever its claims say.
+/// The longest an identity lives, whatever its claims say (plus
+/// `LEEWAY_SECS` for clock skew).
 pub const LIFETIME_SECS: u64 = 60;
 /// How long a signer reuses an identity it minted for the same caller and
 /// path, so a busy path is not signed on every call; every reused identity
@@ -220,7 +221,15 @@ struct Claims {
 pub struct Signer {
     key: SigningKey,
     header: Header,
-    minted: Mutex<HashMap<String, (Arc<str>, u64)>>,
+    minted: Mutex<HashMap<MintedFor, (Arc<str>, u64)>>,
+}
+
+/// What a minted identity is for: the path, and the user (none for the
+/// service's own identity).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct MintedFor {
+    path: String,
+    user: Option<(PartnerId, RoleSet, String, String)>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -255,14 +264,16 @@ impl Signer {
             )));
         }
         let roles: Vec<String> = user.roles.iter().map(|r| r.as_str().to_owned()).collect();
-        let cache_key = format!(
-            "{path}\n{}\n{}\n{}\n{}",
-            user.partner_id,
-            roles.join(","),
-            user.user_id,
-            user.display_name
-        );
-        self.mint_cached(cache_key, |now| Claims {
+        let minted_for = MintedFor {
+            path: path.to_owned(),
+            user: Some((
+                user.partner_id,
+                user.roles,
+                user.user_id.clone(),
+                user.display_name.clone(),
+            )),
+        };
+        self.mint_cached(minted_for, |now| Claims {
             iss: self.service().as_str().to_owned(),
             aud: AUDIENCE.to_owned(),
             iat: now,
@@ -277,7 +288,11 @@ impl Signer {
 
     /// Signs this service's identity for one call to `path`.
     pub fn mint_for_service(&self, path: &str) -> Result<Arc<str>, Status> {
-        self.mint_cached(path.to_owned(), |now| Claims {
+        let minted_for = MintedFor {
+            path: path.to_owned(),
+            user: None,
+        };
+        self.mint_cached(minted_for, |now| Claims {
             iss: self.service().as_str().to_owned(),
             aud: AUDIENCE.to_owned(),
             iat: now,
@@ -292,7 +307,7 @@ impl Signer {
 
     fn mint_cached(
         &self,
-        cache_key: String,
+        cache_key: MintedFor,
         claims: impl FnOnce(u64) -> Claims,
     ) -> Result<Arc<str>, Status> {
         let now = now_secs();
@@ -596,7 +611,7 @@ where
             .and_then(|v| v.to_str().ok());
         let checked = match token {
             None => Err(Refusal::Unauthenticated(format!(
-                "missing {IDENTITY_HEADER}: backends accept calls only through the gateway"
+                "missing {IDENTITY_HEADER}: backends take calls only from the gateway and other csp services"
             ))),
             Some(token) => self.verifier.check(token, &path),
         };

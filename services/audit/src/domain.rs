@@ -315,7 +315,7 @@ pub fn intake_record(
     if occur_at > now.saturating_add(MAX_AHEAD) {
         return Err(format!(
             "occur_time is {} s ahead of the log's clock; at most {} s is accepted",
-            (occur_at - now) / SECOND,
+            occur_at.saturating_sub(now) / SECOND,
             MAX_AHEAD / SECOND
         ));
     }
@@ -323,7 +323,7 @@ pub fn intake_record(
         return Err(format!(
             "occur_time is {} hours before the log received it; records older than {} hours \
              are refused (CSP_AUDIT_MAX_RECORD_AGE_HOURS)",
-            (now - occur_at) / (3600 * SECOND),
+            now.saturating_sub(occur_at) / (3600 * SECOND),
             rules.max_age / (3600 * SECOND)
         ));
     }

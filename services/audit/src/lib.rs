@@ -73,7 +73,7 @@ pub struct Config {
     /// How old, in hours, a record may be when it reaches the log (outbox
     /// redeliveries after an outage keep their original time); older ones
     /// are refused, so no producer can backdate a record further.
-    #[arg(long, env = "CSP_AUDIT_MAX_RECORD_AGE_HOURS", default_value_t = 168)]
+    #[arg(long, env = "CSP_AUDIT_MAX_RECORD_AGE_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u32).range(1..=87_600))]
     pub max_record_age_hours: u32,
     /// The file checkpoints are also appended to, outside the database
     /// [default: DATA_DIR/audit-checkpoints.jsonl].

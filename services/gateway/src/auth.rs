@@ -1,10 +1,11 @@
 //! User authentication: `authorization: Bearer <JWT>`.
 //!
-//! Tokens carry the user id (`sub`), the partner (`partner_id`, a UUID), a
-//! display name (`name`), roles (`roles`, token spelling such as
-//! `"admin_agent"`) and an expiry (`exp`). Development uses HS256 with a
-//! configured secret; [`TokenVerifier`] is the seam where RS256 with an
-//! identity provider's JWKS plugs in.
+//! In production users sign in through OpenID Connect providers
+//! ([`crate::oidc`]). In development (`--dev`, `csp up`, `csp token`) HS256
+//! tokens under a configured secret are accepted too: they carry the user id
+//! (`sub`), the partner (`partner_id`, a UUID), a display name (`name`), roles
+//! (`roles`, token spelling such as `"admin_agent"`) and an expiry (`exp`).
+//! [`Authenticators`] sends each token to the verifier of its algorithm.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -37,12 +38,54 @@ pub enum AuthError {
     /// A claim is missing or wrong.
     #[error("the bearer token's {0}")]
     BadClaim(String),
+    /// The token cannot be checked now (its provider's keys are out of
+    /// reach): UNAVAILABLE, never accepted.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl AuthError {
+    /// The status a caller gets.
+    pub fn status(&self) -> tonic::Status {
+        match self {
+            AuthError::Unavailable(message) => tonic::Status::unavailable(message.clone()),
+            other => tonic::Status::unauthenticated(other.to_string()),
+        }
+    }
 }
 
 /// Verifies a bearer token and returns the user it names.
+#[tonic::async_trait]
 pub trait TokenVerifier: Send + Sync + 'static {
     /// Verifies `token` (without the `Bearer ` prefix).
-    fn verify(&self, token: &str) -> Result<UserCaller, AuthError>;
+    async fn verify(&self, token: &str) -> Result<UserCaller, AuthError>;
+}
+
+/// The gateway's verifiers: OpenID Connect providers' tokens, and in
+/// development HS256 tokens; each token goes to the one for its algorithm.
+pub struct Authenticators {
+    /// HS256 under the development secret (`--dev` only).
+    pub development: Option<Hs256Verifier>,
+    /// The configured OpenID Connect providers.
+    pub oidc: Option<crate::oidc::OidcVerifier>,
+}
+
+#[tonic::async_trait]
+impl TokenVerifier for Authenticators {
+    async fn verify(&self, token: &str) -> Result<UserCaller, AuthError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthError::Malformed("it is not a signed JWT".to_owned()))?;
+        match (header.alg, &self.development, &self.oidc) {
+            (Algorithm::HS256, Some(development), _) => development.verify(token).await,
+            (Algorithm::HS256, None, _) => Err(AuthError::Malformed(
+                "HS256 tokens are accepted only by a development gateway; sign in through the identity provider".to_owned(),
+            )),
+            (_, _, Some(oidc)) => oidc.verify(token).await,
+            (_, _, None) => Err(AuthError::Malformed(
+                "it is not signed with HS256, and this development gateway trusts no identity provider".to_owned(),
+            )),
+        }
+    }
 }
 
 /// The claims of a user token.
@@ -84,8 +127,9 @@ impl Hs256Verifier {
     }
 }
 
+#[tonic::async_trait]
 impl TokenVerifier for Hs256Verifier {
-    fn verify(&self, token: &str) -> Result<UserCaller, AuthError> {
+    async fn verify(&self, token: &str) -> Result<UserCaller, AuthError> {
         let claims = jsonwebtoken::decode::<UserClaims>(token, &self.key, &self.validation)
             .map_err(|error| match error.kind() {
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
@@ -184,6 +228,18 @@ mod tests {
         Secret::new("test-secret-0123456789")
     }
 
+    fn verify(verifier: &Hs256Verifier, token: &str) -> Result<UserCaller, AuthError> {
+        futures_executor(verifier.verify(token))
+    }
+
+    /// Runs a future that never waits (HS256 verification) to completion.
+    fn futures_executor<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
     #[test]
     fn a_minted_token_verifies() {
         let partner = Uuid::new_v4();
@@ -196,7 +252,7 @@ mod tests {
             Duration::from_secs(60),
         )
         .unwrap();
-        let user = Hs256Verifier::new(&secret()).verify(&token).unwrap();
+        let user = verify(&Hs256Verifier::new(&secret()), &token).unwrap();
         assert_eq!(user.partner_id, partner.into());
         assert!(user.roles.contains(Role::AdminAgent));
         assert_eq!(user.display_name, "Ada");
@@ -213,7 +269,7 @@ mod tests {
             Duration::from_secs(60),
         )
         .unwrap();
-        let refused = Hs256Verifier::new(&secret()).verify(&long_sub).unwrap_err();
+        let refused = verify(&Hs256Verifier::new(&secret()), &long_sub).unwrap_err();
         assert!(matches!(refused, AuthError::BadClaim(_)), "{refused}");
 
         let long_name = mint_dev_token(
@@ -225,7 +281,7 @@ mod tests {
             Duration::from_secs(60),
         )
         .unwrap();
-        let user = Hs256Verifier::new(&secret()).verify(&long_name).unwrap();
+        let user = verify(&Hs256Verifier::new(&secret()), &long_name).unwrap();
         assert_eq!(user.display_name.chars().count(), MAX_DISPLAY_NAME);
     }
 
@@ -241,7 +297,7 @@ mod tests {
         )
         .unwrap();
         let other = Hs256Verifier::new(&Secret::new("another-secret-0123456789"));
-        assert_eq!(other.verify(&token), Err(AuthError::BadSignature));
+        assert_eq!(verify(&other, &token), Err(AuthError::BadSignature));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod downloads;
 pub mod health;
 pub mod limits;
 pub mod listener;
+pub mod oidc;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,7 +41,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tonic::service::Routes;
 
-use crate::auth::{Hs256Verifier, TokenVerifier};
+use crate::auth::{Authenticators, Hs256Verifier, TokenVerifier};
 use crate::balance::{Forwarder, Replicas};
 
 /// Where the download listener listens by default.
@@ -60,9 +61,13 @@ pub struct Config {
     /// Address to serve download links (HTTP) on [default: 127.0.0.1:8080].
     #[arg(long, env = "CSP_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
-    /// HS256 secret user tokens are signed with. Required unless --dev.
+    /// HS256 secret of development user tokens (`csp token`); with --dev
+    /// only [default with --dev: the development secret].
     #[arg(long, env = "CSP_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
+    /// The OpenID Connect providers users sign in with.
+    #[command(flatten)]
+    pub oidc: oidc::OidcArgs,
     /// The gateway's identity key (it alone signs users' identities), the
     /// keys it trusts, and development mode.
     #[command(flatten)]
@@ -228,12 +233,7 @@ pub async fn run(
     let licensing = licensing.context("no route leads to licensing")?;
     let forwarder = Forwarder::new();
     let identity = config.identity.resolve(ServiceName::Gateway)?;
-    let jwt_secret = kit_config::required_secret(
-        "CSP_JWT_SECRET",
-        config.jwt_secret.as_ref(),
-        DEV_JWT_SECRET,
-        config.identity.dev,
-    )?;
+    let authenticators = authenticators(&config)?;
     let downloads = tokio::spawn(downloads::serve(
         http,
         forwarder.to(licensing),
@@ -246,7 +246,7 @@ pub async fn run(
         config,
         Authentication {
             signer: identity.signer,
-            verifier: Box::new(Hs256Verifier::new(&jwt_secret)),
+            verifier: Box::new(authenticators),
         },
         routes,
         replicas,
@@ -260,6 +260,36 @@ pub async fn run(
         .map_err(anyhow::Error::from)
         .and_then(|served| served);
     grpc.and(downloads)
+}
+
+/// The gateway's token verifiers: the OpenID Connect providers (required
+/// unless --dev), and with --dev HS256 development tokens.
+fn authenticators(config: &Config) -> anyhow::Result<Authenticators> {
+    let oidc = oidc::OidcVerifier::new(&config.oidc)?;
+    let development = if config.identity.dev {
+        Some(Hs256Verifier::new(&kit_config::required_secret(
+            "CSP_JWT_SECRET",
+            config.jwt_secret.as_ref(),
+            DEV_JWT_SECRET,
+            true,
+        )?))
+    } else {
+        anyhow::ensure!(
+            config.jwt_secret.is_none(),
+            "CSP_JWT_SECRET is set, but HS256 development tokens are accepted only with --dev; \
+             sign users in through an OpenID Connect provider (CSP_OIDC_ISSUERS)"
+        );
+        anyhow::ensure!(
+            oidc.is_some(),
+            "CSP_OIDC_ISSUERS is not set: name the OpenID Connect providers users sign in with \
+             (and CSP_OIDC_AUDIENCE), or pass --dev for development tokens"
+        );
+        None
+    };
+    if let Some(oidc) = &oidc {
+        oidc.prefetch_in_background();
+    }
+    Ok(Authenticators { development, oidc })
 }
 
 /// How the gateway knows its callers and speaks for them.
@@ -353,7 +383,7 @@ impl Gateway {
         request: http::Request<axum::body::Body>,
         request_id: HeaderValue,
     ) -> http::Response<Body> {
-        let mut response = match self.admit(request, &request_id) {
+        let mut response = match self.admit(request, &request_id).await {
             // The permit counts the call as in flight until it is answered.
             Ok((route, request, partner, _in_flight)) => {
                 self.pass_on(route, request, partner, &request_id).await
@@ -417,7 +447,7 @@ impl Gateway {
     }
 
     /// Decides whether a call goes through, and prepares it for the backend.
-    fn admit(
+    async fn admit(
         &self,
         request: http::Request<axum::body::Body>,
         request_id: &HeaderValue,
@@ -431,12 +461,14 @@ impl Gateway {
         Status,
     > {
         let path = request.uri().path();
-        let user = auth::bearer(request.headers().get(http::header::AUTHORIZATION))
-            .and_then(|token| self.verifier.verify(token))
-            .map_err(|error| {
-                tracing::info!(method = %path, request_id = ?request_id, reason = %error, "call denied: not authenticated");
-                Status::unauthenticated(error.to_string())
-            })?;
+        let verified = match auth::bearer(request.headers().get(http::header::AUTHORIZATION)) {
+            Ok(token) => self.verifier.verify(token).await,
+            Err(error) => Err(error),
+        };
+        let user = verified.map_err(|error| {
+            tracing::info!(method = %path, request_id = ?request_id, reason = %error, "call denied: not authenticated");
+            error.status()
+        })?;
         let in_flight = self.limits.admit(&user).inspect_err(|status| {
             tracing::info!(
                 method = %path,

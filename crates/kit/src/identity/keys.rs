@@ -241,6 +241,12 @@ impl TrustedKeys {
                         "{TRUST_VARIABLE} entry {n} ({service}) is not an Ed25519 public key in base64url"
                     )
                 })?;
+            if let Some(earlier) = trusted.keys.get(&key_id(&public)) {
+                return Err(format!(
+                    "{TRUST_VARIABLE} entry {n} ({service}) repeats the key of {}: each service needs its own",
+                    earlier.service
+                ));
+            }
             trusted.insert(service, public);
         }
         if trusted.keys.is_empty() {
@@ -278,12 +284,16 @@ impl TrustedKeys {
         );
     }
 
-    /// The services whose development key is trusted.
+    /// The services for which a development key (any service's) is trusted.
     pub fn development_services(&self) -> Vec<ServiceName> {
+        let development: Vec<[u8; 32]> = ServiceName::ALL
+            .into_iter()
+            .map(|service| SigningKey::development(service).public)
+            .collect();
         let mut services: Vec<ServiceName> = self
             .keys
             .values()
-            .filter(|key| key.public == SigningKey::development(key.service).public)
+            .filter(|key| development.contains(&key.public))
             .map(|key| key.service)
             .collect();
         services.sort();
@@ -372,5 +382,13 @@ mod tests {
         let trusted = TrustedKeys::development();
         assert!(trusted.trusts(&key));
         assert_eq!(trusted.development_services(), ServiceName::ALL);
+        // Another service's development key listed for ordering.
+        let borrowed = key.trust_entry().replace("gateway:", "ordering:");
+        assert_eq!(
+            TrustedKeys::parse(&borrowed)
+                .unwrap()
+                .development_services(),
+            [ServiceName::Ordering]
+        );
     }
 }
