@@ -239,6 +239,41 @@ async fn a_rotated_key_is_fetched_and_cached_keys_outlive_the_provider() {
     system.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_issuers_are_trusted_each_with_its_own_keys() {
+    let system = TestSystem::start().await;
+    let contoso = Provider::start(&[User::new("contoso-admin", system.partner, &["admin_agent"])]);
+    let fabrikam = Provider::start(&[User::new(
+        "fabrikam-admin",
+        system.partner,
+        &["admin_agent"],
+    )]);
+    let addr = free_addr();
+    let gateway = Instance::oidc_gateway(
+        &system,
+        addr,
+        OidcArgs {
+            issuers: vec![contoso.issuer.clone(), fabrikam.issuer.clone()],
+            ..args(&contoso)
+        },
+    )
+    .await;
+    for (provider, user) in [(&contoso, "contoso-admin"), (&fabrikam, "fabrikam-admin")] {
+        let token = provider.token(user, EDDSA).await;
+        assert_eq!(list_markets(addr, &token).await.0, Code::Ok, "{user}");
+    }
+    // One issuer's name on a token signed with the other's key is refused.
+    let now = now();
+    let claims = serde_json::json!({
+        "iss": contoso.issuer, "aud": AUDIENCE, "tid": system.partner.to_string(),
+        "oid": "x", "roles": ["admin_agent"], "iat": now, "nbf": now, "exp": now + 600,
+    });
+    let (code, _) = list_markets(addr, &fabrikam.sign("ES256", &claims)).await;
+    assert_eq!(code, Code::Unauthenticated);
+    gateway.stop().await;
+    system.stop().await;
+}
+
 fn args_for_issuer(issuer: &str) -> OidcArgs {
     OidcArgs {
         issuers: vec![issuer.to_owned()],
