@@ -22,7 +22,10 @@
 //!
 //! Knobs: CSP_BENCH_SECONDS (per catalog path and concurrency, default 4),
 //! CSP_BENCH_CONCURRENCY (default 1,16,64), CSP_BENCH_POSTGRES_URL (run on
-//! PostgreSQL: a server where the bench may create databases).
+//! PostgreSQL: a server where the bench may create databases),
+//! CSP_BENCH_PATHS (catalog paths, default floor,direct,gateway) and
+//! CSP_BENCH_READS_ONLY=1 (skip redemptions and orders: for profiling one
+//! path with perf).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is a failure report
 
 use std::sync::Arc;
@@ -194,6 +197,9 @@ fn main() {
         .filter_map(|c| c.trim().parse().ok())
         .collect();
     let postgres = std::env::var("CSP_BENCH_POSTGRES_URL").ok();
+    let paths =
+        std::env::var("CSP_BENCH_PATHS").unwrap_or_else(|_| "floor,direct,gateway".to_owned());
+    let reads_only = std::env::var("CSP_BENCH_READS_ONLY").is_ok_and(|v| v == "1");
 
     // The system and the floor get one runtime (2 worker threads), the load
     // generator another; both share the machine's cores, as on one host.
@@ -331,21 +337,27 @@ fn main() {
             let round = Duration::from_millis(500);
             for _ in 0..seconds * 2 {
                 let h = health.clone();
-                f.add(
-                    load(concurrency, round, move || {
-                        let mut h = h.clone();
-                        async move {
-                            h.check(tonic_health::pb::HealthCheckRequest::default())
-                                .await
-                                .is_ok()
-                        }
-                    })
-                    .await,
-                );
-                let c = direct.clone();
-                d.add(load(concurrency, round, move || c.clone().call()).await);
-                let c = through.clone();
-                g.add(load(concurrency, round, move || c.clone().call()).await);
+                if paths.contains("floor") {
+                    f.add(
+                        load(concurrency, round, move || {
+                            let mut h = h.clone();
+                            async move {
+                                h.check(tonic_health::pb::HealthCheckRequest::default())
+                                    .await
+                                    .is_ok()
+                            }
+                        })
+                        .await,
+                    );
+                }
+                if paths.contains("direct") {
+                    let c = direct.clone();
+                    d.add(load(concurrency, round, move || c.clone().call()).await);
+                }
+                if paths.contains("gateway") {
+                    let c = through.clone();
+                    g.add(load(concurrency, round, move || c.clone().call()).await);
+                }
             }
             (f.figures(), d.figures(), g.figures())
         });
@@ -360,6 +372,12 @@ fn main() {
             );
         }
         rows.push((concurrency, floor_f, direct_f, gateway_f));
+    }
+
+    if reads_only {
+        system_runtime.block_on(system.stop()).unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+        return;
     }
 
     // --- The raw commit rate of the same database -------------------------
@@ -437,17 +455,30 @@ fn main() {
             for version in ["2019", "2022"] {
                 for language in ["en-US", "zh-CN", "de-DE", "ja-JP"] {
                     for file_type in ["iso-x64", "vhdx-x64"] {
-                        let answer = licensing
-                            .get_keys_and_downloads(GetKeysAndDownloadsRequest {
-                                customer_tenant_id: tenant.clone(),
-                                subscription_id: subscription.clone(),
-                                version: version.into(),
-                                language: language.into(),
-                                file_type: file_type.into(),
-                            })
-                            .await
-                            .unwrap()
-                            .into_inner();
+                        // Licensing learns of a subscription through
+                        // ordering's outbox: wait for it.
+                        let mut tries = 0;
+                        let answer = loop {
+                            match licensing
+                                .get_keys_and_downloads(GetKeysAndDownloadsRequest {
+                                    customer_tenant_id: tenant.clone(),
+                                    subscription_id: subscription.clone(),
+                                    version: version.into(),
+                                    language: language.into(),
+                                    file_type: file_type.into(),
+                                })
+                                .await
+                            {
+                                Ok(answer) => break answer.into_inner(),
+                                Err(status)
+                                    if status.code() == tonic::Code::NotFound && tries < 200 =>
+                                {
+                                    tries += 1;
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                }
+                                Err(status) => panic!("{status:?}"),
+                            }
+                        };
                         links.push(answer.download_link.unwrap_or_default().url);
                         if links.len() == 384 {
                             break 'outer;

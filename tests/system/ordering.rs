@@ -326,17 +326,27 @@ async fn orders_freeze_catalog_prices_and_tax_flags_and_bill_the_total() {
     .await
     .map(drop))
     .unwrap();
-    let new_price = catalog
-        .get_sku_price(GetSkuPriceRequest {
-            sku_id: "windows-server-standard-p1y".into(),
-            market: "AU".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .price
-        .unwrap();
-    assert_eq!(new_price.amount.unwrap().minor_units, 1);
+    // The catalog serves a snapshot that follows the database within a
+    // second.
+    let mut new_price = None;
+    for _ in 0..50 {
+        let price = catalog
+            .get_sku_price(GetSkuPriceRequest {
+                sku_id: "windows-server-standard-p1y".into(),
+                market: "AU".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .price
+            .unwrap();
+        new_price = price.amount.map(|a| a.minor_units);
+        if new_price == Some(1) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(new_price, Some(1));
     let again = ordering
         .get_order(GetOrderRequest {
             order_id: order.id.clone(),

@@ -23,12 +23,14 @@ struct State {
     reject: HashSet<String>,
     delivered: Vec<(String, String)>, // (stream, event id), in delivery order
     deliveries: HashMap<String, usize>,
+    batches: Vec<Vec<String>>, // event ids of each accepted batch
 }
 
 /// A receiver that can be down, rejects chosen events, and records the rest.
 struct Fake {
     state: Mutex<State>,
     delay: Duration,
+    independent: bool,
 }
 
 impl Fake {
@@ -39,6 +41,7 @@ impl Fake {
                 ..State::default()
             }),
             delay: Duration::ZERO,
+            independent: false,
         })
     }
 
@@ -57,6 +60,10 @@ impl Destination for Fake {
         "fake"
     }
 
+    fn independent_messages(&self) -> bool {
+        self.independent
+    }
+
     async fn deliver(&self, batch: &[Envelope]) -> Outcome {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
@@ -69,6 +76,9 @@ impl Destination for Fake {
             };
         }
         let mut rejected = Vec::new();
+        state
+            .batches
+            .push(batch.iter().map(|e| e.event_id.clone()).collect());
         for envelope in batch {
             if state.reject.contains(&envelope.event_id) {
                 rejected.push((envelope.event_id.clone(), "payload is not valid".to_owned()));
@@ -187,6 +197,42 @@ async fn messages_wait_while_the_receiver_is_down_and_arrive_in_stream_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn independent_messages_of_a_stream_share_a_batch_in_order_others_go_one_by_one() {
+    for independent in [false, true] {
+        let test = csp_tests::test_db().await;
+        test.db.migrate(&MIGRATIONS).await.unwrap();
+        let fake = Arc::new(Fake {
+            state: Mutex::new(State::default()),
+            delay: Duration::ZERO,
+            independent,
+        });
+        // Written while the receiver is down, so they wait together.
+        let (trigger, relay) = start(&test.db, &fake);
+        for i in 0..6 {
+            write(&test.db, "subscription-1", &format!("e{i}")).await;
+        }
+        fake.set_up(true);
+        eventually("all 6 are delivered", || fake.delivered().len() == 6).await;
+        let ids: Vec<String> = fake.delivered().into_iter().map(|(_, id)| id).collect();
+        assert_eq!(ids, ["e0", "e1", "e2", "e3", "e4", "e5"], "in order");
+        let batches = fake.state.lock().unwrap().batches.clone();
+        if independent {
+            // batch_size is 7: the whole stream in one batch.
+            assert_eq!(
+                batches,
+                std::slice::from_ref(&ids),
+                "independent: one batch"
+            );
+        } else {
+            assert!(batches.iter().all(|b| b.len() == 1), "{batches:?}");
+        }
+        trigger.fire();
+        relay.await.unwrap();
+        test.remove().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_message_is_dead_lettered_and_holds_back_only_its_stream_until_replayed() {
     let test = csp_tests::test_db().await;
     test.db.migrate(&MIGRATIONS).await.unwrap();
@@ -268,6 +314,7 @@ async fn two_relays_on_one_database_deliver_each_message_once() {
             ..State::default()
         }),
         delay: Duration::from_millis(2),
+        independent: false,
     });
     let (t1, r1) = start(&test.db, &fake);
     let (t2, r2) = start(&second, &fake);

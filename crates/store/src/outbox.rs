@@ -6,7 +6,9 @@
 //! at least once, oldest first, and never delivers a message of a stream
 //! (for example one order and its subscriptions) before the earlier messages
 //! of that stream: only the oldest pending message of each stream is
-//! eligible. Failures are retried with exponential backoff; the messages
+//! eligible, except for destinations that take each message on its own
+//! (the activity log), which get each stream's pending messages in order in
+//! one batch. Failures are retried with exponential backoff; the messages
 //! wait in the table across restarts. A message the destination rejects as
 //! permanently invalid moves to `outbox_dead_letters` with the reason, is
 //! logged, holds back only its own stream, and can be replayed.
@@ -149,6 +151,14 @@ pub trait Destination: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Delivers a batch, oldest first.
     async fn deliver(&self, batch: &[Envelope]) -> Outcome;
+    /// Whether the destination takes each message on its own (an activity
+    /// record: rejecting one never changes what the next one means), so a
+    /// batch may hold several pending messages of one stream, in order.
+    /// Otherwise a batch holds only the oldest pending message of each
+    /// stream, and the next goes once it is accepted.
+    fn independent_messages(&self) -> bool {
+        false
+    }
 }
 
 impl Outcome {
@@ -169,6 +179,7 @@ impl Outcome {
 pub struct BatchDestination<M, F> {
     name: &'static str,
     send: F,
+    independent: bool,
     _message: std::marker::PhantomData<fn() -> M>,
 }
 
@@ -188,7 +199,17 @@ where
         Self {
             name,
             send,
+            independent: false,
             _message: std::marker::PhantomData,
+        }
+    }
+
+    /// The same, for a destination that takes each message on its own
+    /// ([`Destination::independent_messages`]).
+    pub fn of_independent_messages(name: &'static str, send: F) -> Self {
+        Self {
+            independent: true,
+            ..Self::new(name, send)
         }
     }
 }
@@ -201,6 +222,10 @@ where
 {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    fn independent_messages(&self) -> bool {
+        self.independent
     }
 
     async fn deliver(&self, batch: &[Envelope]) -> Outcome {
@@ -221,20 +246,25 @@ where
 /// The audit log as an outbox destination, over `channel`.
 pub fn audit_destination(channel: csp_kit::peer::Signed) -> Arc<dyn Destination> {
     let client = AuditIntakeServiceClient::new(channel);
-    Arc::new(BatchDestination::new(AUDIT, move |records| {
-        let mut client = client.clone();
-        Box::pin(async move {
-            let answer = client
-                .record_activities(csp_proto::audit::v1::RecordActivitiesRequest { records })
-                .await
-                .peer(AUDIT)?;
-            Ok(answer
-                .rejected
-                .into_iter()
-                .map(|r| (r.event_id, r.reason))
-                .collect())
-        }) as BatchFuture
-    }))
+    // Activity records are facts on their own: one stream's (a
+    // subscription's downloads) go together in order.
+    Arc::new(BatchDestination::of_independent_messages(
+        AUDIT,
+        move |records| {
+            let mut client = client.clone();
+            Box::pin(async move {
+                let answer = client
+                    .record_activities(csp_proto::audit::v1::RecordActivitiesRequest { records })
+                    .await
+                    .peer(AUDIT)?;
+                Ok(answer
+                    .rejected
+                    .into_iter()
+                    .map(|r| (r.event_id, r.reason))
+                    .collect())
+            }) as BatchFuture
+        },
+    ))
 }
 
 /// Decodes payloads; one that does not decode is rejected (it never will).
@@ -367,6 +397,7 @@ impl Relay {
                 destination.name(),
                 self.clock.now(),
                 self.settings.batch_size,
+                destination.independent_messages(),
             )
             .await?;
             if batch.is_empty() {
@@ -374,14 +405,16 @@ impl Relay {
             }
             match destination.deliver(&batch).await {
                 Outcome::Accepted { rejected } => {
+                    let mut delivered = Vec::with_capacity(batch.len());
                     for envelope in &batch {
                         match rejected.iter().find(|(id, _)| *id == envelope.event_id) {
                             Some((_, reason)) => {
                                 self.bury(destination.name(), envelope, reason).await?
                             }
-                            None => delete(&self.db, envelope.seq).await?,
+                            None => delivered.push(envelope.seq),
                         }
                     }
+                    delete(&self.db, &delivered).await?;
                 }
                 Outcome::Failed {
                     error,
@@ -396,7 +429,7 @@ impl Relay {
                     for envelope in &batch {
                         match destination.deliver(std::slice::from_ref(envelope)).await {
                             Outcome::Accepted { rejected } if rejected.is_empty() => {
-                                delete(&self.db, envelope.seq).await?
+                                delete(&self.db, &[envelope.seq]).await?
                             }
                             Outcome::Accepted { rejected } => {
                                 let reason =
@@ -494,16 +527,37 @@ impl Relay {
 }
 
 /// The oldest pending message of each stream that is due and not held back
-/// by a dead letter of its stream, oldest first.
-async fn due(db: &Db, destination: &str, now: Micros, limit: u32) -> anyhow::Result<Vec<Envelope>> {
-    const SQL: &str = "SELECT o.seq, o.event_id, o.stream, o.payload, o.attempts FROM outbox o \
+/// by a dead letter of its stream, oldest first. With `independent`, every
+/// due message whose stream has no earlier message waiting for a retry (so
+/// each stream's due messages in order, as a prefix).
+async fn due(
+    db: &Db,
+    destination: &str,
+    now: Micros,
+    limit: u32,
+    independent: bool,
+) -> anyhow::Result<Vec<Envelope>> {
+    const OLDEST_OF_EACH_STREAM: &str = "SELECT o.seq, o.event_id, o.stream, o.payload, o.attempts FROM outbox o \
                        WHERE o.destination = $1 AND o.next_attempt_at_us <= $2 \
                        AND NOT EXISTS (SELECT 1 FROM outbox p \
                            WHERE p.destination = o.destination AND p.stream = o.stream AND p.seq < o.seq) \
                        AND NOT EXISTS (SELECT 1 FROM outbox_dead_letters d \
                            WHERE d.destination = o.destination AND d.stream = o.stream) \
                        ORDER BY o.seq LIMIT $3";
-    let rows: Vec<(i64, String, String, Vec<u8>, i32)> = on_db!(db, pool => sqlx::query_as(SQL)
+    const EACH_STREAMS_DUE_PREFIX: &str = "SELECT o.seq, o.event_id, o.stream, o.payload, o.attempts FROM outbox o \
+                       WHERE o.destination = $1 AND o.next_attempt_at_us <= $2 \
+                       AND NOT EXISTS (SELECT 1 FROM outbox p \
+                           WHERE p.destination = o.destination AND p.stream = o.stream AND p.seq < o.seq \
+                           AND p.next_attempt_at_us > $2) \
+                       AND NOT EXISTS (SELECT 1 FROM outbox_dead_letters d \
+                           WHERE d.destination = o.destination AND d.stream = o.stream) \
+                       ORDER BY o.seq LIMIT $3";
+    let sql = if independent {
+        EACH_STREAMS_DUE_PREFIX
+    } else {
+        OLDEST_OF_EACH_STREAM
+    };
+    let rows: Vec<(i64, String, String, Vec<u8>, i32)> = on_db!(db, pool => sqlx::query_as(sql)
         .bind(destination)
         .bind(now)
         .bind(i64::from(limit))
@@ -522,8 +576,17 @@ async fn due(db: &Db, destination: &str, now: Micros, limit: u32) -> anyhow::Res
         .collect())
 }
 
-async fn delete(db: &Db, seq: i64) -> anyhow::Result<()> {
-    on_db!(db, pool => sqlx::query("DELETE FROM outbox WHERE seq = $1").bind(seq).execute(pool).await.map(|_| ()))?;
+/// Deletes delivered messages, in one transaction (one commit, not one per
+/// message).
+async fn delete(db: &Db, seqs: &[i64]) -> anyhow::Result<()> {
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    let mut tx = db.begin().await?;
+    for seq in seqs {
+        on_tx!(&mut tx, t => sqlx::query("DELETE FROM outbox WHERE seq = $1").bind(seq).execute(&mut **t).await.map(|_| ()))?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 

@@ -15,6 +15,7 @@ pub mod domain;
 pub mod handlers;
 pub mod hybrid;
 pub mod seed;
+pub mod snapshot;
 pub mod storage;
 pub mod use_cases;
 
@@ -57,11 +58,12 @@ pub struct Config {
 /// Opens the database, migrates and seeds it, then serves on `listener`
 /// until `shutdown` fires.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
-    let backend = Backend::start(&SPEC, &config.backend, listener, shutdown).await?;
+    let mut backend = Backend::start(&SPEC, &config.backend, listener, shutdown).await?;
     if config.seed_demo_catalog {
         seed::seed_demo_catalog(backend.db()).await?;
     }
-    let catalog = Catalog::new(CatalogStore::new(backend.db().clone()));
+    let catalog = Catalog::load(CatalogStore::new(backend.db().clone())).await?;
+    backend.spawn(catalog.clone().refresh_until(backend.shutdown().clone()));
     backend
         .serve(|routes| {
             routes

@@ -12,11 +12,27 @@ use crate::hybrid::Rates;
 
 /// The catalog's migrations (the same SQL on both backends).
 pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: SOURCES,
-    postgres: SOURCES,
+    sqlite: &[
+        SHARED[0],
+        SHARED[1],
+        MigrationSource {
+            version: 3,
+            description: "catalog version",
+            sql: include_str!("../migrations/0003_catalog_version_sqlite.sql"),
+        },
+    ],
+    postgres: &[
+        SHARED[0],
+        SHARED[1],
+        MigrationSource {
+            version: 3,
+            description: "catalog version",
+            sql: include_str!("../migrations/0003_catalog_version_postgres.sql"),
+        },
+    ],
 };
 
-const SOURCES: &[MigrationSource] = &[
+const SHARED: &[MigrationSource] = &[
     MigrationSource {
         version: 1,
         description: "catalog",
@@ -39,6 +55,8 @@ type MarketRow = (String, String, String, i32, bool, bool);
 type ProductRow = (String, String, String, String, i32);
 type SkuRow = (String, String, String, String, Option<i64>);
 type OptionRow = (String, String, String, String);
+type PriceRow = (String, String, i64);
+type RatesRow = (String, i64, i64);
 
 impl CatalogStore {
     /// A store over `db` (migrated).
@@ -119,6 +137,49 @@ impl CatalogStore {
             windows_micro_minor,
             base_micro_minor,
         }))
+    }
+
+    /// The catalog's version: it changes whenever anything in the catalog
+    /// does (triggers on every table).
+    pub async fn version(&self) -> StoreResult<i64> {
+        const SQL: &str = "SELECT version FROM catalog_version WHERE id = 1";
+        Ok(on_db!(&self.db, pool => sqlx::query_scalar(SQL).fetch_one(pool).await)?)
+    }
+
+    /// The whole catalog, for the in-memory snapshot reads are served from.
+    pub async fn load_snapshot(&self) -> StoreResult<crate::snapshot::Snapshot> {
+        const PRODUCTS: &str = "SELECT id, title, description, kind, cancellation_window_days FROM products ORDER BY id";
+        const PRICES: &str = "SELECT sku_id, market, amount_minor FROM prices";
+        const RATES: &str =
+            "SELECT market, windows_rate_micro_minor, base_rate_micro_minor FROM compute_rates";
+        let markets = self.list_markets().await?;
+        let rows: Vec<ProductRow> =
+            on_db!(&self.db, pool => sqlx::query_as(PRODUCTS).fetch_all(pool).await)?;
+        let products = self.with_details(rows, None).await?;
+        let (prices, rates): (Vec<PriceRow>, Vec<RatesRow>) = on_db!(&self.db, pool => {
+            let prices = sqlx::query_as(PRICES).fetch_all(pool).await?;
+            let rates = sqlx::query_as(RATES).fetch_all(pool).await?;
+            Ok::<_, sqlx::Error>((prices, rates))
+        })?;
+        let prices = prices
+            .into_iter()
+            .map(|(sku, market, amount)| ((sku, market), amount))
+            .collect();
+        let rates = rates
+            .into_iter()
+            .map(|(market, windows_micro_minor, base_micro_minor)| {
+                (
+                    market,
+                    Rates {
+                        windows_micro_minor,
+                        base_micro_minor,
+                    },
+                )
+            })
+            .collect();
+        Ok(crate::snapshot::Snapshot::new(
+            markets, products, &prices, rates,
+        ))
     }
 
     /// Adds SKUs and download options to product rows. The rows are one

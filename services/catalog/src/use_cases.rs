@@ -1,14 +1,24 @@
-//! The catalog's use cases: each read as one flow over storage and the
-//! domain's rules (where reservations are offered, what has a price, the
-//! Azure Hybrid Benefit arithmetic). Handlers call exactly one of these.
+//! The catalog's use cases: each read as one flow over the in-memory
+//! snapshot of the catalog and the domain's rules (where reservations are
+//! offered, what has a price, the Azure Hybrid Benefit arithmetic). Handlers
+//! call exactly one of these.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use csp_kit::market::MarketCode;
+use csp_kit::shutdown::Shutdown;
 use csp_kit::{ApiError, ApiResult, paging};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{self, Market, Product, ProductKind, Sku};
 use crate::hybrid::{self, Estimate, Rates, Situation};
+use crate::snapshot::Snapshot;
 use crate::storage::CatalogStore;
+
+/// How often a replica asks whether the catalog changed (one single-row
+/// read), so any change reaches every replica's snapshot within this time.
+pub const REFRESH: Duration = Duration::from_secs(1);
 
 /// Where the next page of ListProducts starts, and the query it belongs to.
 #[derive(Serialize, Deserialize)]
@@ -49,30 +59,81 @@ pub struct HybridEstimate {
     pub estimate: Estimate,
 }
 
-/// The catalog's use cases.
+/// The catalog's use cases, over the current snapshot.
 #[derive(Clone, Debug)]
 pub struct Catalog {
     store: CatalogStore,
+    snapshot: Arc<RwLock<Arc<Snapshot>>>,
+    /// The catalog version the snapshot was loaded at.
+    version: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Catalog {
-    /// Over `store`.
-    pub fn new(store: CatalogStore) -> Self {
-        Self { store }
+    /// Over `store`, with its catalog loaded.
+    pub async fn load(store: CatalogStore) -> anyhow::Result<Self> {
+        let catalog = Self {
+            store,
+            snapshot: Arc::default(),
+            version: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
+        };
+        catalog.reload().await?;
+        Ok(catalog)
+    }
+
+    /// Loads the catalog again when its version moved, and serves the new
+    /// snapshot from then on. The version is read before the catalog, so a
+    /// change during the load is loaded again next time.
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        use std::sync::atomic::Ordering;
+        let version = self.store.version().await?;
+        if version == self.version.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let fresh = Arc::new(self.store.load_snapshot().await?);
+        *self
+            .snapshot
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        self.version.store(version, Ordering::Release);
+        tracing::info!(version, "catalog snapshot loaded");
+        Ok(())
+    }
+
+    /// Checks for a change every [`REFRESH`] until `shutdown` fires (a
+    /// failed reload keeps the last snapshot and is logged).
+    pub async fn refresh_until(self, shutdown: Shutdown) {
+        loop {
+            tokio::select! {
+                () = shutdown.clone().wait() => return,
+                () = tokio::time::sleep(REFRESH) => {}
+            }
+            if let Err(error) = self.reload().await {
+                tracing::warn!(%error, "cannot reload the catalog; serving the last snapshot");
+            }
+        }
+    }
+
+    /// The snapshot reads are served from.
+    fn now(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Every market.
     pub async fn markets(&self) -> ApiResult<Vec<Market>> {
-        Ok(self.store.list_markets().await?)
+        Ok(self.now().markets().to_vec())
     }
 
     /// The market named by a request field: well-formed and known.
     pub async fn market(&self, field: &str, code: &str) -> ApiResult<Market> {
         let code = MarketCode::parse(field, code)?;
-        if let Some(market) = self.store.get_market(code.as_str()).await? {
-            return Ok(market);
+        let snapshot = self.now();
+        if let Some(market) = snapshot.market(code.as_str()) {
+            return Ok(market.clone());
         }
-        let known: Vec<String> = self.markets().await?.into_iter().map(|m| m.code).collect();
+        let known: Vec<String> = snapshot.markets().iter().map(|m| m.code.clone()).collect();
         Err(domain::unknown_market(field, code.as_str(), &known))
     }
 
@@ -103,16 +164,16 @@ impl Catalog {
             }
         };
         let include_reservations = domain::is_offered(&market, ProductKind::AzureReservation);
-        let mut products = self
-            .store
-            .list_products(
-                &market.code,
-                kind,
-                include_reservations,
-                &after,
-                page_size + 1,
-            )
-            .await?;
+        let snapshot = self.now();
+        let mut products: Vec<Product> = snapshot
+            .products(Some(&market.code))
+            .iter()
+            .filter(|p| p.id.as_str() > after.as_str())
+            .filter(|p| kind.is_none_or(|k| p.kind == k))
+            .filter(|p| include_reservations || p.kind != ProductKind::AzureReservation)
+            .take(page_size as usize + 1)
+            .cloned()
+            .collect();
         let next_page_token = paging::finish_page(&mut products, page_size, |last| ProductCursor {
             after: last.id.clone(),
             market: market.code.clone(),
@@ -138,9 +199,9 @@ impl Catalog {
             Some(self.market("market", market).await?)
         };
         let product = self
-            .store
-            .get_product(product_id, market.as_ref().map(|m| m.code.as_str()))
-            .await?
+            .now()
+            .product(product_id, market.as_ref().map(|m| m.code.as_str()))
+            .cloned()
             .ok_or_else(|| ApiError::not_found("product", product_id))?;
         if let Some(market) = &market {
             domain::ensure_offered(market, &product.id, product.kind)?;
@@ -151,15 +212,11 @@ impl Catalog {
     /// A SKU's price in a market: the SKU's product must be offered there,
     /// and the SKU priced.
     pub async fn sku_price(&self, sku_id: &str, market: &Market) -> ApiResult<Priced> {
-        let product_id = self
-            .store
+        let snapshot = self.now();
+        let product = snapshot
             .product_of_sku(sku_id)
-            .await?
-            .ok_or_else(|| ApiError::not_found("sku", sku_id))?;
-        let product = self
-            .store
-            .get_product(&product_id, Some(&market.code))
-            .await?
+            .and_then(|product_id| snapshot.product(product_id, Some(&market.code)))
+            .cloned()
             .ok_or_else(|| ApiError::not_found("sku", sku_id))?;
         domain::ensure_offered(market, &product.id, product.kind)?;
         let sku = product
@@ -203,20 +260,16 @@ impl Catalog {
         situation: &Situation,
     ) -> ApiResult<HybridEstimate> {
         let market = self.market("market", market).await?;
-        let rates = self
-            .store
-            .compute_rates(&market.code)
-            .await?
-            .ok_or_else(|| {
-                ApiError::failed_precondition(
-                    "NO_COMPUTE_RATES",
-                    format!("market/{}", market.code),
-                    format!(
-                        "the catalog has no compute rates for market {}",
-                        market.code
-                    ),
-                )
-            })?;
+        let rates = self.now().rates(&market.code).ok_or_else(|| {
+            ApiError::failed_precondition(
+                "NO_COMPUTE_RATES",
+                format!("market/{}", market.code),
+                format!(
+                    "the catalog has no compute rates for market {}",
+                    market.code
+                ),
+            )
+        })?;
         let estimate = hybrid::estimate(situation, rates)?;
         Ok(HybridEstimate {
             market,
