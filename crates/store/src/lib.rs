@@ -7,6 +7,8 @@
 //!   person.
 //! - [`outbox`]: the transactional outbox, its relay, and the destination
 //!   every sender uses (a batch RPC).
+//! - [`group`]: group commit, many calls' small writes in one durable
+//!   transaction.
 //! - [`idempotency`]: creates a client may retry (request id + fingerprint,
 //!   the first answer replayed).
 //! - [`lock`]: one replica at a time (PostgreSQL advisory locks).
@@ -17,6 +19,7 @@
 pub mod backend;
 pub mod db;
 pub mod error;
+pub mod group;
 pub mod idempotency;
 pub mod lock;
 pub mod outbox;

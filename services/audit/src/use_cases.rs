@@ -13,6 +13,7 @@ use csp_kit::ids::PartnerId;
 use csp_kit::service_name::ServiceName;
 use csp_kit::{ApiError, ApiResult, paging};
 use csp_proto::audit::v1 as pb;
+use csp_store::group::GroupCommit;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -70,24 +71,10 @@ pub struct Audit {
     file: CheckpointFile,
     clock: Arc<dyn Clock>,
     rules: Arc<domain::IntakeRules>,
-    appends: Arc<GroupCommit>,
-}
-
-/// What a group's append answers one of its calls: how many of its records
-/// were new (a record new once is counted for the first call that sent it),
-/// or why the group failed.
-type Appended = Result<u32, Arc<csp_store::error::StoreError>>;
-
-/// One call waiting for its group's append: its records and where to answer.
-type Waiting = (Vec<Record>, tokio::sync::oneshot::Sender<Appended>);
-
-/// Group commit: appends to one partner's tree are one at a time (its head
-/// row stays locked through the commit), so the calls that arrive while one
-/// commits are gathered and appended together in the next transaction, not
-/// one transaction each.
-#[derive(Default)]
-struct GroupCommit {
-    partners: std::sync::Mutex<HashMap<PartnerId, Vec<Waiting>>>,
+    /// Appends to one partner's tree are one at a time (its head row stays
+    /// locked through the commit), so the calls that arrive while one
+    /// commits are appended together in the next transaction.
+    appends: Arc<GroupCommit<PartnerId, Vec<Record>, u32>>,
 }
 
 /// Which record an inclusion proof is for.
@@ -746,82 +733,32 @@ impl Audit {
 
     /// Appends records of one partner.
     async fn append(&self, partner_id: PartnerId, records: Vec<Record>) -> ApiResult<u32> {
-        let (answer, appended) = tokio::sync::oneshot::channel();
-        let lead = {
-            let mut partners = self
-                .appends
-                .partners
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            match partners.get_mut(&partner_id) {
-                // A group is being appended: join the next one.
-                Some(waiting) => {
-                    waiting.push((records, answer));
-                    false
-                }
-                None => {
-                    partners.insert(partner_id, vec![(records, answer)]);
-                    true
-                }
-            }
-        };
-        if lead {
-            // In its own task, so a caller that goes away does not strand
-            // the others.
-            tokio::spawn(self.clone().append_groups(partner_id));
-        }
-        match appended.await {
-            Ok(Ok(recorded)) => Ok(recorded),
-            Ok(Err(failure)) => Err(failure.to_api_error()),
-            Err(_) => Err(ApiError::Internal(anyhow::anyhow!(
-                "the activity log's appender stopped"
-            ))),
-        }
-    }
-
-    /// Appends the gathered groups of one partner until none is waiting.
-    async fn append_groups(self, partner_id: PartnerId) {
-        loop {
-            let group = {
-                let mut partners = self
-                    .appends
-                    .partners
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                let Some(waiting) = partners.get_mut(&partner_id) else {
-                    return;
-                };
-                if waiting.is_empty() {
-                    partners.remove(&partner_id);
-                    return;
-                }
-                std::mem::take(waiting)
-            };
-            let (records, answers): (Vec<Vec<Record>>, Vec<_>) = group.into_iter().unzip();
-            let sent: Vec<Vec<String>> = records
-                .iter()
-                .map(|rs| rs.iter().map(|r| r.id.clone()).collect())
-                .collect();
-            let result = self
-                .store
-                .append_ids(partner_id, records.into_iter().flatten().collect())
-                .await;
-            match result {
-                Ok(new) => {
-                    let mut new: std::collections::HashSet<String> = new.into_iter().collect();
-                    for (ids, answer) in sent.into_iter().zip(answers) {
-                        let counted = ids.iter().filter(|id| new.remove(*id)).count() as u32;
-                        let _ = answer.send(Ok(counted));
+        let store = self.store.clone();
+        self.appends
+            .submit(
+                partner_id,
+                records,
+                move |partner_id, calls: Vec<Vec<Record>>| {
+                    let store = store.clone();
+                    async move {
+                        let sent: Vec<Vec<String>> = calls
+                            .iter()
+                            .map(|rs| rs.iter().map(|r| r.id.clone()).collect())
+                            .collect();
+                        let new = store
+                            .append_ids(partner_id, calls.into_iter().flatten().collect())
+                            .await?;
+                        // A record new once is counted for the first call that
+                        // sent it.
+                        let mut new: std::collections::HashSet<String> = new.into_iter().collect();
+                        Ok(sent
+                            .into_iter()
+                            .map(|ids| ids.iter().filter(|id| new.remove(*id)).count() as u32)
+                            .collect())
                     }
-                }
-                Err(error) => {
-                    let failure = Arc::new(error);
-                    for answer in answers {
-                        let _ = answer.send(Err(failure.clone()));
-                    }
-                }
-            }
-        }
+                },
+            )
+            .await
     }
 
     /// Records that `user` read or exported the log.

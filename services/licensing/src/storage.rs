@@ -80,30 +80,15 @@ macro_rules! download_from_row {
     };
 }
 
-/// What redeeming a token came to.
+/// What one redemption of a group came to (committed).
 #[derive(Debug)]
-pub enum Redeemed {
-    /// Counted, to be committed with its activity.
-    Counted(Box<(Download, PendingDownload)>),
+pub enum LinkCount {
+    /// Counted and committed with its activity.
+    Counted(Download),
     /// Not counted: the link's state says why.
     Refused(LinkState),
     /// No such link.
     Unknown,
-}
-
-/// A counted download whose transaction is still open.
-#[derive(Debug)]
-pub struct PendingDownload(DbTx);
-
-impl PendingDownload {
-    /// Writes `messages` to the outbox and commits the count with them.
-    pub async fn commit(mut self, messages: &[Message]) -> StoreResult<()> {
-        for message in messages {
-            outbox::enqueue(&mut self.0, message).await?;
-        }
-        self.0.commit().await?;
-        Ok(())
-    }
 }
 
 /// Reads and writes the licensing tables.
@@ -319,54 +304,96 @@ impl LicensingStore {
         }))
     }
 
-    /// Counts one download of the link with `token_hash` if it still works,
-    /// atomically. A counted download is not committed yet: the caller
-    /// finishes it with [`PendingDownload::commit`], which writes its outbox
-    /// messages in the same transaction.
-    pub async fn redeem(&self, token_hash: &str, now: Micros) -> StoreResult<Redeemed> {
-        let count = format!(
-            "UPDATE download_links SET downloads = downloads + 1 WHERE token_hash = $1 AND {} \
-             RETURNING id, downloads, max_downloads, partner_id, customer_tenant_id, subscription_id, \
-             product_id, version, language, file_type",
-            link_works("$2")
-        );
+    /// Redeems many links in one transaction (one durable commit): each
+    /// `(token_hash, now)` counted as [`Self::redeem`] would, the messages
+    /// `messages` gives for each counted download (with its index in
+    /// `requests`) written to the outbox with it. Links are counted in
+    /// token-hash order, so two groups on PostgreSQL lock rows in one order
+    /// and never deadlock. The outcomes are in `requests`' order.
+    pub async fn redeem_all(
+        &self,
+        requests: &[(String, Micros)],
+        messages: impl Fn(&Download, usize) -> Vec<Message>,
+    ) -> StoreResult<Vec<LinkCount>> {
+        let mut order: Vec<usize> = (0..requests.len()).collect();
+        order.sort_by(|a, b| requests[*a].0.cmp(&requests[*b].0));
+        let mut outcomes: Vec<Option<LinkCount>> = (0..requests.len()).map(|_| None).collect();
         let mut tx = self.db.begin().await?;
-        let counted: Option<Download> = on_tx!(&mut tx, t => {
-            let row = sqlx::query(sqlx::AssertSqlSafe(count.as_str()))
-                .bind(token_hash)
-                .bind(now)
-                .fetch_optional(&mut **t)
-                .await?;
-            row.map(|r| download_from_row!(&r)).transpose()
-        })?;
-        if let Some(download) = counted {
-            return Ok(Redeemed::Counted(Box::new((download, PendingDownload(tx)))));
+        for index in order {
+            let (token_hash, now) = &requests[index];
+            let outcome = match count_download(&mut tx, token_hash, *now).await? {
+                Some(download) => {
+                    for message in messages(&download, index) {
+                        outbox::enqueue(&mut tx, &message).await?;
+                    }
+                    LinkCount::Counted(download)
+                }
+                None => match read_link_state(&mut tx, token_hash).await? {
+                    Some(state) => LinkCount::Refused(state),
+                    None => LinkCount::Unknown,
+                },
+            };
+            outcomes[index] = Some(outcome);
         }
-        drop(tx);
-        Ok(match self.link_state(token_hash).await? {
-            Some(state) => Redeemed::Refused(state),
-            None => Redeemed::Unknown,
-        })
+        tx.commit().await?;
+        Ok(outcomes.into_iter().flatten().collect())
     }
 
     /// The state of the link with `token_hash`, counting nothing; `None`
     /// when no link has it.
     pub async fn link_state(&self, token_hash: &str) -> StoreResult<Option<LinkState>> {
-        const STATE: &str = "SELECT expires_at_us, downloads, max_downloads, revoked_at_us FROM download_links \
-                             WHERE token_hash = $1";
-        let state: Option<(i64, i32, i32, Option<i64>)> = on_db!(&self.db, pool => sqlx::query_as(STATE)
+        let state: Option<LinkStateRow> = on_db!(&self.db, pool => sqlx::query_as(LINK_STATE)
             .bind(token_hash)
             .fetch_optional(pool)
             .await)?;
-        Ok(state.map(
-            |(expires_at, downloads, max_downloads, revoked)| LinkState {
-                expires_at,
-                downloads,
-                max_downloads,
-                revoked: revoked.is_some(),
-            },
-        ))
+        Ok(state.map(link_state_from_row))
     }
+}
+
+const LINK_STATE: &str = "SELECT expires_at_us, downloads, max_downloads, revoked_at_us FROM download_links \
+                          WHERE token_hash = $1";
+
+type LinkStateRow = (i64, i32, i32, Option<i64>);
+
+fn link_state_from_row((expires_at, downloads, max_downloads, revoked): LinkStateRow) -> LinkState {
+    LinkState {
+        expires_at,
+        downloads,
+        max_downloads,
+        revoked: revoked.is_some(),
+    }
+}
+
+/// The state of the link with `token_hash`, inside `tx`.
+async fn read_link_state(tx: &mut DbTx, token_hash: &str) -> StoreResult<Option<LinkState>> {
+    let state: Option<LinkStateRow> = on_tx!(tx, t => sqlx::query_as(LINK_STATE)
+        .bind(token_hash)
+        .fetch_optional(&mut **t)
+        .await)?;
+    Ok(state.map(link_state_from_row))
+}
+
+/// Counts one download of the link with `token_hash` inside `tx` if it still
+/// works at `now`: the download, or `None` when nothing was counted.
+async fn count_download(
+    tx: &mut DbTx,
+    token_hash: &str,
+    now: Micros,
+) -> StoreResult<Option<Download>> {
+    let count = format!(
+        "UPDATE download_links SET downloads = downloads + 1 WHERE token_hash = $1 AND {} \
+         RETURNING id, downloads, max_downloads, partner_id, customer_tenant_id, subscription_id, \
+         product_id, version, language, file_type",
+        link_works("$2")
+    );
+    on_tx!(tx, t => {
+        let row = sqlx::query(sqlx::AssertSqlSafe(count.as_str()))
+            .bind(token_hash)
+            .bind(now)
+            .fetch_optional(&mut **t)
+            .await?;
+        row.map(|r| download_from_row!(&r)).transpose()
+    })
 }
 
 /// Inserts an entitlement unless one exists for its subscription.

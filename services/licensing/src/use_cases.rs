@@ -15,6 +15,7 @@ use csp_proto::audit::v1::ActivityType;
 use csp_proto::catalog::v1::ProductKind;
 use csp_proto::ordering::v1::{OrderingEvent, ordering_event};
 use csp_store::StoreError;
+use csp_store::group::GroupCommit;
 use csp_store::outbox::Message;
 use tokio::sync::Notify;
 
@@ -24,7 +25,7 @@ use crate::domain::{
 };
 use crate::peers::{DownloadOptions, Peers};
 use crate::secrets::{self, Sealer};
-use crate::storage::{LicensingStore, Redeemed};
+use crate::storage::{LicensingStore, LinkCount};
 
 /// Where links point and files live.
 #[derive(Clone, Debug)]
@@ -132,6 +133,17 @@ pub struct Licensing {
     clock: Arc<dyn Clock>,
     urls: Arc<Urls>,
     relay: Arc<Notify>,
+    /// Redemptions arriving while one group commits are counted together in
+    /// the next transaction: one durable commit for many downloads.
+    redemptions: Arc<GroupCommit<(), RedeemRequest, LinkCount>>,
+}
+
+/// One download being redeemed, with what its activity records.
+struct RedeemRequest {
+    token_hash: String,
+    now: Micros,
+    client_address: String,
+    user_agent: String,
 }
 
 impl Licensing {
@@ -151,6 +163,7 @@ impl Licensing {
             clock,
             urls: Arc::new(urls),
             relay,
+            redemptions: Arc::default(),
         }
     }
 
@@ -376,13 +389,35 @@ impl Licensing {
             return Ok(Redemption::Unknown);
         }
         let now = self.clock.now();
-        match self.store.redeem(&secrets::token_hash(token), now).await? {
-            Redeemed::Counted(counted) => {
-                let (download, pending) = *counted;
-                let activity = downloaded(&download, now, client_address, user_agent);
-                pending
-                    .commit(&[Message::activity(download.subscription_id, activity)])
-                    .await?;
+        let request = RedeemRequest {
+            token_hash: secrets::token_hash(token),
+            now,
+            client_address: client_address.to_owned(),
+            user_agent: user_agent.to_owned(),
+        };
+        let store = self.store.clone();
+        let outcome = self
+            .redemptions
+            .submit((), request, move |(), group: Vec<RedeemRequest>| {
+                let store = store.clone();
+                async move {
+                    let requests: Vec<(String, Micros)> = group
+                        .iter()
+                        .map(|r| (r.token_hash.clone(), r.now))
+                        .collect();
+                    store
+                        .redeem_all(&requests, |download, index| {
+                            let r = &group[index];
+                            let activity =
+                                downloaded(download, r.now, &r.client_address, &r.user_agent);
+                            vec![Message::activity(download.subscription_id, activity)]
+                        })
+                        .await
+                }
+            })
+            .await?;
+        match outcome {
+            LinkCount::Counted(download) => {
                 self.relay.notify_one();
                 Ok(Redemption::Redirect {
                     url: domain::content_url(
@@ -396,14 +431,14 @@ impl Licensing {
                     max_downloads: download.max_downloads,
                 })
             }
-            Redeemed::Refused(state) => Ok(Redemption::Dead {
+            LinkCount::Refused(state) => Ok(Redemption::Dead {
                 // Expired, or it stopped working between the two reads.
                 why: domain::link_status(state, now)
                     .err()
                     .unwrap_or(Dead::Expired),
                 max_downloads: state.max_downloads,
             }),
-            Redeemed::Unknown => Ok(Redemption::Unknown),
+            LinkCount::Unknown => Ok(Redemption::Unknown),
         }
     }
 }

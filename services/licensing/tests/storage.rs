@@ -18,7 +18,7 @@ use csp_licensing::domain::{
     Dead, Download, Entitlement, EntitlementStatus, Issued, LINK_LIFETIME, LinkState,
     MAX_DOWNLOADS, NewLink, Selection, link_status,
 };
-use csp_licensing::storage::{LicensingStore, MIGRATIONS, PendingDownload, Redeemed};
+use csp_licensing::storage::{LicensingStore, LinkCount, MIGRATIONS};
 use csp_store::StoreError;
 use csp_store::db::Db;
 use csp_store::outbox::{Message, backlog};
@@ -125,18 +125,28 @@ async fn key_for(
     issued.unwrap().unwrap().sealed_key
 }
 
+/// Redeems `hash` at `now` alone, writing no message.
+async fn redeem(store: &LicensingStore, hash: &str, now: Micros) -> LinkCount {
+    let mut outcomes = store
+        .redeem_all(&[(hash.to_owned(), now)], |_, _| Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), 1);
+    outcomes.remove(0)
+}
+
 /// Redeems `hash` at `now`, which must count.
-async fn counted(store: &LicensingStore, hash: &str, now: Micros) -> (Download, PendingDownload) {
-    match store.redeem(hash, now).await.unwrap() {
-        Redeemed::Counted(counted) => *counted,
+async fn counted(store: &LicensingStore, hash: &str, now: Micros) -> Download {
+    match redeem(store, hash, now).await {
+        LinkCount::Counted(download) => download,
         other => panic!("expected a counted download, got {other:?}"),
     }
 }
 
 /// Redeems `hash` at `now`, which must be refused.
 async fn refused(store: &LicensingStore, hash: &str, now: Micros) -> LinkState {
-    match store.redeem(hash, now).await.unwrap() {
-        Redeemed::Refused(state) => state,
+    match redeem(store, hash, now).await {
+        LinkCount::Refused(state) => state,
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
@@ -366,9 +376,8 @@ async fn issue_reuses_the_working_link_and_makes_a_new_one_only_when_none_works(
     );
     assert_eq!(first.link.max_downloads, MAX_DOWNLOADS);
     assert_eq!(outbox_rows(&test.db).await, 2);
-    let (download, pending) = counted(&store, &link.token_hash, T0 + SECOND).await;
+    let download = counted(&store, &link.token_hash, T0 + SECOND).await;
     assert_eq!(download.count, 1);
-    pending.commit(&[]).await.unwrap();
 
     let offered = new_link(T0 + DAY);
     let again = issue(&store, &e, &sel, T0 + DAY, &offered).await.unwrap();
@@ -380,8 +389,8 @@ async fn issue_reuses_the_working_link_and_makes_a_new_one_only_when_none_works(
         3,
         "no new-link messages without a new link"
     );
-    let unused = store.redeem(&offered.token_hash, T0 + DAY).await.unwrap();
-    assert!(matches!(unused, Redeemed::Unknown), "{unused:?}");
+    let unused = redeem(&store, &offered.token_hash, T0 + DAY).await;
+    assert!(matches!(unused, LinkCount::Unknown), "{unused:?}");
 
     // At its expiry the link no longer works: a new one is made.
     let expired_at = link.expires_at;
@@ -427,7 +436,7 @@ async fn a_link_counts_downloads_up_to_max_downloads_then_is_used_up() {
     issue(&store, &e, &sel, T0, &link).await.unwrap();
     let now = T0 + SECOND;
     for n in 1..=MAX_DOWNLOADS {
-        let (download, pending) = counted(&store, &link.token_hash, now).await;
+        let download = counted(&store, &link.token_hash, now).await;
         assert_eq!((download.count, download.max_downloads), (n, MAX_DOWNLOADS));
         if n == 1 {
             assert_eq!(download.link_id, link.id);
@@ -437,7 +446,6 @@ async fn a_link_counts_downloads_up_to_max_downloads_then_is_used_up() {
             assert_eq!(download.product_id, e.product_id);
             assert_eq!(download.selection, sel);
         }
-        pending.commit(&[]).await.unwrap();
     }
     let state = refused(&store, &link.token_hash, now).await;
     let used_up = LinkState {
@@ -463,8 +471,7 @@ async fn an_expired_link_is_refused_as_expired() {
     issue(&store, &e, &selection("2022", "en-US"), T0, &link)
         .await
         .unwrap();
-    let (_, pending) = counted(&store, &link.token_hash, link.expires_at - 1).await;
-    pending.commit(&[]).await.unwrap();
+    counted(&store, &link.token_hash, link.expires_at - 1).await;
     let state = refused(&store, &link.token_hash, link.expires_at).await;
     assert_eq!(state.downloads, 1, "on {}", test.backend());
     assert!(!state.revoked);
@@ -495,9 +502,9 @@ async fn a_revoked_link_is_refused_as_revoked() {
 #[tokio::test]
 async fn an_unknown_token_hash_is_unknown() {
     let (test, store) = setup().await;
-    let redeemed = store.redeem("no-such-hash", T0).await.unwrap();
+    let redeemed = redeem(&store, "no-such-hash", T0).await;
     assert!(
-        matches!(redeemed, Redeemed::Unknown),
+        matches!(redeemed, LinkCount::Unknown),
         "{redeemed:?} on {}",
         test.backend()
     );
@@ -505,7 +512,7 @@ async fn an_unknown_token_hash_is_unknown() {
 }
 
 #[tokio::test]
-async fn a_download_counts_only_once_committed_with_its_messages() {
+async fn a_group_counts_each_download_with_its_messages_in_one_commit_in_request_order() {
     let (test, store) = setup().await;
     let e = any_entitlement();
     provision(&store, &e).await;
@@ -515,21 +522,33 @@ async fn a_download_counts_only_once_committed_with_its_messages() {
         .unwrap();
     let before = outbox_rows(&test.db).await;
     let now = T0 + SECOND;
-    let (download, pending) = counted(&store, &link.token_hash, now).await;
-    assert_eq!(download.count, 1);
-    drop(pending);
-    let (download, pending) = counted(&store, &link.token_hash, now).await;
+    let requests = vec![
+        (link.token_hash.clone(), now),
+        ("no-such-hash".to_owned(), now),
+        (link.token_hash.clone(), now),
+    ];
+    let outcomes = store
+        .redeem_all(&requests, |download, index| {
+            assert_ne!(index, 1, "no message for an unknown link");
+            assert_eq!(download.link_id, link.id);
+            vec![message()]
+        })
+        .await
+        .unwrap();
+    let counts: Vec<String> = outcomes
+        .iter()
+        .map(|o| match o {
+            LinkCount::Counted(d) => format!("counted {}", d.count),
+            LinkCount::Refused(_) => "refused".to_owned(),
+            LinkCount::Unknown => "unknown".to_owned(),
+        })
+        .collect();
     assert_eq!(
-        download.count,
-        1,
-        "a dropped download is not counted on {}",
+        counts,
+        ["counted 1", "unknown", "counted 2"],
+        "on {}",
         test.backend()
     );
-    pending.commit(&[message(), message()]).await.unwrap();
-    assert_eq!(outbox_rows(&test.db).await, before + 2);
-    let (download, pending) = counted(&store, &link.token_hash, now).await;
-    assert_eq!(download.count, 2);
-    drop(pending);
     assert_eq!(outbox_rows(&test.db).await, before + 2);
     test.remove().await;
 }
