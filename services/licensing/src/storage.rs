@@ -304,37 +304,75 @@ impl LicensingStore {
         }))
     }
 
+    /// How many redemption groups may commit at once: one on SQLite (one
+    /// writer per file), several on PostgreSQL (each on its own connection;
+    /// a link always falls in the same lane).
+    pub fn redemption_lanes(&self) -> u8 {
+        match self.db {
+            Db::Sqlite(_) => 1,
+            Db::Postgres(_) => 32,
+        }
+    }
+
     /// Redeems many links in one transaction (one durable commit): each
-    /// `(token_hash, now)` counted as [`Self::redeem`] would, the messages
+    /// `(token_hash, now)` counted once if its link still works, the messages
     /// `messages` gives for each counted download (with its index in
-    /// `requests`) written to the outbox with it. Links are counted in
-    /// token-hash order, so two groups on PostgreSQL lock rows in one order
-    /// and never deadlock. The outcomes are in `requests`' order.
+    /// `requests`) written to the outbox with it. The links are counted set
+    /// by set (one UPDATE for every distinct link, again for links named
+    /// twice), and PostgreSQL locks a set's rows in index order, so two
+    /// groups never deadlock. A set is judged at the latest `now` of the
+    /// group. The outcomes are in `requests`' order.
     pub async fn redeem_all(
         &self,
         requests: &[(String, Micros)],
         messages: impl Fn(&Download, usize) -> Vec<Message>,
     ) -> StoreResult<Vec<LinkCount>> {
-        let mut order: Vec<usize> = (0..requests.len()).collect();
-        order.sort_by(|a, b| requests[*a].0.cmp(&requests[*b].0));
+        let now = requests.iter().map(|(_, now)| *now).max().unwrap_or(0);
         let mut outcomes: Vec<Option<LinkCount>> = (0..requests.len()).map(|_| None).collect();
+        let mut undecided: Vec<usize> = (0..requests.len()).collect();
+        let mut outbox_messages = Vec::new();
         let mut tx = self.db.begin().await?;
-        for index in order {
-            let (token_hash, now) = &requests[index];
-            let outcome = match count_download(&mut tx, token_hash, *now).await? {
-                Some(download) => {
-                    for message in messages(&download, index) {
-                        outbox::enqueue(&mut tx, &message).await?;
+        while !undecided.is_empty() {
+            // This round: the first request of each link still undecided.
+            let mut seen = std::collections::HashSet::new();
+            let (round, later): (Vec<usize>, Vec<usize>) = undecided
+                .iter()
+                .partition(|&&i| seen.insert(requests[i].0.as_str()));
+            let mut hashes: Vec<&str> = round.iter().map(|&i| requests[i].0.as_str()).collect();
+            hashes.sort_unstable();
+            let mut counted = count_downloads(&mut tx, &hashes, now).await?;
+            let mut not_counted = Vec::new();
+            for &i in &round {
+                match counted.remove(requests[i].0.as_str()) {
+                    Some(download) => {
+                        outbox_messages.extend(messages(&download, i));
+                        outcomes[i] = Some(LinkCount::Counted(download));
                     }
-                    LinkCount::Counted(download)
+                    None => not_counted.push(i),
                 }
-                None => match read_link_state(&mut tx, token_hash).await? {
-                    Some(state) => LinkCount::Refused(state),
-                    None => LinkCount::Unknown,
-                },
-            };
-            outcomes[index] = Some(outcome);
+            }
+            // A link not counted now is not counted for its later requests
+            // either: they get its state with it.
+            let refused: std::collections::HashSet<&str> = not_counted
+                .iter()
+                .map(|&i| requests[i].0.as_str())
+                .collect();
+            let (also_refused, next): (Vec<usize>, Vec<usize>) = later
+                .into_iter()
+                .partition(|&i| refused.contains(requests[i].0.as_str()));
+            if !refused.is_empty() {
+                let states =
+                    read_link_states(&mut tx, &refused.iter().copied().collect::<Vec<_>>()).await?;
+                for i in not_counted.into_iter().chain(also_refused) {
+                    outcomes[i] = Some(match states.get(requests[i].0.as_str()) {
+                        Some(state) => LinkCount::Refused(*state),
+                        None => LinkCount::Unknown,
+                    });
+                }
+            }
+            undecided = next;
         }
+        outbox::enqueue_all(&mut tx, &outbox_messages).await?;
         tx.commit().await?;
         Ok(outcomes.into_iter().flatten().collect())
     }
@@ -364,35 +402,66 @@ fn link_state_from_row((expires_at, downloads, max_downloads, revoked): LinkStat
     }
 }
 
-/// The state of the link with `token_hash`, inside `tx`.
-async fn read_link_state(tx: &mut DbTx, token_hash: &str) -> StoreResult<Option<LinkState>> {
-    let state: Option<LinkStateRow> = on_tx!(tx, t => sqlx::query_as(LINK_STATE)
-        .bind(token_hash)
-        .fetch_optional(&mut **t)
-        .await)?;
-    Ok(state.map(link_state_from_row))
+/// `(?, ?, ...)` with `n` placeholders numbered from `$first`.
+fn placeholders(first: usize, n: usize) -> String {
+    let list: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
+    format!("({})", list.join(", "))
 }
 
-/// Counts one download of the link with `token_hash` inside `tx` if it still
-/// works at `now`: the download, or `None` when nothing was counted.
-async fn count_download(
+/// The states of the links with `hashes`, inside `tx`, by token hash.
+async fn read_link_states(
     tx: &mut DbTx,
-    token_hash: &str,
+    hashes: &[&str],
+) -> StoreResult<std::collections::HashMap<String, LinkState>> {
+    let sql = format!(
+        "SELECT token_hash, expires_at_us, downloads, max_downloads, revoked_at_us FROM download_links \
+         WHERE token_hash IN {}",
+        placeholders(1, hashes.len())
+    );
+    let rows: Vec<(String, i64, i32, i32, Option<i64>)> = on_tx!(tx, t => {
+        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
+        for hash in hashes {
+            query = query.bind(*hash);
+        }
+        query.fetch_all(&mut **t).await
+    })?;
+    Ok(rows
+        .into_iter()
+        .map(|(hash, expires_at, downloads, max_downloads, revoked)| {
+            (
+                hash,
+                link_state_from_row((expires_at, downloads, max_downloads, revoked)),
+            )
+        })
+        .collect())
+}
+
+/// Counts one download of each link in `hashes` (distinct, sorted) that
+/// still works at `now`, inside `tx`: the downloads counted, by token hash.
+async fn count_downloads(
+    tx: &mut DbTx,
+    hashes: &[&str],
     now: Micros,
-) -> StoreResult<Option<Download>> {
+) -> StoreResult<std::collections::HashMap<String, Download>> {
     let count = format!(
-        "UPDATE download_links SET downloads = downloads + 1 WHERE token_hash = $1 AND {} \
-         RETURNING id, downloads, max_downloads, partner_id, customer_tenant_id, subscription_id, \
+        "UPDATE download_links SET downloads = downloads + 1 WHERE token_hash IN {} AND {} \
+         RETURNING token_hash, id, downloads, max_downloads, partner_id, customer_tenant_id, subscription_id, \
          product_id, version, language, file_type",
-        link_works("$2")
+        placeholders(2, hashes.len()),
+        link_works("$1")
     );
     on_tx!(tx, t => {
-        let row = sqlx::query(sqlx::AssertSqlSafe(count.as_str()))
-            .bind(token_hash)
-            .bind(now)
-            .fetch_optional(&mut **t)
-            .await?;
-        row.map(|r| download_from_row!(&r)).transpose()
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(count.as_str())).bind(now);
+        for hash in hashes {
+            query = query.bind(*hash);
+        }
+        let rows = query.fetch_all(&mut **t).await?;
+        rows.iter()
+            .map(|r| {
+                let hash: String = r.try_get("token_hash")?;
+                Ok((hash, download_from_row!(r)?))
+            })
+            .collect::<StoreResult<_>>()
     })
 }
 

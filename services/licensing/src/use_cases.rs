@@ -135,7 +135,9 @@ pub struct Licensing {
     relay: Arc<Notify>,
     /// Redemptions arriving while one group commits are counted together in
     /// the next transaction: one durable commit for many downloads.
-    redemptions: Arc<GroupCommit<(), RedeemRequest, LinkCount>>,
+    /// (One group at a time per lane: one lane on SQLite, several on
+    /// PostgreSQL.)
+    redemptions: Arc<GroupCommit<u8, RedeemRequest, LinkCount>>,
 }
 
 /// One download being redeemed, with what its activity records.
@@ -395,10 +397,15 @@ impl Licensing {
             client_address: client_address.to_owned(),
             user_agent: user_agent.to_owned(),
         };
+        let lane = request
+            .token_hash
+            .bytes()
+            .next()
+            .map_or(0, |b| b % self.store.redemption_lanes());
         let store = self.store.clone();
         let outcome = self
             .redemptions
-            .submit((), request, move |(), group: Vec<RedeemRequest>| {
+            .submit(lane, request, move |_, group: Vec<RedeemRequest>| {
                 let store = store.clone();
                 async move {
                     let requests: Vec<(String, Micros)> = group

@@ -550,6 +550,31 @@ async fn a_group_counts_each_download_with_its_messages_in_one_commit_in_request
         test.backend()
     );
     assert_eq!(outbox_rows(&test.db).await, before + 2);
+
+    // One link named 60 times in a group: the 48 downloads it has left are
+    // counted, in order, and the rest refused with its used-up state.
+    let many = vec![(link.token_hash.clone(), now); 60];
+    let outcomes = store.redeem_all(&many, |_, _| Vec::new()).await.unwrap();
+    let counts: Vec<i32> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            LinkCount::Counted(d) => Some(d.count),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        (3..=MAX_DOWNLOADS).collect::<Vec<_>>(),
+        "on {}",
+        test.backend()
+    );
+    assert!(
+        outcomes[48..]
+            .iter()
+            .all(|o| matches!(o, LinkCount::Refused(state) if state.downloads == MAX_DOWNLOADS)),
+        "on {}",
+        test.backend()
+    );
     test.remove().await;
 }
 
