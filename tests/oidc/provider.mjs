@@ -11,6 +11,7 @@
 // {"issuer": ..., "keys": [{"kid", "alg", "der"}]} (private keys, base64
 // DER, so tests can sign tokens with the provider's own keys).
 import * as crypto from 'node:crypto';
+import { promisify } from 'node:util';
 import Provider from 'oidc-provider';
 
 const [port, clientsJson] = process.argv.slice(2);
@@ -22,8 +23,10 @@ const specs = [
   { alg: 'ES256', type: 'ec', options: { namedCurve: 'P-256' } },
   { alg: 'EdDSA', type: 'ed25519', options: {} },
 ];
-const keys = specs.map(({ alg, type, options }) => {
-  const { privateKey } = crypto.generateKeyPairSync(type, options);
+// Generated off the main thread (libuv's pool), not with generateKeyPairSync.
+const generateKeyPair = promisify(crypto.generateKeyPair);
+const keys = await Promise.all(specs.map(async ({ alg, type, options }) => {
+  const { privateKey } = await generateKeyPair(type, options);
   const kid = `${alg.toLowerCase()}-${crypto.randomBytes(6).toString('hex')}`;
   return {
     alg,
@@ -32,7 +35,7 @@ const keys = specs.map(({ alg, type, options }) => {
     // PKCS#1 for RSA, PKCS#8 for the others: what jsonwebtoken signs with.
     der: privateKey.export({ type: type === 'rsa' ? 'pkcs1' : 'pkcs8', format: 'der' }).toString('base64'),
   };
-});
+}));
 
 const clients = JSON.parse(clientsJson).map((c) => ({
   client_id: c.id,

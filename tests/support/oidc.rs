@@ -94,8 +94,21 @@ impl Provider {
         Self::start_on(port, users)
     }
 
-    /// Starts a provider for `users` on `port`, with fresh keys.
+    /// Starts a provider for `users` on `port`, with fresh keys. A start
+    /// that does not report ready within 20 s (Node.js 20 has been seen to
+    /// hang at start under load) is killed and tried again, three times.
     pub fn start_on(port: u16, users: &[User]) -> Provider {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start_on(port, users) {
+                Ok(provider) => return provider,
+                Err(error) => last = error,
+            }
+        }
+        panic!("the OpenID Connect provider did not start: {last}");
+    }
+
+    fn try_start_on(port: u16, users: &[User]) -> Result<Provider, String> {
         let dir = installed();
         let clients = serde_json::to_string(users).unwrap_or_else(|e| panic!("{e}"));
         let mut child = Command::new("node")
@@ -110,22 +123,46 @@ impl Provider {
             .unwrap_or_else(|e| {
                 panic!("cannot run node (Node.js is needed for oidc-provider): {e}")
             });
-        let stdin = child.stdin.take().unwrap_or_else(|| panic!("no stdin"));
-        let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .unwrap_or_else(|e| panic!("the provider did not start: {e}"));
-        let ready: Ready = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("the provider did not start ({e}): {line:?}"));
-        Provider {
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("it has no stdin or stdout pipe".to_owned());
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let read = BufReader::new(stdout).read_line(&mut line).map(|_| line);
+            let _ = tx.send(read);
+        });
+        let line = match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+            Ok(Ok(line)) => line,
+            Ok(Err(error)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("cannot read its output: {error}"));
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("it did not report ready within 20 s".to_owned());
+            }
+        };
+        let ready: Ready = match serde_json::from_str(&line) {
+            Ok(ready) => ready,
+            Err(error) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("its ready line does not read ({error}): {line:?}"));
+            }
+        };
+        Ok(Provider {
             child,
             _stdin: stdin,
             issuer: ready.issuer,
             port,
             keys: ready.keys,
             users: users.to_vec(),
-        }
+        })
     }
 
     /// A token for `user` (by client id) for `resource`, from the token
