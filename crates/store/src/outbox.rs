@@ -58,6 +58,17 @@ pub const fn postgres_migration(version: i64) -> MigrationSource {
     }
 }
 
+/// The index the relay reads a destination's due messages in order by
+/// (added after the outbox tables; the same on both backends), as version
+/// `version`.
+pub const fn due_index_migration(version: i64) -> MigrationSource {
+    MigrationSource {
+        version,
+        description: "outbox due index",
+        sql: "CREATE INDEX outbox_due ON outbox (destination, seq);",
+    }
+}
+
 /// A message to deliver.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {

@@ -16,8 +16,16 @@ use crate::domain::{
 
 /// The licensing service's migrations.
 pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: &[LICENSING, outbox::sqlite_migration(2)],
-    postgres: &[LICENSING, outbox::postgres_migration(2)],
+    sqlite: &[
+        LICENSING,
+        outbox::sqlite_migration(2),
+        outbox::due_index_migration(3),
+    ],
+    postgres: &[
+        LICENSING,
+        outbox::postgres_migration(2),
+        outbox::due_index_migration(3),
+    ],
 };
 
 const LICENSING: MigrationSource = MigrationSource {

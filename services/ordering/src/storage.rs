@@ -26,6 +26,7 @@ pub const MIGRATIONS: Migrations = Migrations {
             description: "customers per partner",
             sql: include_str!("../migrations/0003_customers_per_partner_sqlite.sql"),
         },
+        outbox::due_index_migration(4),
     ],
     postgres: &[
         ORDERING,
@@ -35,6 +36,7 @@ pub const MIGRATIONS: Migrations = Migrations {
             description: "customers per partner",
             sql: include_str!("../migrations/0003_customers_per_partner_postgres.sql"),
         },
+        outbox::due_index_migration(4),
     ],
 };
 

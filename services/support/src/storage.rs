@@ -35,6 +35,7 @@ pub const MIGRATIONS: Migrations = Migrations {
             sql: include_str!("../migrations/0002_attachments_sqlite.sql"),
         },
         outbox::sqlite_migration(3),
+        outbox::due_index_migration(4),
     ],
     postgres: &[
         SUPPORT,
@@ -44,6 +45,7 @@ pub const MIGRATIONS: Migrations = Migrations {
             sql: include_str!("../migrations/0002_attachments_postgres.sql"),
         },
         outbox::postgres_migration(3),
+        outbox::due_index_migration(4),
     ],
 };
 
