@@ -87,14 +87,23 @@ where
         F: Fn(K, Vec<I>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Vec<O>, StoreError>> + Send + 'static,
     {
+        // Should `commit` panic, the key's waiting calls are dropped (they
+        // answer INTERNAL) and the key freed, so later calls lead again
+        // instead of queueing behind a leader that is gone.
+        let mut leading = Leading {
+            groups: &self,
+            key: Some(key.clone()),
+        };
         loop {
             let group = {
                 let mut waiting = self.lock();
                 let Some(next) = waiting.get_mut(&key) else {
+                    leading.key = None;
                     return;
                 };
                 if next.is_empty() {
                     waiting.remove(&key);
+                    leading.key = None;
                     return;
                 }
                 std::mem::take(next)
@@ -127,9 +136,29 @@ where
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Waiting<I, O>>> {
+        // A holder never panics while holding it (no user code runs under
+        // it), but a poisoned map is still consistent.
         self.waiting
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The leader of a key's groups; frees the key if the leader unwinds.
+struct Leading<'a, K: Hash + Eq, I, O> {
+    groups: &'a GroupCommit<K, I, O>,
+    key: Option<K>,
+}
+
+impl<K: Hash + Eq, I, O> Drop for Leading<'_, K, I, O> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.groups
+                .waiting
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&key);
+        }
     }
 }
 
@@ -178,5 +207,24 @@ mod tests {
             .submit((), 1, |(), _items: Vec<u32>| async { Ok(Vec::new()) })
             .await;
         assert!(matches!(miscounted, Err(ApiError::Internal(_))));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_commit_fails_its_calls_and_frees_the_key() {
+        let groups: Arc<GroupCommit<(), u32, u32>> = Arc::default();
+        let panicked = groups
+            .submit((), 1, |(), _items: Vec<u32>| async {
+                if true {
+                    panic!("a bug in a commit");
+                }
+                Ok(Vec::new())
+            })
+            .await;
+        assert!(matches!(panicked, Err(ApiError::Internal(_))));
+        // The key leads again.
+        let next = groups
+            .submit((), 2, |(), items: Vec<u32>| async move { Ok(items) })
+            .await;
+        assert_eq!(next.unwrap(), 2);
     }
 }

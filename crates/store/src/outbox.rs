@@ -598,14 +598,15 @@ async fn due(
                        AND NOT EXISTS (SELECT 1 FROM outbox_dead_letters d \
                            WHERE d.destination = o.destination AND d.stream = o.stream) \
                        ORDER BY o.seq LIMIT $3";
-    // A stream with any message waiting for a retry, or a dead letter, is
-    // held back whole; the rest go in seq order. The held-back set is small
+    // A stream with any message waiting for a retry (a failed attempt, not
+    // merely written after the clock was read), or a dead letter, is held
+    // back whole; the rest go in seq order. The held-back set is small
     // (usually empty), so this stays one ordered scan however long the
     // backlog is.
     const EACH_STREAMS_DUE_PREFIX: &str = "SELECT o.seq, o.event_id, o.stream, o.payload, o.attempts FROM outbox o \
                        WHERE o.destination = $1 AND o.next_attempt_at_us <= $2 \
                        AND o.stream NOT IN (SELECT p.stream FROM outbox p \
-                           WHERE p.destination = $1 AND p.next_attempt_at_us > $2 \
+                           WHERE p.destination = $1 AND p.attempts > 0 AND p.next_attempt_at_us > $2 \
                            UNION SELECT d.stream FROM outbox_dead_letters d WHERE d.destination = $1) \
                        ORDER BY o.seq LIMIT $3";
     let sql = if independent {

@@ -222,8 +222,13 @@ impl CatalogStore {
             })
             .collect::<StoreResult<Vec<Product>>>()?;
 
+        let index: std::collections::HashMap<String, usize> = products
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.id.clone(), i))
+            .collect();
         for (id, product_id, title, term, price) in skus {
-            let Some(product) = products.iter_mut().find(|p| p.id == product_id) else {
+            let Some(product) = index.get(&product_id).map(|&i| &mut products[i]) else {
                 continue; // a product in the id range but filtered out
             };
             let term: Term = parse("skus.term", &term)?;
@@ -236,7 +241,7 @@ impl CatalogStore {
             });
         }
         for (product_id, kind, value, display_name) in options {
-            let Some(product) = products.iter_mut().find(|p| p.id == product_id) else {
+            let Some(product) = index.get(&product_id).map(|&i| &mut products[i]) else {
                 continue;
             };
             let options = &mut product.download_options;

@@ -128,13 +128,7 @@ impl Catalog {
 
     /// The market named by a request field: well-formed and known.
     pub async fn market(&self, field: &str, code: &str) -> ApiResult<Market> {
-        let code = MarketCode::parse(field, code)?;
-        let snapshot = self.now();
-        if let Some(market) = snapshot.market(code.as_str()) {
-            return Ok(market.clone());
-        }
-        let known: Vec<String> = snapshot.markets().iter().map(|m| m.code.clone()).collect();
-        Err(domain::unknown_market(field, code.as_str(), &known))
+        market_in(&self.now(), field, code)
     }
 
     /// A page of the products offered in a market (reservations only where
@@ -147,7 +141,10 @@ impl Catalog {
         page_size: i32,
         page_token: &str,
     ) -> ApiResult<ProductPage> {
-        let market = self.market("market", market).await?;
+        // One snapshot for the whole read, so the market and its prices
+        // agree.
+        let snapshot = self.now();
+        let market = market_in(&snapshot, "market", market)?;
         let kind = kind_of(kind_filter)?;
         let page_size =
             paging::page_size(page_size, paging::DEFAULT_PAGE_SIZE, paging::MAX_PAGE_SIZE)?;
@@ -164,7 +161,6 @@ impl Catalog {
             }
         };
         let include_reservations = domain::is_offered(&market, ProductKind::AzureReservation);
-        let snapshot = self.now();
         let mut products: Vec<Product> = snapshot
             .products(Some(&market.code))
             .iter()
@@ -193,13 +189,13 @@ impl Catalog {
         product_id: &str,
         market: &str,
     ) -> ApiResult<(Product, Option<Market>)> {
+        let snapshot = self.now();
         let market = if market.trim().is_empty() {
             None
         } else {
-            Some(self.market("market", market).await?)
+            Some(market_in(&snapshot, "market", market)?)
         };
-        let product = self
-            .now()
+        let product = snapshot
             .product(product_id, market.as_ref().map(|m| m.code.as_str()))
             .cloned()
             .ok_or_else(|| ApiError::not_found("product", product_id))?;
@@ -212,33 +208,18 @@ impl Catalog {
     /// A SKU's price in a market: the SKU's product must be offered there,
     /// and the SKU priced.
     pub async fn sku_price(&self, sku_id: &str, market: &Market) -> ApiResult<Priced> {
-        let snapshot = self.now();
-        let product = snapshot
-            .product_of_sku(sku_id)
-            .and_then(|product_id| snapshot.product(product_id, Some(&market.code)))
-            .cloned()
-            .ok_or_else(|| ApiError::not_found("sku", sku_id))?;
-        domain::ensure_offered(market, &product.id, product.kind)?;
-        let sku = product
-            .skus
-            .iter()
-            .find(|s| s.id == sku_id)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found("sku", sku_id))?;
-        if sku.price_minor.is_none() {
-            return Err(domain::not_priced(sku_id, market));
-        }
-        Ok(Priced { product, sku })
+        sku_price_in(&self.now(), sku_id, market)
     }
 
     /// Prices SKUs for an order in one market, each distinct SKU once, in
-    /// the order first named.
+    /// the order first named, all from one snapshot (one price list).
     pub async fn quote(
         &self,
         market: &str,
         sku_ids: &[String],
     ) -> ApiResult<(Market, Vec<Priced>)> {
-        let market = self.market("market", market).await?;
+        let snapshot = self.now();
+        let market = market_in(&snapshot, "market", market)?;
         if sku_ids.is_empty() {
             return Err(ApiError::invalid("sku_ids", "name at least one SKU"));
         }
@@ -248,7 +229,7 @@ impl Catalog {
             if quotes.iter().any(|q| q.sku.id == sku_id) {
                 continue;
             }
-            quotes.push(self.sku_price(sku_id, &market).await?);
+            quotes.push(sku_price_in(&snapshot, sku_id, &market)?);
         }
         Ok((market, quotes))
     }
@@ -259,8 +240,9 @@ impl Catalog {
         market: &str,
         situation: &Situation,
     ) -> ApiResult<HybridEstimate> {
-        let market = self.market("market", market).await?;
-        let rates = self.now().rates(&market.code).ok_or_else(|| {
+        let snapshot = self.now();
+        let market = market_in(&snapshot, "market", market)?;
+        let rates = snapshot.rates(&market.code).ok_or_else(|| {
             ApiError::failed_precondition(
                 "NO_COMPUTE_RATES",
                 format!("market/{}", market.code),
@@ -277,6 +259,37 @@ impl Catalog {
             estimate,
         })
     }
+}
+
+/// A SKU's price in a market in `snapshot`: the SKU's product must be
+/// offered there, and the SKU priced.
+fn sku_price_in(snapshot: &Snapshot, sku_id: &str, market: &Market) -> ApiResult<Priced> {
+    let product = snapshot
+        .product_of_sku(sku_id)
+        .and_then(|product_id| snapshot.product(product_id, Some(&market.code)))
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("sku", sku_id))?;
+    domain::ensure_offered(market, &product.id, product.kind)?;
+    let sku = product
+        .skus
+        .iter()
+        .find(|s| s.id == sku_id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("sku", sku_id))?;
+    if sku.price_minor.is_none() {
+        return Err(domain::not_priced(sku_id, market));
+    }
+    Ok(Priced { product, sku })
+}
+
+/// The market named by a request field in `snapshot`: well-formed and known.
+fn market_in(snapshot: &Snapshot, field: &str, code: &str) -> ApiResult<Market> {
+    let code = MarketCode::parse(field, code)?;
+    if let Some(market) = snapshot.market(code.as_str()) {
+        return Ok(market.clone());
+    }
+    let known: Vec<String> = snapshot.markets().iter().map(|m| m.code.clone()).collect();
+    Err(domain::unknown_market(field, code.as_str(), &known))
 }
 
 /// The kind a ListProducts filter names (`None`: every kind).

@@ -397,10 +397,11 @@ impl Licensing {
             client_address: client_address.to_owned(),
             user_agent: user_agent.to_owned(),
         };
+        // The hash is hex: its first byte of value picks the lane.
         let lane = request
             .token_hash
-            .bytes()
-            .next()
+            .get(..2)
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
             .map_or(0, |b| b % self.store.redemption_lanes());
         let store = self.store.clone();
         let outcome = self
@@ -412,14 +413,22 @@ impl Licensing {
                         .iter()
                         .map(|r| (r.token_hash.clone(), r.now))
                         .collect();
-                    store
-                        .redeem_all(&requests, |download, index| {
-                            let r = &group[index];
-                            let activity =
-                                downloaded(download, r.now, &r.client_address, &r.user_agent);
-                            vec![Message::activity(download.subscription_id, activity)]
-                        })
-                        .await
+                    let messages = |download: &Download, index: usize| {
+                        let r = &group[index];
+                        let activity =
+                            downloaded(download, r.now, &r.client_address, &r.user_agent);
+                        vec![Message::activity(download.subscription_id, activity)]
+                    };
+                    // A revocation locking the same links in another order
+                    // can make PostgreSQL abort the group as a deadlock:
+                    // nothing of it was written, so it runs once more.
+                    match store.redeem_all(&requests, messages).await {
+                        Err(StoreError::Busy(error)) => {
+                            tracing::info!(%error, "a redemption group met a lock conflict; running it again");
+                            store.redeem_all(&requests, messages).await
+                        }
+                        other => other,
+                    }
                 }
             })
             .await?;
