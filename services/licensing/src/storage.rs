@@ -318,7 +318,7 @@ impl LicensingStore {
     pub fn redemption_lanes(&self) -> u8 {
         match self.db {
             Db::Sqlite(_) => 1,
-            Db::Postgres(_) => 32,
+            Db::Postgres(_) => 8,
         }
     }
 
