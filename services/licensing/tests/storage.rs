@@ -3,10 +3,11 @@
 //! (a cancellation leaves a revoked tombstone a late "order placed" cannot
 //! undo); revocation and listing are scoped to the partner; `issue` keeps
 //! one sealed key per subscription and version and one working link per
-//! selection, and hands out nothing once revoked; `redeem` counts up to
+//! selection, and hands out nothing once revoked; `redeem_all` counts up to
 //! `MAX_DOWNLOADS` downloads of a live link, refuses a dead one with the
-//! state that says why, and a counted download exists only once committed
-//! with its outbox messages.
+//! state that says why, answers a group in its requests' order (a link named
+//! twice counted twice while it works), and commits every counted download
+//! with its outbox messages in one transaction.
 //!
 //! Runs on SQLite, or on PostgreSQL when `CSP_TEST_POSTGRES_URL` is set.
 
