@@ -29,6 +29,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             description: "catalog version",
             sql: include_str!("../migrations/0003_catalog_version_postgres.sql"),
         },
+        MigrationSource {
+            version: 4,
+            description: "catalog version on truncate",
+            sql: include_str!("../migrations/0004_catalog_version_truncate_postgres.sql"),
+        },
     ],
 };
 

@@ -3,7 +3,8 @@
 //! asked for, and paged by id; prices are per market (none where a SKU has
 //! no price row); a SKU's product, a product, a market and its compute rates
 //! read back as seeded; an unknown stored kind or term is an error, never a
-//! default.
+//! default; any change to any catalog table, by any statement, moves the
+//! catalog version the snapshot reloads by.
 //!
 //! Runs on SQLite, or on PostgreSQL when CSP_TEST_POSTGRES_URL is set.
 
@@ -448,5 +449,35 @@ async fn an_unknown_stored_term_reads_as_corrupt() {
         .get_product("windows-server-standard", Some("US"))
         .await;
     assert_corrupt(read, "skus.term", "P2Y");
+    test.remove().await;
+}
+
+#[tokio::test]
+async fn every_change_to_the_catalog_moves_its_version() {
+    let (test, store) = seeded().await;
+    let postgres = matches!(test.db, Db::Postgres(_));
+    let changes = [
+        "UPDATE prices SET amount_minor = amount_minor + 1 WHERE market = 'US'",
+        "UPDATE products SET title = title || '.' WHERE id = 'sql-server-standard'",
+        "INSERT INTO markets (code, display_name, currency_code, minor_unit_digits, tax_included, azure_reservations_available) \
+         VALUES ('ZZ', 'Test', 'USD', 2, FALSE, TRUE)",
+        "DELETE FROM compute_rates WHERE market = 'US'",
+        if postgres {
+            "TRUNCATE download_options"
+        } else {
+            "DELETE FROM download_options"
+        },
+    ];
+    for sql in changes {
+        let before = store.version().await.unwrap();
+        csp_store::on_db!(&test.db, pool => sqlx::query(sql).execute(pool).await.map(drop))
+            .unwrap();
+        let after = store.version().await.unwrap();
+        assert_ne!(before, after, "{sql} on {}", test.backend());
+    }
+    // A read changes nothing.
+    let before = store.version().await.unwrap();
+    store.load_snapshot().await.unwrap();
+    assert_eq!(store.version().await.unwrap(), before);
     test.remove().await;
 }
