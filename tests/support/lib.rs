@@ -818,6 +818,26 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
+/// Sends a fixed `x-csp-identity` on every call, as a caller holding a
+/// signed (or forged) identity would, straight to a backend.
+#[derive(Clone)]
+pub struct IdentityHeader(pub String);
+
+impl tonic::service::Interceptor for IdentityHeader {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert(
+            csp_kit::identity::IDENTITY_HEADER,
+            self.0
+                .parse()
+                .map_err(|_| tonic::Status::internal("the identity is not valid metadata"))?,
+        );
+        Ok(request)
+    }
+}
+
 /// The workspace's target directory (for tools the tests fetch once).
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")

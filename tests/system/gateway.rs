@@ -9,6 +9,7 @@ use csp_kit::identity::{IDENTITY_HEADER, Signer, UserCaller};
 use csp_kit::roles::Role;
 use csp_proto::catalog::v1::ListMarketsRequest;
 use csp_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
+use csp_tests::IdentityHeader as Identity;
 use csp_tests::ServiceName;
 use csp_tests::{Bearer, TestSystem, connect, mint, raw};
 use tonic::Code;
@@ -213,22 +214,6 @@ async fn a_backend_called_directly_refuses_calls_without_the_gateway_identity() 
     .await;
     assert_eq!(health.code(), Code::Ok, "{}", health.message());
     system.stop().await;
-}
-
-#[derive(Clone)]
-struct Identity(String);
-
-impl tonic::service::Interceptor for Identity {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert(
-            IDENTITY_HEADER,
-            self.0.parse().map_err(|_| tonic::Status::internal("bad"))?,
-        );
-        Ok(request)
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,6 @@
 //! users; the contract says which services may call each internal RPC and
 //! which may write each activity type; identities live at most 60 s.
 
-use csp_kit::identity::IDENTITY_HEADER;
 use csp_kit::roles::Role;
 use csp_proto::audit::v1::audit_intake_service_client::AuditIntakeServiceClient;
 use csp_proto::audit::v1::{
@@ -14,29 +13,10 @@ use csp_proto::licensing::v1::licensing_internal_service_client::LicensingIntern
 use csp_proto::ordering::v1::ordering_internal_service_client::OrderingInternalServiceClient;
 use csp_proto::ordering::v1::ordering_service_client::OrderingServiceClient;
 use csp_proto::ordering::v1::{CheckCustomerRequest, GetCustomerRequest, get_customer_request};
-use csp_tests::{ServiceName, TestSystem, connect};
+use csp_tests::{IdentityHeader as Header, ServiceName, TestSystem, connect};
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-
-/// Sends a fixed identity header, as an attacker holding a token would.
-#[derive(Clone)]
-struct Header(String);
-
-impl tonic::service::Interceptor for Header {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert(
-            IDENTITY_HEADER,
-            self.0
-                .parse()
-                .map_err(|_| tonic::Status::internal("not metadata"))?,
-        );
-        Ok(request)
-    }
-}
 
 fn now() -> u64 {
     std::time::SystemTime::now()

@@ -30,10 +30,15 @@ fn now() -> i64 {
 }
 
 fn args(provider: &Provider) -> OidcArgs {
+    args_for_issuer(&provider.issuer)
+}
+
+/// Trusts `issuer` for the test audience, fetching every unknown key at
+/// once (the rotation tests).
+fn args_for_issuer(issuer: &str) -> OidcArgs {
     OidcArgs {
-        issuers: vec![provider.issuer.clone()],
+        issuers: vec![issuer.to_owned()],
         audience: Some(AUDIENCE.to_owned()),
-        // Every unknown key is fetched at once (the rotation test).
         refetch_secs: 0,
         ..OidcArgs::default()
     }
@@ -224,11 +229,11 @@ async fn a_rotated_key_is_fetched_and_cached_keys_outlive_the_provider() {
 
     // A gateway that starts while the provider is down has no key at all.
     let second_addr = free_addr();
-    let second = Instance::oidc_gateway(&system, second_addr, {
-        let mut args = args_for_issuer(&format!("http://127.0.0.1:{port}"));
-        args.refetch_secs = 0;
-        args
-    })
+    let second = Instance::oidc_gateway(
+        &system,
+        second_addr,
+        args_for_issuer(&format!("http://127.0.0.1:{port}")),
+    )
     .await;
     let (code, message) = list_markets(second_addr, &after).await;
     assert_eq!(code, Code::Unavailable, "{message}");
@@ -272,14 +277,6 @@ async fn several_issuers_are_trusted_each_with_its_own_keys() {
     assert_eq!(code, Code::Unauthenticated);
     gateway.stop().await;
     system.stop().await;
-}
-
-fn args_for_issuer(issuer: &str) -> OidcArgs {
-    OidcArgs {
-        issuers: vec![issuer.to_owned()],
-        audience: Some(AUDIENCE.to_owned()),
-        ..OidcArgs::default()
-    }
 }
 
 fn base64url(bytes: &[u8]) -> String {

@@ -27,6 +27,17 @@ use tonic::async_trait;
 
 use crate::auth::{AuthError, TokenVerifier, UserClaims, user_from_claims};
 
+// The defaults, once for the flags and for `OidcArgs::default()`: Entra ID's
+// claims, a day's maximum token age, a minute of clock skew, a key fetch at
+// most every 10 s per issuer.
+const DEFAULT_PARTNER_CLAIM: &str = "tid";
+const DEFAULT_USER_CLAIM: &str = "oid";
+const DEFAULT_NAME_CLAIM: &str = "name";
+const DEFAULT_ROLES_CLAIM: &str = "roles";
+const DEFAULT_MAX_AGE_SECS: u64 = 86_400;
+const DEFAULT_LEEWAY_SECS: u64 = 60;
+const DEFAULT_REFETCH_SECS: u64 = 10;
+
 /// How the gateway trusts OpenID Connect providers.
 #[derive(clap::Args, Clone, Debug)]
 pub struct OidcArgs {
@@ -44,21 +55,21 @@ pub struct OidcArgs {
     #[arg(
         long = "oidc-partner-claim",
         env = "CSP_OIDC_PARTNER_CLAIM",
-        default_value = "tid"
+        default_value = DEFAULT_PARTNER_CLAIM
     )]
     pub partner_claim: String,
     /// The claim holding the user's id (Entra ID: the object id).
     #[arg(
         long = "oidc-user-claim",
         env = "CSP_OIDC_USER_CLAIM",
-        default_value = "oid"
+        default_value = DEFAULT_USER_CLAIM
     )]
     pub user_claim: String,
     /// The claim holding the user's display name.
     #[arg(
         long = "oidc-name-claim",
         env = "CSP_OIDC_NAME_CLAIM",
-        default_value = "name"
+        default_value = DEFAULT_NAME_CLAIM
     )]
     pub name_claim: String,
     /// The claim holding the user's roles (a list, or one string), in token
@@ -66,7 +77,7 @@ pub struct OidcArgs {
     #[arg(
         long = "oidc-roles-claim",
         env = "CSP_OIDC_ROLES_CLAIM",
-        default_value = "roles"
+        default_value = DEFAULT_ROLES_CLAIM
     )]
     pub roles_claim: String,
     /// Tokens issued (`iat`) longer ago than this many seconds are refused,
@@ -74,14 +85,14 @@ pub struct OidcArgs {
     #[arg(
         long = "oidc-max-age-secs",
         env = "CSP_OIDC_MAX_AGE_SECS",
-        default_value_t = 86_400
+        default_value_t = DEFAULT_MAX_AGE_SECS
     )]
     pub max_age_secs: u64,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
     #[arg(
         long = "oidc-leeway-secs",
         env = "CSP_OIDC_LEEWAY_SECS",
-        default_value_t = 60
+        default_value_t = DEFAULT_LEEWAY_SECS
     )]
     pub leeway_secs: u64,
     /// The least time between two fetches of one issuer's keys for tokens
@@ -89,7 +100,7 @@ pub struct OidcArgs {
     #[arg(
         long = "oidc-refetch-secs",
         env = "CSP_OIDC_REFETCH_SECS",
-        default_value_t = 10
+        default_value_t = DEFAULT_REFETCH_SECS
     )]
     pub refetch_secs: u64,
 }
@@ -99,13 +110,13 @@ impl Default for OidcArgs {
         Self {
             issuers: Vec::new(),
             audience: None,
-            partner_claim: "tid".to_owned(),
-            user_claim: "oid".to_owned(),
-            name_claim: "name".to_owned(),
-            roles_claim: "roles".to_owned(),
-            max_age_secs: 86_400,
-            leeway_secs: 60,
-            refetch_secs: 10,
+            partner_claim: DEFAULT_PARTNER_CLAIM.to_owned(),
+            user_claim: DEFAULT_USER_CLAIM.to_owned(),
+            name_claim: DEFAULT_NAME_CLAIM.to_owned(),
+            roles_claim: DEFAULT_ROLES_CLAIM.to_owned(),
+            max_age_secs: DEFAULT_MAX_AGE_SECS,
+            leeway_secs: DEFAULT_LEEWAY_SECS,
+            refetch_secs: DEFAULT_REFETCH_SECS,
         }
     }
 }
