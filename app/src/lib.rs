@@ -110,8 +110,11 @@ pub struct SystemConfig {
     pub clock: Arc<dyn Clock>,
     /// The key licensing seals product keys and link tokens with.
     pub sealing_key: Secret,
-    /// Where downloads redirect to.
-    pub content_origin: String,
+    /// The object store of software files: unset parts default to a local
+    /// store in the data directory (`DATA_DIR/content`), served by the
+    /// gateway's download listener with URLs signed by a key made fresh at
+    /// each start.
+    pub content: csp_content::ContentArgs,
     /// What one partner may keep in ticket attachments.
     pub attachment_quota: csp_support::domain::AttachmentQuota,
     /// The key audit signs its checkpoints with.
@@ -230,6 +233,12 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         }
     }
     let url = |addr: SocketAddr| format!("http://{addr}");
+    let content = local_content_defaults(
+        config.content.clone(),
+        &data_dir,
+        &url(addresses.gateway_http),
+    )?;
+    let licensing_database = licensing_args.database_url_for("licensing");
 
     let (trigger, shutdown) = Shutdown::new();
     let mut tasks = JoinSet::new();
@@ -263,7 +272,7 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         audit: url(addresses.audit).into(),
         sealing_key: Some(config.sealing_key.clone()),
         download_base_url: format!("http://{}", addresses.gateway_http),
-        content_origin: config.content_origin.clone(),
+        content: content.clone(),
     };
     if config.held_back.contains(&"licensing") {
         drop(licensing);
@@ -310,6 +319,7 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         limits: csp_gateway::limits::LimitArgs::default(),
         http_limits: csp_gateway::listener::HttpLimits::default(),
         trusted_proxies: Vec::new(),
+        content: content.clone(),
         backends: csp_gateway::Backends::at(
             url(addresses.catalog),
             url(addresses.ordering),
@@ -331,7 +341,53 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         tasks,
     };
     system.wait_until_serving(config.held_back).await?;
+    if config.seed_demo_catalog && !config.held_back.contains(&"licensing") {
+        seed_demo_content(&licensing_database, &content)
+            .await
+            .context("cannot store the demo software files")?;
+    }
     Ok(system)
+}
+
+/// `content` with its unset parts filled for one machine: a store in
+/// `DATA_DIR/content`, served at `gateway_http`, signed with a fresh key
+/// (signed URLs live minutes; a restart only ends the ones handed out).
+fn local_content_defaults(
+    mut content: csp_content::ContentArgs,
+    data_dir: &std::path::Path,
+    gateway_http: &str,
+) -> anyhow::Result<csp_content::ContentArgs> {
+    if content.store.is_none() {
+        content.store = Some(csp_content::file_url(&data_dir.join("content")));
+    }
+    if content.public_url.is_none() {
+        content.public_url = Some(gateway_http.to_owned());
+    }
+    if content.signing_key.is_none() {
+        content.signing_key = Some(csp_kit::config::generate_secret()?);
+    }
+    Ok(content)
+}
+
+/// Stores a placeholder for every software download the demo catalog
+/// offers that has no file yet (a few KiB each; `csp content put` replaces
+/// one with the real file), through the same path as `csp content put`.
+pub async fn seed_demo_content(
+    licensing_database: &str,
+    content: &csp_content::ContentArgs,
+) -> anyhow::Result<usize> {
+    let store = csp_content::ContentStore::open(content, "csp", true)?;
+    let db = db::Db::connect_existing(licensing_database).await?;
+    let files = csp_licensing::content::SoftwareFiles::new(db.clone(), store);
+    let stored = files
+        .seed_placeholders(csp_catalog::seed::download_selections())
+        .await;
+    db.close().await;
+    let stored = stored?;
+    if stored > 0 {
+        tracing::info!(files = stored, "stored the demo software placeholders");
+    }
+    Ok(stored)
 }
 
 impl RunningSystem {

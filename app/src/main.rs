@@ -13,6 +13,7 @@ mod up;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use csp_kit::config::{DEV_JWT_SECRET, Secret};
 use csp_kit::roles::Role;
@@ -54,6 +55,9 @@ enum Command {
     Audit(csp_audit::Config),
     /// Run the support service alone.
     Support(csp_support::Config),
+    /// Software files in the object store: store one (`put`), list them,
+    /// remove one. Works on licensing's database and the content store.
+    Content(ContentCommand),
     /// Inspect a service's outbox: what waits, and the dead letters.
     Outbox(OutboxArgs),
     /// Apply a service's database migrations and exit (a deployment's init
@@ -159,6 +163,54 @@ struct HealthArgs {
 }
 
 #[derive(clap::Args, Debug)]
+struct ContentCommand {
+    /// Licensing's database: postgres://USER@HOST/DB or sqlite://PATH
+    /// [default: sqlite://DATA_DIR/licensing.db, where `csp up` keeps it].
+    #[arg(long, env = "CSP_DATABASE_URL")]
+    database_url: Option<String>,
+    /// The data directory of `csp up` (for the defaults).
+    #[arg(long, env = "CSP_DATA_DIR", default_value = "data")]
+    data_dir: std::path::PathBuf,
+    /// The object store [default: file://DATA_DIR/content, as `csp up`].
+    #[command(flatten)]
+    store: csp_content::ContentArgs,
+    #[command(subcommand)]
+    action: ContentAction,
+}
+
+#[derive(Subcommand, Debug)]
+enum ContentAction {
+    /// Store FILE as the download of a product's version, language and file
+    /// type (replacing one stored before), and print its size and SHA-256.
+    Put {
+        /// The product id, for example windows-server-standard.
+        product: String,
+        /// The version, for example 2022.
+        version: String,
+        /// The language, for example en-US.
+        language: String,
+        /// The file type id, for example iso-x64.
+        file_type: String,
+        /// The file to store.
+        file: std::path::PathBuf,
+    },
+    /// Every stored file with its size and SHA-256, and whether the store
+    /// still holds it.
+    List,
+    /// Remove a stored file: no new link is issued for it.
+    Remove {
+        /// The product id.
+        product: String,
+        /// The version.
+        version: String,
+        /// The language.
+        language: String,
+        /// The file type id.
+        file_type: String,
+    },
+}
+
+#[derive(clap::Args, Debug)]
 struct OutboxArgs {
     /// The service's database: postgres://USER@HOST/DB or sqlite://PATH.
     #[arg(long, env = "CSP_DATABASE_URL")]
@@ -218,6 +270,7 @@ async fn main() -> ExitCode {
     if !matches!(
         cli.command,
         Command::Token(_)
+            | Command::Content(_)
             | Command::Outbox(_)
             | Command::Health(_)
             | Command::AuditLogKey(_)
@@ -272,6 +325,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }) => generate_keys(&log_name, format),
         Command::VerifyLog(args) => verify_log(args),
         Command::Outbox(args) => outbox(args).await,
+        Command::Content(args) => content(args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Health(args) => {
             let status = csp::health_status(args.addr, &args.service).await?;
@@ -369,6 +423,112 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
             .await?;
     db.close().await;
     Ok(())
+}
+
+async fn content(args: ContentCommand) -> anyhow::Result<()> {
+    use csp_licensing::domain::Selection;
+    let mut store_args = args.store.clone();
+    if store_args.store.is_none() {
+        store_args.store = Some(csp_content::file_url(&args.data_dir.join("content")));
+    }
+    let store = csp_content::ContentStore::open_unsigned(&store_args)?;
+    let url = args
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join("licensing.db").display()));
+    let db = csp_store::db::Db::connect_existing(&url).await.with_context(|| {
+        format!(
+            "cannot open licensing's database {} (start the system once, or point --database-url at it)",
+            csp_store::db::redact_url(&url)
+        )
+    })?;
+    let files = csp_licensing::content::SoftwareFiles::new(db.clone(), store);
+    let selection = |version: String, language: String, file_type: String| Selection {
+        version,
+        language,
+        file_type,
+    };
+    let done = match args.action {
+        ContentAction::Put {
+            product,
+            version,
+            language,
+            file_type,
+            file,
+        } => {
+            let opened = tokio::fs::File::open(&file)
+                .await
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            let total = opened.metadata().await?.len();
+            let started = std::time::Instant::now();
+            let mut last = started;
+            let stored = files
+                .put(
+                    &product,
+                    &selection(version, language, file_type),
+                    opened,
+                    |done| {
+                        if last.elapsed() >= Duration::from_secs(1) {
+                            last = std::time::Instant::now();
+                            eprintln!(
+                                "stored {} of {} ({}%)",
+                                mib(done),
+                                mib(total),
+                                done * 100 / total.max(1)
+                            );
+                        }
+                    },
+                )
+                .await;
+            stored.map(|f| {
+                println!(
+                    "stored {} ({} bytes, SHA-256 {}) in {:.1} s",
+                    f.object_key,
+                    f.size_bytes,
+                    f.sha256,
+                    started.elapsed().as_secs_f64()
+                );
+            })
+        }
+        ContentAction::List => files.list().await.map(|listed| {
+            if listed.is_empty() {
+                println!("no software files stored");
+            }
+            for l in listed {
+                let state = match l.stored_size {
+                    Some(size) if i64::try_from(size).ok() == Some(l.file.size_bytes) => "",
+                    Some(_) => "  (the store holds a different size: store it again)",
+                    None => "  (MISSING from the store: store it again)",
+                };
+                println!(
+                    "{}  {} bytes  sha256 {}{state}",
+                    l.file.object_key, l.file.size_bytes, l.file.sha256
+                );
+            }
+        }),
+        ContentAction::Remove {
+            product,
+            version,
+            language,
+            file_type,
+        } => files
+            .remove(&product, &selection(version, language, file_type))
+            .await
+            .map(|had| {
+                if had {
+                    println!("removed; links already handed out stop at the next download");
+                } else {
+                    println!("nothing was stored for that selection");
+                }
+            }),
+    };
+    db.close().await;
+    done
+}
+
+/// `bytes` in MiB, for progress lines.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 async fn outbox(args: OutboxArgs) -> anyhow::Result<()> {
@@ -487,7 +647,7 @@ fn generate_keys(log_name: &str, format: KeysFormat) -> anyhow::Result<()> {
     );
     let keys = KeySet::generate()?;
     let secret = || csp_kit::config::generate_secret().map(|s| s.expose().to_owned());
-    let (jwt, licensing, postgres) = (secret()?, secret()?, secret()?);
+    let (jwt, licensing, postgres, content) = (secret()?, secret()?, secret()?, secret()?);
     let (audit_key, audit_verifier) = csp_audit::log::generate(log_name)?;
     let identity = |service: ServiceName| keys.key(service).to_config().expose().to_owned();
     match format {
@@ -508,8 +668,18 @@ fn generate_keys(log_name: &str, format: KeysFormat) -> anyhow::Result<()> {
                         println!(
                             "# and CSP_OIDC_ISSUERS, CSP_OIDC_AUDIENCE: the identity providers users sign in with"
                         );
+                        println!(
+                            "# with a file:// content store, the same CSP_CONTENT_SIGNING_KEY as licensing:"
+                        );
+                        println!("CSP_CONTENT_SIGNING_KEY={content}");
                     }
-                    ServiceName::Licensing => println!("CSP_LICENSING_KEY={licensing}"),
+                    ServiceName::Licensing => {
+                        println!("CSP_LICENSING_KEY={licensing}");
+                        println!(
+                            "# with a file:// content store (the gateway serves it); cloud stores need their own credentials:"
+                        );
+                        println!("CSP_CONTENT_SIGNING_KEY={content}");
+                    }
                     ServiceName::Audit => {
                         println!("CSP_AUDIT_KEY={audit_key}");
                         println!("# the activity log's public key, for auditors: {audit_verifier}");
@@ -533,6 +703,7 @@ fn generate_keys(log_name: &str, format: KeysFormat) -> anyhow::Result<()> {
             // compose's gateway takes development tokens (see compose.yaml).
             println!("CSP_JWT_SECRET={jwt}");
             println!("CSP_LICENSING_KEY={licensing}");
+            println!("CSP_CONTENT_SIGNING_KEY={content}");
             println!("CSP_AUDIT_KEY={audit_key}");
             println!("CSP_POSTGRES_PASSWORD={postgres}");
             println!("# the activity log's public key, for auditors: {audit_verifier}");

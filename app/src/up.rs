@@ -39,13 +39,10 @@ pub struct UpArgs {
     /// checkpoint's origin (as `csp audit-log-key --log-name` takes it).
     #[arg(long, env = "CSP_AUDIT_LOG_NAME", default_value = csp_audit::log::DEFAULT_LOG_NAME)]
     audit_log_name: String,
-    /// Where download links redirect to.
-    #[arg(
-        long,
-        env = "CSP_CONTENT_ORIGIN",
-        default_value = "https://download.csp.example/software"
-    )]
-    content_origin: String,
+    /// Where software files live [default: a local store in DATA_DIR/content,
+    /// served by the gateway's download listener].
+    #[command(flatten)]
+    content: csp_content::ContentArgs,
     /// What one partner may keep in ticket attachments.
     #[command(flatten)]
     attachment_quota: csp_support::domain::AttachmentQuota,
@@ -78,7 +75,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         seed_demo_catalog: true,
         clock: csp_kit::clock::system(),
         sealing_key: args.sealing_key.clone(),
-        content_origin: args.content_origin.clone(),
+        content: args.content.clone(),
         attachment_quota: args.attachment_quota,
         audit_key: args.audit_key.clone(),
         audit_log_name: args.audit_log_name.clone(),

@@ -37,7 +37,8 @@ use uuid::Uuid;
 
 const CSP: &str = env!("CARGO_BIN_EXE_csp");
 const BACKENDS: [&str; 5] = ["catalog", "ordering", "licensing", "audit", "support"];
-const CONTENT_ORIGIN: &str = "https://files.test/software";
+/// The software file the operator stores with `csp content put`.
+const SOFTWARE_FILE: &str = "Windows Server 2022 (a stand-in for the ISO)\n";
 /// The pods' `terminationGracePeriodSeconds`.
 const GRACE: Duration = Duration::from_secs(30);
 
@@ -334,7 +335,15 @@ impl Deployment {
             ("CSP_AUDIT_URL", url("audit")),
             ("CSP_SUPPORT_URL", url("support")),
             ("CSP_DOWNLOAD_BASE_URL", url("gateway-a-http")),
-            ("CSP_CONTENT_ORIGIN", CONTENT_ORIGIN.to_owned()),
+            (
+                "CSP_CONTENT_STORE",
+                csp_content::file_url(&dir.join("content")),
+            ),
+            ("CSP_CONTENT_PUBLIC_URL", url("gateway-a-http")),
+            (
+                "CSP_CONTENT_SIGNING_KEY",
+                csp_tests::content_signing_key().expose().to_owned(),
+            ),
             ("CSP_DATA_DIR", dir.display().to_string()),
         ]
         .into_iter()
@@ -393,6 +402,35 @@ impl Deployment {
                 migration.log_tail()
             );
         }
+
+        // The operator stores the software file the test downloads.
+        let file = deployment.dir.join("windows-server-2022-en-us.iso");
+        std::fs::write(&file, SOFTWARE_FILE).unwrap();
+        let mut env = deployment.common.clone();
+        env.insert(
+            "CSP_DATABASE_URL".into(),
+            deployment.database_url("licensing"),
+        );
+        let mut put = Process::start(
+            &deployment.dir,
+            "content-put",
+            &[
+                "content",
+                "put",
+                "windows-server-standard",
+                "2022",
+                "en-US",
+                "iso-x64",
+                &file.display().to_string(),
+            ],
+            &env,
+        );
+        let status = put.exited(Duration::from_secs(60)).await;
+        assert!(
+            status.success(),
+            "csp content put failed ({status}):\n{}",
+            put.log_tail()
+        );
 
         for (service, replica) in [
             ("catalog", "catalog"),
@@ -584,12 +622,18 @@ async fn separate_processes_on_postgres_survive_a_replica_terminated_under_load(
     ] {
         let answer = http::get(&via(&link, http_port)).await;
         assert_eq!(answer.status, 302, "{answer:?}");
+        let location = answer.header("location").unwrap_or_default();
         assert!(
-            answer
-                .header("location")
-                .is_some_and(|l| l.starts_with(CONTENT_ORIGIN)),
+            location.starts_with(&format!(
+                "http://127.0.0.1:{}/files/",
+                deployment.port("gateway-a-http")
+            )),
             "{answer:?}"
         );
+        // Either gateway serves the file behind the signed URL.
+        let file = http::get(&via(location, http_port)).await;
+        assert_eq!(file.status, 200, "{file:?}");
+        assert_eq!(file.body, SOFTWARE_FILE);
     }
 
     // Load through both gateways; SIGTERM to licensing-2 in the middle.

@@ -189,3 +189,63 @@ fn with_dev_the_development_values_start() {
     );
     assert!(text.contains("serving"), "{text}");
 }
+
+#[test]
+fn licensing_refuses_to_start_without_its_content_store_and_signing_key() {
+    let keys = generated();
+    let trust = keys["all"][0].1.clone();
+    let licensing = &keys["licensing"];
+    let var = |name: &str| {
+        licensing
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    let (identity, sealing, signing) = (
+        var("CSP_IDENTITY_KEY"),
+        var("CSP_LICENSING_KEY"),
+        var("CSP_CONTENT_SIGNING_KEY"),
+    );
+    let base = [
+        ("CSP_IDENTITY_KEY", identity.as_str()),
+        ("CSP_IDENTITY_TRUST", trust.as_str()),
+        ("CSP_LICENSING_KEY", sealing.as_str()),
+    ];
+    let output = run(&["licensing"], &base);
+    refused(&output, "CSP_CONTENT_STORE", "is not set");
+    let store = format!(
+        "file://{}",
+        std::env::temp_dir()
+            .join(format!("csp-content-{}", uuid::Uuid::new_v4().simple()))
+            .display()
+    );
+    let with_store: Vec<(&str, &str)> = base
+        .iter()
+        .copied()
+        .chain([("CSP_CONTENT_STORE", store.as_str())])
+        .collect();
+    let output = run(&["licensing"], &with_store);
+    refused(&output, "CSP_CONTENT_SIGNING_KEY", "is not set");
+    let with_dev_key: Vec<(&str, &str)> = with_store
+        .iter()
+        .copied()
+        .chain([(
+            "CSP_CONTENT_SIGNING_KEY",
+            "csp-development-content-signing-key-change-me",
+        )])
+        .collect();
+    let output = run(&["licensing"], &with_dev_key);
+    refused(
+        &output,
+        "CSP_CONTENT_SIGNING_KEY",
+        "public development value",
+    );
+    let complete: Vec<(&str, &str)> = with_store
+        .iter()
+        .copied()
+        .chain([("CSP_CONTENT_SIGNING_KEY", signing.as_str())])
+        .collect();
+    let output = run(&["licensing"], &complete);
+    refused(&output, "CSP_CONTENT_PUBLIC_URL", "is not set");
+}

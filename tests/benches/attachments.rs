@@ -63,7 +63,7 @@ fn run_system() -> anyhow::Result<()> {
         seed_demo_catalog: true,
         clock: csp_kit::clock::system(),
         sealing_key: Secret::new("bench-sealing-key-0123456789"),
-        content_origin: "https://files.bench/software".to_owned(),
+        content: Default::default(),
         attachment_quota: Default::default(),
         audit_key: Secret::new("bench-audit-key-0123456789"),
         audit_log_name: csp_audit::log::DEFAULT_LOG_NAME.to_owned(),

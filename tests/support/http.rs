@@ -38,8 +38,18 @@ pub async fn head(url: &str) -> Answer {
     request("HEAD", url).await
 }
 
+/// GETs `url` with extra request headers (`Range: bytes=0-99`, ...).
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Answer {
+    request_with("GET", url, headers).await
+}
+
 /// Sends `method` to `url` and reads the whole answer.
 async fn request(method: &str, url: &str) -> Answer {
+    request_with(method, url, &[]).await
+}
+
+/// Sends `method` to `url` with `headers` and reads the whole answer.
+async fn request_with(method: &str, url: &str, headers: &[(&str, &str)]) -> Answer {
     let rest = url
         .strip_prefix("http://")
         .unwrap_or_else(|| panic!("not an http URL: {url}"));
@@ -50,8 +60,12 @@ async fn request(method: &str, url: &str) -> Answer {
     let mut stream = TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: csp-tests/1.0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: csp-tests/1.0\r\n{extra}Connection: close\r\n\r\n"
     );
     stream
         .write_all(request.as_bytes())

@@ -34,8 +34,26 @@ use uuid::Uuid;
 /// server where the tests may create and drop databases.
 pub const POSTGRES_ENV: &str = "CSP_TEST_POSTGRES_URL";
 
-/// Where test systems redirect downloads to.
-pub const CONTENT_ORIGIN: &str = "https://files.test/software";
+/// The key test systems sign local file URLs with.
+pub fn content_signing_key() -> Secret {
+    Secret::new("test-content-signing-key-0123456789-0123456789")
+}
+
+/// The content store of a test system on `storage`: a directory beside its
+/// data, signed with [`content_signing_key`], served at `public_url` (the
+/// system's own gateway when `None`).
+pub fn content_args(storage: &Storage, public_url: Option<String>) -> csp_content::ContentArgs {
+    let data_dir = match storage {
+        Storage::Sqlite(dir) => dir.clone(),
+        Storage::Postgres { files, .. } => files.clone(),
+    };
+    csp_content::ContentArgs {
+        store: Some(csp_content::file_url(&data_dir.join("content"))),
+        public_url,
+        signing_key: Some(content_signing_key()),
+        ..Default::default()
+    }
+}
 
 /// The key test systems seal product keys and link tokens with.
 pub fn sealing_key() -> Secret {
@@ -182,7 +200,7 @@ impl TestSystem {
             identity_keys: identity_keys().clone(),
             seed_demo_catalog: true,
             sealing_key: sealing_key(),
-            content_origin: CONTENT_ORIGIN.to_owned(),
+            content: content_args(&storage, None),
             attachment_quota,
             audit_key: audit_key(),
             audit_log_name: csp_audit::log::DEFAULT_LOG_NAME.to_owned(),
@@ -409,7 +427,7 @@ impl Replica {
             audit: url(a.audit).into(),
             sealing_key: Some(sealing_key()),
             download_base_url: url(http_addr),
-            content_origin: CONTENT_ORIGIN.to_owned(),
+            content: content_args(&system.storage, Some(url(http_addr))),
         };
         let gateway_config = csp_gateway::Config {
             listen: Some(gateway_addr),
@@ -422,6 +440,7 @@ impl Replica {
             limits: csp_gateway::limits::LimitArgs::default(),
             http_limits: csp_gateway::listener::HttpLimits::default(),
             trusted_proxies: Vec::new(),
+            content: content_args(&system.storage, None),
             backends: csp_gateway::Backends::at(
                 url(a.catalog),
                 url(a.ordering),
@@ -525,7 +544,7 @@ impl Instance {
             audit: url(a.audit).into(),
             sealing_key: Some(sealing_key()),
             download_base_url: url(a.gateway_http),
-            content_origin: CONTENT_ORIGIN.to_owned(),
+            content: content_args(&system.storage, Some(url(a.gateway_http))),
         };
         let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
         let task = tokio::spawn(csp_licensing::run(
@@ -579,6 +598,7 @@ impl Instance {
             limits,
             http_limits: csp_gateway::listener::HttpLimits::default(),
             trusted_proxies: Vec::new(),
+            content: content_args(&system.storage, None),
             backends: csp_gateway::Backends::at(
                 url(a.catalog),
                 url(a.ordering),

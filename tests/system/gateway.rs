@@ -312,6 +312,7 @@ async fn an_unreachable_backend_is_unavailable_not_a_hang() {
         limits: csp_gateway::limits::LimitArgs::default(),
         http_limits: csp_gateway::listener::HttpLimits::default(),
         trusted_proxies: Vec::new(),
+        content: Default::default(),
         backends: csp_gateway::Backends::at(
             url(dead_addr),
             url(system.addresses.ordering),
@@ -464,6 +465,7 @@ async fn the_backend_receives_the_verified_caller_deadline_and_request_id_but_no
         limits: csp_gateway::limits::LimitArgs::default(),
         http_limits: csp_gateway::listener::HttpLimits::default(),
         trusted_proxies: Vec::new(),
+        content: Default::default(),
         backends: csp_gateway::Backends::at(
             url.clone(),
             url.clone(),
@@ -718,6 +720,7 @@ async fn a_user_over_the_rate_is_told_when_to_retry_and_another_partner_is_not_s
         },
         http_limits: csp_gateway::listener::HttpLimits::default(),
         trusted_proxies: Vec::new(),
+        content: Default::default(),
         backends: csp_gateway::Backends::at(
             url(a.catalog),
             url(a.ordering),
@@ -799,6 +802,7 @@ async fn the_download_listener_closes_silent_connections_and_caps_open_ones() {
             max_connections: 2,
         },
         trusted_proxies: Vec::new(),
+        content: Default::default(),
         backends: csp_gateway::Backends::at(
             url(a.catalog),
             url(a.ordering),

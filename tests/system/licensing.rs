@@ -13,6 +13,7 @@ use csp_proto::licensing::v1::{
 };
 use csp_proto::ordering::v1::CancelSubscriptionRequest;
 use csp_tests::{Bearer, TestSystem, http};
+use sha2::Digest as _;
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -149,18 +150,33 @@ async fn software_is_listed_and_keys_and_links_are_stable() {
     assert_eq!(german.product_key, first.product_key);
     assert_ne!(german.download_link.unwrap().url, link.url);
 
-    // A download redirects to the file and counts.
+    // The link shows the file's size and SHA-256: the demo placeholder's.
+    let key =
+        csp_content::ObjectKey::software("windows-server-datacenter", "2022", "en-US", "iso-x64")
+            .unwrap();
+    assert_eq!(link.file_sha256, csp_content::placeholder_sha256(&key));
+    assert_eq!(
+        link.file_size_bytes,
+        csp_content::placeholder(&key).len() as u64
+    );
+
+    // A download redirects to a URL signed for the file, and counts.
     let answer = http::get(&link.url).await;
     assert_eq!(answer.status, 302, "{answer:?}");
+    let location = answer.header("location").unwrap().to_owned();
+    assert!(
+        location.starts_with(&format!(
+            "http://{}/files/software/windows-server-datacenter/2022/en-US/iso-x64?expires=",
+            system.addresses.gateway_http
+        )),
+        "{location}"
+    );
+    // Following it gives the file, whose SHA-256 is the link's.
+    let file = http::get(&location).await;
+    assert_eq!(file.status, 200, "{file:?}");
     assert_eq!(
-        answer.header("location"),
-        Some(
-            format!(
-                "{}/windows-server-datacenter/2022/en-US/iso-x64",
-                csp_tests::CONTENT_ORIGIN
-            )
-            .as_str()
-        )
+        csp_content::hex(&sha2::Sha256::digest(file.body.as_bytes())),
+        link.file_sha256
     );
     let after = licensing
         .get_keys_and_downloads(selection(&customer, &subscriptions[0]))

@@ -55,6 +55,8 @@ struct Metrics {
     http_responses: Family<Labels<3>, Counter>,
     limited: Family<Labels<2>, Counter>,
     large_in_flight: Family<Labels<2>, Gauge>,
+    signed_urls: Family<Labels<3>, Counter>,
+    content_bytes: Family<Labels<1>, Counter>,
     known_methods: HashSet<String>,
     databases: Mutex<Vec<Watched>>,
     /// One scrape at a time: gauges are cleared and refilled per scrape.
@@ -126,9 +128,23 @@ fn metrics() -> &'static Metrics {
             "MiB of large request messages let through to the backends and not answered yet",
             large_in_flight.clone(),
         );
+        let signed_urls = Family::<Labels<3>, Counter>::default();
+        registry.register(
+            "content_signed_urls",
+            "Short-lived signed URLs issued to object storage, by service, backend and purpose",
+            signed_urls.clone(),
+        );
+        let content_bytes = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "content_local_served_bytes",
+            "Bytes of content the local object store backend served through the gateway",
+            content_bytes.clone(),
+        );
         Metrics {
             registry,
             http_responses,
+            signed_urls,
+            content_bytes,
             limited,
             large_in_flight,
             handled,
@@ -195,6 +211,27 @@ pub fn count_limited(service: &'static str, scope: &'static str) {
         .limited
         .get_or_create(&[("service", service.to_owned()), ("scope", scope.to_owned())])
         .inc();
+}
+
+/// Counts one signed URL `service` issued for its `backend` (`local`,
+/// `azure`, `s3`) and `purpose` (`software`, `attachment`).
+pub fn count_signed_url(service: &'static str, backend: &'static str, purpose: &'static str) {
+    metrics()
+        .signed_urls
+        .get_or_create(&[
+            ("service", service.to_owned()),
+            ("backend", backend.to_owned()),
+            ("purpose", purpose.to_owned()),
+        ])
+        .inc();
+}
+
+/// Adds `bytes` the local content backend served through `service`.
+pub fn add_content_bytes_served(service: &'static str, bytes: u64) {
+    metrics()
+        .content_bytes
+        .get_or_create(&[("service", service.to_owned())])
+        .inc_by(bytes);
 }
 
 /// Adds `mib` (negative: takes away) to the large requests `service`, on

@@ -53,6 +53,8 @@ pub struct Backend {
     identity: Identity,
     shutdown: Shutdown,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// What else must answer for the service to be ready (an object store).
+    also: Vec<server::Probe>,
     _metrics: DatabaseWatch,
 }
 
@@ -86,6 +88,7 @@ impl Backend {
             identity,
             shutdown,
             tasks: Vec::new(),
+            also: Vec::new(),
             _metrics: metrics::watch_database(name, gauges),
         })
     }
@@ -126,13 +129,24 @@ impl Backend {
         self.tasks.push(tokio::spawn(task));
     }
 
+    /// Makes readiness depend on `probe` too: the service is NOT_SERVING
+    /// while it answers false (an object store it cannot work without).
+    pub fn also_ready_when(&mut self, probe: server::Probe) {
+        self.also.push(probe);
+    }
+
     /// Installs the service's gRPC services, serves until the shutdown
-    /// signal (NOT_SERVING while the database does not answer), then waits
+    /// signal (NOT_SERVING while the database, or anything added with
+    /// [`Backend::also_ready_when`], does not answer), then waits
     /// for the background tasks and closes the database.
     pub async fn serve(self, add_services: impl FnOnce(Routes) -> Routes) -> anyhow::Result<()> {
         let served = self
             .starting
-            .ready_watching(probe(&self.db), server::DATABASE_CHECK, add_services)
+            .ready_watching(
+                all_of(probe(&self.db), self.also),
+                server::DATABASE_CHECK,
+                add_services,
+            )
             .await;
         for task in self.tasks {
             if let Err(error) = task.await {
@@ -150,6 +164,28 @@ pub fn probe(db: &Db) -> server::Probe {
     Arc::new(move || {
         let db = db.clone();
         Box::pin(async move { db.ping().await.is_ok() })
+    })
+}
+
+/// A probe that answers true when `first` and every one of `rest` do.
+fn all_of(first: server::Probe, rest: Vec<server::Probe>) -> server::Probe {
+    if rest.is_empty() {
+        return first;
+    }
+    let rest = Arc::new(rest);
+    Arc::new(move || {
+        let (first, rest) = (first.clone(), rest.clone());
+        Box::pin(async move {
+            if !first().await {
+                return false;
+            }
+            for probe in rest.iter() {
+                if !probe().await {
+                    return false;
+                }
+            }
+            true
+        })
     })
 }
 

@@ -105,6 +105,22 @@ const VERSIONS: &[&str] = &["2019", "2022"];
 const LANGUAGES: &[&str] = &["en-US", "zh-CN", "de-DE", "ja-JP"];
 const FILE_TYPES: &[(&str, &str)] = &[("iso-x64", "ISO 64-bit"), ("vhdx-x64", "VHDX 64-bit")];
 
+/// Every software download the demo catalog offers: (product, version,
+/// language, file type), for each server subscription product.
+pub fn download_selections()
+-> impl Iterator<Item = (&'static str, &'static str, &'static str, &'static str)> {
+    PRODUCTS
+        .iter()
+        .filter(|p| p.3 == ProductKind::ServerSubscription)
+        .flat_map(|p| {
+            VERSIONS.iter().flat_map(move |v| {
+                LANGUAGES
+                    .iter()
+                    .flat_map(move |l| FILE_TYPES.iter().map(move |(f, _)| (p.0, *v, *l, *f)))
+            })
+        })
+}
+
 /// The SKU id of a product and term.
 pub fn sku_id(product_id: &str, term: Term) -> String {
     format!("{product_id}-{}", term.as_db().to_ascii_lowercase())

@@ -8,7 +8,10 @@
 //! to every link in a message. Tokens are never logged. The client address
 //! recorded with a download is the TCP peer's, or, when the peer is a
 //! configured trusted proxy, the last address in `X-Forwarded-For` that is
-//! not one of them. A client that tries more than
+//! not one of them. With a local content store (`file://`), the same
+//! listener serves the files at `/files/KEY?expires=..&signature=..`: only
+//! URLs licensing signed, for one object, until they expire (403 otherwise),
+//! with `Range`, `HEAD` and conditional requests. A client that tries more than
 //! [`UNKNOWN_TOKENS_PER_MINUTE`] unknown tokens a minute is answered 429
 //! with `Retry-After`, without a database read, until its allowance refills.
 
@@ -44,6 +47,7 @@ struct Downloads {
     licensing: Licensing,
     trusted_proxies: Arc<Vec<ipnet::IpNet>>,
     guesses: Arc<Guesses>,
+    files: Option<Arc<csp_content::LocalFiles>>,
 }
 
 /// Unknown tokens one client may try per minute (guessing links is
@@ -167,6 +171,7 @@ pub async fn serve(
     channel: ReplicaChannel,
     signer: Arc<Signer>,
     trusted_proxies: Vec<ipnet::IpNet>,
+    files: Option<csp_content::LocalFiles>,
     limits: crate::listener::HttpLimits,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
@@ -176,10 +181,12 @@ pub async fn serve(
     ));
     let app = Router::new()
         .route("/download/{token}", get(download).head(inspect))
+        .route("/files/{*key}", get(file).head(file))
         .with_state(Downloads {
             licensing,
             trusted_proxies: Arc::new(trusted_proxies),
             guesses: Arc::new(Guesses::new(UNKNOWN_TOKENS_PER_MINUTE)),
+            files: files.map(Arc::new),
         });
     tracing::info!(service = "gateway", addr = %listener.local_addr()?, "serving downloads");
     axum::serve(
@@ -290,6 +297,90 @@ async fn answer_inspect(
     match RedeemOutcome::try_from(answer.outcome) {
         Ok(RedeemOutcome::Redirect) => text(StatusCode::OK, ""),
         _ => not_redirected(&downloads, client, answer.outcome, &answer.message),
+    }
+}
+
+/// A file of the local content store, behind a URL licensing signed.
+async fn file(
+    State(downloads): State<Downloads>,
+    Path(key): Path<String>,
+    request: axum::extract::Request,
+) -> Response {
+    let head = request.method() == axum::http::Method::HEAD;
+    let response = answer_file(&downloads, &key, request).await;
+    let status = response.status();
+    csp_kit::metrics::count_http("gateway", "/files", status.as_u16());
+    if status.is_success() && !head {
+        // The body's length: the whole file, or the range asked for.
+        let sent = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(bytes) = sent {
+            csp_kit::metrics::add_content_bytes_served("gateway", bytes);
+        }
+    }
+    response
+}
+
+/// The answer to a URL no valid signature covers.
+const NOT_SIGNED: &str = "This file URL is not valid: file URLs come from following a download link, \
+                          which counts one download. Follow the download link again.";
+
+/// The answer to an expired file URL.
+const EXPIRED: &str = "This file URL has expired: it works for a few minutes after the download link \
+                       is followed. Follow the download link again (it counts one download).";
+
+async fn answer_file(
+    downloads: &Downloads,
+    key: &str,
+    request: axum::extract::Request,
+) -> Response {
+    let Some(files) = &downloads.files else {
+        return text(StatusCode::NOT_FOUND, "No files are served here.");
+    };
+    let Ok(key) = csp_content::ObjectKey::parse(key) else {
+        return text(StatusCode::FORBIDDEN, NOT_SIGNED);
+    };
+    let (mut expires, mut signature) = ("", "");
+    for pair in request.uri().query().unwrap_or("").split('&') {
+        match pair.split_once('=') {
+            Some(("expires", value)) => expires = value,
+            Some(("signature", value)) => signature = value,
+            _ => {}
+        }
+    }
+    let path = match files.check(&key, expires, signature, std::time::SystemTime::now()) {
+        Ok(path) => path,
+        Err(csp_content::Refused::Expired) => return text(StatusCode::FORBIDDEN, EXPIRED),
+        Err(csp_content::Refused::BadSignature) => return text(StatusCode::FORBIDDEN, NOT_SIGNED),
+    };
+    // GET and HEAD only (the route says so); Range, If-Modified-Since and
+    // the rest are tower-http's.
+    match tower_http::services::ServeFile::new(path)
+        .try_call(request)
+        .await
+    {
+        Ok(response) if response.status() == StatusCode::NOT_FOUND => text(
+            StatusCode::NOT_FOUND,
+            "This file is no longer stored. Ask your partner for help.",
+        ),
+        Ok(response) => {
+            let mut response = response.map(axum::body::Body::new);
+            response.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, no-transform"),
+            );
+            response
+        }
+        Err(error) => {
+            tracing::error!(%error, "a stored file cannot be read");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The file cannot be read right now. Please try again shortly.",
+            )
+        }
     }
 }
 

@@ -93,6 +93,12 @@ pub struct Config {
     /// client].
     #[arg(long, env = "CSP_TRUSTED_PROXIES", value_delimiter = ',', value_parser = downloads::parse_proxy)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The content store: with a file:// store (CSP_CONTENT_STORE and
+    /// CSP_CONTENT_SIGNING_KEY, as licensing has them) the download listener
+    /// serves its files behind licensing's signed URLs; cloud stores serve
+    /// their own.
+    #[command(flatten)]
+    pub content: csp_content::ContentArgs,
     /// Where each backend serves gRPC.
     #[command(flatten)]
     pub backends: Backends,
@@ -239,6 +245,7 @@ pub async fn run(
         forwarder.to(licensing),
         identity.signer.clone(),
         config.trusted_proxies.clone(),
+        csp_content::LocalFiles::open(&config.content, config.identity.dev)?,
         config.http_limits,
         shutdown.clone(),
     ));

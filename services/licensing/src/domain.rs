@@ -110,20 +110,6 @@ pub fn check_selection(
     }
 }
 
-/// Where a download's file is on the content origin.
-pub fn content_url(
-    origin: &str,
-    product: &str,
-    version: &str,
-    language: &str,
-    file_type: &str,
-) -> String {
-    format!(
-        "{}/{product}/{version}/{language}/{file_type}",
-        origin.trim_end_matches('/')
-    )
-}
-
 csp_kit::stored_enum! {
     /// Whether software bought for a customer can still be used.
     pub enum EntitlementStatus {
@@ -166,6 +152,40 @@ pub struct Selection {
     pub language: String,
     /// File type id.
     pub file_type: String,
+}
+
+/// FAILED_PRECONDITION for a selection no file is stored for: the catalog
+/// offers it, but no operator has uploaded it yet.
+pub fn no_file_error(product_id: &str, selection: &Selection) -> ApiError {
+    ApiError::failed_precondition(
+        "FILE_NOT_STORED",
+        format!(
+            "{product_id}/{}/{}/{}",
+            selection.version, selection.language, selection.file_type
+        ),
+        format!(
+            "no file is stored yet for {product_id} version {}, {}, {}; no link was issued. \
+             An operator stores it with `csp content put`",
+            selection.version, selection.language, selection.file_type
+        ),
+    )
+}
+
+/// A software file in the object store, as recorded when it was stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContentFile {
+    /// The product.
+    pub product_id: String,
+    /// The version, language and file type it is.
+    pub selection: Selection,
+    /// Where it is in the store.
+    pub object_key: String,
+    /// Its size in bytes.
+    pub size_bytes: i64,
+    /// Its SHA-256, lower-case hex.
+    pub sha256: String,
+    /// When it was stored.
+    pub stored_at: Micros,
 }
 
 /// A link to create when no valid one exists.
@@ -285,13 +305,5 @@ mod tests {
         let fields: Vec<&str> = v.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(fields, ["version", "file_type"]);
         assert!(v[0].description.contains("2019, 2022"));
-    }
-
-    #[test]
-    fn content_urls_name_the_selection() {
-        assert_eq!(
-            content_url("https://cdn.example/sw/", "ws", "2022", "en-US", "iso-x64"),
-            "https://cdn.example/sw/ws/2022/en-US/iso-x64"
-        );
     }
 }

@@ -76,6 +76,8 @@ impl LicensingService for LicensingApi {
                 url: issued.url,
                 expire_time: Some(to_timestamp(issued.expires_at)),
                 downloads_remaining: u32::try_from(issued.downloads_remaining).unwrap_or(0),
+                file_size_bytes: u64::try_from(issued.file.size_bytes).unwrap_or(0),
+                file_sha256: issued.file.sha256,
             }),
         }))
     }

@@ -10,12 +10,14 @@
 //! - [`secrets`]: product keys, link tokens, sealing.
 //! - [`storage`]: SQL on SQLite or PostgreSQL, and the migrations.
 //! - [`peers`]: the catalog (download options) and ordering (customers).
+//! - [`content`]: the software files in the object store (`csp content`).
 //!
 //! Entitlements come from ordering's events (provisioned on "order placed"
 //! for software, revoked on "subscription cancelled"), deduplicated by event
 //! id. Key accesses, issued links and downloads go to audit through the
 //! outbox.
 
+pub mod content;
 pub mod domain;
 pub mod handlers;
 pub mod peers;
@@ -82,14 +84,11 @@ pub struct Config {
         default_value = "http://127.0.0.1:8080"
     )]
     pub download_base_url: String,
-    /// Where the files are; a download redirects to
-    /// ORIGIN/PRODUCT/VERSION/LANGUAGE/FILE_TYPE.
-    #[arg(
-        long,
-        env = "CSP_CONTENT_ORIGIN",
-        default_value = "https://download.csp.example/software"
-    )]
-    pub content_origin: String,
+    /// The object store the software files are in; a download redirects to
+    /// a URL signed for its one file. With --dev and no store:
+    /// file://DATA_DIR/content, served at the download base URL.
+    #[command(flatten)]
+    pub content: csp_content::ContentArgs,
 }
 
 /// Opens and migrates the database, starts the outbox relay, and serves on
@@ -106,7 +105,21 @@ pub async fn run(
         DEV_SEALING_KEY,
         config.backend.identity.dev,
     )?;
+    let dev = config.backend.identity.dev;
+    let mut content = config.content.clone();
+    if dev && content.store.is_none() {
+        // Development: files in the data directory, served by a --dev
+        // gateway given the same store.
+        content.store = Some(csp_content::file_url(
+            &config.backend.data_dir.join("content"),
+        ));
+        content
+            .public_url
+            .get_or_insert_with(|| config.download_base_url.clone());
+    }
+    let content = csp_content::ContentStore::open(&content, "licensing", dev)?;
     let mut backend = Backend::start(&SPEC, &config.backend, listener, shutdown).await?;
+    backend.also_ready_when(content.readiness());
     let catalog = backend.channel(&config.catalog.catalog_url)?;
     let ordering = backend.channel(&config.ordering.ordering_url)?;
     let audit = backend.channel(&config.audit.audit_url)?;
@@ -118,8 +131,8 @@ pub async fn run(
         clock,
         Urls {
             download_base: config.download_base_url.clone(),
-            content_origin: config.content_origin.clone(),
         },
+        content,
         relay,
     ));
     backend

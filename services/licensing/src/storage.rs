@@ -11,7 +11,8 @@ use csp_store::{StoreResult, on_db, on_tx};
 use sqlx::Row as _;
 
 use crate::domain::{
-    Download, Entitlement, EntitlementStatus, Issued, LinkState, NewLink, Selection, StoredLink,
+    ContentFile, Download, Entitlement, EntitlementStatus, Issued, LinkState, NewLink, Selection,
+    StoredLink,
 };
 
 /// The licensing service's migrations.
@@ -20,12 +21,20 @@ pub const MIGRATIONS: Migrations = Migrations {
         LICENSING,
         outbox::sqlite_migration(2),
         outbox::due_index_migration(3),
+        CONTENT_FILES,
     ],
     postgres: &[
         LICENSING,
         outbox::postgres_migration(2),
         outbox::due_index_migration(3),
+        CONTENT_FILES,
     ],
+};
+
+const CONTENT_FILES: MigrationSource = MigrationSource {
+    version: 4,
+    description: "content files",
+    sql: include_str!("../migrations/0004_content_files.sql"),
 };
 
 const LICENSING: MigrationSource = MigrationSource {
@@ -393,6 +402,96 @@ impl LicensingStore {
             .fetch_optional(pool)
             .await)?;
         Ok(state.map(link_state_from_row))
+    }
+}
+
+/// The software files stored.
+impl LicensingStore {
+    /// The file stored for `product_id` and `selection`, when there is one.
+    pub async fn content_file(
+        &self,
+        product_id: &str,
+        selection: &Selection,
+    ) -> StoreResult<Option<ContentFile>> {
+        const SQL: &str = "SELECT product_id, version, language, file_type, object_key, size_bytes, sha256, stored_at_us \
+                           FROM content_files WHERE product_id = $1 AND version = $2 AND language = $3 AND file_type = $4";
+        let row: Option<ContentRow> = on_db!(&self.db, pool => sqlx::query_as(SQL)
+            .bind(product_id)
+            .bind(&selection.version)
+            .bind(&selection.language)
+            .bind(&selection.file_type)
+            .fetch_optional(pool)
+            .await)?;
+        Ok(row.map(content_from_row))
+    }
+
+    /// Every stored file, by product, version, language and file type.
+    pub async fn content_files(&self) -> StoreResult<Vec<ContentFile>> {
+        const SQL: &str = "SELECT product_id, version, language, file_type, object_key, size_bytes, sha256, stored_at_us \
+                           FROM content_files ORDER BY product_id, version, language, file_type";
+        let rows: Vec<ContentRow> =
+            on_db!(&self.db, pool => sqlx::query_as(SQL).fetch_all(pool).await)?;
+        Ok(rows.into_iter().map(content_from_row).collect())
+    }
+
+    /// Records `file` (replacing the record of the same selection).
+    pub async fn record_content_file(&self, file: &ContentFile) -> StoreResult<()> {
+        const SQL: &str = "INSERT INTO content_files (product_id, version, language, file_type, object_key, size_bytes, sha256, stored_at_us) \
+                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                           ON CONFLICT (product_id, version, language, file_type) DO UPDATE SET \
+                           object_key = excluded.object_key, size_bytes = excluded.size_bytes, \
+                           sha256 = excluded.sha256, stored_at_us = excluded.stored_at_us";
+        on_db!(&self.db, pool => sqlx::query(SQL)
+            .bind(&file.product_id)
+            .bind(&file.selection.version)
+            .bind(&file.selection.language)
+            .bind(&file.selection.file_type)
+            .bind(&file.object_key)
+            .bind(file.size_bytes)
+            .bind(&file.sha256)
+            .bind(file.stored_at)
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Forgets the file of `product_id` and `selection`; whether there was
+    /// one.
+    pub async fn forget_content_file(
+        &self,
+        product_id: &str,
+        selection: &Selection,
+    ) -> StoreResult<bool> {
+        const SQL: &str = "DELETE FROM content_files WHERE product_id = $1 AND version = $2 AND language = $3 AND file_type = $4";
+        let done = on_db!(&self.db, pool => sqlx::query(SQL)
+            .bind(product_id)
+            .bind(&selection.version)
+            .bind(&selection.language)
+            .bind(&selection.file_type)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(done > 0)
+    }
+}
+
+type ContentRow = (String, String, String, String, String, i64, String, i64);
+
+fn content_from_row(
+    (product_id, version, language, file_type, object_key, size_bytes, sha256, stored_at): ContentRow,
+) -> ContentFile {
+    ContentFile {
+        product_id,
+        selection: Selection {
+            version,
+            language,
+            file_type,
+        },
+        object_key,
+        size_bytes,
+        sha256,
+        stored_at,
     }
 }
 

@@ -19,22 +19,22 @@ use csp_store::group::GroupCommit;
 use csp_store::outbox::Message;
 use tokio::sync::Notify;
 
+use csp_content::{ContentStore, Purpose};
+
 use crate::domain::{
-    self, Dead, Download, Entitlement, EntitlementStatus, Issued, LINK_LIFETIME, MAX_DOWNLOADS,
-    NewLink, Options, Selection,
+    self, ContentFile, Dead, Download, Entitlement, EntitlementStatus, Issued, LINK_LIFETIME,
+    MAX_DOWNLOADS, NewLink, Options, Selection,
 };
 use crate::peers::{DownloadOptions, Peers};
 use crate::secrets::{self, Sealer};
 use crate::storage::{LicensingStore, LinkCount};
 
-/// Where links point and files live.
+/// Where links point.
 #[derive(Clone, Debug)]
 pub struct Urls {
     /// The gateway's public download listener, for example
     /// `http://127.0.0.1:8080`.
     pub download_base: String,
-    /// Where files are served from.
-    pub content_origin: String,
 }
 
 /// Software bought for a customer, with what can be downloaded of it.
@@ -58,6 +58,8 @@ pub struct KeysAndDownloads {
     pub expires_at: Micros,
     /// Downloads left.
     pub downloads_remaining: i32,
+    /// The file the link downloads (its size and SHA-256).
+    pub file: ContentFile,
 }
 
 impl std::fmt::Debug for KeysAndDownloads {
@@ -67,6 +69,7 @@ impl std::fmt::Debug for KeysAndDownloads {
             .field("url", &"***")
             .field("expires_at", &self.expires_at)
             .field("downloads_remaining", &self.downloads_remaining)
+            .field("file", &self.file)
             .finish()
     }
 }
@@ -76,7 +79,7 @@ impl std::fmt::Debug for KeysAndDownloads {
 pub enum Redemption {
     /// Counted: send the caller to the file.
     Redirect {
-        /// Where the file is.
+        /// Where the file is: a signed URL that works for minutes.
         url: String,
         /// This download's number.
         count: i32,
@@ -132,6 +135,7 @@ pub struct Licensing {
     sealer: Arc<Sealer>,
     clock: Arc<dyn Clock>,
     urls: Arc<Urls>,
+    content: ContentStore,
     relay: Arc<Notify>,
     /// Redemptions arriving while one group commits are counted together in
     /// the next transaction: one durable commit for many downloads.
@@ -156,6 +160,7 @@ impl Licensing {
         sealer: Sealer,
         clock: Arc<dyn Clock>,
         urls: Urls,
+        content: ContentStore,
         relay: Arc<Notify>,
     ) -> Self {
         Self {
@@ -164,6 +169,7 @@ impl Licensing {
             sealer: Arc::new(sealer),
             clock,
             urls: Arc::new(urls),
+            content,
             relay,
             redemptions: Arc::default(),
         }
@@ -230,6 +236,11 @@ impl Licensing {
             &selection.language,
             &selection.file_type,
         )?;
+        let file = self
+            .store
+            .content_file(&entitlement.product_id, &selection)
+            .await?
+            .ok_or_else(|| domain::no_file_error(&entitlement.product_id, &selection))?;
         let now = self.clock.now();
         let key_context = format!("{subscription}/{}", selection.version);
         let fresh_key = self
@@ -267,11 +278,16 @@ impl Licensing {
             new_link = issued.link_is_new,
             "keys and download link handed out"
         );
-        self.reveal(&issued, &key_context)
+        self.reveal(&issued, &key_context, file)
     }
 
     /// The key and link of `issued`, unsealed.
-    fn reveal(&self, issued: &Issued, key_context: &str) -> ApiResult<KeysAndDownloads> {
+    fn reveal(
+        &self,
+        issued: &Issued,
+        key_context: &str,
+        file: ContentFile,
+    ) -> ApiResult<KeysAndDownloads> {
         let product_key = self.sealer.open(&issued.sealed_key, key_context)?;
         let token = self
             .sealer
@@ -284,6 +300,7 @@ impl Licensing {
             ),
             expires_at: issued.link.expires_at,
             downloads_remaining: issued.link.max_downloads - issued.link.downloads,
+            file,
         })
     }
 
@@ -435,14 +452,24 @@ impl Licensing {
         match outcome {
             LinkCount::Counted(download) => {
                 self.relay.notify_one();
+                // The count is durable; the URL is signed for this one
+                // object and works for minutes only, so the counter, expiry
+                // and revocation stay the only way to the file.
+                let key = crate::content::key_of(&download.product_id, &download.selection)
+                    .map_err(ApiError::Internal)?;
+                let signed = self
+                    .content
+                    .signed_url(&key, Purpose::Software)
+                    .await
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "cannot sign a download URL");
+                        ApiError::Unavailable(
+                            "the file store cannot be reached; the download was counted, please try the link again shortly"
+                                .to_owned(),
+                        )
+                    })?;
                 Ok(Redemption::Redirect {
-                    url: domain::content_url(
-                        &self.urls.content_origin,
-                        &download.product_id,
-                        &download.selection.version,
-                        &download.selection.language,
-                        &download.selection.file_type,
-                    ),
+                    url: signed.url,
                     count: download.count,
                     max_downloads: download.max_downloads,
                 })
