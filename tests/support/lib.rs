@@ -5,6 +5,7 @@
 /// sqlx, for tests that look behind a service's API.
 pub use sqlx;
 
+pub mod azurite;
 pub mod grpcurl;
 pub mod http;
 pub mod logs;
@@ -126,6 +127,7 @@ pub struct TestSystem {
     pub partner: Uuid,
     storage: Storage,
     clock: std::sync::Arc<dyn csp_kit::clock::Clock>,
+    content: Option<csp_content::ContentArgs>,
 }
 
 impl TestSystem {
@@ -185,11 +187,75 @@ impl TestSystem {
         TestSystem::start_full(fresh_storage(), csp_kit::clock::system(), &[], quota).await
     }
 
+    /// Starts a system whose software files live in the store `content`
+    /// names (Azurite, a short URL lifetime), with the demo placeholders.
+    pub async fn start_with_content(content: csp_content::ContentArgs) -> TestSystem {
+        TestSystem::start_configured(
+            fresh_storage(),
+            csp_kit::clock::system(),
+            &[],
+            Default::default(),
+            Some(content),
+        )
+        .await
+    }
+
+    /// Starts a system whose local file URLs work only `secs` seconds.
+    pub async fn start_with_url_ttl(secs: u64) -> TestSystem {
+        let storage = fresh_storage();
+        let content = csp_content::ContentArgs {
+            url_ttl_secs: secs,
+            ..content_args(&storage, None)
+        };
+        TestSystem::start_configured(
+            storage,
+            csp_kit::clock::system(),
+            &[],
+            Default::default(),
+            Some(content),
+        )
+        .await
+    }
+
+    /// The content store settings of this system's services, served at
+    /// `public_url` (a local store's gateway).
+    pub fn content_args(&self, public_url: Option<String>) -> csp_content::ContentArgs {
+        match &self.content {
+            Some(content) => csp_content::ContentArgs {
+                public_url: public_url.or_else(|| content.public_url.clone()),
+                ..content.clone()
+            },
+            None => content_args(&self.storage, public_url),
+        }
+    }
+
+    /// Licensing's software files, as `csp content` reaches them (its
+    /// database and the content store).
+    pub async fn software_files(&self) -> csp_licensing::content::SoftwareFiles {
+        let content = self.content_args(None);
+        let store = csp_content::ContentStore::open_unsigned(&content)
+            .unwrap_or_else(|e| panic!("cannot open the content store: {e:#}"));
+        let db = csp_store::db::Db::connect_existing(&self.database_url("licensing").await)
+            .await
+            .unwrap_or_else(|e| panic!("cannot open licensing's database: {e:#}"));
+        csp_licensing::content::SoftwareFiles::new(db, store)
+    }
+
     async fn start_full(
         storage: Storage,
         clock: std::sync::Arc<dyn csp_kit::clock::Clock>,
         held_back: &'static [&'static str],
         attachment_quota: csp_support::domain::AttachmentQuota,
+    ) -> TestSystem {
+        TestSystem::start_configured(storage, clock, held_back, attachment_quota, None).await
+    }
+
+    async fn start_configured(
+        storage: Storage,
+        clock: std::sync::Arc<dyn csp_kit::clock::Clock>,
+        held_back: &'static [&'static str],
+        attachment_quota: csp_support::domain::AttachmentQuota,
+        content: Option<csp_content::ContentArgs>,
     ) -> TestSystem {
         let system = csp::start(SystemConfig {
             storage: storage.clone(),
@@ -200,7 +266,9 @@ impl TestSystem {
             identity_keys: identity_keys().clone(),
             seed_demo_catalog: true,
             sealing_key: sealing_key(),
-            content: content_args(&storage, None),
+            content: content
+                .clone()
+                .unwrap_or_else(|| content_args(&storage, None)),
             attachment_quota,
             audit_key: audit_key(),
             audit_log_name: csp_audit::log::DEFAULT_LOG_NAME.to_owned(),
@@ -214,6 +282,7 @@ impl TestSystem {
             partner: Uuid::new_v4(),
             storage,
             clock,
+            content,
         }
     }
 
@@ -427,7 +496,7 @@ impl Replica {
             audit: url(a.audit).into(),
             sealing_key: Some(sealing_key()),
             download_base_url: url(http_addr),
-            content: content_args(&system.storage, Some(url(http_addr))),
+            content: system.content_args(Some(url(http_addr))),
         };
         let gateway_config = csp_gateway::Config {
             listen: Some(gateway_addr),
@@ -440,7 +509,7 @@ impl Replica {
             limits: csp_gateway::limits::LimitArgs::default(),
             http_limits: csp_gateway::listener::HttpLimits::default(),
             trusted_proxies: Vec::new(),
-            content: content_args(&system.storage, None),
+            content: system.content_args(None),
             backends: csp_gateway::Backends::at(
                 url(a.catalog),
                 url(a.ordering),
@@ -544,7 +613,7 @@ impl Instance {
             audit: url(a.audit).into(),
             sealing_key: Some(sealing_key()),
             download_base_url: url(a.gateway_http),
-            content: content_args(&system.storage, Some(url(a.gateway_http))),
+            content: system.content_args(Some(url(a.gateway_http))),
         };
         let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
         let task = tokio::spawn(csp_licensing::run(
@@ -598,7 +667,7 @@ impl Instance {
             limits,
             http_limits: csp_gateway::listener::HttpLimits::default(),
             trusted_proxies: Vec::new(),
-            content: content_args(&system.storage, None),
+            content: system.content_args(None),
             backends: csp_gateway::Backends::at(
                 url(a.catalog),
                 url(a.ordering),

@@ -20,11 +20,11 @@ use tonic::transport::Channel;
 use tonic_types::StatusExt as _;
 use uuid::Uuid;
 
-type Licensing = LicensingServiceClient<InterceptedService<Channel, Bearer>>;
+pub(crate) type Licensing = LicensingServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// A customer with an order of Windows Server Datacenter, SQL Server and an
 /// Azure reservation; returns (customer, order lines' subscription ids).
-async fn bought(system: &TestSystem, domain: &str) -> (String, Vec<String>) {
+pub(crate) async fn bought(system: &TestSystem, domain: &str) -> (String, Vec<String>) {
     let (customer, order) = system
         .purchase(
             domain,
@@ -43,7 +43,11 @@ async fn bought(system: &TestSystem, domain: &str) -> (String, Vec<String>) {
 
 /// The customer's software once licensing has it (events arrive through
 /// ordering's outbox).
-async fn software(licensing: &mut Licensing, customer: &str, expected: usize) -> Vec<Software> {
+pub(crate) async fn software(
+    licensing: &mut Licensing,
+    customer: &str,
+    expected: usize,
+) -> Vec<Software> {
     for _ in 0..500 {
         let found = licensing
             .list_software(ListSoftwareRequest {
@@ -61,7 +65,7 @@ async fn software(licensing: &mut Licensing, customer: &str, expected: usize) ->
     panic!("licensing never listed {expected} products for {customer}");
 }
 
-fn selection(customer: &str, subscription: &str) -> GetKeysAndDownloadsRequest {
+pub(crate) fn selection(customer: &str, subscription: &str) -> GetKeysAndDownloadsRequest {
     GetKeysAndDownloadsRequest {
         customer_tenant_id: customer.into(),
         subscription_id: subscription.into(),
@@ -362,10 +366,14 @@ async fn exactly_fifty_of_five_hundred_racing_downloads_succeed_across_two_repli
         tasks.push(tokio::spawn(async move { http::get(&url).await }));
     }
     let (mut redirected, mut gone) = (0, 0);
+    let mut locations = Vec::new();
     for task in tasks {
         let answer = task.await.unwrap();
         match answer.status {
-            302 => redirected += 1,
+            302 => {
+                redirected += 1;
+                locations.push(answer.header("location").unwrap().to_owned());
+            }
             410 => {
                 assert!(answer.body.contains("50 downloads"), "{}", answer.body);
                 gone += 1;
@@ -374,6 +382,20 @@ async fn exactly_fifty_of_five_hundred_racing_downloads_succeed_across_two_repli
         }
     }
     assert_eq!((redirected, gone), (50, 450));
+    // Every redirect's signed URL gives the file, through either gateway.
+    let expected = csp_content::placeholder(
+        &csp_content::ObjectKey::software("windows-server-datacenter", "2022", "en-US", "iso-x64")
+            .unwrap(),
+    );
+    let files: Vec<_> = locations
+        .into_iter()
+        .map(|url| tokio::spawn(async move { http::get(&url).await }))
+        .collect();
+    for file in files {
+        let file = file.await.unwrap();
+        assert_eq!(file.status, 200, "{file:?}");
+        assert_eq!(file.body.as_bytes(), &expected[..]);
+    }
 
     // Used up, the next call issues a new link.
     let renewed = licensing

@@ -5,6 +5,7 @@
 
 mod audit;
 mod catalog;
+mod content;
 mod contract;
 mod gateway;
 mod grpcurl_cli;

@@ -1,0 +1,267 @@
+//! Software files behind short-lived signed URLs: on the local store the
+//! gateway serves (Range, HEAD, expiry, tampering), and on Azure Blob
+//! Storage (Azurite) with SAS URLs. A download is only ever reached through
+//! a counted link: the signed URL works for one object and for minutes.
+
+use std::time::Duration;
+
+use csp_content::ObjectKey;
+use csp_kit::roles::Role;
+use csp_tests::azurite::Azurite;
+use csp_tests::{TestSystem, http};
+use sha2::Digest as _;
+use tonic::Code;
+use tonic_types::StatusExt as _;
+
+use crate::licensing::{bought, selection, software};
+
+/// The demo file of the tests' selection.
+fn datacenter_2022() -> ObjectKey {
+    ObjectKey::software("windows-server-datacenter", "2022", "en-US", "iso-x64").unwrap()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    csp_content::hex(&sha2::Sha256::digest(bytes))
+}
+
+/// A customer's fresh link to Windows Server Datacenter 2022 en-US ISO,
+/// with the request that gives it again.
+async fn link(
+    system: &TestSystem,
+    domain: &str,
+) -> (
+    csp_proto::licensing::v1::DownloadLink,
+    csp_proto::licensing::v1::GetKeysAndDownloadsRequest,
+) {
+    let (customer, subscriptions) = bought(system, domain).await;
+    let mut licensing = system.licensing(&[Role::AdminAgent]).await;
+    software(&mut licensing, &customer, 2).await;
+    let request = selection(&customer, &subscriptions[0]);
+    let link = licensing
+        .get_keys_and_downloads(request.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .download_link
+        .unwrap();
+    (link, request)
+}
+
+/// The link of `request` as it stands now.
+async fn current(
+    system: &TestSystem,
+    request: &csp_proto::licensing::v1::GetKeysAndDownloadsRequest,
+) -> csp_proto::licensing::v1::DownloadLink {
+    system
+        .licensing(&[Role::AdminAgent])
+        .await
+        .get_keys_and_downloads(request.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .download_link
+        .unwrap()
+}
+
+/// Follows `link_url` once (counting a download): the signed URL.
+async fn signed_url(link_url: &str) -> String {
+    let answer = http::get(link_url).await;
+    assert_eq!(answer.status, 302, "{answer:?}");
+    answer.header("location").unwrap().to_owned()
+}
+
+/// `url` with its query parameter `name` set to `value`.
+fn with_param(url: &str, name: &str, value: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap();
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((n, _)) if n == name => format!("{n}={value}"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_serves_a_local_file_only_behind_its_signed_url() {
+    let system = TestSystem::start().await;
+    let (link, request) = link(&system, "files.example.com").await;
+    let key = datacenter_2022();
+    let placeholder = csp_content::placeholder(&key);
+    let url = signed_url(&link.url).await;
+
+    // The whole file, its ranges, HEAD.
+    let whole = http::get(&url).await;
+    assert_eq!(whole.status, 200, "{whole:?}");
+    assert_eq!(sha256(whole.body.as_bytes()), link.file_sha256);
+    assert_eq!(whole.header("accept-ranges"), Some("bytes"));
+    let part = http::get_with(&url, &[("Range", "bytes=10-19")]).await;
+    assert_eq!(part.status, 206, "{part:?}");
+    assert_eq!(part.body.as_bytes(), &placeholder[10..20]);
+    assert_eq!(
+        part.header("content-range"),
+        Some(format!("bytes 10-19/{}", placeholder.len()).as_str())
+    );
+    let tail = http::get_with(&url, &[("Range", "bytes=-5")]).await;
+    assert_eq!(tail.status, 206);
+    assert_eq!(tail.body.as_bytes(), &placeholder[placeholder.len() - 5..]);
+    let beyond = http::get_with(&url, &[("Range", "bytes=999999-")]).await;
+    assert_eq!(beyond.status, 416, "{beyond:?}");
+    let head = http::head(&url).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("content-length"),
+        Some(placeholder.len().to_string().as_str())
+    );
+    assert!(head.body.is_empty());
+
+    // Tampered: another object, a later expiry, a cut signature, none.
+    let other = url.replace("/iso-x64?", "/vhdx-x64?");
+    let later = with_param(&url, "expires", "99999999999");
+    let (_, query) = url.split_once("signature=").unwrap();
+    let cut = with_param(&url, "signature", &query[..10]);
+    let unsigned = url.split_once('?').unwrap().0.to_owned();
+    for refused in [other, later, cut, unsigned] {
+        let answer = http::get(&refused).await;
+        assert_eq!(answer.status, 403, "{refused}: {answer:?}");
+        assert!(answer.body.contains("not valid"), "{}", answer.body);
+        assert!(!answer.body.contains("signature="), "{}", answer.body);
+    }
+    // An altered expiry is not valid either (the signature covers it).
+    let expired = with_param(&url, "expires", "1");
+    assert_eq!(http::get(&expired).await.status, 403);
+
+    // One download counted: the redirect, none for the file's answers.
+    let now = current(&system, &request).await;
+    assert_eq!(now.url, link.url);
+    assert_eq!(now.downloads_remaining, 49);
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_url_is_refused_once_it_expires() {
+    let system = TestSystem::start_with_url_ttl(1).await;
+    let (link, _) = link(&system, "expiry.example.com").await;
+    let url = signed_url(&link.url).await;
+    assert_eq!(http::get(&url).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let expired = http::get(&url).await;
+    assert_eq!(expired.status, 403, "{expired:?}");
+    assert!(expired.body.contains("expired"), "{}", expired.body);
+    // The link itself still works: a new download, a new URL.
+    let again = signed_url(&link.url).await;
+    assert_ne!(again, url);
+    assert_eq!(http::get(&again).await.status, 200);
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_link_is_issued_for_a_selection_without_a_stored_file() {
+    let system = TestSystem::start().await;
+    let (customer, subscriptions) = bought(&system, "missing.example.com").await;
+    let mut licensing = system.licensing(&[Role::AdminAgent]).await;
+    software(&mut licensing, &customer, 2).await;
+    let files = system.software_files().await;
+    let request = selection(&customer, &subscriptions[0]);
+    let chosen = csp_licensing::domain::Selection {
+        version: request.version.clone(),
+        language: request.language.clone(),
+        file_type: request.file_type.clone(),
+    };
+    assert!(
+        files
+            .remove("windows-server-datacenter", &chosen)
+            .await
+            .unwrap()
+    );
+    let status = licensing
+        .get_keys_and_downloads(request.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("windows-server-datacenter version 2022, en-US, iso-x64")
+            && status.message().contains("csp content put"),
+        "{}",
+        status.message()
+    );
+    let failure = status.get_details_precondition_failure().unwrap();
+    assert_eq!(failure.violations[0].r#type, "FILE_NOT_STORED");
+
+    // Stored again (a real file this time), the link shows it.
+    let bytes = b"the real ISO, in a test".repeat(1000);
+    let stored = files
+        .put("windows-server-datacenter", &chosen, &bytes[..], |_| {})
+        .await
+        .unwrap();
+    assert_eq!(stored.sha256, sha256(&bytes));
+    let link = current(&system, &request).await;
+    assert_eq!(link.file_sha256, sha256(&bytes));
+    assert_eq!(link.file_size_bytes, bytes.len() as u64);
+    let file = http::get(&signed_url(&link.url).await).await;
+    assert_eq!(file.body.as_bytes(), &bytes[..]);
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_from_azure_blob_storage_go_through_sas_urls() {
+    let azurite = Azurite::start();
+    let system = TestSystem::start_with_content(azurite.content_args(2)).await;
+    let (link, request) = link(&system, "azure.example.com").await;
+    assert_eq!(
+        link.file_sha256,
+        csp_content::placeholder_sha256(&datacenter_2022())
+    );
+
+    // The redirect is a SAS URL for the one blob, and Azurite serves it.
+    let url = signed_url(&link.url).await;
+    let blob = format!(
+        "{}/{}/software/windows-server-datacenter/2022/en-US/iso-x64?",
+        azurite.endpoint(),
+        csp_tests::azurite::CONTAINER
+    );
+    assert!(url.starts_with(&blob), "{url}");
+    assert!(url.contains("sig=") && url.contains("se="), "{url}");
+    let file = http::get(&url).await;
+    assert_eq!(file.status, 200, "{file:?}");
+    assert_eq!(sha256(file.body.as_bytes()), link.file_sha256);
+    // Another blob under the same signature: refused by Azurite.
+    let other = url.replace("/iso-x64?", "/vhdx-x64?");
+    assert_eq!(http::get(&other).await.status, 403);
+    // Expired: Azurite refuses it.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let expired = http::get(&url).await;
+    assert_eq!(expired.status, 403, "{expired:?}");
+
+    // An operator replaces the file; the link shows and serves the new one.
+    let files = system.software_files().await;
+    let chosen = csp_licensing::domain::Selection {
+        version: "2022".into(),
+        language: "en-US".into(),
+        file_type: "iso-x64".into(),
+    };
+    let bytes = b"Windows Server 2022 Datacenter, in Azure".repeat(50_000);
+    files
+        .put("windows-server-datacenter", &chosen, &bytes[..], |_| {})
+        .await
+        .unwrap();
+    let now = current(&system, &request).await;
+    assert_eq!(now.file_sha256, sha256(&bytes));
+    let file = http::get(&signed_url(&link.url).await).await;
+    assert_eq!(file.status, 200);
+    assert_eq!(file.body.len(), bytes.len());
+    assert_eq!(sha256(file.body.as_bytes()), sha256(&bytes));
+
+    // Used up: 410, and no SAS URL.
+    for _ in 0..48 {
+        assert_eq!(http::get(&link.url).await.status, 302);
+    }
+    let gone = http::get(&link.url).await;
+    assert_eq!(gone.status, 410, "{gone:?}");
+    assert!(gone.header("location").is_none());
+    assert!(!gone.body.contains("sig="), "{}", gone.body);
+    system.stop().await;
+}
