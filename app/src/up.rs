@@ -46,6 +46,14 @@ pub struct UpArgs {
     /// What one partner may keep in ticket attachments.
     #[command(flatten)]
     attachment_quota: csp_support::domain::AttachmentQuota,
+    /// The gateway's public gRPC address (the backends keep their fixed
+    /// local ports); port 0 picks a free one.
+    #[arg(long, env = "CSP_LISTEN", default_value_t = csp_gateway::DEFAULT_ADDR)]
+    listen: std::net::SocketAddr,
+    /// The gateway's public download listener (download links and, with the
+    /// local store, the files); port 0 picks a free one.
+    #[arg(long, env = "CSP_HTTP_LISTEN", default_value_t = csp_gateway::DEFAULT_HTTP_ADDR)]
+    http_listen: std::net::SocketAddr,
     /// Where Prometheus metrics of all six services are served (GET /metrics).
     #[arg(long, env = "CSP_METRICS_LISTEN", default_value_t = csp::DEFAULT_METRICS_ADDR)]
     metrics_listen: std::net::SocketAddr,
@@ -65,6 +73,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         storage: storage.clone(),
         addresses: Addresses {
             metrics: Some(args.metrics_listen),
+            gateway: args.listen,
+            gateway_http: args.http_listen,
             ..Addresses::local_defaults()
         },
         jwt_secret: args.jwt_secret.clone(),
@@ -98,6 +108,13 @@ fn print_banner(args: &UpArgs, storage: &Storage, addresses: &Addresses) -> anyh
         "csp is up: gateway gRPC on {gateway}, download links on http://{} ({data}). Ctrl-C stops it.",
         addresses.gateway_http
     );
+    match args.content.store.as_deref() {
+        None => println!(
+            "Software files: {} (a placeholder per demo download; `csp content put` stores real ones).",
+            args.data_dir.join("content").display()
+        ),
+        Some(store) => println!("Software files: {store}."),
+    }
     if let Some(metrics) = addresses.metrics {
         println!("Prometheus metrics of every service: http://{metrics}/metrics");
     }
