@@ -304,6 +304,7 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         licensing: url(addresses.licensing).into(),
         audit: url(addresses.audit).into(),
         attachment_quota: config.attachment_quota,
+        content: content.clone(),
     };
     let (s, clock) = (shutdown.clone(), config.clock.clone());
     tasks.spawn(async move { ("support", csp_support::run(c, support, s, clock).await) });

@@ -680,6 +680,10 @@ fn generate_keys(log_name: &str, format: KeysFormat) -> anyhow::Result<()> {
                         );
                         println!("CSP_CONTENT_SIGNING_KEY={content}");
                     }
+                    ServiceName::Support => {
+                        println!("# with a file:// content store, for attachments:");
+                        println!("CSP_CONTENT_SIGNING_KEY={content}");
+                    }
                     ServiceName::Audit => {
                         println!("CSP_AUDIT_KEY={audit_key}");
                         println!("# the activity log's public key, for auditors: {audit_verifier}");

@@ -265,3 +265,126 @@ async fn downloads_from_azure_blob_storage_go_through_sas_urls() {
     assert!(!gone.body.contains("sig="), "{}", gone.body);
     system.stop().await;
 }
+
+/// A ticket with `files` (name, bytes) filed through the gateway; its id and
+/// attachment ids.
+async fn ticket_with(system: &TestSystem, files: &[(&str, Vec<u8>)]) -> (String, Vec<String>) {
+    let mut request = crate::support::plain_ticket();
+    request.attachments = files
+        .iter()
+        .map(|(name, bytes)| csp_proto::support::v1::AttachmentUpload {
+            file_name: (*name).into(),
+            content_type: "application/pdf".into(),
+            content: bytes.clone().into(),
+        })
+        .collect();
+    let ticket = system
+        .support(&[Role::AdminAgent])
+        .await
+        .create_ticket(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap();
+    let ids = ticket.attachments.iter().map(|a| a.id.clone()).collect();
+    (ticket.id, ids)
+}
+
+async fn get_attachment(
+    system: &TestSystem,
+    ticket: &str,
+    attachment: &str,
+) -> csp_proto::support::v1::GetAttachmentResponse {
+    system
+        .support(&[Role::AdminAgent])
+        .await
+        .get_attachment(csp_proto::support::v1::GetAttachmentRequest {
+            ticket_id: ticket.into(),
+            attachment_id: attachment.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_round_trip_through_azure_blob_storage() {
+    let azurite = Azurite::start();
+    let system = TestSystem::start_with_content(azurite.content_args(300)).await;
+    let big: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let (ticket, ids) = ticket_with(
+        &system,
+        &[
+            ("big.pdf", big.clone()),
+            ("small.pdf", b"%PDF-1.7 tiny".to_vec()),
+        ],
+    )
+    .await;
+    let fetched = get_attachment(&system, &ticket, &ids[0]).await;
+    assert!(fetched.content.is_empty(), "3 MiB is not inline");
+    assert!(
+        fetched.download_url.starts_with(&format!(
+            "{}/{}/attachments/",
+            azurite.endpoint(),
+            csp_tests::azurite::CONTAINER
+        )),
+        "{}",
+        fetched.download_url
+    );
+    let response = reqwest::get(&fetched.download_url).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.bytes().await.unwrap();
+    assert_eq!(sha256(&body), fetched.attachment.unwrap().sha256);
+    assert_eq!(&body[..], &big[..]);
+    let small = get_attachment(&system, &ticket, &ids[1]).await;
+    assert_eq!(small.content, b"%PDF-1.7 tiny");
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_kept_in_the_database_move_to_the_object_store_at_start() {
+    let system = TestSystem::start().await;
+    let partner = system.partner;
+    let (ticket, _) = ticket_with(&system, &[]).await;
+    // A row as the version before wrote it: the bytes in support's database.
+    let bytes = b"%PDF-1.4 kept in the database by an earlier version".to_vec();
+    let db = csp_store::db::Db::connect_existing(&system.database_url("support").await)
+        .await
+        .unwrap();
+    const SQL: &str = "INSERT INTO ticket_attachments (id, ticket_id, position, file_name, content_type, \
+                       size_bytes, sha256, content) VALUES ($1, $2, 0, 'old.pdf', 'application/pdf', $3, $4, $5)";
+    let id = uuid::Uuid::new_v4().to_string();
+    csp_store::on_db!(&db, pool => sqlx::query(SQL)
+        .bind(&id)
+        .bind(&ticket)
+        .bind(bytes.len() as i64)
+        .bind(sha256(&bytes))
+        .bind(&bytes)
+        .execute(pool)
+        .await
+        .map(drop))
+    .unwrap();
+    // Before the move it is served from the database, inline, without a URL.
+    let before = get_attachment(&system, &ticket, &id).await;
+    assert_eq!(before.content, bytes);
+    assert!(before.download_url.is_empty());
+
+    let storage = system.stop_keeping_data().await;
+    let mut system = TestSystem::start_with(storage, csp_kit::clock::system()).await;
+    system.partner = partner;
+    let after = get_attachment(&system, &ticket, &id).await;
+    assert_eq!(after.content, bytes);
+    let file = http::get(&after.download_url).await;
+    assert_eq!(file.status, 200, "{file:?}");
+    assert_eq!(file.body.as_bytes(), &bytes[..]);
+    let (left,): (i64,) = csp_store::on_db!(&db, pool => sqlx::query_as(
+        "SELECT CAST(SUM(LENGTH(content)) AS BIGINT) FROM ticket_attachments"
+    )
+    .fetch_one(pool)
+    .await)
+    .unwrap();
+    assert_eq!(left, 0, "no attachment bytes are left in the database");
+    db.close().await;
+    system.stop().await;
+}

@@ -17,7 +17,7 @@ use tonic::Code;
 use tonic_types::StatusExt as _;
 use uuid::Uuid;
 
-fn plain_ticket() -> CreateTicketRequest {
+pub(crate) fn plain_ticket() -> CreateTicketRequest {
     CreateTicketRequest {
         issue_type: IssueType::Technical as i32,
         impact: Impact::Minimal as i32,
@@ -439,7 +439,28 @@ async fn tickets_validate_keep_attachments_and_are_idempotent() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(fetched.content, big.content);
+    // Larger than 1 MiB: not inline, behind a short-lived signed URL.
+    assert!(fetched.content.is_empty());
+    assert!(fetched.download_url_expire_time.is_some());
+    let file = csp_tests::http::get(&fetched.download_url).await;
+    assert_eq!(file.status, 200, "{}", file.status);
+    assert_eq!(file.body.as_bytes(), &big.content[..]);
+    let small = support
+        .get_attachment(GetAttachmentRequest {
+            ticket_id: created.id.clone(),
+            attachment_id: created.attachments[1].id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(small.content, vec![7u8; 3], "small files come inline too");
+    assert_eq!(
+        csp_tests::http::get(&small.download_url)
+            .await
+            .body
+            .as_bytes(),
+        &[7u8; 3]
+    );
     let meta = fetched.attachment.unwrap();
     assert_eq!(meta.size_bytes, 10 * 1024 * 1024);
     use sha2::Digest as _;

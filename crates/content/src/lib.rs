@@ -111,6 +111,16 @@ impl ContentArgs {
         }
     }
 
+    /// With `dev` and no store named: a local store in `DATA_DIR/content`,
+    /// served at `public_url` unless one is set (a development machine).
+    pub fn or_dev_local(mut self, dev: bool, data_dir: &FsPath, public_url: &str) -> Self {
+        if dev && self.store.is_none() {
+            self.store = Some(file_url(&data_dir.join("content")));
+            self.public_url.get_or_insert_with(|| public_url.to_owned());
+        }
+        self
+    }
+
     /// The local directory of a file:// store.
     pub fn local_dir(&self) -> Option<PathBuf> {
         let store = self.store.as_deref()?;

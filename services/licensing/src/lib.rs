@@ -106,17 +106,13 @@ pub async fn run(
         config.backend.identity.dev,
     )?;
     let dev = config.backend.identity.dev;
-    let mut content = config.content.clone();
-    if dev && content.store.is_none() {
-        // Development: files in the data directory, served by a --dev
-        // gateway given the same store.
-        content.store = Some(csp_content::file_url(
-            &config.backend.data_dir.join("content"),
-        ));
-        content
-            .public_url
-            .get_or_insert_with(|| config.download_base_url.clone());
-    }
+    // Development: files in the data directory, served by a --dev gateway
+    // given the same store.
+    let content = config.content.clone().or_dev_local(
+        dev,
+        &config.backend.data_dir,
+        &config.download_base_url,
+    );
     let content = csp_content::ContentStore::open(&content, "licensing", dev)?;
     let mut backend = Backend::start(&SPEC, &config.backend, listener, shutdown).await?;
     backend.also_ready_when(content.readiness());

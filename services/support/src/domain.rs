@@ -270,6 +270,9 @@ pub struct Attachment {
     pub size_bytes: i64,
     /// SHA-256, hex.
     pub sha256: String,
+    /// Where its bytes are in the object store; `None` for one still kept in
+    /// the database (written before attachments moved to the store).
+    pub object_key: Option<String>,
     /// The bytes (empty unless loaded).
     pub content: Bytes,
 }

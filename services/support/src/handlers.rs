@@ -110,13 +110,25 @@ impl SupportService for SupportApi {
         let partner = Caller::user_of(&request)?.partner_id;
         let r = request.get_ref();
         let id = TicketId::parse("ticket_id", &r.ticket_id)?;
-        let attachment = self
+        let download = self
             .support
             .attachment(partner, id, r.attachment_id.trim())
             .await?;
+        let (download_url, expire_time) = match download.url {
+            Some(url) => {
+                let micros = url
+                    .expires_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+                (url.url, Some(to_timestamp(micros)))
+            }
+            None => (String::new(), None),
+        };
         Ok(Response::new(pb::GetAttachmentResponse {
-            attachment: Some(attachment_to_pb(&attachment)),
-            content: Vec::from(attachment.content),
+            attachment: Some(attachment_to_pb(&download.attachment)),
+            content: Vec::from(download.content),
+            download_url,
+            download_url_expire_time: expire_time,
         }))
     }
 }

@@ -66,6 +66,11 @@ pub struct Config {
     /// What one partner may keep in attachments.
     #[command(flatten)]
     pub attachment_quota: domain::AttachmentQuota,
+    /// The object store attachments live in (licensing's software files
+    /// share it). With --dev and no store: file://DATA_DIR/content, served
+    /// by a --dev gateway given the same store at http://127.0.0.1:8080.
+    #[command(flatten)]
+    pub content: csp_content::ContentArgs,
 }
 
 /// Opens and migrates the database, starts the refund workflow and the
@@ -77,6 +82,14 @@ pub async fn run(
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
     let mut backend = Backend::start(&SPEC, &config.backend, listener, shutdown).await?;
+    let dev = config.backend.identity.dev;
+    let content = config.content.clone().or_dev_local(
+        dev,
+        &config.backend.data_dir,
+        &format!("http://{}", csp_kit::config::local(8080)),
+    );
+    let content = csp_content::ContentStore::open(&content, "support", dev)?;
+    backend.also_ready_when(content.readiness());
     let store = SupportStore::new(backend.db().clone());
     let ordering = backend.channel(&config.ordering.ordering_url)?;
     let licensing = backend.channel(&config.licensing.licensing_url)?;
@@ -84,14 +97,25 @@ pub async fn run(
     let relay = backend.relay(vec![audit_destination(audit)]);
     let peers = Peers::new(ordering, licensing);
     let refunds = refunds::Refunds::new(store.clone(), peers.clone(), clock.clone());
-    let api = SupportApi::new(Support::new(
+    let support = Support::new(
         store,
         peers,
         config.attachment_quota,
+        content,
         clock,
         refunds.waker(),
         relay,
-    ));
+    );
+    // Attachments an earlier version kept in the database move to the
+    // object store before the service turns SERVING.
+    let moved = support.move_attachments_to_store().await?;
+    if moved > 0 {
+        tracing::info!(
+            moved,
+            "attachments moved from the database to the object store"
+        );
+    }
+    let api = SupportApi::new(support);
     let shutdown = backend.shutdown().clone();
     backend.spawn(refunds.run(shutdown));
     backend

@@ -36,6 +36,7 @@ pub const MIGRATIONS: Migrations = Migrations {
         },
         outbox::sqlite_migration(3),
         outbox::due_index_migration(4),
+        ATTACHMENT_OBJECTS,
     ],
     postgres: &[
         SUPPORT,
@@ -46,7 +47,14 @@ pub const MIGRATIONS: Migrations = Migrations {
         },
         outbox::postgres_migration(3),
         outbox::due_index_migration(4),
+        ATTACHMENT_OBJECTS,
     ],
+};
+
+const ATTACHMENT_OBJECTS: MigrationSource = MigrationSource {
+    version: 5,
+    description: "attachment objects",
+    sql: include_str!("../migrations/0005_attachment_objects.sql"),
 };
 
 const SUPPORT: MigrationSource = MigrationSource {
@@ -191,12 +199,10 @@ impl SupportStore {
             .await
             .map(drop));
         inserted?;
-        // Each content is a slice of the received request, lent to its
-        // statement; sqlx copies it once into the statement's arguments, one
-        // attachment at a time.
+        // The bytes are in the object store already; the row keeps where.
         for (position, a) in attachments.into_iter().enumerate() {
             const SQL: &str = "INSERT INTO ticket_attachments (id, ticket_id, position, file_name, content_type, \
-                               size_bytes, sha256, content) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+                               size_bytes, sha256, content, object_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
             on_tx!(&mut tx, x => sqlx::query(SQL)
                 .bind(&a.id)
                 .bind(t.id.to_string())
@@ -205,7 +211,8 @@ impl SupportStore {
                 .bind(&a.content_type)
                 .bind(a.size_bytes)
                 .bind(a.sha256)
-                .bind(&a.content[..])
+                .bind(&[] as &[u8])
+                .bind(&a.object_key)
                 .execute(&mut **x)
                 .await
                 .map(drop))?;
@@ -327,43 +334,83 @@ impl SupportStore {
 
     /// A ticket's attachments; with content only when `content` is set.
     pub async fn attachments(&self, ticket_id: TicketId) -> StoreResult<Vec<Attachment>> {
-        const SQL: &str = "SELECT id, file_name, content_type, size_bytes, sha256 FROM ticket_attachments \
+        const SQL: &str = "SELECT id, file_name, content_type, size_bytes, sha256, object_key FROM ticket_attachments \
                            WHERE ticket_id = $1 ORDER BY position";
-        let rows: Vec<(String, String, String, i64, String)> = on_db!(&self.db, pool => sqlx::query_as(SQL).bind(ticket_id.to_string()).fetch_all(pool).await)?;
+        let rows: Vec<(String, String, String, i64, String, Option<String>)> = on_db!(&self.db, pool => sqlx::query_as(SQL).bind(ticket_id.to_string()).fetch_all(pool).await)?;
         Ok(rows
             .into_iter()
             .map(
-                |(id, file_name, content_type, size_bytes, sha256)| Attachment {
+                |(id, file_name, content_type, size_bytes, sha256, object_key)| Attachment {
                     id,
                     file_name,
                     content_type,
                     size_bytes,
                     sha256,
+                    object_key,
                     content: Bytes::new(),
                 },
             )
             .collect())
     }
 
-    /// One attachment with its content.
+    /// One attachment; with its content only when it is still in the
+    /// database (written before attachments moved to the object store).
     pub async fn attachment(
         &self,
         ticket_id: TicketId,
         id: &str,
     ) -> StoreResult<Option<Attachment>> {
-        const SQL: &str = "SELECT id, file_name, content_type, size_bytes, sha256, content FROM ticket_attachments \
-                           WHERE ticket_id = $1 AND id = $2";
-        let row: Option<(String, String, String, i64, String, Vec<u8>)> = on_db!(&self.db, pool => sqlx::query_as(SQL).bind(ticket_id.to_string()).bind(id).fetch_optional(pool).await)?;
+        const SQL: &str = "SELECT id, file_name, content_type, size_bytes, sha256, object_key, \
+                           CASE WHEN object_key IS NULL THEN content END \
+                           FROM ticket_attachments WHERE ticket_id = $1 AND id = $2";
+        type Row = (
+            String,
+            String,
+            String,
+            i64,
+            String,
+            Option<String>,
+            Option<Vec<u8>>,
+        );
+        let row: Option<Row> = on_db!(&self.db, pool => sqlx::query_as(SQL).bind(ticket_id.to_string()).bind(id).fetch_optional(pool).await)?;
         Ok(row.map(
-            |(id, file_name, content_type, size_bytes, sha256, content)| Attachment {
+            |(id, file_name, content_type, size_bytes, sha256, object_key, content)| Attachment {
                 id,
                 file_name,
                 content_type,
                 size_bytes,
                 sha256,
-                content: Bytes::from(content),
+                object_key,
+                content: content.map(Bytes::from).unwrap_or_default(),
             },
         ))
+    }
+
+    /// Up to `limit` attachments still kept in the database: (id, partner,
+    /// ticket, content).
+    pub async fn attachments_in_database(
+        &self,
+        limit: i64,
+    ) -> StoreResult<Vec<(String, String, String, Vec<u8>)>> {
+        const SQL: &str = "SELECT a.id, t.partner_id, a.ticket_id, a.content FROM ticket_attachments a \
+                           JOIN tickets t ON t.id = a.ticket_id WHERE a.object_key IS NULL ORDER BY a.id LIMIT $1";
+        let rows = on_db!(&self.db, pool => sqlx::query_as(SQL).bind(limit).fetch_all(pool).await)?;
+        Ok(rows)
+    }
+
+    /// Records that attachment `id` is in the object store at `key`, and
+    /// drops its bytes from the database.
+    pub async fn attachment_moved(&self, id: &str, key: &str) -> StoreResult<()> {
+        const SQL: &str = "UPDATE ticket_attachments SET object_key = $2, content = $3 \
+                           WHERE id = $1 AND object_key IS NULL";
+        on_db!(&self.db, pool => sqlx::query(SQL)
+            .bind(id)
+            .bind(key)
+            .bind(&[] as &[u8])
+            .execute(pool)
+            .await
+            .map(drop))?;
+        Ok(())
     }
 
     /// Adds a comment.

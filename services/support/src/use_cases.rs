@@ -19,12 +19,23 @@ use csp_store::outbox::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use csp_content::{ContentStore, ObjectKey, Purpose};
+
 use crate::domain::{
     self, Attachment, AttachmentQuota, Comment, IssueType, NewTicket, RefundAsked, Step, StepState,
     Ticket, TicketStatus, Usage,
 };
 use crate::peers::Peers;
 use crate::storage::{Inserted, SupportStore, TICKET_REQUEST_KEY};
+
+/// UNAVAILABLE for an object store that failed.
+fn store_unavailable(error: csp_content::ContentError) -> ApiError {
+    tracing::error!(%error, "the attachment store failed");
+    ApiError::Unavailable(
+        "the attachment store cannot be reached; nothing was changed, please try again shortly"
+            .to_owned(),
+    )
+}
 
 /// A ticket with its comments and attachments (without content).
 #[derive(Clone, Debug)]
@@ -62,9 +73,25 @@ pub struct Support {
     store: SupportStore,
     peers: Peers,
     quota: AttachmentQuota,
+    content: ContentStore,
     clock: Arc<dyn Clock>,
     refunds: Arc<Notify>,
     relay: Arc<Notify>,
+}
+
+/// Attachments up to this size come back inline from `GetAttachment` too;
+/// every attachment comes with a short-lived signed URL.
+pub const INLINE_ATTACHMENT_MAX: i64 = 1024 * 1024;
+
+/// One attachment as `GetAttachment` hands it out.
+#[derive(Clone, Debug)]
+pub struct AttachmentDownload {
+    /// Its description.
+    pub attachment: Attachment,
+    /// A URL that reads it for minutes (none for one still in the database).
+    pub url: Option<csp_content::SignedUrl>,
+    /// Its bytes, when at most [`INLINE_ATTACHMENT_MAX`].
+    pub content: prost::bytes::Bytes,
 }
 
 impl Support {
@@ -74,6 +101,7 @@ impl Support {
         store: SupportStore,
         peers: Peers,
         quota: AttachmentQuota,
+        content: ContentStore,
         clock: Arc<dyn Clock>,
         refunds: Arc<Notify>,
         relay: Arc<Notify>,
@@ -82,6 +110,7 @@ impl Support {
             store,
             peers,
             quota,
+            content,
             clock,
             refunds,
             relay,
@@ -115,24 +144,38 @@ impl Support {
             steps = self.plan_refund(&mut ticket, refund).await?;
             messages.push(submitted(&ticket, steps.len(), now));
         }
-        let attachments: Vec<Attachment> = new
-            .attachments
-            .into_iter()
-            .map(|a| Attachment {
-                id: uuid::Uuid::new_v4().to_string(),
-                size_bytes: a.content.len() as i64,
-                sha256: domain::sha256(&a.content),
-                file_name: a.file_name,
-                content_type: a.content_type,
-                content: a.content,
-            })
-            .collect();
+        let mut attachments = Vec::with_capacity(new.attachments.len());
+        for a in new.attachments {
+            let id = uuid::Uuid::new_v4().to_string();
+            let key = ObjectKey::attachment(&partner.to_string(), &ticket.id.to_string(), &id)
+                .map_err(|e| ApiError::Internal(e.into()))?;
+            attachments.push((
+                key,
+                Attachment {
+                    size_bytes: a.content.len() as i64,
+                    sha256: domain::sha256(&a.content),
+                    file_name: a.file_name,
+                    content_type: a.content_type,
+                    object_key: None,
+                    content: a.content,
+                    id,
+                },
+            ));
+        }
+        // The bytes go to the object store first; the row that names them
+        // is written after, so a stored attachment always has its object.
+        // Objects of a ticket that is then not stored are removed.
+        let keys: Vec<ObjectKey> = attachments.iter().map(|(key, _)| key.clone()).collect();
+        let attachments = self.store_objects(attachments).await?;
         let id = ticket.id;
         let adding = Usage::of(&attachments);
         let inserted = self
             .store
             .insert(&ticket, attachments, &self.quota, &steps, &messages, now)
             .await;
+        if !matches!(inserted, Ok(Inserted::Done)) {
+            self.remove_objects(&keys).await;
+        }
         let inserted = match inserted {
             Ok(Inserted::Done) => Ok(ticket),
             Ok(Inserted::OverQuota(used)) => {
@@ -296,18 +339,107 @@ impl Support {
         self.ticket(partner, id).await
     }
 
-    /// One attachment of a partner's ticket, with its content.
+    /// One attachment of a partner's ticket: a short-lived signed URL, and
+    /// its bytes when small.
     pub async fn attachment(
         &self,
         partner: PartnerId,
         id: TicketId,
         attachment_id: &str,
-    ) -> ApiResult<Attachment> {
+    ) -> ApiResult<AttachmentDownload> {
         let ticket = self.owned(partner, id).await?;
-        self.store
+        let mut attachment = self
+            .store
             .attachment(ticket.id, attachment_id)
             .await?
-            .ok_or_else(|| ApiError::not_found("attachment", attachment_id))
+            .ok_or_else(|| ApiError::not_found("attachment", attachment_id))?;
+        let Some(key) = attachment.object_key.clone() else {
+            // Still in the database (written by an older replica): inline.
+            let content = std::mem::take(&mut attachment.content);
+            return Ok(AttachmentDownload {
+                attachment,
+                url: None,
+                content,
+            });
+        };
+        let key = ObjectKey::parse(&key).map_err(|e| ApiError::Internal(e.into()))?;
+        let url = self
+            .content
+            .signed_url(&key, Purpose::Attachment)
+            .await
+            .map_err(store_unavailable)?;
+        let content = if attachment.size_bytes <= INLINE_ATTACHMENT_MAX {
+            self.content
+                .get_bytes(&key)
+                .await
+                .map_err(store_unavailable)?
+        } else {
+            prost::bytes::Bytes::new()
+        };
+        Ok(AttachmentDownload {
+            attachment,
+            url: Some(url),
+            content,
+        })
+    }
+
+    /// Puts each attachment's bytes at its key; on a failure removes what
+    /// it stored and answers UNAVAILABLE.
+    async fn store_objects(
+        &self,
+        attachments: Vec<(ObjectKey, Attachment)>,
+    ) -> ApiResult<Vec<Attachment>> {
+        let mut stored: Vec<Attachment> = Vec::with_capacity(attachments.len());
+        for (key, mut a) in attachments {
+            if let Err(error) = self.content.put_bytes(&key, a.content.clone()).await {
+                let keys: Vec<ObjectKey> = stored
+                    .iter()
+                    .filter_map(|s| s.object_key.as_deref())
+                    .filter_map(|k| ObjectKey::parse(k).ok())
+                    .collect();
+                self.remove_objects(&keys).await;
+                return Err(store_unavailable(error));
+            }
+            a.object_key = Some(key.as_str().to_owned());
+            a.content = prost::bytes::Bytes::new();
+            stored.push(a);
+        }
+        Ok(stored)
+    }
+
+    /// Removes objects no row names (a ticket that was not stored).
+    async fn remove_objects(&self, keys: &[ObjectKey]) {
+        for key in keys {
+            if let Err(error) = self.content.delete(key).await {
+                tracing::warn!(%error, "an attachment object of a ticket not stored stays behind");
+            }
+        }
+    }
+
+    /// Moves attachments still kept in the database into the object store,
+    /// in batches (at start: `support.db` kept every attachment's bytes
+    /// before). Returns how many it moved.
+    pub async fn move_attachments_to_store(&self) -> anyhow::Result<usize> {
+        let mut moved = 0;
+        loop {
+            let batch = self.store.attachments_in_database(20).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for (id, partner, ticket, content) in batch {
+                let key = ObjectKey::attachment(&partner, &ticket, &id)?;
+                self.content
+                    .put_bytes(&key, prost::bytes::Bytes::from(content))
+                    .await?;
+                self.store.attachment_moved(&id, key.as_str()).await?;
+                moved += 1;
+            }
+            tracing::info!(
+                moved,
+                "moving attachments from the database to the object store"
+            );
+        }
+        Ok(moved)
     }
 
     async fn owned(&self, partner: PartnerId, id: TicketId) -> ApiResult<Ticket> {

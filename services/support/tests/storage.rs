@@ -77,14 +77,17 @@ fn refund_ticket(partner: PartnerId, at: Micros) -> Ticket {
     }
 }
 
+/// An attachment whose bytes are in the object store (the row names it).
 fn attachment(file_name: &str, content_type: &str, content: &[u8]) -> Attachment {
+    let id = uuid::Uuid::new_v4().to_string();
     Attachment {
-        id: uuid::Uuid::new_v4().to_string(),
+        object_key: Some(format!("attachments/p/t/{id}")),
+        id,
         file_name: file_name.to_owned(),
         content_type: content_type.to_owned(),
         size_bytes: content.len() as i64,
         sha256: domain::sha256(content),
-        content: content.to_vec().into(),
+        content: Default::default(),
     }
 }
 
@@ -219,6 +222,61 @@ async fn store_unknown_status(db: &Db, id: TicketId, status: &str) {
 }
 
 #[tokio::test]
+async fn attachments_kept_in_the_database_before_are_found_read_and_moved() {
+    let (_test, store) = open().await;
+    let partner = PartnerId::new();
+    let t = ticket(partner, IssueType::Technical, TicketStatus::Submitted, T0);
+    store
+        .insert(&t, vec![], &QUOTA, &[], &[], T0)
+        .await
+        .unwrap();
+    // A row as the version before wrote it: the bytes in the database.
+    let bytes = b"written before attachments moved".to_vec();
+    const SQL: &str = "INSERT INTO ticket_attachments (id, ticket_id, position, file_name, content_type, \
+                       size_bytes, sha256, content) VALUES ($1, $2, 0, 'old.txt', 'text/plain', $3, $4, $5)";
+    csp_store::on_db!(store.db(), pool => sqlx::query(SQL)
+        .bind("old-1")
+        .bind(t.id.to_string())
+        .bind(bytes.len() as i64)
+        .bind(domain::sha256(&bytes))
+        .bind(&bytes)
+        .execute(pool)
+        .await
+        .map(drop))
+    .unwrap();
+    let old = store.attachment(t.id, "old-1").await.unwrap().unwrap();
+    assert_eq!(old.object_key, None);
+    assert_eq!(
+        &old.content[..],
+        &bytes[..],
+        "still served from the database"
+    );
+    let waiting = store.attachments_in_database(10).await.unwrap();
+    assert_eq!(
+        waiting,
+        vec![(
+            "old-1".to_owned(),
+            partner.to_string(),
+            t.id.to_string(),
+            bytes.clone()
+        )]
+    );
+    store
+        .attachment_moved("old-1", "attachments/p/t/old-1")
+        .await
+        .unwrap();
+    let moved = store.attachment(t.id, "old-1").await.unwrap().unwrap();
+    assert_eq!(moved.object_key.as_deref(), Some("attachments/p/t/old-1"));
+    assert!(moved.content.is_empty());
+    assert!(store.attachments_in_database(10).await.unwrap().is_empty());
+    assert_eq!(
+        moved.size_bytes,
+        bytes.len() as i64,
+        "its size stays counted"
+    );
+}
+
+#[tokio::test]
 async fn a_ticket_round_trips_typed_with_its_attachments_and_outbox_messages() {
     let (test, store) = open().await;
     let partner = PartnerId::new();
@@ -264,7 +322,7 @@ async fn a_ticket_round_trips_typed_with_its_attachments_and_outbox_messages() {
         assert_eq!(
             one.as_ref(),
             Some(a),
-            "one attachment comes with its content"
+            "one attachment names its object, and no bytes"
         );
     }
     assert_eq!(
