@@ -56,7 +56,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.enable_type_names();
     // Uploaded attachments decode as slices of the received message, not
     // copies of it.
-    config.bytes([".csp.support.v1.AttachmentUpload.content"]);
+    config.bytes([
+        ".csp.support.v1.AttachmentUpload.content",
+        ".csp.support.v1.UploadAttachmentRequest.chunk",
+    ]);
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

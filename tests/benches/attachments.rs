@@ -213,6 +213,7 @@ fn drive() -> anyhow::Result<()> {
                         file_name: format!("capture-{i}.pdf"),
                         content_type: "application/pdf".into(),
                         content: content.clone(),
+                        upload_id: String::new(),
                     })
                     .collect(),
                 request_id: uuid::Uuid::new_v4().to_string(),

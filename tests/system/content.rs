@@ -136,6 +136,32 @@ async fn the_gateway_serves_a_local_file_only_behind_its_signed_url() {
     let now = current(&system, &request).await;
     assert_eq!(now.url, link.url);
     assert_eq!(now.downloads_remaining, 49);
+
+    // Metrics count the signed URL and the bytes served (tests share the
+    // process's registry: at least), and show no URL.
+    let metrics = http::get(&format!(
+        "http://{}/metrics",
+        system.addresses.metrics.unwrap()
+    ))
+    .await;
+    let signed = csp_tests::metric_sample(
+        &metrics.body,
+        "csp_content_signed_urls_total",
+        &[
+            ("service", "licensing"),
+            ("backend", "local"),
+            ("purpose", "software"),
+        ],
+    );
+    assert!(signed.is_some_and(|n| n >= 1.0), "{signed:?}");
+    let served = csp_tests::metric_sample(
+        &metrics.body,
+        "csp_content_local_served_bytes_total",
+        &[("service", "gateway")],
+    );
+    let at_least = (placeholder.len() + 10 + 5) as f64;
+    assert!(served.is_some_and(|n| n >= at_least), "{served:?}");
+    assert!(!metrics.body.contains("signature="));
     system.stop().await;
 }
 
@@ -276,6 +302,7 @@ async fn ticket_with(system: &TestSystem, files: &[(&str, Vec<u8>)]) -> (String,
             file_name: (*name).into(),
             content_type: "application/pdf".into(),
             content: bytes.clone().into(),
+            upload_id: String::new(),
         })
         .collect();
     let ticket = system
@@ -387,4 +414,190 @@ async fn attachments_kept_in_the_database_move_to_the_object_store_at_start() {
     assert_eq!(left, 0, "no attachment bytes are left in the database");
     db.close().await;
     system.stop().await;
+}
+
+/// Uploads `bytes` in chunks of `chunk` bytes through the gateway.
+async fn upload(
+    system: &TestSystem,
+    roles: &[Role],
+    bytes: &[u8],
+    chunk: usize,
+) -> Result<csp_proto::support::v1::UploadAttachmentResponse, tonic::Status> {
+    let chunks: Vec<csp_proto::support::v1::UploadAttachmentRequest> = bytes
+        .chunks(chunk.max(1))
+        .map(|c| csp_proto::support::v1::UploadAttachmentRequest {
+            chunk: c.to_vec().into(),
+        })
+        .collect();
+    system
+        .support(roles)
+        .await
+        .upload_attachment(tokio_stream::iter(chunks))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The objects under `prefix` in a test system's local content store.
+fn stored_under(system: &TestSystem, prefix: &str) -> usize {
+    let dir = system.content_args(None).local_dir().unwrap().join(prefix);
+    fn count(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).map_or(0, |entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        count(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+    }
+    count(&dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_upload_as_streams_and_a_ticket_names_them_once() {
+    let system = TestSystem::start().await;
+    let bytes: Vec<u8> = (0..(2 * 1024 * 1024 + 12345))
+        .map(|i| (i % 253) as u8)
+        .collect();
+    let uploaded = upload(&system, &[Role::HelpdeskAgent], &bytes, 1024 * 1024)
+        .await
+        .unwrap();
+    assert_eq!(uploaded.size_bytes, bytes.len() as u64);
+    assert_eq!(uploaded.sha256, sha256(&bytes));
+    assert!(uploaded.expire_time.is_some());
+
+    // A ticket names it (with its name and type), beside an inline file.
+    let mut request = crate::support::plain_ticket();
+    request.attachments = vec![
+        csp_proto::support::v1::AttachmentUpload {
+            file_name: "trace.pdf".into(),
+            content_type: "application/pdf".into(),
+            content: Default::default(),
+            upload_id: uploaded.upload_id.clone(),
+        },
+        csp_proto::support::v1::AttachmentUpload {
+            file_name: "note.txt".into(),
+            content_type: "text/plain".into(),
+            content: b"inline".to_vec().into(),
+            upload_id: String::new(),
+        },
+    ];
+    let mut support = system.support(&[Role::HelpdeskAgent]).await;
+    let ticket = support
+        .create_ticket(request.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap();
+    assert_eq!(ticket.attachments.len(), 2);
+    assert_eq!(ticket.attachments[0].id, uploaded.upload_id);
+    assert_eq!(ticket.attachments[0].sha256, uploaded.sha256);
+    let fetched = get_attachment(&system, &ticket.id, &uploaded.upload_id).await;
+    let file = reqwest::get(&fetched.download_url).await.unwrap();
+    assert_eq!(file.status(), 200);
+    assert_eq!(sha256(&file.bytes().await.unwrap()), uploaded.sha256);
+    // A retry of the same request answers the same ticket.
+    let again = support
+        .create_ticket(request.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap();
+    assert_eq!(again.id, ticket.id);
+
+    // Another ticket cannot name the same upload; another partner cannot
+    // name this partner's upload.
+    let second = upload(&system, &[Role::AdminAgent], b"%PDF second", 4)
+        .await
+        .unwrap();
+    let mut reuse = request.clone();
+    reuse.request_id = uuid::Uuid::new_v4().to_string();
+    let status = support.create_ticket(reuse).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(status.message().contains("upload"), "{}", status.message());
+    let stranger = system.token_of(uuid::Uuid::new_v4(), &[Role::AdminAgent]);
+    let mut theirs =
+        csp_proto::support::v1::support_service_client::SupportServiceClient::with_interceptor(
+            system.gateway().await,
+            csp_tests::Bearer::new(&stranger),
+        );
+    let mut steal = crate::support::plain_ticket();
+    steal.attachments = vec![csp_proto::support::v1::AttachmentUpload {
+        file_name: "x.pdf".into(),
+        content_type: "application/pdf".into(),
+        content: Default::default(),
+        upload_id: second.upload_id.clone(),
+    }];
+    let status = theirs.create_ticket(steal).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+
+    // Refused uploads keep nothing: too big, empty.
+    let before = stored_under(&system, "uploads");
+    let too_big = vec![1u8; 10 * 1024 * 1024 + 1];
+    let status = upload(&system, &[Role::AdminAgent], &too_big, 1024 * 1024)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("10 MiB"), "{}", status.message());
+    let status = upload(&system, &[Role::AdminAgent], &[], 1)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(stored_under(&system, "uploads"), before);
+    // A role without tickets may not upload.
+    let status = upload(&system, &[Role::SalesAgent], b"x", 1)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_count_toward_the_quota_and_a_refused_one_keeps_nothing() {
+    let system = TestSystem::start_with_attachment_quota(csp_support::domain::AttachmentQuota {
+        files: 10,
+        bytes: 1000,
+    })
+    .await;
+    let first = upload(&system, &[Role::AdminAgent], &[1u8; 600], 100)
+        .await
+        .unwrap();
+    assert_eq!(first.size_bytes, 600);
+    let before = stored_under(&system, "uploads");
+    let status = upload(&system, &[Role::AdminAgent], &[2u8; 500], 100)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.get_details_quota_failure().is_some());
+    assert_eq!(stored_under(&system, "uploads"), before, "nothing kept");
+    // An inline file that would pass the quota with the upload is refused too.
+    let status = ticket_attempt(&system, vec![7u8; 500]).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(stored_under(&system, "attachments"), 0, "nothing kept");
+    system.stop().await;
+}
+
+async fn ticket_attempt(
+    system: &TestSystem,
+    bytes: Vec<u8>,
+) -> Result<csp_proto::support::v1::CreateTicketResponse, tonic::Status> {
+    let mut request = crate::support::plain_ticket();
+    request.attachments = vec![csp_proto::support::v1::AttachmentUpload {
+        file_name: "a.pdf".into(),
+        content_type: "application/pdf".into(),
+        content: bytes.into(),
+        upload_id: String::new(),
+    }];
+    system
+        .support(&[Role::AdminAgent])
+        .await
+        .create_ticket(request)
+        .await
+        .map(tonic::Response::into_inner)
 }

@@ -395,6 +395,7 @@ async fn tickets_validate_keep_attachments_and_are_idempotent() {
         file_name: "evidence.pdf".into(),
         content_type: content_type.into(),
         content: vec![7; size].into(),
+        upload_id: String::new(),
     };
     let mut too_many = plain_ticket();
     too_many.attachments = (0..6).map(|_| file(10, "application/pdf")).collect();
@@ -561,6 +562,7 @@ async fn attachments_past_the_partners_quota_are_refused_and_other_partners_are_
             file_name: "trace.txt".into(),
             content_type: "text/plain".into(),
             content: vec![b'x'; size].into(),
+            upload_id: String::new(),
         }];
         t
     };
@@ -617,6 +619,7 @@ fn ticket_with_file(size: usize) -> CreateTicketRequest {
         file_name: "capture.pdf".into(),
         content_type: "application/pdf".into(),
         content: vec![3u8; size].into(),
+        upload_id: String::new(),
     }];
     ticket
 }

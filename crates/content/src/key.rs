@@ -70,6 +70,14 @@ impl ObjectKey {
         )))
     }
 
+    /// The key of an attachment uploaded before its ticket:
+    /// `uploads/PARTNER/UPLOAD`.
+    pub fn upload(partner_id: &str, upload_id: &str) -> Result<Self, InvalidKey> {
+        segment("the partner id", partner_id)?;
+        segment("the upload id", upload_id)?;
+        Ok(Self(format!("uploads/{partner_id}/{upload_id}")))
+    }
+
     /// A key as a URL or listing spells it.
     pub fn parse(key: &str) -> Result<Self, InvalidKey> {
         let mut segments = 0;

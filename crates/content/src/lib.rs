@@ -399,37 +399,32 @@ impl ContentStore {
         mut reader: R,
         mut progress: impl FnMut(u64),
     ) -> Result<Stored, ContentError> {
-        let mut writer =
-            object_store::buffered::BufWriter::new(self.inner.store.clone(), key.path());
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
+        let mut writer = self.writer(key);
         let mut chunk = vec![0u8; 1 << 20];
         loop {
             let n = match reader.read(&mut chunk).await {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(error) => {
-                    let _ = writer.abort().await;
+                    writer.abort().await;
                     return Err(error.into());
                 }
             };
-            let bytes = &chunk[..n];
-            hasher.update(bytes);
-            size += n as u64;
-            if let Err(error) = writer.write_all(bytes).await {
-                let _ = writer.abort().await;
-                return Err(ContentError::Store(error.to_string()));
-            }
-            progress(size);
+            writer.write(&chunk[..n]).await?;
+            progress(writer.size());
         }
-        writer
-            .shutdown()
-            .await
-            .map_err(|e| ContentError::Store(e.to_string()))?;
-        Ok(Stored {
-            size,
-            sha256: hex(&hasher.finalize()),
-        })
+        writer.finish().await
+    }
+
+    /// A writer that streams an object to `key` chunk by chunk, measuring
+    /// its size and SHA-256; nothing is visible at `key` until
+    /// [`ObjectWriter::finish`].
+    pub fn writer(&self, key: &ObjectKey) -> ObjectWriter {
+        ObjectWriter {
+            inner: object_store::buffered::BufWriter::new(self.inner.store.clone(), key.path()),
+            hasher: Sha256::new(),
+            size: 0,
+        }
     }
 
     /// Stores `bytes` at `key` in one request.
@@ -562,6 +557,50 @@ impl ContentStore {
     }
 }
 
+/// An object being written; see [`ContentStore::writer`].
+pub struct ObjectWriter {
+    inner: object_store::buffered::BufWriter,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl ObjectWriter {
+    /// Appends `bytes`; on a failure the upload is aborted.
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), ContentError> {
+        self.hasher.update(bytes);
+        self.size += bytes.len() as u64;
+        if let Err(error) = self.inner.write_all(bytes).await {
+            let _ = self.inner.abort().await;
+            return Err(ContentError::Store(error.to_string()));
+        }
+        Ok(())
+    }
+
+    /// The bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Completes the object: its size and SHA-256.
+    pub async fn finish(mut self) -> Result<Stored, ContentError> {
+        self.inner
+            .shutdown()
+            .await
+            .map_err(|e| ContentError::Store(e.to_string()))?;
+        Ok(Stored {
+            size: self.size,
+            sha256: hex(&self.hasher.finalize()),
+        })
+    }
+
+    /// Gives the object up: nothing is stored.
+    pub async fn abort(mut self) {
+        if let Err(error) = self.inner.abort().await {
+            tracing::warn!(%error, "an aborted upload could not be cleaned up");
+        }
+    }
+}
+
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
@@ -671,6 +710,39 @@ mod tests {
         assert_eq!(store.size(&key).await.unwrap_or_default(), None);
         store.delete(&key).await.unwrap_or_else(|e| panic!("{e}"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_cloud_store_that_does_not_answer_is_not_ready() {
+        // Nothing listens on port 1: the listing fails within the retries.
+        let args = ContentArgs {
+            store: Some("az://csp-software".into()),
+            options: vec![
+                "azure_storage_account_name=devstoreaccount1".into(),
+                "azure_storage_account_key=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==".into(),
+                "azure_storage_endpoint=http://127.0.0.1:1/devstoreaccount1".into(),
+                "allow_http=true".into(),
+            ],
+            ..Default::default()
+        };
+        let store = ContentStore::open(&args, "test", false).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(store.backend(), Backend::Azure);
+        assert!(!store.probe().await);
+        assert!(!(store.readiness())().await);
+        // Signing needs no network: the account key signs the SAS.
+        let key = ObjectKey::software("p", "1", "en-US", "iso").unwrap_or_else(|e| panic!("{e}"));
+        let url = store
+            .signed_url(&key, Purpose::Software)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            url.url.starts_with(
+                "http://127.0.0.1:1/devstoreaccount1/csp-software/software/p/1/en-US/iso?"
+            ),
+            "{}",
+            url.url
+        );
+        assert!(url.url.contains("sig="), "{}", url.url);
     }
 
     #[test]

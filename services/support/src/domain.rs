@@ -93,13 +93,17 @@ pub struct Usage {
 impl Usage {
     /// What `attachments` add.
     pub fn of(attachments: &[Attachment]) -> Usage {
-        Usage {
-            files: attachments.len() as u64,
-            bytes: attachments
-                .iter()
-                .map(|a| u64::try_from(a.size_bytes).unwrap_or(0))
-                .sum(),
-        }
+        Usage::of_all(attachments)
+    }
+
+    /// What `attachments` add.
+    pub fn of_all<'a>(attachments: impl IntoIterator<Item = &'a Attachment>) -> Usage {
+        attachments
+            .into_iter()
+            .fold(Usage { files: 0, bytes: 0 }, |u, a| Usage {
+                files: u.files + 1,
+                bytes: u.bytes + u64::try_from(a.size_bytes).unwrap_or(0),
+            })
     }
 }
 
@@ -476,8 +480,11 @@ pub struct NewAttachment {
     pub file_name: String,
     /// Content type.
     pub content_type: String,
-    /// The bytes: a slice of the received request (decoding copies nothing).
+    /// The bytes: a slice of the received request (decoding copies
+    /// nothing); empty for an upload.
     pub content: Bytes,
+    /// The upload that holds the bytes, when they were uploaded before.
+    pub upload_id: Option<String>,
 }
 
 /// A ticket to file (checked and normalized).
@@ -538,6 +545,7 @@ pub fn read_ticket(r: pb::CreateTicketRequest) -> Result<NewTicket, ApiError> {
                 file_name: a.file_name.trim().to_owned(),
                 content_type: a.content_type,
                 content: a.content,
+                upload_id: Some(a.upload_id.trim().to_owned()).filter(|id| !id.is_empty()),
             })
             .collect(),
     })
@@ -638,10 +646,26 @@ pub fn check_ticket(r: &pb::CreateTicketRequest) -> Result<(), ApiError> {
                 ),
             ));
         }
-        if a.content.is_empty() || a.content.len() > MAX_ATTACHMENT_BYTES {
+        if !a.upload_id.is_empty() {
+            if !a.content.is_empty() {
+                violations.push(FieldViolation::new(
+                    format!("attachments[{i}].content"),
+                    "empty when upload_id names an upload",
+                ));
+            }
+            if uuid::Uuid::parse_str(a.upload_id.trim()).is_err() {
+                violations.push(FieldViolation::new(
+                    format!("attachments[{i}].upload_id"),
+                    "the id UploadAttachment gave (a UUID)",
+                ));
+            }
+        } else if a.content.is_empty() || a.content.len() > MAX_ATTACHMENT_BYTES {
             violations.push(FieldViolation::new(
                 format!("attachments[{i}].content"),
-                format!("1 byte to 10 MiB, not {} bytes", a.content.len()),
+                format!(
+                    "1 byte to 10 MiB, not {} bytes (or name an upload in upload_id)",
+                    a.content.len()
+                ),
             ));
         }
     }
@@ -757,6 +781,12 @@ pub fn fingerprint(r: &pb::CreateTicketRequest) -> String {
             file_name: a.file_name.clone(),
             content_type: a.content_type.clone(),
             content: Bytes::new(),
+            upload_id: String::new(),
+        };
+        // The upload id (4) comes after the content (3).
+        let tail = pb::AttachmentUpload {
+            upload_id: a.upload_id.clone(),
+            ..Default::default()
         };
         let content_len = if a.content.is_empty() {
             0
@@ -764,7 +794,10 @@ pub fn fingerprint(r: &pb::CreateTicketRequest) -> String {
             1 + prost::encoding::encoded_len_varint(a.content.len() as u64) + a.content.len()
         };
         encode_key(7, WireType::LengthDelimited, &mut scratch);
-        encode_varint((meta.encoded_len() + content_len) as u64, &mut scratch);
+        encode_varint(
+            (meta.encoded_len() + content_len + tail.encoded_len()) as u64,
+            &mut scratch,
+        );
         meta.encode_raw(&mut scratch);
         if !a.content.is_empty() {
             encode_key(3, WireType::LengthDelimited, &mut scratch);
@@ -773,6 +806,7 @@ pub fn fingerprint(r: &pb::CreateTicketRequest) -> String {
             scratch.clear();
             hash.update(&a.content);
         }
+        tail.encode_raw(&mut scratch);
     }
     hash.update(&scratch);
     hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
@@ -870,6 +904,7 @@ mod tests {
                 file_name: "a.exe".into(),
                 content_type: "application/x-msdownload".into(),
                 content: vec![1].into(),
+                upload_id: String::new(),
             })
             .collect();
         let Err(ApiError::InvalidArgument(v)) = check_ticket(&bad) else {
@@ -900,19 +935,34 @@ mod tests {
                 file_name: "a.pdf".into(),
                 content_type: "application/pdf".into(),
                 content: vec![7; 300].into(),
+                upload_id: String::new(),
             },
             pb::AttachmentUpload {
                 file_name: String::new(),
                 content_type: "text/plain".into(),
                 content: Bytes::new(),
+                upload_id: String::new(),
             },
             pb::AttachmentUpload {
                 file_name: "big.csv".into(),
                 content_type: "text/csv".into(),
                 content: vec![1; 200_000].into(),
+                upload_id: String::new(),
+            },
+            pb::AttachmentUpload {
+                file_name: "uploaded.pdf".into(),
+                content_type: "application/pdf".into(),
+                content: Bytes::new(),
+                upload_id: "6f1c2a52-1d7e-4c55-9f0e-1b2c3d4e5f60".into(),
+            },
+            pb::AttachmentUpload {
+                file_name: "both.pdf".into(),
+                content_type: "application/pdf".into(),
+                content: vec![2; 1000].into(),
+                upload_id: "anything".into(),
             },
         ];
-        for attachments in [0, 1, 2, 3] {
+        for attachments in [0, 1, 2, 3, 4, 5] {
             let mut one = r.clone();
             one.attachments.truncate(attachments);
             let mut without_id = one.clone();

@@ -39,6 +39,30 @@ impl SupportService for SupportApi {
         }))
     }
 
+    async fn upload_attachment(
+        &self,
+        request: Request<tonic::Streaming<pb::UploadAttachmentRequest>>,
+    ) -> Result<Response<pb::UploadAttachmentResponse>, Status> {
+        use tokio_stream::StreamExt as _;
+        let user = Caller::user_of(&request)?.clone();
+        let chunks = request.into_inner().map(|message| {
+            message.map(|m| m.chunk).map_err(|status| {
+                tracing::info!(code = ?status.code(), "an attachment upload broke off");
+                ApiError::invalid(
+                    "chunk",
+                    "the upload ended with an error before it was complete; nothing was kept",
+                )
+            })
+        });
+        let uploaded = self.support.upload_attachment(&user, chunks).await?;
+        Ok(Response::new(pb::UploadAttachmentResponse {
+            upload_id: uploaded.id,
+            size_bytes: u64::try_from(uploaded.size_bytes).unwrap_or(0),
+            sha256: uploaded.sha256,
+            expire_time: Some(to_timestamp(uploaded.expires_at)),
+        }))
+    }
+
     async fn get_ticket(
         &self,
         request: Request<pb::GetTicketRequest>,

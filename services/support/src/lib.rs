@@ -115,9 +115,25 @@ pub async fn run(
             "attachments moved from the database to the object store"
         );
     }
-    let api = SupportApi::new(support);
+    let api = SupportApi::new(support.clone());
     let shutdown = backend.shutdown().clone();
-    backend.spawn(refunds.run(shutdown));
+    backend.spawn(refunds.run(shutdown.clone()));
+    backend.spawn(async move {
+        // Uploads no ticket named within a day are deleted, every 10 min.
+        loop {
+            match support.delete_expired_uploads().await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "deleted unclaimed attachment uploads"),
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "unclaimed uploads could not be deleted")
+                }
+            }
+            tokio::select! {
+                () = shutdown.clone().wait() => return,
+                () = tokio::time::sleep(std::time::Duration::from_secs(600)) => {}
+            }
+        }
+    });
     backend
         .serve(|routes| {
             routes.add_service(

@@ -16,13 +16,82 @@ use crate::domain::{
 };
 
 /// What [`SupportStore::insert`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Inserted {
     /// The ticket is stored.
     Done,
     /// Nothing is stored: the attachments would pass the quota; the
     /// partner's usage before.
     OverQuota(Usage),
+    /// Nothing is stored: an upload it names is not (or no longer) the
+    /// partner's to attach; its id.
+    UploadGone(String),
+}
+
+/// An attachment uploaded before its ticket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upload {
+    /// Its id (the attachment's id once a ticket names it).
+    pub id: String,
+    /// The partner that uploaded it.
+    pub partner_id: PartnerId,
+    /// Where its bytes are.
+    pub object_key: String,
+    /// Its size.
+    pub size_bytes: i64,
+    /// Its SHA-256, hex.
+    pub sha256: String,
+    /// When it was stored.
+    pub created_at: Micros,
+}
+
+type UploadRow = (String, String, String, i64, String, i64);
+
+fn upload_from_row(
+    (id, partner_id, object_key, size_bytes, sha256, created_at): UploadRow,
+) -> StoreResult<Upload> {
+    Ok(Upload {
+        id,
+        partner_id: partner_id
+            .parse()
+            .map_err(|_| csp_store::StoreError::Corrupt {
+                column: "attachment_uploads.partner_id",
+                value: partner_id.clone(),
+            })?,
+        object_key,
+        size_bytes,
+        sha256,
+        created_at,
+    })
+}
+
+/// What a partner keeps (attachments and unclaimed uploads), read under a
+/// per-partner lock on PostgreSQL (SQLite's writer lock serializes the
+/// rest), so concurrent tickets and uploads cannot pass the quota together.
+async fn usage_locked(tx: &mut DbTx, partner: PartnerId) -> StoreResult<Usage> {
+    if let DbTx::Postgres(x) = tx {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(lock::key(&format!("csp-attachments:{partner}")))
+            .execute(&mut **x)
+            .await?;
+    }
+    usage_of(tx, partner).await
+}
+
+async fn usage_of(tx: &mut DbTx, partner: PartnerId) -> StoreResult<Usage> {
+    const SQL: &str = "SELECT \
+        (SELECT COUNT(*) FROM ticket_attachments a JOIN tickets t ON t.id = a.ticket_id WHERE t.partner_id = $1) \
+        + (SELECT COUNT(*) FROM attachment_uploads WHERE partner_id = $1), \
+        CAST((SELECT COALESCE(SUM(a.size_bytes), 0) FROM ticket_attachments a JOIN tickets t ON t.id = a.ticket_id WHERE t.partner_id = $1) \
+        + (SELECT COALESCE(SUM(size_bytes), 0) FROM attachment_uploads WHERE partner_id = $1) AS BIGINT)";
+    let (files, bytes): (i64, i64) = on_tx!(tx, x => sqlx::query_as(SQL)
+        .bind(partner.to_string())
+        .fetch_one(&mut **x)
+        .await)?;
+    Ok(Usage {
+        files: u64::try_from(files).unwrap_or(0),
+        bytes: u64::try_from(bytes).unwrap_or(0),
+    })
 }
 
 /// The support service's migrations.
@@ -37,6 +106,7 @@ pub const MIGRATIONS: Migrations = Migrations {
         outbox::sqlite_migration(3),
         outbox::due_index_migration(4),
         ATTACHMENT_OBJECTS,
+        ATTACHMENT_UPLOADS,
     ],
     postgres: &[
         SUPPORT,
@@ -48,7 +118,14 @@ pub const MIGRATIONS: Migrations = Migrations {
         outbox::postgres_migration(3),
         outbox::due_index_migration(4),
         ATTACHMENT_OBJECTS,
+        ATTACHMENT_UPLOADS,
     ],
+};
+
+const ATTACHMENT_UPLOADS: MigrationSource = MigrationSource {
+    version: 6,
+    description: "attachment uploads",
+    sql: include_str!("../migrations/0006_attachment_uploads.sql"),
 };
 
 const ATTACHMENT_OBJECTS: MigrationSource = MigrationSource {
@@ -130,39 +207,46 @@ impl SupportStore {
     /// before is returned. The usage is read under the write lock (SQLite)
     /// or a per-partner advisory lock (PostgreSQL), so tickets filed at the
     /// same moment cannot pass the quota together.
+    ///
+    /// Attachments whose id is in `uploaded` were uploaded before (already
+    /// counted in the quota): their upload records are claimed in the same
+    /// transaction, and a record that is gone (another ticket took it, or
+    /// it expired) stores nothing.
+    #[allow(clippy::too_many_arguments)]
     pub async fn insert(
         &self,
         t: &Ticket,
         attachments: Vec<Attachment>,
+        uploaded: &[String],
         quota: &AttachmentQuota,
         steps: &[Step],
         messages: &[Message],
         now: Micros,
     ) -> StoreResult<Inserted> {
         let mut tx = self.db.begin().await?;
-        if !attachments.is_empty() {
-            let partner = t.partner_id.to_string();
-            if let DbTx::Postgres(x) = &mut tx {
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(lock::key(&format!("csp-attachments:{partner}")))
-                    .execute(&mut **x)
-                    .await?;
-            }
-            const SQL: &str = "SELECT COUNT(*), CAST(COALESCE(SUM(a.size_bytes), 0) AS BIGINT) \
-                               FROM ticket_attachments a JOIN tickets t ON t.id = a.ticket_id WHERE t.partner_id = $1";
-            let (files, bytes): (i64, i64) = on_tx!(&mut tx, x => sqlx::query_as(SQL)
-                .bind(&partner)
-                .fetch_one(&mut **x)
-                .await)?;
-            let used = Usage {
-                files: u64::try_from(files).unwrap_or(0),
-                bytes: u64::try_from(bytes).unwrap_or(0),
-            };
+        let inline: Vec<&Attachment> = attachments
+            .iter()
+            .filter(|a| !uploaded.contains(&a.id))
+            .collect();
+        if !inline.is_empty() {
+            let used = usage_locked(&mut tx, t.partner_id).await?;
             if quota
-                .admit(t.partner_id, used, Usage::of(&attachments))
+                .admit(t.partner_id, used, Usage::of_all(inline.iter().copied()))
                 .is_err()
             {
                 return Ok(Inserted::OverQuota(used));
+            }
+        }
+        for id in uploaded {
+            const SQL: &str = "DELETE FROM attachment_uploads WHERE id = $1 AND partner_id = $2";
+            let claimed = on_tx!(&mut tx, x => sqlx::query(SQL)
+                .bind(id)
+                .bind(t.partner_id.to_string())
+                .execute(&mut **x)
+                .await
+                .map(|r| r.rows_affected()))?;
+            if claimed != 1 {
+                return Ok(Inserted::UploadGone(id.clone()));
             }
         }
         let sql = format!(
@@ -238,6 +322,89 @@ impl SupportStore {
         }
         tx.commit().await?;
         Ok(Inserted::Done)
+    }
+
+    /// Records an upload of `upload.partner_id`, unless it would take the
+    /// partner past `quota` (then nothing is written and the usage before is
+    /// returned), under the same lock as [`SupportStore::insert`].
+    pub async fn record_upload(
+        &self,
+        upload: &Upload,
+        quota: &AttachmentQuota,
+    ) -> StoreResult<Inserted> {
+        let mut tx = self.db.begin().await?;
+        let used = usage_locked(&mut tx, upload.partner_id).await?;
+        let adding = Usage {
+            files: 1,
+            bytes: u64::try_from(upload.size_bytes).unwrap_or(0),
+        };
+        if quota.admit(upload.partner_id, used, adding).is_err() {
+            return Ok(Inserted::OverQuota(used));
+        }
+        const SQL: &str = "INSERT INTO attachment_uploads (id, partner_id, object_key, size_bytes, sha256, created_at_us) \
+                           VALUES ($1, $2, $3, $4, $5, $6)";
+        on_tx!(&mut tx, x => sqlx::query(SQL)
+            .bind(&upload.id)
+            .bind(upload.partner_id.to_string())
+            .bind(&upload.object_key)
+            .bind(upload.size_bytes)
+            .bind(&upload.sha256)
+            .bind(upload.created_at)
+            .execute(&mut **x)
+            .await
+            .map(drop))?;
+        tx.commit().await?;
+        Ok(Inserted::Done)
+    }
+
+    /// What a partner keeps now: its tickets' attachments and its uploads
+    /// not attached yet (read without the lock: a first check before an
+    /// upload's bytes are taken).
+    pub async fn usage(&self, partner: PartnerId) -> StoreResult<Usage> {
+        let mut tx = self.db.begin().await?;
+        // Read only: dropping the transaction rolls it back.
+        usage_of(&mut tx, partner).await
+    }
+
+    /// The partner's uploads among `ids` that no ticket has claimed.
+    pub async fn uploads(&self, partner: PartnerId, ids: &[String]) -> StoreResult<Vec<Upload>> {
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            const SQL: &str = "SELECT id, partner_id, object_key, size_bytes, sha256, created_at_us \
+                               FROM attachment_uploads WHERE id = $1 AND partner_id = $2";
+            let row: Option<UploadRow> = on_db!(&self.db, pool => sqlx::query_as(SQL)
+                .bind(id)
+                .bind(partner.to_string())
+                .fetch_optional(pool)
+                .await)?;
+            if let Some(row) = row {
+                found.push(upload_from_row(row)?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Up to `limit` uploads stored before `before` that no ticket claimed.
+    pub async fn expired_uploads(&self, before: Micros, limit: i64) -> StoreResult<Vec<Upload>> {
+        const SQL: &str = "SELECT id, partner_id, object_key, size_bytes, sha256, created_at_us \
+                           FROM attachment_uploads WHERE created_at_us < $1 ORDER BY created_at_us LIMIT $2";
+        let rows: Vec<UploadRow> = on_db!(&self.db, pool => sqlx::query_as(SQL)
+            .bind(before)
+            .bind(limit)
+            .fetch_all(pool)
+            .await)?;
+        rows.into_iter().map(upload_from_row).collect()
+    }
+
+    /// Forgets an upload no ticket claimed; whether it was still there.
+    pub async fn forget_upload(&self, id: &str) -> StoreResult<bool> {
+        const SQL: &str = "DELETE FROM attachment_uploads WHERE id = $1";
+        let gone = on_db!(&self.db, pool => sqlx::query(SQL)
+            .bind(id)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(gone > 0)
     }
 
     /// A partner's ticket.

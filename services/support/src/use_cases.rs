@@ -26,7 +26,7 @@ use crate::domain::{
     Ticket, TicketStatus, Usage,
 };
 use crate::peers::Peers;
-use crate::storage::{Inserted, SupportStore, TICKET_REQUEST_KEY};
+use crate::storage::{Inserted, SupportStore, TICKET_REQUEST_KEY, Upload};
 
 /// UNAVAILABLE for an object store that failed.
 fn store_unavailable(error: csp_content::ContentError) -> ApiError {
@@ -82,6 +82,22 @@ pub struct Support {
 /// Attachments up to this size come back inline from `GetAttachment` too;
 /// every attachment comes with a short-lived signed URL.
 pub const INLINE_ATTACHMENT_MAX: i64 = 1024 * 1024;
+
+/// How long an upload waits for a ticket to name it before it is deleted.
+pub const UPLOAD_LIFETIME: Micros = csp_kit::clock::DAY;
+
+/// An attachment uploaded before its ticket.
+#[derive(Clone, Debug)]
+pub struct Uploaded {
+    /// The id a ticket names it by.
+    pub id: String,
+    /// Its size.
+    pub size_bytes: i64,
+    /// Its SHA-256, hex.
+    pub sha256: String,
+    /// When it is deleted unless a ticket names it.
+    pub expires_at: Micros,
+}
 
 /// One attachment as `GetAttachment` hands it out.
 #[derive(Clone, Debug)]
@@ -144,12 +160,36 @@ impl Support {
             steps = self.plan_refund(&mut ticket, refund).await?;
             messages.push(submitted(&ticket, steps.len(), now));
         }
+        // Uploaded attachments: the partner's uploads no ticket claimed yet.
+        let uploaded: Vec<String> = new
+            .attachments
+            .iter()
+            .filter_map(|a| a.upload_id.clone())
+            .collect();
+        let uploads = self.store.uploads(partner, &uploaded).await?;
         let mut attachments = Vec::with_capacity(new.attachments.len());
+        let mut inline = Vec::new();
         for a in new.attachments {
+            if let Some(upload_id) = a.upload_id {
+                let upload = uploads
+                    .iter()
+                    .find(|u| u.id == upload_id)
+                    .ok_or_else(|| ApiError::not_found("upload", upload_id.clone()))?;
+                attachments.push(Attachment {
+                    id: upload.id.clone(),
+                    file_name: a.file_name,
+                    content_type: a.content_type,
+                    size_bytes: upload.size_bytes,
+                    sha256: upload.sha256.clone(),
+                    object_key: Some(upload.object_key.clone()),
+                    content: Default::default(),
+                });
+                continue;
+            }
             let id = uuid::Uuid::new_v4().to_string();
             let key = ObjectKey::attachment(&partner.to_string(), &ticket.id.to_string(), &id)
                 .map_err(|e| ApiError::Internal(e.into()))?;
-            attachments.push((
+            inline.push((
                 key,
                 Attachment {
                     size_bytes: a.content.len() as i64,
@@ -162,16 +202,25 @@ impl Support {
                 },
             ));
         }
-        // The bytes go to the object store first; the row that names them
-        // is written after, so a stored attachment always has its object.
-        // Objects of a ticket that is then not stored are removed.
-        let keys: Vec<ObjectKey> = attachments.iter().map(|(key, _)| key.clone()).collect();
-        let attachments = self.store_objects(attachments).await?;
+        // Inline bytes go to the object store first; the row that names
+        // them is written after, so a stored attachment always has its
+        // object. Objects of a ticket that is then not stored are removed.
+        let keys: Vec<ObjectKey> = inline.iter().map(|(key, _)| key.clone()).collect();
+        let inline = self.store_objects(inline).await?;
+        let adding = Usage::of(&inline);
+        attachments.extend(inline);
         let id = ticket.id;
-        let adding = Usage::of(&attachments);
         let inserted = self
             .store
-            .insert(&ticket, attachments, &self.quota, &steps, &messages, now)
+            .insert(
+                &ticket,
+                attachments,
+                &uploaded,
+                &self.quota,
+                &steps,
+                &messages,
+                now,
+            )
             .await;
         if !matches!(inserted, Ok(Inserted::Done)) {
             self.remove_objects(&keys).await;
@@ -185,6 +234,18 @@ impl Support {
                         "the store refused attachments the quota admits"
                     )),
                 });
+            }
+            // Claimed a moment ago (by this same request, retried at once:
+            // then its ticket answers), or by another ticket, or expired.
+            Ok(Inserted::UploadGone(upload)) => {
+                let first = self
+                    .store
+                    .ticket_by_request(partner, new.request_id, &new.request_id_as_sent)
+                    .await?;
+                if let Some(first) = once.replay(first)? {
+                    return self.view(first).await;
+                }
+                return Err(ApiError::not_found("upload", upload));
             }
             Err(error) => Err(error),
         };
@@ -381,6 +442,117 @@ impl Support {
             url: Some(url),
             content,
         })
+    }
+
+    /// Streams one attachment's bytes (`chunks`) into the object store
+    /// before its ticket, at most [`domain::MAX_ATTACHMENT_BYTES`], and
+    /// records the upload under the partner's quota (checked before the
+    /// bytes are taken, and again, under the lock, once their size is
+    /// known). A refused or broken upload keeps nothing.
+    pub async fn upload_attachment<S>(
+        &self,
+        user: &UserCaller,
+        mut chunks: S,
+    ) -> ApiResult<Uploaded>
+    where
+        S: tokio_stream::Stream<Item = Result<prost::bytes::Bytes, ApiError>> + Unpin,
+    {
+        use tokio_stream::StreamExt as _;
+        let partner = user.partner_id;
+        let used = self.store.usage(partner).await?;
+        self.quota
+            .admit(partner, used, Usage { files: 1, bytes: 1 })?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let key = ObjectKey::upload(&partner.to_string(), &id)
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        let mut writer = self.content.writer(&key);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(error) => {
+                    writer.abort().await;
+                    return Err(error);
+                }
+            };
+            if writer.size() + chunk.len() as u64 > domain::MAX_ATTACHMENT_BYTES as u64 {
+                writer.abort().await;
+                return Err(ApiError::invalid(
+                    "chunk",
+                    "an attachment is at most 10 MiB in all; nothing was kept",
+                ));
+            }
+            writer.write(&chunk).await.map_err(store_unavailable)?;
+        }
+        if writer.size() == 0 {
+            writer.abort().await;
+            return Err(ApiError::invalid(
+                "chunk",
+                "an attachment is 1 byte to 10 MiB; the upload sent no bytes",
+            ));
+        }
+        let stored = writer.finish().await.map_err(store_unavailable)?;
+        let now = self.clock.now();
+        let upload = Upload {
+            id,
+            partner_id: partner,
+            object_key: key.as_str().to_owned(),
+            size_bytes: i64::try_from(stored.size).unwrap_or(i64::MAX),
+            sha256: stored.sha256,
+            created_at: now,
+        };
+        match self.store.record_upload(&upload, &self.quota).await {
+            Ok(Inserted::Done) => {}
+            Ok(Inserted::OverQuota(used)) => {
+                self.remove_objects(std::slice::from_ref(&key)).await;
+                let adding = Usage {
+                    files: 1,
+                    bytes: stored.size,
+                };
+                return Err(match self.quota.admit(partner, used, adding) {
+                    Err(refusal) => refusal,
+                    Ok(()) => ApiError::Internal(anyhow::anyhow!(
+                        "the store refused an upload the quota admits"
+                    )),
+                });
+            }
+            Ok(Inserted::UploadGone(_)) => {
+                return Err(ApiError::Internal(anyhow::anyhow!(
+                    "recording an upload claimed one"
+                )));
+            }
+            Err(error) => {
+                self.remove_objects(std::slice::from_ref(&key)).await;
+                return Err(error.into());
+            }
+        }
+        tracing::info!(upload_id = %upload.id, size = upload.size_bytes, "attachment uploaded");
+        Ok(Uploaded {
+            id: upload.id,
+            size_bytes: upload.size_bytes,
+            sha256: upload.sha256,
+            expires_at: now + UPLOAD_LIFETIME,
+        })
+    }
+
+    /// Deletes uploads no ticket named within [`UPLOAD_LIFETIME`]; how
+    /// many. The record goes first, so a ticket claiming one at the same
+    /// moment either gets it whole or does not get it.
+    pub async fn delete_expired_uploads(&self) -> anyhow::Result<usize> {
+        let before = self.clock.now() - UPLOAD_LIFETIME;
+        let mut deleted = 0;
+        loop {
+            let expired = self.store.expired_uploads(before, 100).await?;
+            if expired.is_empty() {
+                return Ok(deleted);
+            }
+            for upload in expired {
+                if self.store.forget_upload(&upload.id).await? {
+                    let key = ObjectKey::parse(&upload.object_key)?;
+                    self.content.delete(&key).await?;
+                    deleted += 1;
+                }
+            }
+        }
     }
 
     /// Puts each attachment's bytes at its key; on a failure removes what

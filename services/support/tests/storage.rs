@@ -115,7 +115,7 @@ fn message(t: &Ticket, event: &str) -> Message {
 /// Inserts a ticket alone, at its creation time.
 async fn insert(store: &SupportStore, t: &Ticket) {
     store
-        .insert(t, Vec::new(), &QUOTA, &[], &[], t.created_at)
+        .insert(t, Vec::new(), &[], &QUOTA, &[], &[], t.created_at)
         .await
         .unwrap();
 }
@@ -227,7 +227,7 @@ async fn attachments_kept_in_the_database_before_are_found_read_and_moved() {
     let partner = PartnerId::new();
     let t = ticket(partner, IssueType::Technical, TicketStatus::Submitted, T0);
     store
-        .insert(&t, vec![], &QUOTA, &[], &[], T0)
+        .insert(&t, vec![], &[], &QUOTA, &[], &[], T0)
         .await
         .unwrap();
     // A row as the version before wrote it: the bytes in the database.
@@ -292,7 +292,7 @@ async fn a_ticket_round_trips_typed_with_its_attachments_and_outbox_messages() {
     ];
     let messages = vec![message(&t, "submitted"), message(&t, "noted")];
     store
-        .insert(&t, files.to_vec(), &QUOTA, &[], &messages, T0)
+        .insert(&t, files.to_vec(), &[], &QUOTA, &[], &messages, T0)
         .await
         .unwrap();
 
@@ -388,6 +388,7 @@ async fn the_same_request_id_twice_for_one_partner_conflicts_and_writes_nothing(
         .insert(
             &first,
             Vec::new(),
+            &[],
             &QUOTA,
             &[],
             &[message(&first, "filed")],
@@ -405,6 +406,7 @@ async fn the_same_request_id_twice_for_one_partner_conflicts_and_writes_nothing(
         .insert(
             &again,
             files.to_vec(),
+            &[],
             &QUOTA,
             &[],
             &[message(&again, "filed")],
@@ -436,7 +438,7 @@ async fn the_same_request_id_twice_for_one_partner_conflicts_and_writes_nothing(
         ..first.clone()
     };
     let error = store
-        .insert(&same_id, Vec::new(), &QUOTA, &[], &[], T0)
+        .insert(&same_id, Vec::new(), &[], &QUOTA, &[], &[], T0)
         .await
         .unwrap_err();
     assert!(matches!(error, StoreError::Conflict(_)), "{error:?}");
@@ -601,13 +603,13 @@ async fn due_steps_are_the_pending_or_cancelled_steps_whose_time_has_come() {
         step(&t, 3, StepState::Failed, 400),
     ];
     store
-        .insert(&t, Vec::new(), &QUOTA, &steps, &[], T0 + 10)
+        .insert(&t, Vec::new(), &[], &QUOTA, &steps, &[], T0 + 10)
         .await
         .unwrap();
     let earlier = refund_ticket(PartnerId::new(), T0);
     let early = vec![step(&earlier, 0, StepState::Pending, 500)];
     store
-        .insert(&earlier, Vec::new(), &QUOTA, &early, &[], T0 + 5)
+        .insert(&earlier, Vec::new(), &[], &QUOTA, &early, &[], T0 + 5)
         .await
         .unwrap();
 
@@ -635,7 +637,7 @@ async fn retry_step_counts_the_attempt_and_postpones_the_step() {
         step(&t, 1, StepState::Cancelled, 200),
     ];
     store
-        .insert(&t, Vec::new(), &QUOTA, &steps, &[], T0)
+        .insert(&t, Vec::new(), &[], &QUOTA, &steps, &[], T0)
         .await
         .unwrap();
 
@@ -686,7 +688,7 @@ async fn set_step_moves_a_step_on_with_its_error() {
         step(&t, 1, StepState::Pending, 200),
     ];
     store
-        .insert(&t, Vec::new(), &QUOTA, &steps, &[], T0)
+        .insert(&t, Vec::new(), &[], &QUOTA, &steps, &[], T0)
         .await
         .unwrap();
     store
@@ -748,7 +750,7 @@ async fn steps_of_returns_a_tickets_step_results_in_position_order() {
         step(&t, 1, StepState::Done, 200),
     ];
     store
-        .insert(&t, Vec::new(), &QUOTA, &steps, &[], T0)
+        .insert(&t, Vec::new(), &[], &QUOTA, &steps, &[], T0)
         .await
         .unwrap();
     let other = refund_ticket(t.partner_id, T0);
@@ -756,6 +758,7 @@ async fn steps_of_returns_a_tickets_step_results_in_position_order() {
         .insert(
             &other,
             Vec::new(),
+            &[],
             &QUOTA,
             &[step(&other, 0, StepState::Pending, 900)],
             &[],
@@ -928,7 +931,7 @@ async fn attachments_past_a_partners_quota_are_refused_whole_and_other_partners_
         attachment("b.txt", "text/plain", &[b'b'; 40]),
     ];
     let done = store
-        .insert(&first, files.to_vec(), &quota, &[], &[], T0)
+        .insert(&first, files.to_vec(), &[], &quota, &[], &[], T0)
         .await
         .unwrap();
     assert_eq!(done, Inserted::Done, "on {backend}");
@@ -945,6 +948,7 @@ async fn attachments_past_a_partners_quota_are_refused_whole_and_other_partners_
         .insert(
             &over_bytes,
             big.to_vec(),
+            &[],
             &quota,
             &[],
             &[message(&over_bytes, "filed")],
@@ -977,7 +981,7 @@ async fn attachments_past_a_partners_quota_are_refused_whole_and_other_partners_
     );
     let fits = [attachment("d.txt", "text/plain", &[b'd'; 20])];
     let done = store
-        .insert(&at_quota, fits.to_vec(), &quota, &[], &[], T0 + 2)
+        .insert(&at_quota, fits.to_vec(), &[], &quota, &[], &[], T0 + 2)
         .await
         .unwrap();
     assert_eq!(done, Inserted::Done, "on {backend}");
@@ -989,7 +993,7 @@ async fn attachments_past_a_partners_quota_are_refused_whole_and_other_partners_
     );
     let tiny = [attachment("e.txt", "text/plain", b"e")];
     let refused = store
-        .insert(&over_files, tiny.to_vec(), &quota, &[], &[], T0 + 3)
+        .insert(&over_files, tiny.to_vec(), &[], &quota, &[], &[], T0 + 3)
         .await
         .unwrap();
     assert_eq!(
@@ -1022,7 +1026,7 @@ async fn attachments_past_a_partners_quota_are_refused_whole_and_other_partners_
         T0 + 4,
     );
     let done = store
-        .insert(&plain, Vec::new(), &quota, &[], &[], T0 + 4)
+        .insert(&plain, Vec::new(), &[], &quota, &[], &[], T0 + 4)
         .await
         .unwrap();
     assert_eq!(done, Inserted::Done);
@@ -1039,7 +1043,7 @@ async fn attachments_past_a_partners_quota_are_refused_whole_and_other_partners_
         attachment("b.txt", "text/plain", &[b'b'; 40]),
     ];
     let done = store
-        .insert(&other, theirs.to_vec(), &quota, &[], &[], T0 + 5)
+        .insert(&other, theirs.to_vec(), &[], &quota, &[], &[], T0 + 5)
         .await
         .unwrap();
     assert_eq!(done, Inserted::Done, "on {backend}");
@@ -1065,7 +1069,7 @@ async fn tickets_filed_at_once_cannot_pass_the_quota_together() {
             );
             let files = [attachment("part.txt", "text/plain", &[b'x'; 40])];
             store
-                .insert(&t, files.to_vec(), &quota, &[], &[], T0 + i)
+                .insert(&t, files.to_vec(), &[], &quota, &[], &[], T0 + i)
                 .await
         });
     }
@@ -1085,4 +1089,91 @@ async fn tickets_filed_at_once_cannot_pass_the_quota_together() {
         "40 + 40 fit in 100 bytes, a third does not, on {}",
         test.backend()
     );
+}
+
+#[tokio::test]
+async fn an_upload_is_claimed_by_one_ticket_and_expires_unclaimed() {
+    let (_test, store) = open().await;
+    let partner = PartnerId::new();
+    let upload = |id: &str, at: Micros| csp_support::storage::Upload {
+        id: id.to_owned(),
+        partner_id: partner,
+        object_key: format!("uploads/{partner}/{id}"),
+        size_bytes: 40,
+        sha256: domain::sha256(&[b'u'; 40]),
+        created_at: at,
+    };
+    for (id, at) in [("u1", T0), ("u2", T0 + 1)] {
+        assert_eq!(
+            store.record_upload(&upload(id, at), &QUOTA).await.unwrap(),
+            Inserted::Done
+        );
+    }
+    assert_eq!(
+        store.usage(partner).await.unwrap(),
+        Usage {
+            files: 2,
+            bytes: 80
+        },
+        "uploads count toward the quota"
+    );
+    assert_eq!(
+        store
+            .uploads(partner, &["u1".into(), "nope".into()])
+            .await
+            .unwrap(),
+        vec![upload("u1", T0)]
+    );
+    assert!(
+        store
+            .uploads(PartnerId::new(), &["u1".into()])
+            .await
+            .unwrap()
+            .is_empty(),
+        "another partner's upload is not found"
+    );
+    // A ticket claims u1: the row moves to the ticket, once.
+    let t = ticket(partner, IssueType::Technical, TicketStatus::Submitted, T0);
+    let mut claimed = attachment("u1.pdf", "application/pdf", &[b'u'; 40]);
+    claimed.id = "u1".into();
+    claimed.object_key = Some(upload("u1", T0).object_key);
+    assert_eq!(
+        store
+            .insert(
+                &t,
+                vec![claimed.clone()],
+                &["u1".into()],
+                &QUOTA,
+                &[],
+                &[],
+                T0
+            )
+            .await
+            .unwrap(),
+        Inserted::Done
+    );
+    let other = ticket(partner, IssueType::Technical, TicketStatus::Submitted, T0);
+    assert_eq!(
+        store
+            .insert(&other, vec![claimed], &["u1".into()], &QUOTA, &[], &[], T0)
+            .await
+            .unwrap(),
+        Inserted::UploadGone("u1".into())
+    );
+    assert_eq!(store.ticket(partner, other.id).await.unwrap(), None);
+    assert_eq!(
+        store.usage(partner).await.unwrap(),
+        Usage {
+            files: 2,
+            bytes: 80
+        },
+        "a claimed upload is counted once, as an attachment"
+    );
+    // Only u2 is left to expire, and only once it is old enough.
+    assert!(store.expired_uploads(T0 + 1, 10).await.unwrap().is_empty());
+    let expired = store.expired_uploads(T0 + 2, 10).await.unwrap();
+    assert_eq!(expired, vec![upload("u2", T0 + 1)]);
+    assert!(store.forget_upload("u2").await.unwrap());
+    assert!(!store.forget_upload("u2").await.unwrap());
+    assert!(!store.forget_upload("u1").await.unwrap());
 }
