@@ -359,7 +359,7 @@ fn local_content_defaults(
     gateway_http: &str,
 ) -> anyhow::Result<csp_content::ContentArgs> {
     if content.store.is_none() {
-        content.store = Some(csp_content::file_url(&data_dir.join("content")));
+        content.store = Some(csp_content::default_store(data_dir));
     }
     if content.public_url.is_none() {
         content.public_url = Some(gateway_http.to_owned());

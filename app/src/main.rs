@@ -429,7 +429,7 @@ async fn content(args: ContentCommand) -> anyhow::Result<()> {
     use csp_licensing::domain::Selection;
     let mut store_args = args.store.clone();
     if store_args.store.is_none() {
-        store_args.store = Some(csp_content::file_url(&args.data_dir.join("content")));
+        store_args.store = Some(csp_content::default_store(&args.data_dir));
     }
     let store = csp_content::ContentStore::open_unsigned(&store_args)?;
     let url = args
@@ -516,7 +516,10 @@ async fn content(args: ContentCommand) -> anyhow::Result<()> {
             .await
             .map(|had| {
                 if had {
-                    println!("removed; links already handed out stop at the next download");
+                    println!(
+                        "removed: no link is issued for it any more; links handed out before now \
+                         lead to a missing file (404) until a file is stored again"
+                    );
                 } else {
                     println!("nothing was stored for that selection");
                 }

@@ -851,3 +851,112 @@ async fn the_download_listener_closes_silent_connections_and_caps_open_ones() {
     gateway.await.unwrap().unwrap();
     system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_download_slower_than_the_idle_timeout_is_not_cut_off() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let system = TestSystem::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = http.local_addr().unwrap();
+    let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
+    let url = |a: std::net::SocketAddr| format!("http://{a}");
+    let a = system.addresses;
+    let content = system.content_args(Some(url(http_addr)));
+    let config = csp_gateway::Config {
+        listen: Some(addr),
+        http_listen: None,
+        jwt_secret: Some(csp_tests::jwt_secret()),
+        oidc: Default::default(),
+        identity: csp_tests::identity_args(ServiceName::Gateway),
+        metrics_listen: None,
+        default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
+        limits: csp_gateway::limits::LimitArgs::default(),
+        http_limits: csp_gateway::listener::HttpLimits {
+            idle_timeout_secs: 1,
+            max_connections: 4,
+        },
+        trusted_proxies: Vec::new(),
+        content: content.clone(),
+        backends: csp_gateway::Backends::at(
+            url(a.catalog),
+            url(a.ordering),
+            url(a.licensing),
+            url(a.audit),
+            url(a.support),
+        ),
+    };
+    let gateway = tokio::spawn(csp_gateway::run(config, listener, http, shutdown));
+    wait_for_listener(http_addr).await;
+
+    // A 24 MiB file, read at about 8 MiB/s: three seconds of sending, with
+    // the client sending nothing after its request.
+    let selection = csp_licensing::domain::Selection {
+        version: "2022".into(),
+        language: "en-US".into(),
+        file_type: "vhdx-x64".into(),
+    };
+    let bytes = vec![b'v'; 24 * 1024 * 1024];
+    system
+        .software_files()
+        .await
+        .put("windows-server-standard", &selection, &bytes[..], |_| {})
+        .await
+        .unwrap();
+    let store = csp_content::ContentStore::open(&content, "test", false).unwrap();
+    let key =
+        csp_content::ObjectKey::software("windows-server-standard", "2022", "en-US", "vhdx-x64")
+            .unwrap();
+    let signed = store
+        .signed_url(&key, csp_content::Purpose::Software)
+        .await
+        .unwrap()
+        .url;
+    let path = &signed[signed.find("/files/").unwrap()..];
+    let mut stream = tokio::net::TcpStream::connect(http_addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut received = 0usize;
+    let mut chunk = vec![0u8; 256 * 1024];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("the download stalled")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        received += n;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert!(
+        received > bytes.len(),
+        "cut off after {received} of {} bytes",
+        bytes.len()
+    );
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "the download was not slow: {:?}",
+        started.elapsed()
+    );
+    trigger.fire();
+    gateway.await.unwrap().unwrap();
+    system.stop().await;
+}
+
+/// Waits until something accepts connections at `addr`.
+async fn wait_for_listener(addr: std::net::SocketAddr) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("nothing listens at {addr}");
+}

@@ -115,7 +115,7 @@ impl ContentArgs {
     /// served at `public_url` unless one is set (a development machine).
     pub fn or_dev_local(mut self, dev: bool, data_dir: &FsPath, public_url: &str) -> Self {
         if dev && self.store.is_none() {
-            self.store = Some(file_url(&data_dir.join("content")));
+            self.store = Some(default_store(data_dir));
             self.public_url.get_or_insert_with(|| public_url.to_owned());
         }
         self
@@ -126,6 +126,12 @@ impl ContentArgs {
         let store = self.store.as_deref()?;
         store.strip_prefix("file://").map(PathBuf::from)
     }
+}
+
+/// The store of one machine: `file://DATA_DIR/content` (`csp up`, `--dev`,
+/// and `csp content`'s default).
+pub fn default_store(data_dir: &FsPath) -> String {
+    file_url(&data_dir.join("content"))
 }
 
 /// The `file://` URL of a directory.
@@ -183,13 +189,23 @@ pub struct Stored {
     pub sha256: String,
 }
 
-/// A URL that reads one object until it expires.
-#[derive(Clone, Debug)]
+/// A URL that reads one object until it expires (its `Debug` hides the
+/// URL: it is a credential).
+#[derive(Clone)]
 pub struct SignedUrl {
     /// The URL (a credential until it expires: never logged).
     pub url: String,
     /// When it stops working.
     pub expires_at: SystemTime,
+}
+
+impl std::fmt::Debug for SignedUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedUrl")
+            .field("url", &"***")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 /// Why a content operation failed.

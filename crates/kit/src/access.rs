@@ -31,6 +31,8 @@ pub struct PublicMethod {
     pub declares_access: bool,
     /// Whether the server streams its response.
     pub server_streaming: bool,
+    /// Whether the client streams its request (an upload).
+    pub client_streaming: bool,
 }
 
 /// Every RPC of every public csp service (those under `csp.` without
@@ -70,6 +72,7 @@ pub fn public_methods(encoded_descriptor_set: &[u8]) -> anyhow::Result<Vec<Publi
                 roles,
                 declares_access,
                 server_streaming: method.is_server_streaming(),
+                client_streaming: method.is_client_streaming(),
             });
         }
     }

@@ -131,6 +131,8 @@ impl BackendArgs {
 pub mod ports {
     /// The gateway's public gRPC port.
     pub const GATEWAY: u16 = 50051;
+    /// The gateway's public download listener (links, local files).
+    pub const DOWNLOADS: u16 = 8080;
     /// The catalog.
     pub const CATALOG: u16 = 50061;
     /// Ordering.

@@ -325,12 +325,14 @@ async fn file(
 }
 
 /// The answer to a URL no valid signature covers.
-const NOT_SIGNED: &str = "This file URL is not valid: file URLs come from following a download link, \
-                          which counts one download. Follow the download link again.";
+const NOT_SIGNED: &str = "This file URL is not valid: file URLs are handed out for a few minutes, by a \
+                          download link (which counts one download) or with a ticket's attachment. \
+                          Follow the link, or fetch the attachment, again.";
 
 /// The answer to an expired file URL.
-const EXPIRED: &str = "This file URL has expired: it works for a few minutes after the download link \
-                       is followed. Follow the download link again (it counts one download).";
+const EXPIRED: &str = "This file URL has expired: it works for a few minutes after it is handed out. \
+                       Follow the download link again (it counts one download), or fetch the \
+                       attachment again.";
 
 async fn answer_file(
     downloads: &Downloads,

@@ -45,7 +45,7 @@ use crate::auth::{Authenticators, Hs256Verifier, TokenVerifier};
 use crate::balance::{Forwarder, Replicas};
 
 /// Where the download listener listens by default.
-pub const DEFAULT_HTTP_ADDR: SocketAddr = kit_config::local(8080);
+pub const DEFAULT_HTTP_ADDR: SocketAddr = kit_config::local(kit_config::ports::DOWNLOADS);
 /// Where the gateway listens by default.
 pub const DEFAULT_ADDR: SocketAddr = kit_config::local(kit_config::ports::GATEWAY);
 
@@ -427,7 +427,12 @@ impl Gateway {
                 .into_http();
             }
         };
-        let declared = declared.unwrap_or(0);
+        // A client stream's size is not known from its first message: it
+        // counts as a large call of the most an upload may hold.
+        let declared = match declared.unwrap_or(0) {
+            first if route.method.client_streaming => first.max(STREAMED_REQUEST_BYTES),
+            first => first,
+        };
         let _large = match self.limits.admit_large(partner, declared) {
             Ok(permit) => permit,
             Err(status) => {
@@ -538,6 +543,10 @@ async fn forget_quiet(limits: Arc<limits::Limits>, shutdown: Shutdown) {
 const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// A `grpc-timeout` value of `seconds` (at most 8 digits, as gRPC allows).
+/// What a client-streaming call (an attachment upload) is counted as in the
+/// large-request limits: the most one may send (10 MiB).
+pub const STREAMED_REQUEST_BYTES: u32 = 10 * 1024 * 1024;
+
 /// The longest deadline a large call (an upload) gets.
 const LARGE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 

@@ -89,7 +89,8 @@ impl Listener for Guarded {
     }
 }
 
-/// A connection that holds its slot and fails its reads after a silence.
+/// A connection that holds its slot and fails its reads once nothing has
+/// moved either way for the idle time.
 pub struct GuardedStream {
     inner: TcpStream,
     idle: Duration,
@@ -129,7 +130,16 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        // A response the client is taking (a file download) is progress
+        // too: only a connection silent both ways times out.
+        if let Poll::Ready(Ok(n)) = &written
+            && *n > 0
+        {
+            let next = Instant::now() + self.idle;
+            self.deadline.as_mut().reset(next);
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

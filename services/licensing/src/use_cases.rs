@@ -74,8 +74,8 @@ impl std::fmt::Debug for KeysAndDownloads {
     }
 }
 
-/// What a redemption came to.
-#[derive(Clone, Debug)]
+/// What a redemption came to (its `Debug` hides the signed URL).
+#[derive(Clone)]
 pub enum Redemption {
     /// Counted: send the caller to the file.
     Redirect {
@@ -95,6 +95,29 @@ pub enum Redemption {
     },
     /// No such link.
     Unknown,
+}
+
+impl std::fmt::Debug for Redemption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Redemption::Redirect {
+                count,
+                max_downloads,
+                ..
+            } => f
+                .debug_struct("Redirect")
+                .field("url", &"***")
+                .field("count", count)
+                .field("max_downloads", max_downloads)
+                .finish(),
+            Redemption::Dead { why, max_downloads } => f
+                .debug_struct("Dead")
+                .field("why", why)
+                .field("max_downloads", max_downloads)
+                .finish(),
+            Redemption::Unknown => f.write_str("Unknown"),
+        }
+    }
 }
 
 /// What a link's state is, as a HEAD request asks it.

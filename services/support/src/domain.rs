@@ -92,12 +92,7 @@ pub struct Usage {
 
 impl Usage {
     /// What `attachments` add.
-    pub fn of(attachments: &[Attachment]) -> Usage {
-        Usage::of_all(attachments)
-    }
-
-    /// What `attachments` add.
-    pub fn of_all<'a>(attachments: impl IntoIterator<Item = &'a Attachment>) -> Usage {
+    pub fn of<'a>(attachments: impl IntoIterator<Item = &'a Attachment>) -> Usage {
         attachments
             .into_iter()
             .fold(Usage { files: 0, bytes: 0 }, |u, a| Usage {
@@ -657,6 +652,14 @@ pub fn check_ticket(r: &pb::CreateTicketRequest) -> Result<(), ApiError> {
                 violations.push(FieldViolation::new(
                     format!("attachments[{i}].upload_id"),
                     "the id UploadAttachment gave (a UUID)",
+                ));
+            } else if r.attachments[..i]
+                .iter()
+                .any(|b| b.upload_id.trim() == a.upload_id.trim())
+            {
+                violations.push(FieldViolation::new(
+                    format!("attachments[{i}].upload_id"),
+                    "names the same upload as an attachment before it",
                 ));
             }
         } else if a.content.is_empty() || a.content.len() > MAX_ATTACHMENT_BYTES {

@@ -86,7 +86,10 @@ pub async fn run(
     let content = config.content.clone().or_dev_local(
         dev,
         &config.backend.data_dir,
-        &format!("http://{}", csp_kit::config::local(8080)),
+        &format!(
+            "http://{}",
+            csp_kit::config::local(csp_kit::config::ports::DOWNLOADS)
+        ),
     );
     let content = csp_content::ContentStore::open(&content, "support", dev)?;
     backend.also_ready_when(content.readiness());

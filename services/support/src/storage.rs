@@ -45,6 +45,8 @@ pub struct Upload {
     pub created_at: Micros,
 }
 
+const UPLOAD_COLUMNS: &str = "id, partner_id, object_key, size_bytes, sha256, created_at_us";
+
 type UploadRow = (String, String, String, i64, String, i64);
 
 fn upload_from_row(
@@ -78,20 +80,26 @@ async fn usage_locked(tx: &mut DbTx, partner: PartnerId) -> StoreResult<Usage> {
     usage_of(tx, partner).await
 }
 
-async fn usage_of(tx: &mut DbTx, partner: PartnerId) -> StoreResult<Usage> {
-    const SQL: &str = "SELECT \
+/// A partner's attachments and unclaimed uploads: (files, bytes).
+const USAGE: &str = "SELECT \
         (SELECT COUNT(*) FROM ticket_attachments a JOIN tickets t ON t.id = a.ticket_id WHERE t.partner_id = $1) \
         + (SELECT COUNT(*) FROM attachment_uploads WHERE partner_id = $1), \
         CAST((SELECT COALESCE(SUM(a.size_bytes), 0) FROM ticket_attachments a JOIN tickets t ON t.id = a.ticket_id WHERE t.partner_id = $1) \
         + (SELECT COALESCE(SUM(size_bytes), 0) FROM attachment_uploads WHERE partner_id = $1) AS BIGINT)";
-    let (files, bytes): (i64, i64) = on_tx!(tx, x => sqlx::query_as(SQL)
+
+async fn usage_of(tx: &mut DbTx, partner: PartnerId) -> StoreResult<Usage> {
+    let (files, bytes): (i64, i64) = on_tx!(tx, x => sqlx::query_as(USAGE)
         .bind(partner.to_string())
         .fetch_one(&mut **x)
         .await)?;
-    Ok(Usage {
+    Ok(usage_from(files, bytes))
+}
+
+fn usage_from(files: i64, bytes: i64) -> Usage {
+    Usage {
         files: u64::try_from(files).unwrap_or(0),
         bytes: u64::try_from(bytes).unwrap_or(0),
-    })
+    }
 }
 
 /// The support service's migrations.
@@ -231,7 +239,7 @@ impl SupportStore {
         if !inline.is_empty() {
             let used = usage_locked(&mut tx, t.partner_id).await?;
             if quota
-                .admit(t.partner_id, used, Usage::of_all(inline.iter().copied()))
+                .admit(t.partner_id, used, Usage::of(inline.iter().copied()))
                 .is_err()
             {
                 return Ok(Inserted::OverQuota(used));
@@ -361,18 +369,21 @@ impl SupportStore {
     /// not attached yet (read without the lock: a first check before an
     /// upload's bytes are taken).
     pub async fn usage(&self, partner: PartnerId) -> StoreResult<Usage> {
-        let mut tx = self.db.begin().await?;
-        // Read only: dropping the transaction rolls it back.
-        usage_of(&mut tx, partner).await
+        let (files, bytes): (i64, i64) = on_db!(&self.db, pool => sqlx::query_as(USAGE)
+            .bind(partner.to_string())
+            .fetch_one(pool)
+            .await)?;
+        Ok(usage_from(files, bytes))
     }
 
     /// The partner's uploads among `ids` that no ticket has claimed.
     pub async fn uploads(&self, partner: PartnerId, ids: &[String]) -> StoreResult<Vec<Upload>> {
         let mut found = Vec::with_capacity(ids.len());
         for id in ids {
-            const SQL: &str = "SELECT id, partner_id, object_key, size_bytes, sha256, created_at_us \
-                               FROM attachment_uploads WHERE id = $1 AND partner_id = $2";
-            let row: Option<UploadRow> = on_db!(&self.db, pool => sqlx::query_as(SQL)
+            let sql = format!(
+                "SELECT {UPLOAD_COLUMNS} FROM attachment_uploads WHERE id = $1 AND partner_id = $2"
+            );
+            let row: Option<UploadRow> = on_db!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(id)
                 .bind(partner.to_string())
                 .fetch_optional(pool)
@@ -386,9 +397,11 @@ impl SupportStore {
 
     /// Up to `limit` uploads stored before `before` that no ticket claimed.
     pub async fn expired_uploads(&self, before: Micros, limit: i64) -> StoreResult<Vec<Upload>> {
-        const SQL: &str = "SELECT id, partner_id, object_key, size_bytes, sha256, created_at_us \
-                           FROM attachment_uploads WHERE created_at_us < $1 ORDER BY created_at_us LIMIT $2";
-        let rows: Vec<UploadRow> = on_db!(&self.db, pool => sqlx::query_as(SQL)
+        let sql = format!(
+            "SELECT {UPLOAD_COLUMNS} FROM attachment_uploads WHERE created_at_us < $1 \
+             ORDER BY created_at_us LIMIT $2"
+        );
+        let rows: Vec<UploadRow> = on_db!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(before)
             .bind(limit)
             .fetch_all(pool)

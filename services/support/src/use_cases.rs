@@ -30,11 +30,20 @@ use crate::storage::{Inserted, SupportStore, TICKET_REQUEST_KEY, Upload};
 
 /// UNAVAILABLE for an object store that failed.
 fn store_unavailable(error: csp_content::ContentError) -> ApiError {
-    tracing::error!(%error, "the attachment store failed");
-    ApiError::Unavailable(
-        "the attachment store cannot be reached; nothing was changed, please try again shortly"
-            .to_owned(),
-    )
+    match error {
+        // A row names an object the store no longer has: not a passing
+        // outage, so not worth a retry.
+        csp_content::ContentError::NotFound(_) => ApiError::Internal(anyhow::anyhow!(
+            "an attachment's object is missing: {error}"
+        )),
+        error => {
+            tracing::error!(%error, "the attachment store failed");
+            ApiError::Unavailable(
+                "the attachment store cannot be reached; nothing was changed, please try again shortly"
+                    .to_owned(),
+            )
+        }
+    }
 }
 
 /// A ticket with its comments and attachments (without content).
@@ -82,6 +91,9 @@ pub struct Support {
 /// Attachments up to this size come back inline from `GetAttachment` too;
 /// every attachment comes with a short-lived signed URL.
 pub const INLINE_ATTACHMENT_MAX: i64 = 1024 * 1024;
+
+/// The largest chunk one `UploadAttachment` message may carry.
+pub const MAX_UPLOAD_CHUNK: usize = 1024 * 1024;
 
 /// How long an upload waits for a ticket to name it before it is deleted.
 pub const UPLOAD_LIFETIME: Micros = csp_kit::clock::DAY;
@@ -167,6 +179,17 @@ impl Support {
             .filter_map(|a| a.upload_id.clone())
             .collect();
         let uploads = self.store.uploads(partner, &uploaded).await?;
+        if uploads.len() < uploaded.len() {
+            // Claimed by this same request a moment ago (a retry racing
+            // the first call): its ticket answers.
+            let first = self
+                .store
+                .ticket_by_request(partner, new.request_id, &new.request_id_as_sent)
+                .await?;
+            if let Some(first) = once.replay(first)? {
+                return self.view(first).await;
+            }
+        }
         let mut attachments = Vec::with_capacity(new.attachments.len());
         let mut inline = Vec::new();
         for a in new.attachments {
@@ -222,7 +245,14 @@ impl Support {
                 now,
             )
             .await;
-        if !matches!(inserted, Ok(Inserted::Done)) {
+        // The objects go when the ticket is surely not stored: refused here,
+        // or another request's ticket answers below. After a failure whose
+        // outcome is unknown (a commit cut off) they stay: an object no row
+        // names is better than a row whose object is gone.
+        if matches!(
+            inserted,
+            Ok(Inserted::OverQuota(_)) | Ok(Inserted::UploadGone(_))
+        ) {
             self.remove_objects(&keys).await;
         }
         let inserted = match inserted {
@@ -255,6 +285,10 @@ impl Support {
                     .ticket_by_request(partner, new.request_id, &new.request_id_as_sent)
             })
             .await?;
+        if ticket.id != id {
+            // A retry raced this call and its ticket won: ours was not stored.
+            self.remove_objects(&keys).await;
+        }
         if ticket.id == id {
             if !steps.is_empty() {
                 self.refunds.notify_one();
@@ -474,6 +508,16 @@ impl Support {
                     return Err(error);
                 }
             };
+            if chunk.len() > MAX_UPLOAD_CHUNK {
+                writer.abort().await;
+                return Err(ApiError::invalid(
+                    "chunk",
+                    format!(
+                        "at most 1 MiB per message, not {} bytes; nothing was kept",
+                        chunk.len()
+                    ),
+                ));
+            }
             if writer.size() + chunk.len() as u64 > domain::MAX_ATTACHMENT_BYTES as u64 {
                 writer.abort().await;
                 return Err(ApiError::invalid(
@@ -546,10 +590,17 @@ impl Support {
                 return Ok(deleted);
             }
             for upload in expired {
-                if self.store.forget_upload(&upload.id).await? {
-                    let key = ObjectKey::parse(&upload.object_key)?;
-                    self.content.delete(&key).await?;
-                    deleted += 1;
+                if !self.store.forget_upload(&upload.id).await? {
+                    continue;
+                }
+                deleted += 1;
+                let removed = match ObjectKey::parse(&upload.object_key) {
+                    Ok(key) => self.content.delete(&key).await.map_err(|e| e.to_string()),
+                    Err(error) => Err(error.to_string()),
+                };
+                if let Err(error) = removed {
+                    // Logged with its key so an operator can remove it.
+                    tracing::warn!(%error, object_key = %upload.object_key, "an expired upload's object stays behind");
                 }
             }
         }
@@ -594,7 +645,7 @@ impl Support {
     pub async fn move_attachments_to_store(&self) -> anyhow::Result<usize> {
         let mut moved = 0;
         loop {
-            let batch = self.store.attachments_in_database(20).await?;
+            let batch = self.store.attachments_in_database(4).await?;
             if batch.is_empty() {
                 break;
             }
