@@ -960,3 +960,67 @@ async fn wait_for_listener(addr: std::net::SocketAddr) {
     }
     panic!("nothing listens at {addr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_one_process_the_gateway_calls_a_backend_without_a_socket() {
+    let system = TestSystem::start().await;
+    // An address where nothing listens, registered in this process as the
+    // catalog: only an in-process call can reach it.
+    let nowhere = {
+        let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        reserved.local_addr().unwrap()
+    };
+    let catalog = csp_kit::inproc::lookup(system.addresses.catalog)
+        .expect("the catalog of this process registers itself");
+    let registration = csp_kit::inproc::register(nowhere, catalog);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
+    let url = |a: std::net::SocketAddr| format!("http://{a}");
+    let a = system.addresses;
+    let config = csp_gateway::Config {
+        listen: Some(addr),
+        http_listen: None,
+        jwt_secret: Some(csp_tests::jwt_secret()),
+        oidc: Default::default(),
+        identity: csp_tests::identity_args(ServiceName::Gateway),
+        metrics_listen: None,
+        default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
+        limits: csp_gateway::limits::LimitArgs::default(),
+        http_limits: csp_gateway::listener::HttpLimits::default(),
+        trusted_proxies: Vec::new(),
+        content: Default::default(),
+        backends: csp_gateway::Backends::at(
+            url(nowhere),
+            url(a.ordering),
+            url(a.licensing),
+            url(a.audit),
+            url(a.support),
+        ),
+    };
+    let gateway = tokio::spawn(csp_gateway::run(config, listener, http, shutdown));
+    let mut client =
+        csp_proto::catalog::v1::catalog_service_client::CatalogServiceClient::with_interceptor(
+            csp_tests::connect(addr).await,
+            csp_tests::Bearer::new(&system.token(&[Role::SalesAgent])),
+        );
+    let markets = client
+        .list_markets(csp_proto::catalog::v1::ListMarketsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .markets;
+    assert!(!markets.is_empty(), "answered in process");
+    // Withdrawn (as at a backend's shutdown), the call goes to the network,
+    // where nothing listens.
+    registration.withdraw();
+    let status = client
+        .list_markets(csp_proto::catalog::v1::ListMarketsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    trigger.fire();
+    gateway.await.unwrap().unwrap();
+    system.stop().await;
+}

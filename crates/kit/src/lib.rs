@@ -36,6 +36,7 @@ pub mod config;
 pub mod error;
 pub mod identity;
 pub mod ids;
+pub mod inproc;
 pub mod market;
 pub mod metrics;
 pub mod paging;

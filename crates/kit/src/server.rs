@@ -161,10 +161,18 @@ pub async fn serve(
     identity: Option<Arc<Verifier>>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    // The same stack, callable without a socket by the gateway of this
+    // process (see `inproc`); withdrawn as soon as shutdown begins.
+    let registration = std::sync::Arc::new(crate::inproc::register(
+        listener.local_addr()?,
+        in_process_stack(name, &routes, identity.clone()),
+    ));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let fired = shutdown.clone();
+    let withdrawn = registration.clone();
     let signal = async move {
         shutdown.wait().await;
+        withdrawn.withdraw();
         set_serving(&health, false).await;
     };
     let served: std::pin::Pin<
@@ -198,6 +206,29 @@ pub async fn serve(
             );
             Ok(())
         }
+    }
+}
+
+/// What [`serve`] serves, as one in-process service: metrics, caller
+/// identity (with a verifier), then the routes.
+fn in_process_stack(
+    name: &'static str,
+    routes: &Routes,
+    identity: Option<Arc<Verifier>>,
+) -> crate::inproc::InProcess {
+    let routes = routes.clone();
+    match identity {
+        Some(verifier) => crate::inproc::InProcess::new(
+            tower::ServiceBuilder::new()
+                .layer(MetricsLayer::new(name))
+                .layer(IdentityLayer::new(verifier))
+                .service(routes),
+        ),
+        None => crate::inproc::InProcess::new(
+            tower::ServiceBuilder::new()
+                .layer(MetricsLayer::new(name))
+                .service(routes),
+        ),
     }
 }
 

@@ -352,6 +352,35 @@ pub fn not_processed(error: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
+/// Calls a backend of this process directly (see `csp_kit::inproc`),
+/// holding the call to its `grpc-timeout` as the backend's server would.
+async fn call_in_process(
+    backend: csp_kit::inproc::InProcess,
+    request: http::Request<AxumBody>,
+) -> http::Response<tonic::body::Body> {
+    use tower::ServiceExt as _;
+    let deadline = request
+        .headers()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::parse_grpc_timeout);
+    let answer = backend.oneshot(request);
+    let answer = match deadline {
+        Some(deadline) => match tokio::time::timeout(deadline, answer).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                return tonic::Status::deadline_exceeded("the call took longer than its deadline")
+                    .into_http();
+            }
+        },
+        None => answer.await,
+    };
+    match answer {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
 /// The most header bytes the gateway takes in one backend answer.
 const MAX_ANSWER_HEADERS: u32 = 1024 * 1024;
 
@@ -437,6 +466,9 @@ impl Forwarder {
             *request.uri_mut() = uri;
             *request.version_mut() = parts.version;
             *request.headers_mut() = parts.headers.clone();
+            if let Some(backend) = csp_kit::inproc::lookup(origin.addr()) {
+                return call_in_process(backend, request).await;
+            }
             match self.client.request(request).await {
                 Ok(response) => return response.map(tonic::body::Body::new),
                 Err(error) if not_processed(&error) && attempt < attempts => {

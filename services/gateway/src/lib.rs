@@ -565,7 +565,7 @@ fn cap_deadline(headers: &mut http::HeaderMap, cap: std::time::Duration) {
 }
 
 /// A `grpc-timeout` value: 1 to 8 digits and a unit (H, M, S, m, u, n).
-fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
+pub(crate) fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
