@@ -15,7 +15,10 @@ use crate::ApiError;
 use crate::identity::{ServiceIdentity, Signer};
 
 /// A channel whose calls carry this service's signed identity.
-pub type Signed = InterceptedService<Channel, ServiceIdentity>;
+pub type Signed = InterceptedService<PeerChannel, ServiceIdentity>;
+
+/// The longest a call to a peer may take.
+const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// A lazily connected channel to `url` that signs calls with `signer`.
 pub fn signed_channel(url: &str, signer: &Arc<Signer>) -> anyhow::Result<Signed> {
@@ -23,12 +26,61 @@ pub fn signed_channel(url: &str, signer: &Arc<Signer>) -> anyhow::Result<Signed>
         .map_err(|error| anyhow::anyhow!("{url:?} is not a valid URL: {error}"))?
         .tcp_nodelay(true)
         .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(15))
+        .timeout(PEER_TIMEOUT)
         .connect_lazy();
+    // A peer named by IP address and port may be a backend of this very
+    // process (`csp up`): then calls skip the socket.
+    let addr = url
+        .strip_prefix("http://")
+        .map(|rest| rest.trim_end_matches('/'))
+        .and_then(|authority| authority.parse().ok());
     Ok(InterceptedService::new(
-        channel,
+        PeerChannel { channel, addr },
         ServiceIdentity::new(signer.clone()),
     ))
+}
+
+/// A peer's channel: over the network, or, when the peer is a backend of
+/// this process ([`crate::inproc`]), straight to the stack it serves.
+#[derive(Clone, Debug)]
+pub struct PeerChannel {
+    channel: Channel,
+    addr: Option<std::net::SocketAddr>,
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for PeerChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // Each call takes its own handle of the channel (below), which waits
+        // for it to be ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        use tower::ServiceExt as _;
+        if let Some(backend) = self.addr.and_then(crate::inproc::lookup) {
+            return Box::pin(async move {
+                let answer = backend.oneshot(request.map(axum::body::Body::new));
+                match tokio::time::timeout(PEER_TIMEOUT, answer).await {
+                    Ok(Ok(response)) => Ok(response),
+                    Ok(Err(never)) => match never {},
+                    Err(_) => Ok(Status::deadline_exceeded(
+                        "the peer did not answer within 15 s",
+                    )
+                    .into_http()),
+                }
+            });
+        }
+        Box::pin(self.channel.clone().oneshot(request))
+    }
 }
 
 /// What a peer's failure means for the caller.
