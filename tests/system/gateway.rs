@@ -966,10 +966,11 @@ async fn in_one_process_the_gateway_calls_a_backend_without_a_socket() {
     let system = TestSystem::start().await;
     // An address where nothing listens, registered in this process as the
     // catalog: only an in-process call can reach it.
-    let nowhere = {
-        let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        reserved.local_addr().unwrap()
-    };
+    // Bound (so no other test takes it) but not listening: connections to
+    // it are refused.
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let nowhere = reserved.local_addr().unwrap();
     let catalog = csp_kit::inproc::lookup(system.addresses.catalog)
         .expect("the catalog of this process registers itself");
     let registration = csp_kit::inproc::register(nowhere, catalog);
@@ -1022,5 +1023,6 @@ async fn in_one_process_the_gateway_calls_a_backend_without_a_socket() {
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     trigger.fire();
     gateway.await.unwrap().unwrap();
+    drop(reserved);
     system.stop().await;
 }

@@ -11,10 +11,13 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{OnceLock, RwLock};
+use std::task::{Context, Poll};
 
 use axum::body::Body as AxumBody;
+use tokio::sync::mpsc;
 
 /// A backend's served stack, callable in process.
 pub type InProcess = tower::util::BoxCloneSyncService<
@@ -37,20 +40,57 @@ fn registry() -> &'static Registry {
 pub struct Registration {
     addr: SocketAddr,
     id: u64,
+    /// Closed once the registry's copy and every call in flight (until its
+    /// answer's body ends) are gone.
+    calls: tokio::sync::Mutex<mpsc::Receiver<()>>,
 }
 
-/// Registers `service` as the backend listening at `addr`.
+/// Whether in-process calls are made: `CSP_IN_PROCESS=off` sends every call
+/// over the network, as between processes (CI runs the gateway's tests so).
+fn enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        !matches!(
+            std::env::var("CSP_IN_PROCESS").as_deref(),
+            Ok("off" | "0" | "false")
+        )
+    })
+}
+
+/// Registers `service` as the backend listening at `addr`. Each call made
+/// through the registry runs in its own task (as a stream of an HTTP/2
+/// connection does: a panic stays in it, and dropping the call cancels
+/// it), and is counted until its answer's body ends, for
+/// [`Registration::drained`].
 pub fn register(addr: SocketAddr, service: InProcess) -> Registration {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    let (tracker, calls) = mpsc::channel(1);
+    let tracked = InProcess::new(Tracked {
+        inner: service,
+        tracker,
+    });
     registry()
         .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .insert(addr, (id, service));
-    Registration { addr, id }
+        .insert(addr, (id, tracked));
+    Registration {
+        addr,
+        id,
+        calls: tokio::sync::Mutex::new(calls),
+    }
 }
 
 impl Registration {
+    /// Waits until the backend is withdrawn and every call made in process
+    /// has ended (its answer's body included): the in-process part of a
+    /// graceful shutdown.
+    pub async fn drained(&self) {
+        self.withdraw();
+        let mut calls = self.calls.lock().await;
+        while calls.recv().await.is_some() {}
+    }
+
     /// Takes the backend out now.
     pub fn withdraw(&self) {
         let mut registry = registry()
@@ -73,11 +113,108 @@ impl Drop for Registration {
 
 /// The backend of this process listening at `addr`, if there is one.
 pub fn lookup(addr: SocketAddr) -> Option<InProcess> {
+    if !enabled() {
+        return None;
+    }
     registry()
         .read()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .get(&addr)
         .map(|(_, service)| service.clone())
+}
+
+/// The answer to an in-process call past its deadline: what tonic's server
+/// answers over the network (CANCELLED, "Timeout expired"), so callers see
+/// the same status in one process or several.
+pub fn timed_out() -> http::Response<tonic::body::Body> {
+    tonic::Status::cancelled("Timeout expired").into_http()
+}
+
+/// A registered stack: each call in its own task, counted until its body
+/// ends.
+#[derive(Clone)]
+struct Tracked {
+    inner: InProcess,
+    tracker: mpsc::Sender<()>,
+}
+
+impl tower::Service<http::Request<AxumBody>> for Tracked {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<AxumBody>) -> Self::Future {
+        use tower::ServiceExt as _;
+        let guard = self.tracker.clone();
+        let call = self.inner.clone().oneshot(request);
+        let task = AbortOnDrop(tokio::spawn(call));
+        Box::pin(async move {
+            let answer = match task.await {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(panicked) => {
+                    tracing::error!(error = %panicked, "an in-process call failed inside its handler");
+                    tonic::Status::internal("the service failed while handling the call")
+                        .into_http()
+                }
+            };
+            Ok(answer.map(|body| {
+                tonic::body::Body::new(Counted {
+                    body,
+                    _guard: guard,
+                })
+            }))
+        })
+    }
+}
+
+/// A spawned call, aborted when its caller goes away.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// An answer's body that keeps its call counted until it ends or is
+/// dropped.
+struct Counted {
+    body: tonic::body::Body,
+    _guard: mpsc::Sender<()>,
+}
+
+impl http_body::Body for Counted {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 #[cfg(test)]
@@ -114,6 +251,48 @@ mod tests {
         drop(first);
         assert!(lookup(addr).is_some());
         second.withdraw();
+        assert!(lookup(addr).is_none());
+    }
+
+    #[tokio::test]
+    async fn draining_waits_for_calls_in_flight_and_a_panic_is_an_internal_error() {
+        use tower::ServiceExt as _;
+        let addr = SocketAddr::from(([127, 0, 0, 1], 2));
+        let slow = InProcess::new(tower::service_fn(
+            |req: http::Request<AxumBody>| async move {
+                if req.uri().path() == "/panic" {
+                    panic!("a handler bug");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                Ok::<_, Infallible>(http::Response::new(tonic::body::Body::empty()))
+            },
+        ));
+        let registration = register(addr, slow);
+        let backend = lookup(addr).unwrap_or_else(|| panic!("registered"));
+        let panicked = backend
+            .clone()
+            .oneshot(
+                http::Request::builder()
+                    .uri("/panic")
+                    .body(AxumBody::empty())
+                    .unwrap_or_else(|e| panic!("{e}")),
+            )
+            .await
+            .unwrap_or_else(|e| match e {});
+        assert_eq!(panicked.headers()["grpc-status"], "13");
+        let started = std::time::Instant::now();
+        let call = tokio::spawn(async move {
+            // The answer (and its body) is dropped when the call ends.
+            let _ = backend.oneshot(http::Request::new(AxumBody::empty())).await;
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        registration.drained().await;
+        assert!(
+            started.elapsed() >= std::time::Duration::from_millis(150),
+            "drained before the call ended: {:?}",
+            started.elapsed()
+        );
+        assert!(call.await.is_ok());
         assert!(lookup(addr).is_none());
     }
 }

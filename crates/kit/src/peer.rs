@@ -64,18 +64,24 @@ impl tower::Service<http::Request<tonic::body::Body>> for PeerChannel {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         use tower::ServiceExt as _;
         if let Some(backend) = self.addr.and_then(crate::inproc::lookup) {
+            // As over the wire: the client's extensions stay here, and the
+            // call is held to the shorter of its deadline and the peer limit.
+            *request.extensions_mut() = http::Extensions::default();
+            let limit = request
+                .headers()
+                .get("grpc-timeout")
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::server::parse_grpc_timeout)
+                .map_or(PEER_TIMEOUT, |asked| asked.min(PEER_TIMEOUT));
             return Box::pin(async move {
                 let answer = backend.oneshot(request.map(axum::body::Body::new));
-                match tokio::time::timeout(PEER_TIMEOUT, answer).await {
+                match tokio::time::timeout(limit, answer).await {
                     Ok(Ok(response)) => Ok(response),
                     Ok(Err(never)) => match never {},
-                    Err(_) => Ok(Status::deadline_exceeded(
-                        "the peer did not answer within 15 s",
-                    )
-                    .into_http()),
+                    Err(_) => Ok(crate::inproc::timed_out()),
                 }
             });
         }

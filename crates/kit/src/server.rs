@@ -192,12 +192,22 @@ pub async fn serve(
                 .serve_with_incoming_shutdown(incoming, signal),
         ),
     };
+    // In-process calls hold no connection for tonic to drain: they are
+    // waited for alongside, within the same limit.
+    let drained = {
+        let shutdown = fired.clone();
+        let registration = registration.clone();
+        async move {
+            shutdown.wait().await;
+            registration.drained().await;
+        }
+    };
     let overdue = async move {
         fired.wait().await;
         tokio::time::sleep(DRAIN_LIMIT).await;
     };
     tokio::select! {
-        result = served => result.context("the gRPC server failed"),
+        (result, ()) = async { tokio::join!(served, drained) } => result.context("the gRPC server failed"),
         () = overdue => {
             tracing::warn!(
                 service = name,
@@ -230,6 +240,25 @@ fn in_process_stack(
                 .service(routes),
         ),
     }
+}
+
+/// A `grpc-timeout` value: 1 to 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// Binds a TCP listener, with a message that names the address on failure.

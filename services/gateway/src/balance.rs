@@ -363,15 +363,12 @@ async fn call_in_process(
         .headers()
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
-        .and_then(crate::parse_grpc_timeout);
+        .and_then(csp_kit::server::parse_grpc_timeout);
     let answer = backend.oneshot(request);
     let answer = match deadline {
         Some(deadline) => match tokio::time::timeout(deadline, answer).await {
             Ok(answer) => answer,
-            Err(_) => {
-                return tonic::Status::deadline_exceeded("the call took longer than its deadline")
-                    .into_http();
-            }
+            Err(_) => return csp_kit::inproc::timed_out(),
         },
         None => answer.await,
     };

@@ -556,30 +556,12 @@ fn cap_deadline(headers: &mut http::HeaderMap, cap: std::time::Duration) {
     let asked = headers
         .get(GRPC_TIMEOUT)
         .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout);
+        .and_then(csp_kit::server::parse_grpc_timeout);
     if asked.is_none_or(|asked| asked > cap)
         && let Ok(value) = HeaderValue::from_str(&format!("{}m", cap.as_millis()))
     {
         headers.insert(GRPC_TIMEOUT, value);
     }
-}
-
-/// A `grpc-timeout` value: 1 to 8 digits and a unit (H, M, S, m, u, n).
-pub(crate) fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => std::time::Duration::from_secs(n * 3600),
-        "M" => std::time::Duration::from_secs(n * 60),
-        "S" => std::time::Duration::from_secs(n),
-        "m" => std::time::Duration::from_millis(n),
-        "u" => std::time::Duration::from_micros(n),
-        "n" => std::time::Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 fn grpc_timeout(seconds: u64) -> anyhow::Result<HeaderValue> {
@@ -654,12 +636,21 @@ mod tests {
     #[test]
     fn a_large_call_gets_at_most_the_large_deadline() {
         use std::time::Duration;
-        assert_eq!(parse_grpc_timeout("30S"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
-        assert_eq!(parse_grpc_timeout("S"), None);
-        assert_eq!(parse_grpc_timeout("123456789S"), None);
-        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(
+            csp_kit::server::parse_grpc_timeout("30S"),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            csp_kit::server::parse_grpc_timeout("2H"),
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(
+            csp_kit::server::parse_grpc_timeout("100m"),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(csp_kit::server::parse_grpc_timeout("S"), None);
+        assert_eq!(csp_kit::server::parse_grpc_timeout("123456789S"), None);
+        assert_eq!(csp_kit::server::parse_grpc_timeout("5x"), None);
         let mut headers = http::HeaderMap::new();
         headers.insert(GRPC_TIMEOUT, HeaderValue::from_static("99999999S"));
         cap_deadline(&mut headers, LARGE_DEADLINE);
