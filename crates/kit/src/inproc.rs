@@ -57,11 +57,10 @@ fn enabled() -> bool {
     })
 }
 
-/// Registers `service` as the backend listening at `addr`. Each call made
-/// through the registry runs in its own task (as a stream of an HTTP/2
-/// connection does: a panic stays in it, and dropping the call cancels
-/// it), and is counted until its answer's body ends, for
-/// [`Registration::drained`].
+/// Registers `service` as the backend listening at `addr`. A panic in a
+/// call made through the registry fails that call only (INTERNAL), as in an
+/// HTTP/2 stream's own task; dropping the call cancels it; each is counted
+/// until its answer's body ends, for [`Registration::drained`].
 pub fn register(addr: SocketAddr, service: InProcess) -> Registration {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -130,7 +129,7 @@ pub fn timed_out() -> http::Response<tonic::body::Body> {
     tonic::Status::cancelled("Timeout expired").into_http()
 }
 
-/// A registered stack: each call in its own task, counted until its body
+/// A registered stack: each call's panic kept to it, counted until its body
 /// ends.
 #[derive(Clone)]
 struct Tracked {
@@ -149,16 +148,19 @@ impl tower::Service<http::Request<AxumBody>> for Tracked {
     }
 
     fn call(&mut self, request: http::Request<AxumBody>) -> Self::Future {
+        use futures_util::FutureExt as _;
         use tower::ServiceExt as _;
         let guard = self.tracker.clone();
-        let call = self.inner.clone().oneshot(request);
-        let task = AbortOnDrop(tokio::spawn(call));
+        // A panic in the handler fails this call only (as in an HTTP/2
+        // stream's own task), not the caller's task; dropping the future
+        // cancels the call.
+        let call = std::panic::AssertUnwindSafe(self.inner.clone().oneshot(request)).catch_unwind();
         Box::pin(async move {
-            let answer = match task.await {
+            let answer = match call.await {
                 Ok(Ok(response)) => response,
                 Ok(Err(never)) => match never {},
-                Err(panicked) => {
-                    tracing::error!(error = %panicked, "an in-process call failed inside its handler");
+                Err(_) => {
+                    tracing::error!("an in-process call panicked inside its handler");
                     tonic::Status::internal("the service failed while handling the call")
                         .into_http()
                 }
@@ -170,23 +172,6 @@ impl tower::Service<http::Request<AxumBody>> for Tracked {
                 })
             }))
         })
-    }
-}
-
-/// A spawned call, aborted when its caller goes away.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> std::future::Future for AbortOnDrop<T> {
-    type Output = Result<T, tokio::task::JoinError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx)
-    }
-}
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
