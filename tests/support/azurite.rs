@@ -125,34 +125,7 @@ fn installed() -> &'static Path {
 }
 
 fn install() -> Result<PathBuf, String> {
-    let dir = super::target_dir().join("tools").join("azurite");
-    let present = dir.join("node_modules/azurite/package.json").exists()
-        && dir
-            .join("node_modules/@azure/storage-blob/package.json")
-            .exists();
-    if !present {
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let status = Command::new("npm")
-            .args([
-                "install",
-                "--silent",
-                "--no-save",
-                "--no-audit",
-                "--no-fund",
-                "--prefix",
-            ])
-            .arg(&dir)
-            .args(PACKAGES)
-            .status()
-            .map_err(|e| format!("cannot run npm to install Azurite: {e}"))?;
-        if !status.success() {
-            return Err(format!(
-                "npm could not install {} into {} ({status}); run .ci/run, or install them there",
-                PACKAGES.join(" "),
-                dir.display()
-            ));
-        }
-    }
+    let dir = super::npm_tools("azurite", &PACKAGES)?;
     std::fs::write(
         dir.join("container.mjs"),
         include_str!("../azurite/container.mjs"),

@@ -102,6 +102,68 @@ pub fn verifier(service: ServiceName) -> std::sync::Arc<csp_kit::identity::Verif
         .verifier
 }
 
+/// Installs the npm `packages` (`name@version`) under
+/// `target/tools/<tool>` unless every one of them is there already (`.ci/run`
+/// installs them first), and returns the directory.
+pub fn npm_tools(tool: &str, packages: &[&str]) -> Result<PathBuf, String> {
+    let dir = target_dir().join("tools").join(tool);
+    let installed = |package: &str| {
+        let name = package.rsplit_once('@').map_or(package, |(name, _)| name);
+        dir.join("node_modules")
+            .join(name)
+            .join("package.json")
+            .exists()
+    };
+    if packages.iter().all(|p| installed(p)) {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let status = std::process::Command::new("npm")
+        .args([
+            "install",
+            "--silent",
+            "--no-save",
+            "--no-audit",
+            "--no-fund",
+            "--prefix",
+        ])
+        .arg(&dir)
+        .args(packages)
+        .status()
+        .map_err(|e| format!("cannot run npm to install {}: {e}", packages.join(" ")))?;
+    if !status.success() {
+        return Err(format!(
+            "npm could not install {} into {} ({status}); run .ci/run, or install them there",
+            packages.join(" "),
+            dir.display()
+        ));
+    }
+    Ok(dir)
+}
+
+/// A development gateway's settings (test keys, HS256 tokens, default
+/// limits, no content store), listening on `listen`, forwarding to
+/// `backends`.
+pub fn dev_gateway_config(
+    listen: std::net::SocketAddr,
+    backends: csp_gateway::Backends,
+) -> csp_gateway::Config {
+    csp_gateway::Config {
+        listen: Some(listen),
+        http_listen: None,
+        jwt_secret: Some(jwt_secret()),
+        oidc: Default::default(),
+        identity: identity_args(ServiceName::Gateway),
+        metrics_listen: None,
+        default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
+        limits: csp_gateway::limits::LimitArgs::default(),
+        http_limits: csp_gateway::listener::HttpLimits::default(),
+        trusted_proxies: Vec::new(),
+        content: Default::default(),
+        backends,
+    }
+}
+
 /// Fresh storage of the configured kind: a temporary SQLite directory, or a
 /// new database prefix on the PostgreSQL server of `CSP_TEST_POSTGRES_URL`.
 pub fn fresh_storage() -> Storage {
@@ -198,6 +260,34 @@ impl TestSystem {
             Some(content),
         )
         .await
+    }
+
+    /// The settings of one more development gateway in front of this
+    /// system's backends, listening on `listen` (no download listener); a
+    /// test changes what it tests with struct update syntax.
+    pub fn gateway_config(&self, listen: std::net::SocketAddr) -> csp_gateway::Config {
+        csp_gateway::Config {
+            content: self.content_args(None),
+            ..dev_gateway_config(listen, self.backends_with(None, None))
+        }
+    }
+
+    /// This system's backends, with the catalog or licensing elsewhere when
+    /// given.
+    pub fn backends_with(
+        &self,
+        catalog: Option<std::net::SocketAddr>,
+        licensing: Option<std::net::SocketAddr>,
+    ) -> csp_gateway::Backends {
+        let a = self.addresses;
+        let url = |a: std::net::SocketAddr| format!("http://{a}");
+        csp_gateway::Backends::at(
+            url(catalog.unwrap_or(a.catalog)),
+            url(a.ordering),
+            url(licensing.unwrap_or(a.licensing)),
+            url(a.audit),
+            url(a.support),
+        )
     }
 
     /// Starts a system whose local file URLs work only `secs` seconds.
@@ -499,24 +589,9 @@ impl Replica {
             content: system.content_args(Some(url(http_addr))),
         };
         let gateway_config = csp_gateway::Config {
-            listen: Some(gateway_addr),
             http_listen: Some(http_addr),
-            jwt_secret: Some(jwt_secret()),
-            oidc: Default::default(),
-            identity: identity_args(ServiceName::Gateway),
-            metrics_listen: None,
-            default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
-            limits: csp_gateway::limits::LimitArgs::default(),
-            http_limits: csp_gateway::listener::HttpLimits::default(),
-            trusted_proxies: Vec::new(),
-            content: system.content_args(None),
-            backends: csp_gateway::Backends::at(
-                url(a.catalog),
-                url(a.ordering),
-                url(licensing_addr),
-                url(a.audit),
-                url(a.support),
-            ),
+            backends: system.backends_with(None, Some(licensing_addr)),
+            ..system.gateway_config(gateway_addr)
         };
         let tasks = vec![
             tokio::spawn(csp_licensing::run(
@@ -653,28 +728,13 @@ impl Instance {
     ) -> Instance {
         let listener = bind_exactly(addr).await;
         let http = bind_exactly(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await;
-        let a = system.addresses;
-        let url = |a: std::net::SocketAddr| format!("http://{a}");
         let production = oidc.is_some();
         let config = csp_gateway::Config {
-            listen: Some(addr),
-            http_listen: None,
             jwt_secret: (!production).then(jwt_secret),
             oidc: oidc.unwrap_or_default(),
             identity: identity_keys().args_for(ServiceName::Gateway, !production),
-            metrics_listen: None,
-            default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
             limits,
-            http_limits: csp_gateway::listener::HttpLimits::default(),
-            trusted_proxies: Vec::new(),
-            content: system.content_args(None),
-            backends: csp_gateway::Backends::at(
-                url(a.catalog),
-                url(a.ordering),
-                url(a.licensing),
-                url(a.audit),
-                url(a.support),
-            ),
+            ..system.gateway_config(addr)
         };
         let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
         let task = tokio::spawn(csp_gateway::run(config, listener, http, shutdown));

@@ -253,29 +253,7 @@ fn installed() -> &'static Path {
 }
 
 fn install() -> Result<PathBuf, String> {
-    let dir = super::target_dir().join("tools").join("oidc-provider");
-    if !dir.join("node_modules/oidc-provider/package.json").exists() {
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let status = Command::new("npm")
-            .args([
-                "install",
-                "--silent",
-                "--no-save",
-                "--no-audit",
-                "--no-fund",
-                "--prefix",
-            ])
-            .arg(&dir)
-            .arg(PACKAGE)
-            .status()
-            .map_err(|e| format!("cannot run npm to install {PACKAGE}: {e}"))?;
-        if !status.success() {
-            return Err(format!(
-                "npm could not install {PACKAGE} into {} ({status}); run .ci/run, or install it there",
-                dir.display()
-            ));
-        }
-    }
+    let dir = super::npm_tools("oidc-provider", &[PACKAGE])?;
     std::fs::write(
         dir.join("provider.mjs"),
         include_str!("../oidc/provider.mjs"),

@@ -300,27 +300,7 @@ async fn an_unreachable_backend_is_unavailable_not_a_hang() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
-    let url = |a: std::net::SocketAddr| format!("http://{a}");
-    let config = csp_gateway::Config {
-        listen: Some(addr),
-        http_listen: None,
-        jwt_secret: Some(csp_tests::jwt_secret()),
-        oidc: Default::default(),
-        identity: csp_tests::identity_args(ServiceName::Gateway),
-        metrics_listen: None,
-        default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
-        limits: csp_gateway::limits::LimitArgs::default(),
-        http_limits: csp_gateway::listener::HttpLimits::default(),
-        trusted_proxies: Vec::new(),
-        content: Default::default(),
-        backends: csp_gateway::Backends::at(
-            url(dead_addr),
-            url(system.addresses.ordering),
-            url(system.addresses.licensing),
-            url(system.addresses.audit),
-            url(system.addresses.support),
-        ),
-    };
+    let config = csp_tests::dev_gateway_config(addr, system.backends_with(Some(dead_addr), None));
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gateway = tokio::spawn(csp_gateway::run(config, listener, http, shutdown));
     let token = mint(system.partner, &[Role::AdminAgent], Duration::from_secs(60));
@@ -454,26 +434,10 @@ async fn the_backend_receives_the_verified_caller_deadline_and_request_id_but_no
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gateway_addr = listener.local_addr().unwrap();
     let url = format!("http://{backend_addr}");
-    let config = csp_gateway::Config {
-        listen: Some(gateway_addr),
-        http_listen: None,
-        jwt_secret: Some(csp_tests::jwt_secret()),
-        oidc: Default::default(),
-        identity: csp_tests::identity_args(ServiceName::Gateway),
-        metrics_listen: None,
-        default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
-        limits: csp_gateway::limits::LimitArgs::default(),
-        http_limits: csp_gateway::listener::HttpLimits::default(),
-        trusted_proxies: Vec::new(),
-        content: Default::default(),
-        backends: csp_gateway::Backends::at(
-            url.clone(),
-            url.clone(),
-            url.clone(),
-            url.clone(),
-            url,
-        ),
-    };
+    let config = csp_tests::dev_gateway_config(
+        gateway_addr,
+        csp_gateway::Backends::at(url.clone(), url.clone(), url.clone(), url.clone(), url),
+    );
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gateway_task = tokio::spawn(csp_gateway::run(config, listener, http, shutdown));
 
@@ -703,31 +667,13 @@ async fn a_user_over_the_rate_is_told_when_to_retry_and_another_partner_is_not_s
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
-    let url = |a: std::net::SocketAddr| format!("http://{a}");
-    let a = system.addresses;
     let config = csp_gateway::Config {
-        listen: Some(addr),
-        http_listen: None,
-        jwt_secret: Some(csp_tests::jwt_secret()),
-        oidc: Default::default(),
-        identity: csp_tests::identity_args(ServiceName::Gateway),
-        metrics_listen: None,
-        default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
         limits: csp_gateway::limits::LimitArgs {
             user_rate: 1,
             user_burst: 3,
             ..csp_gateway::limits::LimitArgs::default()
         },
-        http_limits: csp_gateway::listener::HttpLimits::default(),
-        trusted_proxies: Vec::new(),
-        content: Default::default(),
-        backends: csp_gateway::Backends::at(
-            url(a.catalog),
-            url(a.ordering),
-            url(a.licensing),
-            url(a.audit),
-            url(a.support),
-        ),
+        ..system.gateway_config(addr)
     };
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gateway = tokio::spawn(csp_gateway::run(config, listener, http, shutdown));
@@ -786,30 +732,12 @@ async fn the_download_listener_closes_silent_connections_and_caps_open_ones() {
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http_addr = http.local_addr().unwrap();
     let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
-    let url = |a: std::net::SocketAddr| format!("http://{a}");
-    let a = system.addresses;
     let config = csp_gateway::Config {
-        listen: Some(addr),
-        http_listen: None,
-        jwt_secret: Some(csp_tests::jwt_secret()),
-        oidc: Default::default(),
-        identity: csp_tests::identity_args(ServiceName::Gateway),
-        metrics_listen: None,
-        default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
-        limits: csp_gateway::limits::LimitArgs::default(),
         http_limits: csp_gateway::listener::HttpLimits {
             idle_timeout_secs: 1,
             max_connections: 2,
         },
-        trusted_proxies: Vec::new(),
-        content: Default::default(),
-        backends: csp_gateway::Backends::at(
-            url(a.catalog),
-            url(a.ordering),
-            url(a.licensing),
-            url(a.audit),
-            url(a.support),
-        ),
+        ..system.gateway_config(addr)
     };
     let gateway = tokio::spawn(csp_gateway::run(config, listener, http, shutdown));
 
@@ -862,30 +790,14 @@ async fn a_file_download_slower_than_the_idle_timeout_is_not_cut_off() {
     let http_addr = http.local_addr().unwrap();
     let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
     let url = |a: std::net::SocketAddr| format!("http://{a}");
-    let a = system.addresses;
     let content = system.content_args(Some(url(http_addr)));
     let config = csp_gateway::Config {
-        listen: Some(addr),
-        http_listen: None,
-        jwt_secret: Some(csp_tests::jwt_secret()),
-        oidc: Default::default(),
-        identity: csp_tests::identity_args(ServiceName::Gateway),
-        metrics_listen: None,
-        default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
-        limits: csp_gateway::limits::LimitArgs::default(),
         http_limits: csp_gateway::listener::HttpLimits {
             idle_timeout_secs: 1,
             max_connections: 4,
         },
-        trusted_proxies: Vec::new(),
         content: content.clone(),
-        backends: csp_gateway::Backends::at(
-            url(a.catalog),
-            url(a.ordering),
-            url(a.licensing),
-            url(a.audit),
-            url(a.support),
-        ),
+        ..system.gateway_config(addr)
     };
     let gateway = tokio::spawn(csp_gateway::run(config, listener, http, shutdown));
     wait_for_listener(http_addr).await;
@@ -978,28 +890,7 @@ async fn in_one_process_the_gateway_calls_a_backend_without_a_socket() {
     let addr = listener.local_addr().unwrap();
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (trigger, shutdown) = csp_kit::shutdown::Shutdown::new();
-    let url = |a: std::net::SocketAddr| format!("http://{a}");
-    let a = system.addresses;
-    let config = csp_gateway::Config {
-        listen: Some(addr),
-        http_listen: None,
-        jwt_secret: Some(csp_tests::jwt_secret()),
-        oidc: Default::default(),
-        identity: csp_tests::identity_args(ServiceName::Gateway),
-        metrics_listen: None,
-        default_deadline: csp_gateway::DEFAULT_DEADLINE_SECS,
-        limits: csp_gateway::limits::LimitArgs::default(),
-        http_limits: csp_gateway::listener::HttpLimits::default(),
-        trusted_proxies: Vec::new(),
-        content: Default::default(),
-        backends: csp_gateway::Backends::at(
-            url(nowhere),
-            url(a.ordering),
-            url(a.licensing),
-            url(a.audit),
-            url(a.support),
-        ),
-    };
+    let config = csp_tests::dev_gateway_config(addr, system.backends_with(Some(nowhere), None));
     let gateway = tokio::spawn(csp_gateway::run(config, listener, http, shutdown));
     let mut client =
         csp_proto::catalog::v1::catalog_service_client::CatalogServiceClient::with_interceptor(
