@@ -101,6 +101,14 @@ impl SoftwareFiles {
         &self,
         selections: impl IntoIterator<Item = (&'a str, &'a str, &'a str, &'a str)>,
     ) -> anyhow::Result<usize> {
+        // One read of what is stored, not one per selection, at every start.
+        let present: std::collections::HashSet<(String, Selection)> = self
+            .records
+            .content_files()
+            .await?
+            .into_iter()
+            .map(|f| (f.product_id, f.selection))
+            .collect();
         let mut stored = 0;
         for (product_id, version, language, file_type) in selections {
             let selection = Selection {
@@ -108,12 +116,7 @@ impl SoftwareFiles {
                 language: language.to_owned(),
                 file_type: file_type.to_owned(),
             };
-            if self
-                .records
-                .content_file(product_id, &selection)
-                .await?
-                .is_some()
-            {
+            if present.contains(&(product_id.to_owned(), selection.clone())) {
                 continue;
             }
             let key = key_of(product_id, &selection)?;

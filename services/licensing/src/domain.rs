@@ -144,7 +144,7 @@ pub struct Entitlement {
 }
 
 /// What was asked for: one version, language and file type of a product.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Selection {
     /// Version.
     pub version: String,
