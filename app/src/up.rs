@@ -54,6 +54,11 @@ pub struct UpArgs {
     /// local store, the files); port 0 picks a free one.
     #[arg(long, env = "CSP_HTTP_LISTEN", default_value_t = csp_gateway::DEFAULT_HTTP_ADDR)]
     http_listen: std::net::SocketAddr,
+    /// Put the five backends on free ports instead of 50061-50065 (they are
+    /// reached only inside the process and through the gateway), so that
+    /// `csp up` starts beside anything else on the machine.
+    #[arg(long, env = "CSP_EPHEMERAL_PORTS")]
+    ephemeral_ports: bool,
     /// Where Prometheus metrics of all six services are served (GET /metrics).
     #[arg(long, env = "CSP_METRICS_LISTEN", default_value_t = csp::DEFAULT_METRICS_ADDR)]
     metrics_listen: std::net::SocketAddr,
@@ -75,7 +80,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             metrics: Some(args.metrics_listen),
             gateway: args.listen,
             gateway_http: args.http_listen,
-            ..Addresses::local_defaults()
+            ..if args.ephemeral_ports {
+                Addresses::ephemeral()
+            } else {
+                Addresses::local_defaults()
+            }
         },
         jwt_secret: args.jwt_secret.clone(),
         oidc: args.oidc.clone(),

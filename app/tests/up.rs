@@ -28,13 +28,15 @@ struct Up {
 }
 
 impl Up {
-    /// Starts `csp up` on `dir` with its public listeners on free ports, and
-    /// reads the banner.
+    /// Starts `csp up` on `dir` with every listener on a free port (fixed
+    /// backend ports lie in Linux's ephemeral range, where another test's
+    /// outgoing connection may hold one), and reads the banner.
     fn start(dir: &std::path::Path) -> Up {
         let mut child = Command::new(CSP)
             .args(["up", "--data-dir"])
             .arg(dir)
             .args([
+                "--ephemeral-ports",
                 "--listen",
                 "127.0.0.1:0",
                 "--http-listen",
