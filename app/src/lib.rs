@@ -250,11 +250,11 @@ pub async fn start(config: SystemConfig) -> anyhow::Result<RunningSystem> {
         backend: catalog_args,
         seed_demo_catalog: config.seed_demo_catalog,
     };
-    let s = shutdown.clone();
+    let (s, clock) = (shutdown.clone(), config.clock.clone());
     tasks.spawn(async move {
         (
             "catalog",
-            csp_catalog::run(catalog_config, catalog, s).await,
+            csp_catalog::run(catalog_config, catalog, s, clock).await,
         )
     });
     let c = csp_ordering::Config {
@@ -380,8 +380,13 @@ pub async fn seed_demo_content(
     let store = csp_content::ContentStore::open(content, "csp", true)?;
     let db = db::Db::connect_existing(licensing_database).await?;
     let files = csp_licensing::content::SoftwareFiles::new(db.clone(), store);
+    let selections = csp_catalog::seed::download_selections()?;
     let stored = files
-        .seed_placeholders(csp_catalog::seed::download_selections())
+        .seed_placeholders(
+            selections
+                .iter()
+                .map(|(p, v, l, f)| (p.as_str(), v.as_str(), l.as_str(), f.as_str())),
+        )
         .await;
     db.close().await;
     let stored = stored?;
@@ -445,6 +450,22 @@ async fn serving(addr: SocketAddr) -> bool {
     health_status(addr, "")
         .await
         .is_ok_and(|status| status == "SERVING")
+}
+
+/// A refusal for a person: its code and message, or each field violation on
+/// its own line when it names fields.
+pub fn describe_status(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt as _;
+    match status.get_details_bad_request() {
+        Some(bad) if !bad.field_violations.is_empty() => {
+            let mut text = format!("{:?}", status.code());
+            for v in bad.field_violations {
+                text.push_str(&format!("\n  {}: {}", v.field, v.description));
+            }
+            text
+        }
+        _ => format!("{:?}: {}", status.code(), status.message()),
+    }
 }
 
 /// What the server at `addr` answers to a health check of `service` ("" is

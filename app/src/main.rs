@@ -45,8 +45,9 @@ enum Command {
     Keys(KeysArgs),
     /// Run the gateway alone.
     Gateway(csp_gateway::Config),
-    /// Run the catalog service alone.
-    Catalog(csp_catalog::Config),
+    /// Run the catalog service alone; or, with `import` or `history`, load
+    /// a price list into a running catalog and list the ones loaded.
+    Catalog(CatalogCommand),
     /// Run the ordering service alone.
     Ordering(csp_ordering::Config),
     /// Run the licensing service alone.
@@ -160,6 +161,61 @@ struct HealthArgs {
     /// "liveness" answers SERVING while the process runs).
     #[arg(long, default_value = "")]
     service: String,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct CatalogCommand {
+    #[command(subcommand)]
+    action: Option<CatalogAction>,
+    #[command(flatten)]
+    service: csp_catalog::Config,
+}
+
+#[derive(Subcommand, Debug)]
+enum CatalogAction {
+    /// Make a price list (CSV; README.md, "Price lists", describes the
+    /// columns) the catalog. The file is checked here first (every error is
+    /// printed with its line and column), then by the catalog, which applies
+    /// it in one transaction, or changes nothing when it is the current list.
+    Import {
+        /// The price-list file.
+        file: std::path::PathBuf,
+        /// Only show what the list would change.
+        #[arg(long)]
+        dry_run: bool,
+        /// Who runs the import, kept in the history [default: $USER].
+        #[arg(long = "as", env = "CSP_OPERATOR")]
+        operator: Option<String>,
+        /// Print every price change, not only the counts.
+        #[arg(long)]
+        details: bool,
+        #[command(flatten)]
+        target: OperatorTarget,
+    },
+    /// The imported price lists, newest first; with --version, every change
+    /// that one made.
+    History {
+        /// Show one version's changes in full.
+        #[arg(long)]
+        version: Option<i64>,
+        /// At most this many versions.
+        #[arg(long, default_value_t = 25)]
+        limit: usize,
+        #[command(flatten)]
+        target: OperatorTarget,
+    },
+}
+
+/// Where the catalog is, and the operator's identity to call it with.
+#[derive(clap::Args, Debug)]
+struct OperatorTarget {
+    #[command(flatten)]
+    catalog: csp_kit::config::CatalogUrl,
+    /// The operator identity key (`# operator` in `csp keys generate`) and
+    /// the trust list; `--dev` (as `csp up`) uses the development key.
+    #[command(flatten)]
+    identity: csp_kit::identity::IdentityArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -326,6 +382,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::VerifyLog(args) => verify_log(args),
         Command::Outbox(args) => outbox(args).await,
         Command::Content(args) => content(args).await,
+        Command::Catalog(CatalogCommand {
+            action: Some(action),
+            ..
+        }) => catalog(action).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Health(args) => {
             let status = csp::health_status(args.addr, &args.service).await?;
@@ -343,7 +403,7 @@ async fn run_service(command: Command) -> anyhow::Result<()> {
     let shutdown = Shutdown::on_signals();
     let metrics_listen = match &command {
         Command::Gateway(config) => config.metrics_listen,
-        Command::Catalog(config) => config.backend.metrics_listen,
+        Command::Catalog(command) => command.service.backend.metrics_listen,
         Command::Ordering(config) => config.backend.metrics_listen,
         Command::Licensing(config) => config.backend.metrics_listen,
         Command::Audit(config) => config.backend.metrics_listen,
@@ -367,9 +427,11 @@ async fn run_service(command: Command) -> anyhow::Result<()> {
             let http = bind(csp_gateway::http_listen_addr(&config)).await?;
             csp_gateway::run(config, listener, http, shutdown).await
         }
-        Command::Catalog(config) => {
+        Command::Catalog(CatalogCommand {
+            service: config, ..
+        }) => {
             let listener = bind(config.backend.listen.unwrap_or(csp_catalog::DEFAULT_ADDR)).await?;
-            csp_catalog::run(config, listener, shutdown).await
+            csp_catalog::run(config, listener, shutdown, clock).await
         }
         Command::Ordering(config) => {
             let listener =
@@ -423,6 +485,202 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
             .await?;
     db.close().await;
     Ok(())
+}
+
+async fn catalog(action: CatalogAction) -> anyhow::Result<()> {
+    use csp_proto::catalog::v1 as pb;
+    use csp_proto::catalog::v1::catalog_internal_service_client::CatalogInternalServiceClient;
+
+    let target = match &action {
+        CatalogAction::Import { target, .. } | CatalogAction::History { target, .. } => target,
+    };
+    let identity = target
+        .identity
+        .resolve(csp_kit::service_name::ServiceName::Operator)?;
+    let url = target.catalog.catalog_url.clone();
+    let channel = csp_kit::peer::signed_channel_with_timeout(
+        &url,
+        &identity.signer,
+        Duration::from_secs(600),
+    )?;
+    let mut client = CatalogInternalServiceClient::new(channel)
+        .max_encoding_message_size(csp_catalog::use_cases::MAX_IMPORT_BYTES + 4096)
+        .max_decoding_message_size(64 << 20);
+    let failed = |status: tonic::Status| {
+        anyhow::anyhow!(
+            "the catalog at {url} refused: {}",
+            csp::describe_status(&status)
+        )
+    };
+    match action {
+        CatalogAction::Import {
+            file,
+            dry_run,
+            operator,
+            details,
+            ..
+        } => {
+            let started = std::time::Instant::now();
+            let content = tokio::fs::read(&file)
+                .await
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let lines = match csp_catalog::price_list::check(&content) {
+                Ok(lines) => lines,
+                Err(errors) => {
+                    for error in &errors {
+                        eprintln!("{}: {error}", file.display());
+                    }
+                    anyhow::bail!(
+                        "{} has {} error{}; nothing was imported",
+                        file.display(),
+                        errors.len(),
+                        if errors.len() == 1 { "" } else { "s" }
+                    );
+                }
+            };
+            eprintln!(
+                "{}: {lines} prices read and checked in {:.2} s; sending to the catalog at {url}",
+                file.display(),
+                started.elapsed().as_secs_f64()
+            );
+            let operator = operator
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "operator".to_owned());
+            let file_name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let response = client
+                .import_price_list(pb::ImportPriceListRequest {
+                    content,
+                    file_name,
+                    imported_by: operator,
+                    dry_run,
+                })
+                .await
+                .map_err(failed)?
+                .into_inner();
+            println!("{}", response.summary);
+            if let Some(changes) = &response.changes {
+                print_changes(changes, details || dry_run);
+            }
+            eprintln!("done in {:.2} s", started.elapsed().as_secs_f64());
+            Ok(())
+        }
+        CatalogAction::History { version, limit, .. } => {
+            if let Some(version) = version {
+                let found = client
+                    .get_price_list(pb::GetPriceListRequest { version })
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                if let Some(list) = &found.price_list {
+                    print_price_list(list);
+                }
+                if let Some(changes) = &found.changes {
+                    print_changes(changes, true);
+                }
+                return Ok(());
+            }
+            let (mut shown, mut page_token) = (0, String::new());
+            loop {
+                let page = client
+                    .list_price_lists(pb::ListPriceListsRequest {
+                        page_size: 100,
+                        page_token,
+                    })
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                for list in page.price_lists.iter().take(limit - shown) {
+                    print_price_list(list);
+                    shown += 1;
+                }
+                if shown == 0 {
+                    println!("no price list imported yet");
+                }
+                if shown >= limit || page.next_page_token.is_empty() {
+                    return Ok(());
+                }
+                page_token = page.next_page_token;
+            }
+        }
+    }
+}
+
+fn print_price_list(list: &csp_proto::catalog::v1::PriceList) {
+    let at = list
+        .imported_at
+        .as_ref()
+        .and_then(csp_kit::clock::from_timestamp)
+        .map(csp_kit::clock::to_rfc3339)
+        .unwrap_or_default();
+    println!(
+        "version {}  {at}  by {}  {} ({} lines, sha256 {})\n    {}",
+        list.version,
+        list.imported_by,
+        list.file_name,
+        list.line_count,
+        list.checksum,
+        list.summary
+    );
+}
+
+fn print_changes(changes: &csp_proto::catalog::v1::PriceListChanges, details: bool) {
+    let groups = [
+        ("market added", &changes.markets_added),
+        ("market removed", &changes.markets_removed),
+        ("market changed", &changes.markets_changed),
+        ("product added", &changes.products_added),
+        ("product removed", &changes.products_removed),
+        ("product changed", &changes.products_changed),
+        ("SKU added", &changes.skus_added),
+        ("SKU removed", &changes.skus_removed),
+        ("SKU changed", &changes.skus_changed),
+    ];
+    for (what, ids) in groups {
+        for id in ids {
+            println!("  {what}: {id}");
+        }
+    }
+    if changes.price_changes.is_empty() {
+        return;
+    }
+    if !details {
+        println!(
+            "  {} price changes (--details lists them)",
+            changes.price_changes.len()
+        );
+        return;
+    }
+    let date = |t: Option<&prost_types::Timestamp>| {
+        t.and_then(csp_kit::clock::from_timestamp)
+            .map(csp_kit::clock::to_date)
+    };
+    let money = |m: Option<&csp_proto::common::v1::Money>| match m {
+        Some(m) => format!(
+            "{} {}",
+            csp_catalog::price_list::format_price(m.minor_units, m.minor_unit_digits),
+            m.currency_code
+        ),
+        None => "-".to_owned(),
+    };
+    for c in &changes.price_changes {
+        let from = date(c.effective_from.as_ref()).unwrap_or_default();
+        let until = c
+            .effective_until
+            .as_ref()
+            .and_then(csp_kit::clock::from_timestamp)
+            .map(|t| csp_kit::clock::to_date(t - csp_kit::clock::DAY))
+            .unwrap_or_else(|| "no end".to_owned());
+        println!(
+            "  price {} in {} ({from} to {until}): {} -> {}",
+            c.sku_id,
+            c.market,
+            money(c.before.as_ref()),
+            money(c.after.as_ref())
+        );
+    }
 }
 
 async fn content(args: ContentCommand) -> anyhow::Result<()> {

@@ -127,6 +127,7 @@ async fn asking_for_a_reservation_where_unavailable_is_failed_precondition_namin
 
         let status = catalog
             .get_sku_price(GetSkuPriceRequest {
+                as_of: None,
                 sku_id: "azure-reserved-vm-e4s-v3-p3y".into(),
                 market: market.into(),
             })
@@ -143,6 +144,7 @@ async fn asking_for_a_reservation_where_unavailable_is_failed_precondition_namin
     // Offered elsewhere, and software is offered in the unavailable markets.
     let price = catalog
         .get_sku_price(GetSkuPriceRequest {
+            as_of: None,
             sku_id: "azure-reserved-vm-e4s-v3-p3y".into(),
             market: "US".into(),
         })
@@ -181,6 +183,7 @@ async fn only_australia_and_brazil_prices_include_tax() {
     for market in &markets {
         let price = catalog
             .get_sku_price(GetSkuPriceRequest {
+                as_of: None,
                 sku_id: "windows-server-datacenter-p1y".into(),
                 market: market.code.clone(),
             })
@@ -341,6 +344,7 @@ async fn bad_input_is_refused_with_the_field_named() {
 
     let status = catalog
         .get_sku_price(GetSkuPriceRequest {
+            as_of: None,
             sku_id: "no-such-sku".into(),
             market: "US".into(),
         })
@@ -349,6 +353,7 @@ async fn bad_input_is_refused_with_the_field_named() {
     assert_eq!(status.code(), Code::NotFound);
     let status = catalog
         .get_sku_price(GetSkuPriceRequest {
+            as_of: None,
             sku_id: "windows-server-standard-p1y".into(),
             market: "ZZ".into(),
         })

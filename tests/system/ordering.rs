@@ -270,6 +270,7 @@ async fn orders_freeze_catalog_prices_and_tax_flags_and_bill_the_total() {
     for line in &order.lines {
         let price = catalog
             .get_sku_price(GetSkuPriceRequest {
+                as_of: None,
                 sku_id: line.sku_id.clone(),
                 market: "AU".into(),
             })
@@ -320,7 +321,7 @@ async fn orders_freeze_catalog_prices_and_tax_flags_and_bill_the_total() {
     // The price changes in the catalog; the order does not.
     let catalog_db = system.service_db("catalog").await;
     csp_store::on_db!(&catalog_db, pool => csp_tests::sqlx::query(
-        "UPDATE prices SET amount_minor = 1 WHERE sku_id = 'windows-server-standard-p1y'"
+        "UPDATE price_periods SET amount_minor = 1 WHERE sku_id = 'windows-server-standard-p1y'"
     )
     .execute(pool)
     .await
@@ -332,6 +333,7 @@ async fn orders_freeze_catalog_prices_and_tax_flags_and_bill_the_total() {
     for _ in 0..50 {
         let price = catalog
             .get_sku_price(GetSkuPriceRequest {
+                as_of: None,
                 sku_id: "windows-server-standard-p1y".into(),
                 market: "AU".into(),
             })

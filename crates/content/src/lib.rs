@@ -617,14 +617,7 @@ impl ObjectWriter {
     }
 }
 
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
+pub use csp_kit::hex;
 
 /// The demo placeholder stored for `key` at first start: a few KiB of text
 /// naming the object, so its SHA-256 is known in advance

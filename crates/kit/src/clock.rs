@@ -72,6 +72,16 @@ pub fn to_timestamp(micros: Micros) -> prost_types::Timestamp {
     }
 }
 
+/// A protobuf timestamp in microseconds; `None` when it is not a valid time.
+pub fn from_timestamp(t: &prost_types::Timestamp) -> Option<Micros> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return None;
+    }
+    t.seconds
+        .checked_mul(1_000_000)?
+        .checked_add(i64::from(t.nanos / 1000))
+}
+
 /// RFC 3339 in UTC to the second, for messages: `2026-01-31T09:30:00Z`.
 pub fn to_rfc3339(micros: Micros) -> String {
     let seconds = micros.div_euclid(SECOND);
@@ -84,6 +94,53 @@ pub fn to_rfc3339(micros: Micros) -> String {
         of_day % 3600 / 60,
         of_day % 60
     )
+}
+
+/// A calendar date `YYYY-MM-DD` (UTC) to its first instant; `None` when it
+/// is not one (a wrong shape, month 13, February 30).
+pub fn parse_date(text: &str) -> Option<Micros> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 10 || bytes[4] != b'-' || bytes[7] != b'-' {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = text.get(range)?;
+        part.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if day < 1 || day > days_in_month {
+        return None;
+    }
+    Some(days_from_civil(year, month as u32, day as u32) * DAY)
+}
+
+/// The UTC calendar date of an instant, `YYYY-MM-DD`.
+pub fn to_date(micros: Micros) -> String {
+    let (year, month, day) = civil_from_days(micros.div_euclid(DAY));
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// A (year, month, day) date to days since 1970-01-01 (Howard Hinnant's
+/// algorithm, the inverse of [`civil_from_days`]).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let month = i64::from(month);
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// Days since 1970-01-01 to a (year, month, day) date (Howard Hinnant's
@@ -114,6 +171,32 @@ mod tests {
             "2024-02-29T12:34:56Z"
         );
         assert_eq!(to_rfc3339(-SECOND), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn dates_parse_strictly_and_round_trip() {
+        assert_eq!(parse_date("1970-01-01"), Some(0));
+        assert_eq!(parse_date("2024-02-29"), Some(1_709_164_800 * SECOND));
+        assert_eq!(
+            parse_date("2026-12-01").map(to_date).as_deref(),
+            Some("2026-12-01")
+        );
+        for bad in [
+            "2023-02-29",
+            "2026-13-01",
+            "2026-04-31",
+            "2026-1-01",
+            "26-01-01x",
+            "2026/01/01",
+            "",
+            "+026-01-01",
+        ] {
+            assert_eq!(parse_date(bad), None, "{bad}");
+        }
+        for days in [-600_000, -1, 0, 59, 60, 11_016, 20_000, 2_000_000] {
+            let date = to_date(days * DAY);
+            assert_eq!(parse_date(&date), Some(days * DAY), "{date}");
+        }
     }
 
     #[test]

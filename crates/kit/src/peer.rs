@@ -22,11 +22,20 @@ const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// A lazily connected channel to `url` that signs calls with `signer`.
 pub fn signed_channel(url: &str, signer: &Arc<Signer>) -> anyhow::Result<Signed> {
+    signed_channel_with_timeout(url, signer, PEER_TIMEOUT)
+}
+
+/// The same, with calls allowed `timeout` (an operator's long import).
+pub fn signed_channel_with_timeout(
+    url: &str,
+    signer: &Arc<Signer>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<Signed> {
     let channel = Endpoint::from_shared(url.to_owned())
         .map_err(|error| anyhow::anyhow!("{url:?} is not a valid URL: {error}"))?
         .tcp_nodelay(true)
         .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(PEER_TIMEOUT)
+        .timeout(timeout)
         .connect_lazy();
     // A peer named by IP address and port may be a backend of this very
     // process (`csp up`): then calls skip the socket.

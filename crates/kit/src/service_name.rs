@@ -21,17 +21,21 @@ pub enum ServiceName {
     Audit,
     /// Support and refund tickets.
     Support,
+    /// The operator's tools (`csp catalog import`): a caller, never a
+    /// server.
+    Operator,
 }
 
 impl ServiceName {
     /// Every service, in contract order.
-    pub const ALL: [ServiceName; 6] = [
+    pub const ALL: [ServiceName; 7] = [
         ServiceName::Gateway,
         ServiceName::Catalog,
         ServiceName::Ordering,
         ServiceName::Licensing,
         ServiceName::Audit,
         ServiceName::Support,
+        ServiceName::Operator,
     ];
 
     /// The identity spelling.
@@ -43,6 +47,7 @@ impl ServiceName {
             ServiceName::Licensing => "licensing",
             ServiceName::Audit => "audit",
             ServiceName::Support => "support",
+            ServiceName::Operator => "operator",
         }
     }
 
@@ -61,6 +66,7 @@ impl ServiceName {
             ProtoService::Licensing => Some(ServiceName::Licensing),
             ProtoService::Audit => Some(ServiceName::Audit),
             ProtoService::Support => Some(ServiceName::Support),
+            ProtoService::Operator => Some(ServiceName::Operator),
         }
     }
 

@@ -346,15 +346,7 @@ pub fn intake_record(
     ))
 }
 
-/// A protobuf timestamp in microseconds; `None` when it is not a valid time.
-pub fn micros_of(t: &prost_types::Timestamp) -> Option<Micros> {
-    if !(0..1_000_000_000).contains(&t.nanos) {
-        return None;
-    }
-    t.seconds
-        .checked_mul(1_000_000)?
-        .checked_add(i64::from(t.nanos / 1000))
-}
+pub use csp_kit::clock::from_timestamp as micros_of;
 
 #[cfg(test)]
 mod tests {

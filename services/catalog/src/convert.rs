@@ -3,9 +3,74 @@
 use csp_proto::catalog::v1 as pb;
 use csp_proto::common::v1::Money;
 
+use csp_kit::clock::{self, Micros};
+use csp_kit::{ApiError, ApiResult};
+
+use crate::changes::Changes;
 use crate::domain::{Market, Product, ProductKind, Sku, Term};
 use crate::hybrid;
+use crate::storage::PriceListRecord;
 use crate::use_cases::HybridEstimate;
+
+/// A request's `as_of` time: absent for now.
+pub fn as_of(at: Option<&prost_types::Timestamp>) -> ApiResult<Option<Micros>> {
+    at.map(|t| {
+        clock::from_timestamp(t).ok_or_else(|| {
+            ApiError::invalid(
+                "as_of",
+                "not a valid time (nanos out of range or too far from 1970)",
+            )
+        })
+    })
+    .transpose()
+}
+
+/// An imported price list.
+pub fn price_list(list: &PriceListRecord) -> pb::PriceList {
+    pb::PriceList {
+        version: list.version,
+        checksum: list.checksum.clone(),
+        file_name: list.file_name.clone(),
+        imported_by: list.imported_by.clone(),
+        imported_at: Some(clock::to_timestamp(list.imported_at)),
+        line_count: list.line_count,
+        summary: list.changes.summary(),
+    }
+}
+
+/// What a price list changed.
+pub fn changes(changes: &Changes) -> pb::PriceListChanges {
+    let money = |currency: &str, digits: u32, minor: Option<i64>| {
+        minor.map(|minor_units| Money {
+            currency_code: currency.to_owned(),
+            minor_units,
+            minor_unit_digits: digits,
+        })
+    };
+    pb::PriceListChanges {
+        markets_added: changes.markets_added.clone(),
+        markets_removed: changes.markets_removed.clone(),
+        markets_changed: changes.markets_changed.clone(),
+        products_added: changes.products_added.clone(),
+        products_removed: changes.products_removed.clone(),
+        products_changed: changes.products_changed.clone(),
+        skus_added: changes.skus_added.clone(),
+        skus_removed: changes.skus_removed.clone(),
+        skus_changed: changes.skus_changed.clone(),
+        price_changes: changes
+            .price_changes
+            .iter()
+            .map(|c| pb::PriceChange {
+                sku_id: c.sku_id.clone(),
+                market: c.market.clone(),
+                effective_from: Some(clock::to_timestamp(c.effective_from)),
+                effective_until: c.effective_until.map(clock::to_timestamp),
+                before: money(&c.currency, c.minor_unit_digits, c.before),
+                after: money(&c.currency, c.minor_unit_digits, c.after),
+            })
+            .collect(),
+    }
+}
 
 /// A market.
 pub fn market(market: &Market) -> pb::Market {
@@ -43,6 +108,7 @@ pub fn sku(sku: &Sku, market: Option<&Market>) -> pb::Sku {
             Term::ThreeYears => pb::Term::ThreeYears,
         } as i32,
         price: market.and_then(|m| price(sku, m)),
+        billing_plan: sku.billing_plan.as_db().to_owned(),
     }
 }
 
@@ -71,6 +137,8 @@ pub fn product(product: &Product, market: Option<&Market>) -> pb::Product {
                 .collect(),
         }),
         cancellation_window_days: product.cancellation_window_days,
+        publisher: product.publisher.clone(),
+        cancellation_policy_id: product.cancellation_policy_id.clone(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! offered, and what a price says about tax.
 
 use csp_kit::ApiError;
+use csp_kit::clock::Micros;
 pub use csp_kit::product::{ProductKind, Term};
 
 /// A market the catalog sells in.
@@ -33,6 +34,19 @@ csp_kit::stored_enum! {
     }
 }
 
+csp_kit::stored_enum! {
+    /// How a SKU is billed. Every plan here charges the unit price once, at
+    /// purchase, for the whole term (Partner Center's names).
+    pub enum BillingPlan {
+        /// Paid up front for a one-year term.
+        Annual = "Annual",
+        /// Paid up front for a three-year term.
+        Triennial = "Triennial",
+        /// Paid once (perpetual software, reservations paid up front).
+        OneTime = "OneTime",
+    }
+}
+
 /// A SKU, with its price in one market when one was asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sku {
@@ -44,6 +58,8 @@ pub struct Sku {
     pub title: String,
     /// Term.
     pub term: Term,
+    /// How it is billed.
+    pub billing_plan: BillingPlan,
     /// Price in minor units of the market's currency.
     pub price_minor: Option<i64>,
 }
@@ -79,12 +95,120 @@ pub struct Product {
     pub description: String,
     /// Kind.
     pub kind: ProductKind,
-    /// Days after purchase a subscription can be cancelled.
+    /// Who publishes it, for example Microsoft Corporation.
+    pub publisher: String,
+    /// The cancellation policy its subscriptions are sold under.
+    pub cancellation_policy_id: String,
+    /// Days after purchase a subscription can be cancelled (the policy's
+    /// window, whole days rounded up).
     pub cancellation_window_days: u32,
     /// SKUs, by id.
     pub skus: Vec<Sku>,
     /// Download options (empty for reservations).
     pub download_options: DownloadOptions,
+}
+
+csp_kit::stored_enum! {
+    /// What a cancellation window is counted in.
+    pub enum WindowUnit {
+        /// Hours after purchase.
+        Hours = "hours",
+        /// Days after purchase.
+        Days = "days",
+        /// Until the term ends.
+        Term = "term",
+    }
+}
+
+csp_kit::stored_enum! {
+    /// How much of the price a cancellation refunds.
+    pub enum RefundRule {
+        /// All of it.
+        Full = "full",
+        /// The share of the term left, counted in whole hours.
+        ProratedByHour = "prorated_by_hour",
+        /// The share of the term left, counted in whole days.
+        ProratedByDay = "prorated_by_day",
+    }
+}
+
+/// A limit on refunds: at most `amount_minor` of `currency` per customer
+/// over a rolling `period_days`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundCap {
+    /// Minor units.
+    pub amount_minor: i64,
+    /// ISO 4217.
+    pub currency: String,
+    /// The rolling period.
+    pub period_days: u32,
+}
+
+/// One version of a cancellation policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CancellationPolicy {
+    /// Id, for example `new-commerce-168-hours`.
+    pub id: String,
+    /// Version, from 1.
+    pub version: u32,
+    /// A sentence for a person.
+    pub title: String,
+    /// The window's length in its unit (`None` for [`WindowUnit::Term`]).
+    pub window_amount: Option<u32>,
+    /// The window's unit.
+    pub window_unit: WindowUnit,
+    /// What a cancellation refunds.
+    pub refund_rule: RefundRule,
+    /// A limit on refunds, if any.
+    pub cap: Option<RefundCap>,
+    /// When this version took effect.
+    pub effective_from: Micros,
+}
+
+impl CancellationPolicy {
+    /// The window in whole days, rounded up (0: until the term ends).
+    pub fn window_days(&self) -> u32 {
+        match (self.window_unit, self.window_amount) {
+            (WindowUnit::Hours, Some(hours)) => hours.div_ceil(24),
+            (WindowUnit::Days, Some(days)) => days,
+            _ => 0,
+        }
+    }
+}
+
+/// A SKU's price in a market over a period: from `from` (inclusive) until
+/// `until` (exclusive; `None`: no end), in minor units.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PricePeriod {
+    /// The SKU.
+    pub sku_id: String,
+    /// The market code.
+    pub market: String,
+    /// The first instant the price applies.
+    pub from: Micros,
+    /// The first instant it no longer applies.
+    pub until: Option<Micros>,
+    /// Minor units of the market's currency.
+    pub amount_minor: i64,
+}
+
+impl PricePeriod {
+    /// Whether the price applies at `at`.
+    pub fn covers(&self, at: Micros) -> bool {
+        self.from <= at && self.until.is_none_or(|until| at < until)
+    }
+}
+
+/// The whole catalog as a price list states it: markets, products with
+/// their (unpriced) SKUs and download options, and every price period.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CatalogData {
+    /// Markets, by code.
+    pub markets: Vec<Market>,
+    /// Products, by id, with their SKUs by id.
+    pub products: Vec<Product>,
+    /// Prices, by SKU, market and start.
+    pub prices: Vec<PricePeriod>,
 }
 
 /// The error for a well-formed market code the catalog does not sell in.

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::convert;
 use crate::hybrid;
-use crate::use_cases::{Catalog, required};
+use crate::use_cases::{Catalog, ImportRequest, required};
 
 /// The public catalog API over its use cases.
 #[derive(Clone, Debug)]
@@ -42,9 +42,10 @@ impl CatalogService for CatalogApi {
         request: Request<pb::ListProductsRequest>,
     ) -> Result<Response<pb::ListProductsResponse>, Status> {
         let r = request.into_inner();
+        let as_of = convert::as_of(r.as_of.as_ref())?;
         let page = self
             .catalog
-            .list_products(&r.market, r.kind, r.page_size, &r.page_token)
+            .list_products(&r.market, r.kind, r.page_size, &r.page_token, as_of)
             .await?;
         Ok(Response::new(pb::ListProductsResponse {
             products: page
@@ -74,8 +75,9 @@ impl CatalogService for CatalogApi {
     ) -> Result<Response<pb::GetSkuPriceResponse>, Status> {
         let r = request.get_ref();
         let sku_id = required("sku_id", &r.sku_id)?;
+        let as_of = convert::as_of(r.as_of.as_ref())?;
         let market = self.catalog.market("market", &r.market).await?;
-        let priced = self.catalog.sku_price(sku_id, &market).await?;
+        let priced = self.catalog.sku_price(sku_id, &market, as_of).await?;
         Ok(Response::new(pb::GetSkuPriceResponse {
             price: convert::price(&priced.sku, &market),
         }))
@@ -116,7 +118,8 @@ impl CatalogInternalService for CatalogInternalApi {
     ) -> Result<Response<pb::QuoteSkusResponse>, Status> {
         Caller::service_of(&request)?;
         let r = request.get_ref();
-        let (market, quotes) = self.catalog.quote(&r.market, &r.sku_ids).await?;
+        let (market, quotes, price_list_version) =
+            self.catalog.quote(&r.market, &r.sku_ids).await?;
         Ok(Response::new(pb::QuoteSkusResponse {
             quotes: quotes
                 .iter()
@@ -129,6 +132,55 @@ impl CatalogInternalService for CatalogInternalApi {
                     }
                 })
                 .collect(),
+            price_list_version,
+        }))
+    }
+
+    async fn import_price_list(
+        &self,
+        request: Request<pb::ImportPriceListRequest>,
+    ) -> Result<Response<pb::ImportPriceListResponse>, Status> {
+        Caller::service_of(&request)?;
+        let r = request.into_inner();
+        let report = self
+            .catalog
+            .import(ImportRequest {
+                content: r.content,
+                file_name: r.file_name,
+                imported_by: r.imported_by,
+                dry_run: r.dry_run,
+            })
+            .await?;
+        Ok(Response::new(pb::ImportPriceListResponse {
+            price_list: report.price_list.as_ref().map(convert::price_list),
+            changed: report.changed,
+            changes: Some(convert::changes(&report.changes)),
+            summary: report.summary,
+        }))
+    }
+
+    async fn list_price_lists(
+        &self,
+        request: Request<pb::ListPriceListsRequest>,
+    ) -> Result<Response<pb::ListPriceListsResponse>, Status> {
+        Caller::service_of(&request)?;
+        let r = request.get_ref();
+        let (lists, next_page_token) = self.catalog.price_lists(r.page_size, &r.page_token).await?;
+        Ok(Response::new(pb::ListPriceListsResponse {
+            price_lists: lists.iter().map(convert::price_list).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_price_list(
+        &self,
+        request: Request<pb::GetPriceListRequest>,
+    ) -> Result<Response<pb::GetPriceListResponse>, Status> {
+        Caller::service_of(&request)?;
+        let list = self.catalog.price_list(request.get_ref().version).await?;
+        Ok(Response::new(pb::GetPriceListResponse {
+            price_list: Some(convert::price_list(&list)),
+            changes: Some(convert::changes(&list.changes)),
         }))
     }
 }

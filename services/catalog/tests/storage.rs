@@ -1,44 +1,105 @@
-//! The catalog storage contract: seeding is idempotent and leaves edits
-//! alone; products are listed by id, of a kind, with reservations only when
-//! asked for, and paged by id; prices are per market (none where a SKU has
-//! no price row); a SKU's product, a product, a market and its compute rates
-//! read back as seeded; an unknown stored kind or term is an error, never a
-//! default; any change to any catalog table, by any statement, moves the
-//! catalog version the snapshot reloads by.
+//! The catalog's storage and import contract: the demo price list imports
+//! once and reads back; an import with errors names them all and changes
+//! nothing; the same list twice is a no-op; each import is a version with its
+//! changes; prices follow their effective dates on the clock; which markets
+//! offer reservations follows the list; an unknown stored kind or term is an
+//! error, never a default; any change to any catalog table, by any
+//! statement, moves the catalog version the snapshot reloads by.
 //!
 //! Runs on SQLite, or on PostgreSQL when CSP_TEST_POSTGRES_URL is set.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-use csp_catalog::domain::{DownloadOptions, FileType, Market, Product, ProductKind, Term};
-use csp_catalog::hybrid::Rates;
-use csp_catalog::seed::{
-    BASE_RATE_USD_MICRO_CENTS, MARKETS, PRODUCTS, SKUS, WINDOWS_RATE_USD_MICRO_CENTS, local_price,
-    seed_demo_catalog, sku_id,
-};
+use std::sync::Arc;
+
+use csp_catalog::domain::ProductKind;
+use csp_catalog::seed::{DEMO_IMPORTER, DEMO_PRICE_LIST, seed_demo_catalog};
 use csp_catalog::storage::{CatalogStore, MIGRATIONS};
+use csp_catalog::use_cases::{Catalog, ImportRequest};
+use csp_kit::ApiError;
+use csp_kit::clock::{self, Clock, DAY, ManualClock, SECOND};
 use csp_store::db::Db;
 use csp_store::testing::TestDb;
 use csp_store::{StoreError, StoreResult};
 
-async fn seeded() -> (TestDb, CatalogStore) {
-    let test = TestDb::migrated(&MIGRATIONS).await;
-    seed_demo_catalog(&test.db).await.unwrap();
-    let store = CatalogStore::new(test.db.clone());
-    (test, store)
+/// 2026-11-30T23:59:59Z.
+fn before_midnight() -> i64 {
+    clock::parse_date("2026-12-01").unwrap() - SECOND
 }
 
-/// Rows of markets, products, SKUs, prices, compute rates and download
-/// options.
-async fn counts(db: &Db) -> [i64; 6] {
-    let mut counts = [0; 6];
-    let tables: [&'static str; 6] = [
+struct Fixture {
+    test: TestDb,
+    store: CatalogStore,
+    catalog: Catalog,
+    clock: Arc<ManualClock>,
+}
+
+async fn fixture(seed: bool) -> Fixture {
+    let test = TestDb::migrated(&MIGRATIONS).await;
+    let store = CatalogStore::new(test.db.clone());
+    let clock = ManualClock::new(before_midnight());
+    let catalog = Catalog::load(store.clone(), clock.clone() as Arc<dyn Clock>)
+        .await
+        .unwrap();
+    if seed {
+        seed_demo_catalog(&catalog, &test.db).await.unwrap();
+    }
+    Fixture {
+        test,
+        store,
+        catalog,
+        clock,
+    }
+}
+
+fn import(content: impl Into<Vec<u8>>) -> ImportRequest {
+    ImportRequest {
+        content: content.into(),
+        file_name: "list.csv".to_owned(),
+        imported_by: "alice@example.com".to_owned(),
+        dry_run: false,
+    }
+}
+
+const HEADER: &str = "ProductId,ProductTitle,ProductDescription,ProductKind,Publisher,SkuId,SkuTitle,TermDuration,BillingPlan,Market,MarketName,Currency,UnitPrice,TaxIncluded,EffectiveStartDate,EffectiveEndDate,DownloadOptions,CancellationPolicyId";
+const OPTIONS: &str = "versions=2022;languages=en-US;file_types=iso-x64:ISO 64-bit";
+
+/// A server subscription line.
+fn software(sku: &str, market: &str, price: &str, start: &str, end: &str) -> String {
+    format!(
+        "ws,Windows Server,Desc,server_subscription,Microsoft Corporation,{sku},{sku} title,P1Y,Annual,{market},Market {market},USD,{price},false,{start},{end},{OPTIONS},new-commerce-168-hours"
+    )
+}
+
+/// An Azure reservation line.
+fn reservation(sku: &str, market: &str, price: &str) -> String {
+    format!(
+        "vm,Reserved VM,,azure_reservation,Microsoft Corporation,{sku},{sku} title,P3Y,Triennial,{market},Market {market},USD,{price},false,2026-01-01,,,azure-reservation"
+    )
+}
+
+fn list(lines: &[String]) -> String {
+    let mut text = String::from(HEADER);
+    for line in lines {
+        text.push('\n');
+        text.push_str(line);
+    }
+    text.push('\n');
+    text
+}
+
+/// Rows of markets, products, SKUs, prices, compute rates, download
+/// options and price lists.
+async fn counts(db: &Db) -> [i64; 7] {
+    let mut counts = [0; 7];
+    let tables: [&'static str; 7] = [
         "SELECT COUNT(*) FROM markets",
         "SELECT COUNT(*) FROM products",
         "SELECT COUNT(*) FROM skus",
-        "SELECT COUNT(*) FROM prices",
+        "SELECT COUNT(*) FROM price_periods",
         "SELECT COUNT(*) FROM compute_rates",
         "SELECT COUNT(*) FROM download_options",
+        "SELECT COUNT(*) FROM price_lists",
     ];
     for (count, sql) in counts.iter_mut().zip(tables) {
         *count =
@@ -113,355 +174,358 @@ fn assert_corrupt<T: std::fmt::Debug>(read: StoreResult<T>, column: &str, value:
     }
 }
 
-/// The seeded product ids of the kinds `keep` keeps, by id.
-fn seeded_ids(keep: impl Fn(ProductKind) -> bool) -> Vec<String> {
-    let mut ids: Vec<String> = PRODUCTS
-        .iter()
-        .filter(|p| keep(p.3))
-        .map(|p| p.0.to_owned())
-        .collect();
-    ids.sort();
-    ids
-}
-
-fn ids(products: &[Product]) -> Vec<String> {
-    products.iter().map(|p| p.id.clone()).collect()
-}
-
-/// A product's SKUs as (id, price) pairs.
-fn prices(product: &Product) -> Vec<(String, Option<i64>)> {
-    product
-        .skus
-        .iter()
-        .map(|s| (s.id.clone(), s.price_minor))
-        .collect()
-}
-
-/// The seeded SKUs of `product` with their prices at `rate` (None: no
-/// market), by SKU id.
-fn seeded_prices(product: &str, rate: Option<i64>) -> Vec<(String, Option<i64>)> {
-    let mut skus: Vec<(String, Option<i64>)> = SKUS
-        .iter()
-        .filter(|s| s.0 == product)
-        .map(|&(_, term, usd)| (sku_id(product, term), rate.map(|r| local_price(usd, r))))
-        .collect();
-    skus.sort();
-    skus
-}
-
 #[tokio::test]
-async fn seeding_twice_changes_nothing_and_leaves_edits_alone() {
-    let (test, store) = seeded().await;
-    let first = counts(&test.db).await;
-    let expected = [
-        MARKETS.len(),
-        PRODUCTS.len(),
-        SKUS.len(),
-        SKUS.len() * MARKETS.len(),
-        MARKETS.len(),
-    ]
-    .map(|n| n as i64);
-    assert_eq!(first[..5], expected, "on {}", test.backend());
+async fn the_demo_list_imports_once_at_first_start_and_reads_back() {
+    let f = fixture(true).await;
+    // 21 markets, 6 products, 12 SKUs, 208 prices (reservations are not
+    // priced in the 11 markets without them), 21 compute rates, 4 products
+    // with 8 download options each, 1 price list.
+    assert_eq!(counts(&f.test.db).await, [21, 6, 12, 208, 21, 32, 1]);
+    seed_demo_catalog(&f.catalog, &f.test.db).await.unwrap();
+    assert_eq!(counts(&f.test.db).await, [21, 6, 12, 208, 21, 32, 1]);
+    let history = f.store.price_lists(0, 10).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].imported_by, DEMO_IMPORTER);
+    assert_eq!(history[0].checksum, csp_kit::sha256_hex(DEMO_PRICE_LIST));
+    assert_eq!(history[0].changes.products_added.len(), 6);
 
-    let sku = sku_id("windows-server-standard", Term::OneYear);
-    let edit = "UPDATE prices SET amount_minor = 12345 WHERE sku_id = $1 AND market = $2";
-    assert_eq!(execute(&test.db, edit, &[sku.as_str(), "US"]).await, 1);
-    seed_demo_catalog(&test.db).await.unwrap();
-
-    assert_eq!(counts(&test.db).await, first);
-    let markets = store.list_markets().await.unwrap();
-    let codes: Vec<&str> = markets.iter().map(|m| m.code.as_str()).collect();
-    let mut seeded: Vec<&str> = MARKETS.iter().map(|m| m.0).collect();
-    seeded.sort_unstable();
-    assert_eq!(codes, seeded);
-    let product = store
-        .get_product("windows-server-standard", Some("US"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(product.skus[0].id, sku);
-    assert_eq!(
-        product.skus[0].price_minor,
-        Some(12345),
-        "a seed overwrote an edit"
-    );
-    test.remove().await;
-}
-
-#[tokio::test]
-async fn reservations_are_listed_only_where_the_market_offers_them() {
-    let (test, store) = seeded().await;
-    let br = store.get_market("BR").await.unwrap().unwrap();
-    let us = store.get_market("US").await.unwrap().unwrap();
-    assert!(!br.azure_reservations_available);
-    assert!(us.azure_reservations_available);
-
-    let in_br = store
-        .list_products("BR", None, br.azure_reservations_available, "", 100)
+    let (market, quotes, version) = f
+        .catalog
+        .quote("jp", &["windows-server-standard-p1y".to_owned()])
         .await
         .unwrap();
     assert_eq!(
-        ids(&in_br),
-        seeded_ids(|k| k != ProductKind::AzureReservation)
+        (market.currency_code.as_str(), market.minor_unit_digits),
+        ("JPY", 0)
     );
-    let in_us = store
-        .list_products("US", None, us.azure_reservations_available, "", 100)
-        .await
-        .unwrap();
-    assert_eq!(ids(&in_us), seeded_ids(|_| true));
+    assert_eq!((quotes[0].sku.price_minor, version), (Some(60_000), 1));
+    let br = f.catalog.market("market", "BR").await.unwrap();
+    assert!(br.tax_included && !br.azure_reservations_available);
+    f.test.remove().await;
+}
+
+#[tokio::test]
+async fn an_import_with_errors_names_every_one_and_changes_nothing() {
+    let f = fixture(true).await;
+    let before = counts(&f.test.db).await;
+    let version = f.store.version().await.unwrap();
+    let bad = list(&[
+        software("ws-p1y", "US", "400.00", "2026-11-01", ""),
+        software("ws-p1y", "DE", "4.001", "2026-11-01", ""),
+        software("ws-p1y", "FR", "400", "2026-13-01", ""),
+        software("ws-p1y", "US", "410.00", "2026-12-01", ""),
+        reservation("vm-p3y", "US", "600").replace("azure-reservation", "no-such-policy"),
+    ]);
+    let error = f.catalog.import(import(bad)).await.unwrap_err();
+    let ApiError::InvalidArgument(violations) = error else {
+        panic!("expected INVALID_ARGUMENT, got {error:?}");
+    };
+    let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "line 3, column UnitPrice",
+            "line 4, column EffectiveStartDate",
+            "line 5, column EffectiveStartDate",
+            "line 6, column CancellationPolicyId",
+        ]
+    );
     assert!(
-        in_us
-            .iter()
-            .any(|p| p.kind == ProductKind::AzureReservation)
+        violations[2].description.contains("line 2"),
+        "{violations:?}"
     );
-    // SKUs stay with their products when reservations in the id range are left out.
-    for product in &in_br {
-        let skus: Vec<String> = prices(product).into_iter().map(|(id, _)| id).collect();
-        let seeded: Vec<String> = seeded_prices(&product.id, None)
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
-        assert_eq!(skus, seeded, "{}", product.id);
-    }
-    test.remove().await;
+    assert!(
+        violations[3].description.contains("csp-2019-60-days"),
+        "{violations:?}"
+    );
+    assert_eq!(counts(&f.test.db).await, before);
+    assert_eq!(f.store.version().await.unwrap(), version);
+    f.test.remove().await;
 }
 
 #[tokio::test]
-async fn list_products_filters_by_kind() {
-    let (test, store) = seeded().await;
-    for kind in [
-        ProductKind::AzureReservation,
-        ProductKind::ServerSubscription,
-    ] {
-        let listed = store
-            .list_products("US", Some(kind), true, "", 100)
-            .await
-            .unwrap();
-        assert_eq!(ids(&listed), seeded_ids(|k| k == kind), "{kind}");
-    }
-    let none = store
-        .list_products("BR", Some(ProductKind::AzureReservation), false, "", 100)
+async fn the_same_list_twice_changes_nothing_and_says_so() {
+    let f = fixture(false).await;
+    let lines = [
+        software("ws-p1y", "US", "400.00", "2026-11-01", ""),
+        software("ws-p1y", "DE", "380.00", "2026-11-01", ""),
+    ];
+    let first = f.catalog.import(import(list(&lines))).await.unwrap();
+    assert!(first.changed, "{}", first.summary);
+    assert_eq!(first.price_list.as_ref().unwrap().version, 1);
+    let version = f.store.version().await.unwrap();
+    let rows = counts(&f.test.db).await;
+
+    let again = f.catalog.import(import(list(&lines))).await.unwrap();
+    assert!(!again.changed);
+    assert!(
+        again
+            .summary
+            .starts_with("unchanged: this file is price list version 1"),
+        "{}",
+        again.summary
+    );
+    // The same list in another order: the same catalog, still no change.
+    let reordered = f
+        .catalog
+        .import(import(list(&[lines[1].clone(), lines[0].clone()])))
         .await
         .unwrap();
-    assert!(none.is_empty(), "{:?}", ids(&none));
-    test.remove().await;
+    assert!(!reordered.changed, "{}", reordered.summary);
+    assert!(
+        reordered
+            .summary
+            .contains("says what price list version 1 says"),
+        "{}",
+        reordered.summary
+    );
+    assert_eq!(f.store.version().await.unwrap(), version);
+    assert_eq!(counts(&f.test.db).await, rows);
+    f.test.remove().await;
 }
 
 #[tokio::test]
-async fn list_products_pages_by_product_id() {
-    let (test, store) = seeded().await;
-    for limit in [1, 2, 4] {
-        let mut after = String::new();
-        let mut seen = Vec::new();
-        loop {
-            let page = store
-                .list_products("US", None, true, &after, limit)
-                .await
-                .unwrap();
-            assert!(page.len() <= limit as usize);
-            let Some(last) = page.last() else { break };
-            after = last.id.clone();
-            seen.extend(ids(&page));
-        }
-        assert_eq!(seen, seeded_ids(|_| true), "pages of {limit}");
-    }
-    test.remove().await;
-}
+async fn each_import_is_a_version_with_what_it_changed() {
+    let f = fixture(false).await;
+    let v1 = list(&[
+        software("ws-p1y", "US", "400.00", "2026-11-01", ""),
+        software("ws-p1y", "DE", "380.00", "2026-11-01", ""),
+        software("old-p1y", "US", "10.00", "2026-11-01", ""),
+    ]);
+    f.catalog.import(import(v1)).await.unwrap();
+    let v2 = list(&[
+        software("ws-p1y", "US", "420.00", "2026-11-01", ""),
+        software("ws-p1y", "DE", "380.00", "2026-11-01", ""),
+        software("new-p1y", "US", "20.00", "2026-11-01", ""),
+        reservation("vm-p3y", "US", "600"),
+    ]);
+    let mut dry = import(v2.clone());
+    dry.dry_run = true;
+    let planned = f.catalog.import(dry).await.unwrap();
+    assert!(!planned.changed && planned.price_list.is_none());
+    assert_eq!(f.store.price_lists(0, 10).await.unwrap().len(), 1);
 
-#[tokio::test]
-async fn prices_are_per_market_and_none_without_a_price_row() {
-    let (test, store) = seeded().await;
-    let product = "windows-server-standard";
-    for &(market, .., rate) in MARKETS {
-        let priced = store
-            .get_product(product, Some(market))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            prices(&priced),
-            seeded_prices(product, Some(rate)),
-            "{market}"
-        );
-    }
-    let p1y = sku_id(product, Term::OneYear);
-    let us = store
-        .get_product(product, Some("US"))
-        .await
-        .unwrap()
-        .unwrap();
-    let jp = store
-        .get_product(product, Some("JP"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        (us.skus[0].id.as_str(), us.skus[0].price_minor),
-        (p1y.as_str(), Some(40_000))
-    );
-    assert_eq!(
-        (jp.skus[0].id.as_str(), jp.skus[0].price_minor),
-        (p1y.as_str(), Some(60_000))
-    );
-
-    let delete = "DELETE FROM prices WHERE sku_id = $1 AND market = $2";
-    assert_eq!(execute(&test.db, delete, &[p1y.as_str(), "GB"]).await, 1);
-    let gb = store
-        .get_product(product, Some("GB"))
-        .await
-        .unwrap()
-        .unwrap();
-    let mut expected = seeded_prices(product, Some(7_900));
-    expected[0].1 = None;
-    assert_eq!(
-        prices(&gb),
-        expected,
-        "a SKU without a price row has no price"
-    );
-    let listed = store
-        .list_products("GB", None, true, "", 100)
-        .await
-        .unwrap();
-    let listed = listed.iter().find(|p| p.id == product).unwrap();
-    assert_eq!(prices(listed), expected);
-    let still = store
-        .get_product(product, Some("US"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        prices(&still),
-        prices(&us),
-        "other markets keep their prices"
-    );
-
-    let unpriced = store.get_product(product, None).await.unwrap().unwrap();
-    assert_eq!(prices(&unpriced), seeded_prices(product, None));
-    test.remove().await;
-}
-
-#[tokio::test]
-async fn a_product_its_skus_market_and_compute_rates_read_back_as_seeded() {
-    let (test, store) = seeded().await;
-    let sku = sku_id("sql-server-standard", Term::ThreeYears);
-    let of_sku = store.product_of_sku(&sku).await.unwrap();
-    assert_eq!(of_sku.as_deref(), Some("sql-server-standard"));
-    assert_eq!(store.product_of_sku("no-such-sku").await.unwrap(), None);
-
-    let (id, title, description, kind) = PRODUCTS[4];
-    let product = store.get_product(id, Some("US")).await.unwrap().unwrap();
+    let report = f.catalog.import(import(v2)).await.unwrap();
+    assert_eq!(report.changes, planned.changes);
+    let changes = &report.changes;
+    assert_eq!(changes.skus_added, ["new-p1y", "vm-p3y"]);
+    assert_eq!(changes.skus_removed, ["old-p1y"]);
+    assert_eq!(changes.products_added, ["vm"]);
+    assert_eq!(changes.markets_changed, ["US"]); // now offers reservations
+    assert_eq!(changes.price_changes.len(), 1);
+    let change = &changes.price_changes[0];
     assert_eq!(
         (
-            product.id.as_str(),
-            product.title.as_str(),
-            product.description.as_str()
+            change.sku_id.as_str(),
+            change.market.as_str(),
+            change.before,
+            change.after
         ),
-        (id, title, description)
+        ("ws-p1y", "US", Some(40_000), Some(42_000))
     );
-    assert_eq!((product.kind, product.cancellation_window_days), (kind, 60));
-    assert_eq!(prices(&product), seeded_prices(id, Some(10_000)));
-    let terms: Vec<Term> = product.skus.iter().map(|s| s.term).collect();
-    assert_eq!(terms, [Term::OneYear, Term::ThreeYears]);
-    let file_type = |id: &str, name: &str| FileType {
-        id: id.to_owned(),
-        display_name: name.to_owned(),
-    };
-    let options = DownloadOptions {
-        versions: vec!["2019".to_owned(), "2022".to_owned()],
-        languages: ["en-US", "zh-CN", "de-DE", "ja-JP"]
-            .map(str::to_owned)
-            .to_vec(),
-        file_types: vec![
-            file_type("iso-x64", "ISO 64-bit"),
-            file_type("vhdx-x64", "VHDX 64-bit"),
-        ],
-    };
-    assert_eq!(product.download_options, options);
-    let reservation = store
-        .get_product("azure-reserved-vm-d2s-v3", None)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(reservation.kind, ProductKind::AzureReservation);
-    assert_eq!(reservation.download_options, DownloadOptions::default());
+    let history = f.store.price_lists(0, 10).await.unwrap();
+    let versions: Vec<i64> = history.iter().map(|h| h.version).collect();
+    assert_eq!(versions, [2, 1]);
+    assert_eq!(history[0].imported_by, "alice@example.com");
+    assert_eq!(history[0].line_count, 5);
     assert_eq!(
-        store
-            .get_product("no-such-product", Some("US"))
-            .await
-            .unwrap(),
-        None
+        f.store.price_list(2).await.unwrap().unwrap().changes,
+        *changes
     );
+    let (page, next) = f.catalog.price_lists(1, "").await.unwrap();
+    assert_eq!((page[0].version, next.is_empty()), (2, false));
+    let (page, next) = f.catalog.price_lists(1, &next).await.unwrap();
+    assert_eq!((page[0].version, next.is_empty()), (1, true));
+    assert!(matches!(
+        f.catalog.price_list(9).await,
+        Err(ApiError::NotFound { .. })
+    ));
+    // The removed SKU is gone from the catalog.
+    let quote = f.catalog.quote("US", &["old-p1y".to_owned()]).await;
+    assert!(matches!(quote, Err(ApiError::NotFound { .. })), "{quote:?}");
+    f.test.remove().await;
+}
 
-    let brazil = Market {
-        code: "BR".to_owned(),
-        display_name: "Brazil".to_owned(),
-        currency_code: "BRL".to_owned(),
-        minor_unit_digits: 2,
-        tax_included: true,
-        azure_reservations_available: false,
+#[tokio::test]
+async fn a_price_that_changes_at_midnight_is_the_old_one_before_and_the_new_one_after() {
+    let f = fixture(false).await;
+    let next_month = list(&[
+        software("ws-p1y", "US", "400.00", "2026-11-01", "2026-11-30"),
+        software("ws-p1y", "US", "410.00", "2026-12-01", ""),
+    ]);
+    f.catalog.import(import(next_month)).await.unwrap();
+    let sku = ["ws-p1y".to_owned()];
+    let price = || async {
+        let (_, quotes, _) = f.catalog.quote("US", &sku).await.unwrap();
+        quotes[0].sku.price_minor
     };
-    assert_eq!(store.get_market("BR").await.unwrap(), Some(brazil));
-    assert_eq!(store.get_market("XX").await.unwrap(), None);
+    assert_eq!(price().await, Some(40_000)); // 23:59:59
+    f.clock.advance(SECOND);
+    assert_eq!(price().await, Some(41_000)); // 00:00:00
+    // Reads at another time: the November price, and none before November.
+    let us = f.catalog.market("market", "US").await.unwrap();
+    let november = clock::parse_date("2026-11-15").unwrap();
+    let then = f
+        .catalog
+        .sku_price("ws-p1y", &us, Some(november))
+        .await
+        .unwrap();
+    assert_eq!(then.sku.price_minor, Some(40_000));
+    let page = f
+        .catalog
+        .list_products("US", 0, 10, "", Some(november))
+        .await
+        .unwrap();
+    assert_eq!(page.products[0].skus[0].price_minor, Some(40_000));
+    let before = f
+        .catalog
+        .sku_price("ws-p1y", &us, Some(november - 30 * DAY))
+        .await;
+    assert!(
+        matches!(
+            &before,
+            Err(ApiError::FailedPrecondition {
+                reason: "SKU_NOT_PRICED",
+                ..
+            })
+        ),
+        "{before:?}"
+    );
+    f.test.remove().await;
+}
 
-    let us = Rates {
-        windows_micro_minor: WINDOWS_RATE_USD_MICRO_CENTS,
-        base_micro_minor: BASE_RATE_USD_MICRO_CENTS,
-    };
-    assert_eq!(store.compute_rates("US").await.unwrap(), Some(us));
-    let jp = Rates {
-        windows_micro_minor: local_price(WINDOWS_RATE_USD_MICRO_CENTS, 15_000),
-        base_micro_minor: local_price(BASE_RATE_USD_MICRO_CENTS, 15_000),
-    };
-    assert_eq!(store.compute_rates("JP").await.unwrap(), Some(jp));
-    assert_eq!(store.compute_rates("XX").await.unwrap(), None);
-    test.remove().await;
+#[tokio::test]
+async fn markets_offer_reservations_as_the_list_prices_them() {
+    let f = fixture(false).await;
+    // Today's list: 110 markets without Azure reservations, 3 with.
+    let mut lines = Vec::new();
+    let codes: Vec<String> = (b'A'..=b'Z')
+        .flat_map(|a| (b'A'..=b'Z').map(move |b| format!("{}{}", a as char, b as char)))
+        .take(113)
+        .collect();
+    for (i, code) in codes.iter().enumerate() {
+        lines.push(software("ws-p1y", code, "400.00", "2026-01-01", ""));
+        if i >= 110 {
+            lines.push(reservation("vm-p3y", code, "600.00"));
+        }
+    }
+    f.catalog.import(import(list(&lines))).await.unwrap();
+    let markets = f.catalog.markets().await.unwrap();
+    assert_eq!(markets.len(), 113);
+    let without = markets
+        .iter()
+        .filter(|m| !m.azure_reservations_available)
+        .count();
+    assert_eq!(without, 110);
+    let listed = f
+        .catalog
+        .list_products("AA", 0, 10, "", None)
+        .await
+        .unwrap();
+    let kinds: Vec<ProductKind> = listed.products.iter().map(|p| p.kind).collect();
+    assert_eq!(kinds, [ProductKind::ServerSubscription]);
+    let refused = f.catalog.quote("AA", &["vm-p3y".to_owned()]).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(ApiError::FailedPrecondition {
+                reason: "AZURE_RESERVATIONS_UNAVAILABLE",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let last = &codes[112];
+    let (_, quotes, _) = f.catalog.quote(last, &["vm-p3y".to_owned()]).await.unwrap();
+    assert_eq!(quotes[0].sku.price_minor, Some(60_000));
+    f.test.remove().await;
+}
+
+#[tokio::test]
+async fn a_ten_thousand_line_list_imports_in_one_go() {
+    let f = fixture(true).await;
+    let mut lines = Vec::new();
+    for sku in 0..100 {
+        for market in 0..100 {
+            let code = format!(
+                "{}{}",
+                (b'A' + market / 26) as char,
+                (b'A' + market % 26) as char
+            );
+            lines.push(software(
+                &format!("ws-{sku}-p1y"),
+                &code,
+                &format!("{}.{:02}", 100 + sku, market),
+                "2026-01-01",
+                "",
+            ));
+        }
+    }
+    let started = std::time::Instant::now();
+    let report = f.catalog.import(import(list(&lines))).await.unwrap();
+    eprintln!(
+        "10,000-line import on {} (debug build): {:.2} s",
+        f.test.backend(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(report.changed);
+    assert_eq!(report.changes.skus_added.len(), 100);
+    assert_eq!(report.changes.skus_removed.len(), 12); // the demo's
+    let rows = counts(&f.test.db).await;
+    assert_eq!(&rows[..4], [100, 1, 100, 10_000]);
+    let (_, quotes, version) = f
+        .catalog
+        .quote("DV", &["ws-42-p1y".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!((quotes[0].sku.price_minor, version), (Some(14_299), 2));
+    f.test.remove().await;
 }
 
 #[tokio::test]
 async fn an_unknown_stored_product_kind_reads_as_corrupt() {
-    let (test, store) = seeded().await;
+    let f = fixture(true).await;
     let update = "UPDATE products SET kind = $1 WHERE id = $2";
     let binds = ["saas_subscription", "sql-server-standard"];
-    write_past_check(&test.db, "products", "products_kind_check", update, &binds).await;
-
-    let read = store.get_product("sql-server-standard", Some("US")).await;
-    assert_corrupt(read, "products.kind", "saas_subscription");
-    let listed = store.list_products("US", None, true, "", 100).await;
-    assert_corrupt(listed, "products.kind", "saas_subscription");
-    test.remove().await;
+    write_past_check(
+        &f.test.db,
+        "products",
+        "products_kind_check",
+        update,
+        &binds,
+    )
+    .await;
+    assert_corrupt(f.store.load().await, "products.kind", "saas_subscription");
+    f.test.remove().await;
 }
 
 #[tokio::test]
 async fn an_unknown_stored_term_reads_as_corrupt() {
-    let (test, store) = seeded().await;
-    let sku = sku_id("windows-server-standard", Term::OneYear);
+    let f = fixture(true).await;
     let update = "UPDATE skus SET term = $1 WHERE id = $2";
     write_past_check(
-        &test.db,
+        &f.test.db,
         "skus",
         "skus_term_check",
         update,
-        &["P2Y", sku.as_str()],
+        &["P2Y", "windows-server-standard-p1y"],
     )
     .await;
-
-    let read = store
-        .get_product("windows-server-standard", Some("US"))
-        .await;
-    assert_corrupt(read, "skus.term", "P2Y");
-    test.remove().await;
+    assert_corrupt(f.store.load().await, "skus.term", "P2Y");
+    f.test.remove().await;
 }
 
 #[tokio::test]
 async fn every_change_to_the_catalog_moves_its_version() {
-    let (test, store) = seeded().await;
-    let postgres = matches!(test.db, Db::Postgres(_));
+    let f = fixture(true).await;
+    let postgres = matches!(f.test.db, Db::Postgres(_));
     let changes = [
-        "UPDATE prices SET amount_minor = amount_minor + 1 WHERE market = 'US'",
+        "UPDATE price_periods SET amount_minor = amount_minor + 1 WHERE market = 'US'",
         "UPDATE products SET title = title || '.' WHERE id = 'sql-server-standard'",
         "INSERT INTO markets (code, display_name, currency_code, minor_unit_digits, tax_included, azure_reservations_available) \
          VALUES ('ZZ', 'Test', 'USD', 2, FALSE, TRUE)",
         "DELETE FROM compute_rates WHERE market = 'US'",
+        "UPDATE cancellation_policies SET title = title || '.' WHERE id = 'csp-2019-60-days'",
         if postgres {
             "TRUNCATE download_options"
         } else {
@@ -469,15 +533,15 @@ async fn every_change_to_the_catalog_moves_its_version() {
         },
     ];
     for sql in changes {
-        let before = store.version().await.unwrap();
-        csp_store::on_db!(&test.db, pool => sqlx::query(sql).execute(pool).await.map(drop))
+        let before = f.store.version().await.unwrap();
+        csp_store::on_db!(&f.test.db, pool => sqlx::query(sql).execute(pool).await.map(drop))
             .unwrap();
-        let after = store.version().await.unwrap();
-        assert_ne!(before, after, "{sql} on {}", test.backend());
+        let after = f.store.version().await.unwrap();
+        assert_ne!(before, after, "{sql} on {}", f.test.backend());
     }
     // A read changes nothing.
-    let before = store.version().await.unwrap();
-    store.load_snapshot().await.unwrap();
-    assert_eq!(store.version().await.unwrap(), before);
-    test.remove().await;
+    let before = f.store.version().await.unwrap();
+    f.store.load().await.unwrap();
+    assert_eq!(f.store.version().await.unwrap(), before);
+    f.test.remove().await;
 }
