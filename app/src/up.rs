@@ -7,6 +7,7 @@ use csp::{Addresses, Storage, SystemConfig};
 use csp_kit::config::{DEV_JWT_SECRET, Secret};
 use csp_kit::identity::keys::KeySet;
 use csp_kit::roles::Role;
+use csp_kit::service_name::ServiceName;
 use csp_kit::shutdown::Shutdown;
 
 /// The partner the printed development tokens belong to.
@@ -90,7 +91,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         oidc: args.oidc.clone(),
         // Fresh identity keys at every start: the services of one process
         // trust each other and nothing else.
-        identity_keys: KeySet::generate()?,
+        // Fresh keys for the services; the operator's tools (`csp catalog
+        // import --dev`) sign with the public development key, which only a
+        // development system trusts.
+        identity_keys: KeySet::generate()?.with_development_key(ServiceName::Operator),
         seed_demo_catalog: true,
         clock: csp_kit::clock::system(),
         sealing_key: args.sealing_key.clone(),
@@ -156,6 +160,11 @@ fn print_banner(args: &UpArgs, storage: &Storage, addresses: &Addresses) -> anyh
         "  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"sku_id\":\"windows-server-standard-p1y\",\"market\":\"AU\"}}' {gateway} csp.catalog.v1.CatalogService/GetSkuPrice"
     );
     println!("  grpcurl -plaintext {gateway} grpc.health.v1.Health/Check");
+    println!();
+    println!(
+        "Load a price list (README.md, \"Price lists\"): csp catalog import FILE --dev --catalog-url http://{}",
+        addresses.catalog
+    );
     println!();
     Ok(())
 }

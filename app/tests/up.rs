@@ -2,6 +2,7 @@
 //! `curl -L` the file (its SHA-256 is the link's), ranges and HEAD on the
 //! signed URL, HEAD on the link counting nothing; after a restart the
 //! signed URLs handed out before are refused and the link still works.
+//! `csp catalog import` and `history` against it, as an operator runs them.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
 use std::io::{BufRead as _, BufReader};
@@ -24,6 +25,8 @@ struct Up {
     grpc: SocketAddr,
     http: SocketAddr,
     token: String,
+    /// The catalog's URL for `csp catalog import`.
+    catalog: String,
     _lines: Receiver<String>,
 }
 
@@ -61,8 +64,8 @@ impl Up {
                 }
             }
         });
-        let (mut grpc, mut http, mut token) = (None, None, None);
-        while token.is_none() {
+        let (mut grpc, mut http, mut token, mut catalog) = (None, None, None, None);
+        while catalog.is_none() {
             let line = rx
                 .recv_timeout(Duration::from_secs(120))
                 .unwrap_or_else(|_| panic!("csp up printed no banner within 120 s"));
@@ -75,12 +78,16 @@ impl Up {
             if words.len() == 2 && words[0] == "admin_agent" {
                 token = Some(words[1].to_owned());
             }
+            if line.starts_with("Load a price list") {
+                catalog = words.last().map(|url| (*url).to_owned());
+            }
         }
         Up {
             child,
             grpc: grpc.unwrap(),
             http: http.unwrap(),
             token: token.unwrap(),
+            catalog: catalog.unwrap(),
             _lines: rx,
         }
     }
@@ -94,6 +101,13 @@ impl Up {
         assert!(status.success());
         let exited = self.child.wait().unwrap();
         assert!(exited.success(), "csp up exited with {exited}");
+    }
+}
+
+impl Drop for Up {
+    /// A test that fails leaves no `csp up` behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
     }
 }
 
@@ -244,6 +258,102 @@ async fn csp_up_serves_downloads_to_curl_behind_signed_urls() {
     let again = dir.join("again.vhdx");
     curl(&["--location", "--output", again.to_str().unwrap(), &link_now]);
     assert_eq!(std::fs::read(&again).unwrap(), bytes);
+    up.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `csp catalog ARGS --dev --catalog-url URL`: (success, stdout, stderr).
+fn csp_catalog(up: &Up, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(CSP)
+        .arg("catalog")
+        .args(args)
+        .args(["--dev", "--catalog-url", &up.catalog])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_imports_price_lists_with_csp_catalog() {
+    let dir = std::env::temp_dir().join(format!("csp-up-{}", uuid::Uuid::new_v4().simple()));
+    let up = Up::start(&dir);
+    let (ok, history, err) = csp_catalog(&up, &["history"]);
+    assert!(ok, "{err}");
+    assert!(history.starts_with("version 1 "), "{history}");
+    assert!(history.contains("demo-price-list.csv"), "{history}");
+
+    // A list with one price raised and one SKU gone.
+    let demo = String::from_utf8(csp_catalog::seed::DEMO_PRICE_LIST.to_vec()).unwrap();
+    let mut lines: Vec<String> = demo
+        .lines()
+        .filter(|l| !l.starts_with("sql-server-enterprise,"))
+        .map(str::to_owned)
+        .collect();
+    for line in &mut lines {
+        if line.starts_with("windows-server-standard,") && line.contains(",P1Y,Annual,US,") {
+            *line = line.replace(",400.00,", ",425.00,");
+        }
+    }
+    let file = dir.join("december.csv");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let path = file.to_str().unwrap();
+    let (ok, dry, _) = csp_catalog(&up, &["import", path, "--dry-run", "--as", "pricing team"]);
+    assert!(ok, "{dry}");
+    assert!(
+        dry.starts_with(
+            "dry run, nothing written: 1 product removed, 2 SKUs removed, 1 price changed"
+        ),
+        "{dry}"
+    );
+    assert!(dry.contains("price windows-server-standard-p1y in US (2000-01-01 to no end): 400.00 USD -> 425.00 USD"), "{dry}");
+    let (ok, out, err) = csp_catalog(&up, &["import", path, "--as", "pricing team"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.starts_with("imported as price list version 2"), "{out}");
+    assert!(err.contains("prices read and checked"), "{err}");
+    let (ok, again, _) = csp_catalog(&up, &["import", path, "--as", "pricing team"]);
+    assert!(ok);
+    assert!(
+        again.starts_with("unchanged: this file is price list version 2"),
+        "{again}"
+    );
+    let (_, history, _) = csp_catalog(&up, &["history"]);
+    assert!(history.starts_with("version 2 "), "{history}");
+    assert!(
+        history.contains("by pricing team  december.csv"),
+        "{history}"
+    );
+    let (_, details, _) = csp_catalog(&up, &["history", "--version", "2"]);
+    assert!(
+        details.contains("SKU removed: sql-server-enterprise-p1y"),
+        "{details}"
+    );
+
+    // A file with errors: every one printed with its line and column, and
+    // nothing sent.
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n{}\n",
+            lines[0],
+            lines[1]
+                .replace(",P1Y,", ",P5Y,")
+                .replace(",1008.00,", ",10.0.8,")
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = csp_catalog(&up, &["import", path]);
+    assert!(!ok);
+    assert!(err.contains("line 2, column TermDuration"), "{err}");
+    assert!(err.contains("line 2, column UnitPrice"), "{err}");
+    assert!(err.contains("has 2 errors; nothing was imported"), "{err}");
+    let (_, history, _) = csp_catalog(&up, &["history"]);
+    assert!(history.starts_with("version 2 "), "{history}");
     up.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }

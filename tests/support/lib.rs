@@ -481,6 +481,21 @@ impl TestSystem {
         )
     }
 
+    /// The catalog service's internal API, called directly with `caller`'s
+    /// identity (the operator's, as `csp catalog import` calls it).
+    pub async fn catalog_internal(
+        &self,
+        caller: ServiceName,
+    ) -> csp_proto::catalog::v1::catalog_internal_service_client::CatalogInternalServiceClient<
+        InterceptedService<Channel, csp_kit::identity::ServiceIdentity>,
+    > {
+        csp_proto::catalog::v1::catalog_internal_service_client::CatalogInternalServiceClient::with_interceptor(
+            connect(self.addresses.catalog).await,
+            csp_kit::identity::ServiceIdentity::new(signer(caller)),
+        )
+        .max_encoding_message_size(80 << 20)
+    }
+
     /// The ordering service's internal API, called directly as the support
     /// service would.
     pub async fn ordering_internal(

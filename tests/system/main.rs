@@ -16,5 +16,6 @@ mod limits;
 mod metrics;
 mod ordering;
 mod outbox;
+mod price_lists;
 mod sign_in;
 mod support;

@@ -64,24 +64,29 @@ impl Changes {
         self == &Changes::default()
     }
 
-    /// One line for a person: `2 SKUs added, 1 removed, 40 prices changed`.
+    /// One line for a person: `2 SKUs added, 1 SKU removed, 40 prices
+    /// changed`.
     pub fn summary(&self) -> String {
-        let mut parts = Vec::new();
-        let mut count = |n: usize, what: &str| {
-            if n > 0 {
-                parts.push(format!("{n} {what}"));
-            }
-        };
-        count(self.markets_added.len(), "markets added");
-        count(self.markets_removed.len(), "markets removed");
-        count(self.markets_changed.len(), "markets changed");
-        count(self.products_added.len(), "products added");
-        count(self.products_removed.len(), "products removed");
-        count(self.products_changed.len(), "products changed");
-        count(self.skus_added.len(), "SKUs added");
-        count(self.skus_removed.len(), "SKUs removed");
-        count(self.skus_changed.len(), "SKUs changed");
-        count(self.price_changes.len(), "prices changed");
+        let counts = [
+            (self.markets_added.len(), "market", "added"),
+            (self.markets_removed.len(), "market", "removed"),
+            (self.markets_changed.len(), "market", "changed"),
+            (self.products_added.len(), "product", "added"),
+            (self.products_removed.len(), "product", "removed"),
+            (self.products_changed.len(), "product", "changed"),
+            (self.skus_added.len(), "SKU", "added"),
+            (self.skus_removed.len(), "SKU", "removed"),
+            (self.skus_changed.len(), "SKU", "changed"),
+            (self.price_changes.len(), "price", "changed"),
+        ];
+        let parts: Vec<String> = counts
+            .iter()
+            .filter(|(n, ..)| *n > 0)
+            .map(|(n, what, verb)| {
+                let s = if *n == 1 { "" } else { "s" };
+                format!("{n} {what}{s} {verb}")
+            })
+            .collect();
         if parts.is_empty() {
             "no changes".to_owned()
         } else {

@@ -81,6 +81,7 @@ pub fn order(o: &Order) -> pb::Order {
         request_id: o.request_id.to_string(),
         placed_by_user_id: o.placed_by_user_id.clone(),
         create_time: Some(to_timestamp(o.created_at)),
+        price_list_version: o.price_list_version,
     }
 }
 

@@ -105,6 +105,9 @@ pub struct Order {
     pub total_minor: i64,
     /// Whether prices include tax.
     pub tax_included: bool,
+    /// The catalog's price list its prices were frozen from (0: from before
+    /// price lists).
+    pub price_list_version: i64,
     /// Who placed it.
     pub placed_by_user_id: String,
     /// When.
@@ -372,6 +375,8 @@ pub struct Quote {
     pub tax_included: bool,
     /// Days after purchase a subscription can be cancelled.
     pub cancellation_window_days: u32,
+    /// The catalog's price list the price comes from (0: none).
+    pub price_list_version: i64,
 }
 
 /// Who places which order, when.
@@ -477,6 +482,7 @@ pub fn price_order(
         minor_unit_digits: first.minor_unit_digits,
         total_minor: total,
         tax_included: first.tax_included,
+        price_list_version: first.price_list_version,
         placed_by_user_id: header.placed_by_user_id,
         created_at: header.at,
         lines: order_lines,

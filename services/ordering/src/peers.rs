@@ -67,8 +67,8 @@ impl Catalog {
             })
             .await
             .peer(CATALOG);
-        let quotes = match answer {
-            Ok(answer) => answer.quotes,
+        let (quotes, price_list_version) = match answer {
+            Ok(answer) => (answer.quotes, answer.price_list_version),
             Err(error) => return Err(refused_quote(error, sku_ids)),
         };
         // The catalog answers once per distinct SKU; give each line its quote.
@@ -79,7 +79,7 @@ impl Catalog {
                     .iter()
                     .find(|q| q.sku.as_ref().is_some_and(|s| s.id == *sku))
                     .ok_or_else(|| incomplete(format!("no quote for SKU {sku}")))?;
-                read_quote(quote)
+                read_quote(quote, price_list_version)
             })
             .collect()
     }
@@ -123,7 +123,7 @@ fn refused_quote(error: PeerError, sku_ids: &[String]) -> ApiError {
 
 /// A quote in the domain's terms; anything missing or unknown is the
 /// catalog's fault (INTERNAL), never a default.
-fn read_quote(quote: &catalog::SkuQuote) -> ApiResult<Quote> {
+fn read_quote(quote: &catalog::SkuQuote, price_list_version: i64) -> ApiResult<Quote> {
     let (Some(sku), Some(product)) = (&quote.sku, &quote.product) else {
         return Err(incomplete("a quote without its SKU or product".to_owned()));
     };
@@ -162,6 +162,7 @@ fn read_quote(quote: &catalog::SkuQuote) -> ApiResult<Quote> {
         minor_unit_digits: i32::try_from(amount.minor_unit_digits).unwrap_or(2),
         tax_included: price.is_some_and(|p| p.tax_included),
         cancellation_window_days: product.cancellation_window_days,
+        price_list_version,
     })
 }
 

@@ -27,6 +27,7 @@ pub const MIGRATIONS: Migrations = Migrations {
             sql: include_str!("../migrations/0003_customers_per_partner_sqlite.sql"),
         },
         outbox::due_index_migration(4),
+        PRICE_LIST_VERSION,
     ],
     postgres: &[
         ORDERING,
@@ -37,7 +38,14 @@ pub const MIGRATIONS: Migrations = Migrations {
             sql: include_str!("../migrations/0003_customers_per_partner_postgres.sql"),
         },
         outbox::due_index_migration(4),
+        PRICE_LIST_VERSION,
     ],
+};
+
+const PRICE_LIST_VERSION: MigrationSource = MigrationSource {
+    version: 5,
+    description: "orders record their price list",
+    sql: include_str!("../migrations/0005_order_price_list.sql"),
 };
 
 const ORDERING: MigrationSource = MigrationSource {
@@ -100,6 +108,7 @@ macro_rules! order_from_row {
                 minor_unit_digits: row.try_get("minor_unit_digits")?,
                 total_minor: row.try_get("total_minor")?,
                 tax_included: row.try_get("tax_included")?,
+                price_list_version: row.try_get("price_list_version")?,
                 placed_by_user_id: row.try_get("placed_by_user_id")?,
                 created_at: row.try_get("created_at_us")?,
                 lines: Vec::new(),
@@ -149,7 +158,7 @@ macro_rules! line_from_row {
 const CUSTOMER_COLUMNS: &str =
     "tenant_id, partner_id, domain_name, company_name, market, created_at_us";
 const ORDER_COLUMNS: &str = "id, partner_id, customer_tenant_id, request_id, request_fingerprint, status, currency_code, \
-                             minor_unit_digits, total_minor, tax_included, placed_by_user_id, created_at_us";
+                             minor_unit_digits, total_minor, tax_included, placed_by_user_id, created_at_us, price_list_version";
 const SUBSCRIPTION_COLUMNS: &str = "id, partner_id, customer_tenant_id, order_id, line_number, product_id, product_kind, \
                                     sku_id, status, quantity, currency_code, minor_unit_digits, amount_paid_minor, \
                                     purchased_at_us, cancellation_window_days, cancellable_until_us, cancelled_at_us, \
@@ -428,7 +437,7 @@ impl OrderingStore {
     ) -> StoreResult<()> {
         let mut tx = self.db.begin().await?;
         let order_sql = format!(
-            "INSERT INTO orders ({ORDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+            "INSERT INTO orders ({ORDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
         );
         on_tx!(&mut tx, t => sqlx::query(sqlx::AssertSqlSafe(order_sql.as_str()))
             .bind(order.id.to_string())
@@ -443,6 +452,7 @@ impl OrderingStore {
             .bind(order.tax_included)
             .bind(&order.placed_by_user_id)
             .bind(order.created_at)
+            .bind(order.price_list_version)
             .execute(&mut **t)
             .await
             .map(drop))?;

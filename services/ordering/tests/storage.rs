@@ -87,6 +87,7 @@ fn order_with(customer: &Customer, at: Micros, lines: i32) -> (Order, Vec<Subscr
                 minor_unit_digits: 2,
                 tax_included: true,
                 cancellation_window_days: 30,
+                price_list_version: 7,
             }
         })
         .collect();

@@ -155,6 +155,13 @@ impl KeySet {
         }
     }
 
+    /// The same set with `service`'s public development key instead of its
+    /// own (`csp up` lets the operator's tools sign with `--dev`).
+    pub fn with_development_key(mut self, service: ServiceName) -> Self {
+        self.keys[service as usize] = SigningKey::development(service);
+        self
+    }
+
     /// `service`'s key.
     pub fn key(&self, service: ServiceName) -> &SigningKey {
         // ALL holds every service, so the set has a key for each.
