@@ -440,6 +440,7 @@ async fn a_cancelled_subscription_loses_its_keys_and_links() {
         .ordering_internal()
         .await
         .cancel_subscription(CancelSubscriptionRequest {
+            requested_time: None,
             partner_id: system.partner.to_string(),
             subscription_id: subscriptions[0].clone(),
             refund: paid,

@@ -16,6 +16,7 @@ mod limits;
 mod metrics;
 mod ordering;
 mod outbox;
+mod policies;
 mod price_lists;
 mod sign_in;
 mod support;

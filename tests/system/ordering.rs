@@ -645,6 +645,7 @@ async fn another_partners_data_is_not_found_through_every_rpc() {
     let mut internal = system.ordering_internal().await;
     let status = internal
         .cancel_subscription(CancelSubscriptionRequest {
+            requested_time: None,
             partner_id: Uuid::new_v4().to_string(),
             subscription_id: subscription,
             refund: order.lines[0].amount.clone(),
@@ -678,6 +679,7 @@ async fn cancellable_one_second_before_sixty_days_and_not_at_sixty() {
     let (early, late) = (&order.lines[0], &order.lines[1]);
     let mut internal = system.ordering_internal().await;
     let cancel = |subscription: &str, refund: Money| CancelSubscriptionRequest {
+        requested_time: None,
         partner_id: system.partner.to_string(),
         subscription_id: subscription.into(),
         refund: Some(refund),
@@ -790,6 +792,7 @@ async fn placed_and_cancelled_events_reach_licensing_and_audit() {
         .ordering_internal()
         .await
         .cancel_subscription(CancelSubscriptionRequest {
+            requested_time: None,
             partner_id: system.partner.to_string(),
             subscription_id: line.subscription_id.clone(),
             refund: line.amount.clone(),

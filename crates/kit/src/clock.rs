@@ -10,6 +10,8 @@ pub type Micros = i64;
 
 /// One second in [`Micros`].
 pub const SECOND: Micros = 1_000_000;
+/// One hour in [`Micros`].
+pub const HOUR: Micros = 3_600 * SECOND;
 /// One day in [`Micros`].
 pub const DAY: Micros = 86_400 * SECOND;
 
@@ -124,6 +126,21 @@ pub fn parse_date(text: &str) -> Option<Micros> {
     Some(days_from_civil(year, month as u32, day as u32) * DAY)
 }
 
+/// The same time of day `years` calendar years later (UTC); 29 February
+/// becomes 28 February in a year that has none.
+pub fn add_years(at: Micros, years: u32) -> Micros {
+    let (days, of_day) = (at.div_euclid(DAY), at.rem_euclid(DAY));
+    let (year, month, day) = civil_from_days(days);
+    let year = year + i64::from(years);
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let day = if month == 2 && day == 29 && !leap {
+        28
+    } else {
+        day
+    };
+    days_from_civil(year, month, day) * DAY + of_day
+}
+
 /// The UTC calendar date of an instant, `YYYY-MM-DD`.
 pub fn to_date(micros: Micros) -> String {
     let (year, month, day) = civil_from_days(micros.div_euclid(DAY));
@@ -197,6 +214,22 @@ mod tests {
             let date = to_date(days * DAY);
             assert_eq!(parse_date(&date), Some(days * DAY), "{date}");
         }
+    }
+
+    #[test]
+    fn years_are_added_on_the_calendar() {
+        let at = parse_date("2026-03-01").unwrap() + 5 * HOUR;
+        assert_eq!(
+            add_years(at, 1),
+            parse_date("2027-03-01").unwrap() + 5 * HOUR
+        );
+        assert_eq!(
+            add_years(at, 3),
+            parse_date("2029-03-01").unwrap() + 5 * HOUR
+        );
+        let leap = parse_date("2028-02-29").unwrap();
+        assert_eq!(add_years(leap, 1), parse_date("2029-02-28").unwrap());
+        assert_eq!(add_years(leap, 4), leap + (365 * 3 + 366) * DAY);
     }
 
     #[test]

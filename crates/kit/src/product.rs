@@ -23,3 +23,27 @@ crate::stored_enum! {
         ThreeYears = "P3Y",
     }
 }
+
+crate::stored_enum! {
+    /// What a cancellation window is counted in.
+    pub enum WindowUnit {
+        /// Hours after purchase.
+        Hours = "hours",
+        /// Days (of 24 hours) after purchase.
+        Days = "days",
+        /// Until the term ends.
+        Term = "term",
+    }
+}
+
+crate::stored_enum! {
+    /// How much of the price a cancellation refunds.
+    pub enum RefundRule {
+        /// All of it.
+        Full = "full",
+        /// The share of the term left, counted in whole hours.
+        ProratedByHour = "prorated_by_hour",
+        /// The share of the term left, counted in whole days.
+        ProratedByDay = "prorated_by_day",
+    }
+}

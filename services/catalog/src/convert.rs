@@ -7,7 +7,9 @@ use csp_kit::clock::{self, Micros};
 use csp_kit::{ApiError, ApiResult};
 
 use crate::changes::Changes;
-use crate::domain::{Market, Product, ProductKind, Sku, Term};
+use crate::domain::{
+    CancellationPolicy, Market, Product, ProductKind, RefundRule, Sku, Term, WindowUnit,
+};
 use crate::hybrid;
 use crate::storage::PriceListRecord;
 use crate::use_cases::HybridEstimate;
@@ -139,6 +141,33 @@ pub fn product(product: &Product, market: Option<&Market>) -> pb::Product {
         cancellation_window_days: product.cancellation_window_days,
         publisher: product.publisher.clone(),
         cancellation_policy_id: product.cancellation_policy_id.clone(),
+        cancellation_policy: product.cancellation_policy.as_ref().map(policy),
+    }
+}
+
+/// One version of a cancellation policy.
+pub fn policy(policy: &CancellationPolicy) -> pb::CancellationPolicy {
+    pb::CancellationPolicy {
+        id: policy.id.clone(),
+        version: policy.version,
+        title: policy.title.clone(),
+        window_unit: match policy.window_unit {
+            WindowUnit::Hours => pb::CancellationWindowUnit::Hours,
+            WindowUnit::Days => pb::CancellationWindowUnit::Days,
+            WindowUnit::Term => pb::CancellationWindowUnit::Term,
+        } as i32,
+        window_amount: policy.window_amount.unwrap_or(0),
+        refund_rule: match policy.refund_rule {
+            RefundRule::Full => pb::RefundRule::Full,
+            RefundRule::ProratedByHour => pb::RefundRule::ProratedByHour,
+            RefundRule::ProratedByDay => pb::RefundRule::ProratedByDay,
+        } as i32,
+        refund_cap: policy.cap.as_ref().map(|cap| Money {
+            currency_code: cap.currency.clone(),
+            minor_units: cap.amount_minor,
+            minor_unit_digits: crate::price_list::minor_unit_digits(&cap.currency),
+        }),
+        refund_cap_period_days: policy.cap.as_ref().map_or(0, |cap| cap.period_days),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use csp_kit::ApiError;
 use csp_kit::clock::Micros;
-pub use csp_kit::product::{ProductKind, Term};
+pub use csp_kit::product::{ProductKind, RefundRule, Term, WindowUnit};
 
 /// A market the catalog sells in.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +99,9 @@ pub struct Product {
     pub publisher: String,
     /// The cancellation policy its subscriptions are sold under.
     pub cancellation_policy_id: String,
+    /// That policy's current version, attached by the snapshot (`None` in a
+    /// price list as read).
+    pub cancellation_policy: Option<CancellationPolicy>,
     /// Days after purchase a subscription can be cancelled (the policy's
     /// window, whole days rounded up).
     pub cancellation_window_days: u32,
@@ -106,30 +109,6 @@ pub struct Product {
     pub skus: Vec<Sku>,
     /// Download options (empty for reservations).
     pub download_options: DownloadOptions,
-}
-
-csp_kit::stored_enum! {
-    /// What a cancellation window is counted in.
-    pub enum WindowUnit {
-        /// Hours after purchase.
-        Hours = "hours",
-        /// Days after purchase.
-        Days = "days",
-        /// Until the term ends.
-        Term = "term",
-    }
-}
-
-csp_kit::stored_enum! {
-    /// How much of the price a cancellation refunds.
-    pub enum RefundRule {
-        /// All of it.
-        Full = "full",
-        /// The share of the term left, counted in whole hours.
-        ProratedByHour = "prorated_by_hour",
-        /// The share of the term left, counted in whole days.
-        ProratedByDay = "prorated_by_day",
-    }
 }
 
 /// A limit on refunds: at most `amount_minor` of `currency` per customer

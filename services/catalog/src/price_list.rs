@@ -456,6 +456,7 @@ impl<'p> Builder<'p> {
             kind,
             publisher: publisher.to_owned(),
             cancellation_policy_id: policy.id.clone(),
+            cancellation_policy: None,
             cancellation_window_days: policy.window_days,
             skus: Vec::new(),
             download_options: options,

@@ -58,6 +58,13 @@ impl Snapshot {
         let (mut markets, mut products) = (data.markets, data.products);
         markets.sort_by(|a, b| a.code.cmp(&b.code));
         products.sort_by(|a, b| a.id.cmp(&b.id));
+        for product in &mut products {
+            product.cancellation_policy = policies
+                .iter()
+                .filter(|p| p.id == product.cancellation_policy_id)
+                .max_by_key(|p| p.version)
+                .cloned();
+        }
         let sku_products = products
             .iter()
             .flat_map(|p| p.skus.iter().map(|s| (s.id.clone(), p.id.clone())))

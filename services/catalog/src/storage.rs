@@ -507,6 +507,7 @@ fn assemble(
                     description,
                     publisher,
                     cancellation_policy_id: policy,
+                    cancellation_policy: None,
                     skus: Vec::new(),
                     download_options: DownloadOptions::default(),
                 })

@@ -110,6 +110,9 @@ pub fn subscription(s: &Subscription) -> pb::Subscription {
         refunded: s
             .refunded_minor
             .map(|r| money(&s.currency_code, s.minor_unit_digits, r)),
+        cancellation_policy_id: s.policy.id.clone(),
+        cancellation_policy_version: s.policy.version,
+        term_end_time: Some(to_timestamp(s.term_ends_at)),
     }
 }
 

@@ -3,9 +3,9 @@
 //! look like, how an order is fingerprinted for idempotency, and when a
 //! subscription can be cancelled.
 
-use csp_kit::clock::{self, DAY, Micros};
+use csp_kit::clock::{self, DAY, HOUR, Micros};
 use csp_kit::ids::{OrderId, PartnerId, RequestId, SubscriptionId, TenantId};
-pub use csp_kit::product::{ProductKind, Term};
+pub use csp_kit::product::{ProductKind, RefundRule, Term, WindowUnit};
 use csp_kit::{ApiError, FieldViolation};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -147,10 +147,14 @@ pub struct Subscription {
     pub amount_paid_minor: i64,
     /// Bought at.
     pub purchased_at: Micros,
-    /// The window in days.
+    /// The window in whole days (the policy's, rounded up; 0: the term).
     pub cancellation_window_days: i32,
     /// End (exclusive) of the window.
     pub cancellable_until: Micros,
+    /// When the term ends (exclusive).
+    pub term_ends_at: Micros,
+    /// The cancellation policy it was sold under.
+    pub policy: SoldPolicy,
     /// Cancelled at.
     pub cancelled_at: Option<Micros>,
     /// Refunded, minor units.
@@ -167,10 +171,11 @@ impl Subscription {
         CancellationTerms {
             subscription_id: self.id.to_string(),
             purchased_at: self.purchased_at,
-            window_days: u32::try_from(self.cancellation_window_days).unwrap_or(0),
             cancellable_until: self.cancellable_until,
+            term_ends_at: self.term_ends_at,
             amount_paid_minor: self.amount_paid_minor,
             currency_code: self.currency_code.clone(),
+            policy: self.policy.clone(),
         }
     }
 }
@@ -182,14 +187,21 @@ pub struct Cancellation {
     pub partner_id: PartnerId,
     /// Subscription.
     pub subscription_id: SubscriptionId,
+    /// Its customer.
+    pub customer_tenant_id: TenantId,
     /// When.
     pub at: Micros,
+    /// When the window is judged (the customer's request).
+    pub judged_at: Micros,
     /// Refund, minor units.
     pub refund_minor: i64,
     /// Why.
     pub reason: String,
     /// The ticket.
     pub ticket_id: String,
+    /// The customer's refund cap, when one applies: (amount, currency, the
+    /// start of its rolling period), checked in the cancelling transaction.
+    pub cap: Option<(i64, String, Micros)>,
 }
 
 /// The most units of one SKU in one line.
@@ -346,9 +358,115 @@ pub fn line_amount(unit_minor: i64, quantity: i32, line: usize) -> Result<i64, A
     })
 }
 
-/// The end (exclusive) of a subscription's cancellation window.
-pub fn cancellable_until(purchased_at: Micros, window_days: u32) -> Micros {
-    purchased_at + i64::from(window_days) * DAY
+/// A limit on refunds, frozen with the policy: at most `amount_minor` of
+/// `currency` per customer over a rolling `period_days`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundCap {
+    /// Minor units.
+    pub amount_minor: i64,
+    /// ISO 4217.
+    pub currency: String,
+    /// The rolling period.
+    pub period_days: u32,
+}
+
+/// The cancellation policy a subscription was sold under: one version of
+/// the catalog's policy, frozen into the subscription so a later version
+/// never changes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SoldPolicy {
+    /// Id, for example `new-commerce-168-hours`.
+    pub id: String,
+    /// Version, from 1.
+    pub version: u32,
+    /// How the window is counted.
+    pub window_unit: WindowUnit,
+    /// Hours or days (`None` for [`WindowUnit::Term`]).
+    pub window_amount: Option<u32>,
+    /// What a cancellation refunds.
+    pub refund_rule: RefundRule,
+    /// A cap on a customer's refunds, if any.
+    pub cap: Option<RefundCap>,
+}
+
+impl SoldPolicy {
+    /// The article's rule (`days` days, full refund, no cap): the demo's
+    /// policy, and what subscriptions sold before policies read as.
+    pub fn article(days: u32) -> Self {
+        Self {
+            id: "csp-2019-60-days".to_owned(),
+            version: 1,
+            window_unit: WindowUnit::Days,
+            window_amount: Some(days),
+            refund_rule: RefundRule::Full,
+            cap: None,
+        }
+    }
+
+    /// The end (exclusive) of the window of a subscription bought at
+    /// `purchased_at` whose term ends at `term_ends_at`.
+    pub fn window_end(&self, purchased_at: Micros, term_ends_at: Micros) -> Micros {
+        let amount = i64::from(self.window_amount.unwrap_or(0));
+        let end = match self.window_unit {
+            WindowUnit::Hours => purchased_at + amount * HOUR,
+            WindowUnit::Days => purchased_at + amount * DAY,
+            WindowUnit::Term => term_ends_at,
+        };
+        end.min(term_ends_at)
+    }
+
+    /// The window in whole days, rounded up (0: the term).
+    pub fn window_days(&self) -> u32 {
+        let amount = self.window_amount.unwrap_or(0);
+        match self.window_unit {
+            WindowUnit::Hours => amount.div_ceil(24),
+            WindowUnit::Days => amount,
+            WindowUnit::Term => 0,
+        }
+    }
+
+    /// The window as a person reads it: `60-day`, `168-hour`.
+    pub fn describe_window(&self) -> String {
+        let amount = self.window_amount.unwrap_or(0);
+        match self.window_unit {
+            WindowUnit::Hours => format!("{amount}-hour cancellation window"),
+            WindowUnit::Days => format!("{amount}-day cancellation window"),
+            WindowUnit::Term => "cancellation window (the subscription's term)".to_owned(),
+        }
+    }
+}
+
+/// When a term bought at `purchased_at` ends: one or three calendar years.
+pub fn term_end(purchased_at: Micros, term: Term) -> Micros {
+    clock::add_years(
+        purchased_at,
+        match term {
+            Term::OneYear => 1,
+            Term::ThreeYears => 3,
+        },
+    )
+}
+
+/// What the policy's rule refunds of `paid` for a cancellation at `at`,
+/// before any cap: all of it, or the share of the term left counted in
+/// whole hours or days (a started hour or day is used), rounded down to the
+/// minor unit.
+pub fn policy_refund(
+    rule: RefundRule,
+    paid: i64,
+    purchased_at: Micros,
+    term_ends_at: Micros,
+    at: Micros,
+) -> i64 {
+    let unit = match rule {
+        RefundRule::Full => return paid,
+        RefundRule::ProratedByHour => HOUR,
+        RefundRule::ProratedByDay => DAY,
+    };
+    let total = ((term_ends_at - purchased_at) / unit).max(1);
+    let left = ((term_ends_at - at.max(purchased_at)) / unit).clamp(0, total);
+    let share = i128::from(paid) * i128::from(left) / i128::from(total);
+    i64::try_from(share).unwrap_or(paid)
 }
 
 /// The price the catalog quoted for one SKU in a customer's market, with
@@ -373,8 +491,9 @@ pub struct Quote {
     pub minor_unit_digits: i32,
     /// Whether the price includes tax.
     pub tax_included: bool,
-    /// Days after purchase a subscription can be cancelled.
-    pub cancellation_window_days: u32,
+    /// The cancellation policy it is sold under (the catalog's current
+    /// version).
+    pub policy: SoldPolicy,
     /// The catalog's price list the price comes from (0: none).
     pub price_list_version: i64,
 }
@@ -462,9 +581,12 @@ pub fn price_order(
             minor_unit_digits: first.minor_unit_digits,
             amount_paid_minor: amount,
             purchased_at: header.at,
-            cancellation_window_days: i32::try_from(quote.cancellation_window_days)
-                .unwrap_or(i32::MAX),
-            cancellable_until: cancellable_until(header.at, quote.cancellation_window_days),
+            cancellation_window_days: i32::try_from(quote.policy.window_days()).unwrap_or(i32::MAX),
+            cancellable_until: quote
+                .policy
+                .window_end(header.at, term_end(header.at, quote.term)),
+            term_ends_at: term_end(header.at, quote.term),
+            policy: quote.policy.clone(),
             cancelled_at: None,
             refunded_minor: None,
             cancel_reason: None,
@@ -490,24 +612,35 @@ pub fn price_order(
     Ok((order, subscriptions))
 }
 
-/// The subscriptions a refund may cancel, and what was paid for them.
+/// What a refund ticket may cancel, and what it refunds.
 #[derive(Clone, Debug)]
 pub struct Refundable {
-    /// The active subscriptions named.
-    pub subscriptions: Vec<Subscription>,
+    /// The active subscriptions named, each with what cancelling it now
+    /// refunds (its policy's rule, then the customer's cap).
+    pub subscriptions: Vec<(Subscription, i64)>,
     /// What was paid for them, minor units.
     pub paid_minor: i64,
+    /// What cancelling them all now refunds, minor units.
+    pub refundable_minor: i64,
+    /// The first of their windows' ends: cancel before it.
+    pub deadline: Micros,
     /// In what currency.
     pub currency_code: String,
     /// Its minor unit digits.
     pub minor_unit_digits: i32,
 }
 
-/// What a refund may cancel of `subscriptions` (all of one order, or one):
-/// the active ones, each still inside its window at `now`, and what was
-/// paid for them. Nothing active is FAILED_PRECONDITION `ALREADY_CANCELLED`;
-/// one past its window is `CANCELLATION_WINDOW_CLOSED`.
-pub fn refundable(subscriptions: Vec<Subscription>, now: Micros) -> Result<Refundable, ApiError> {
+/// What a refund may cancel of `subscriptions` (all of one order, or one)
+/// at `at`: the active ones, each still inside its window, what was paid
+/// and what their policies refund. `cap_used` is what the customer was
+/// refunded within the cap's period (of the first capped subscription).
+/// Nothing active is FAILED_PRECONDITION `ALREADY_CANCELLED`; one past its
+/// window is `CANCELLATION_WINDOW_CLOSED`, naming the window.
+pub fn refundable(
+    subscriptions: Vec<Subscription>,
+    at: Micros,
+    cap_used: i64,
+) -> Result<Refundable, ApiError> {
     let Some(first_named) = subscriptions.first().map(|s| s.id) else {
         return Err(ApiError::Internal(anyhow::anyhow!(
             "a refund target without subscriptions"
@@ -524,14 +657,32 @@ pub fn refundable(subscriptions: Vec<Subscription>, now: Micros) -> Result<Refun
             "every subscription named is already cancelled",
         ));
     };
-    if let Some(closed) = active.iter().find(|s| now >= s.cancellable_until) {
+    if let Some(closed) = active.iter().find(|s| at >= s.cancellable_until) {
         return Err(window_closed(&closed.terms()));
     }
+    let (currency_code, minor_unit_digits) = (first.currency_code.clone(), first.minor_unit_digits);
+    let mut cap_left: Option<i64> = None;
+    let mut with_refunds = Vec::with_capacity(active.len());
+    for s in active {
+        let mut refund = s.terms().policy_refund(at);
+        if let Some(cap) = s.terms().cap() {
+            let left = cap_left.get_or_insert((cap.amount_minor - cap_used).max(0));
+            refund = refund.min(*left);
+            *left -= refund;
+        }
+        with_refunds.push((s, refund));
+    }
     Ok(Refundable {
-        paid_minor: active.iter().map(|s| s.amount_paid_minor).sum(),
-        currency_code: first.currency_code.clone(),
-        minor_unit_digits: first.minor_unit_digits,
-        subscriptions: active,
+        paid_minor: with_refunds.iter().map(|(s, _)| s.amount_paid_minor).sum(),
+        refundable_minor: with_refunds.iter().map(|(_, r)| r).sum(),
+        deadline: with_refunds
+            .iter()
+            .map(|(s, _)| s.cancellable_until)
+            .min()
+            .unwrap_or(at),
+        currency_code,
+        minor_unit_digits,
+        subscriptions: with_refunds,
     })
 }
 
@@ -542,26 +693,52 @@ pub struct CancellationTerms {
     pub subscription_id: String,
     /// When it was bought.
     pub purchased_at: Micros,
-    /// Its window in days.
-    pub window_days: u32,
     /// The end (exclusive) of the window.
     pub cancellable_until: Micros,
+    /// The end (exclusive) of the term.
+    pub term_ends_at: Micros,
     /// What was paid.
     pub amount_paid_minor: i64,
     /// In what currency.
     pub currency_code: String,
+    /// The policy it was sold under.
+    pub policy: SoldPolicy,
 }
 
-/// Whether a subscription can be cancelled `now` with a refund of
-/// `refund_minor` in `currency`: inside the window (now < cancellable_until),
-/// no fee, refund between 0 and the amount paid in the order's currency.
+impl CancellationTerms {
+    /// What the policy's rule refunds for a cancellation at `at`, before
+    /// any cap.
+    pub fn policy_refund(&self, at: Micros) -> i64 {
+        policy_refund(
+            self.policy.refund_rule,
+            self.amount_paid_minor,
+            self.purchased_at,
+            self.term_ends_at,
+            at,
+        )
+    }
+
+    /// The policy's cap, when it applies (refunds in the cap's currency).
+    pub fn cap(&self) -> Option<&RefundCap> {
+        self.policy
+            .cap
+            .as_ref()
+            .filter(|cap| cap.currency == self.currency_code)
+    }
+}
+
+/// Whether a subscription can be cancelled at `at` with a refund of
+/// `refund_minor` in `currency`: inside the window (at < cancellable_until),
+/// the refund between 0 and what the policy gives then, and within
+/// `cap_left` (what the customer's cap leaves, when one applies).
 pub fn check_cancellation(
     terms: &CancellationTerms,
-    now: Micros,
+    at: Micros,
     refund_minor: i64,
     currency: &str,
+    cap_left: Option<i64>,
 ) -> Result<(), ApiError> {
-    if now >= terms.cancellable_until {
+    if at >= terms.cancellable_until {
         return Err(window_closed(terms));
     }
     if currency != terms.currency_code {
@@ -573,31 +750,52 @@ pub fn check_cancellation(
             ),
         ));
     }
-    if refund_minor < 0 || refund_minor > terms.amount_paid_minor {
+    let by_policy = terms.policy_refund(at);
+    if refund_minor < 0 || refund_minor > by_policy {
         return Err(ApiError::invalid(
             "refund.minor_units",
             format!(
-                "the refund must be from 0 to the {} {} paid, not {refund_minor}",
-                terms.amount_paid_minor, terms.currency_code
+                "the refund must be from 0 to the {by_policy} {} that policy {} (version {}) refunds of the {} paid, not {refund_minor}",
+                terms.currency_code, terms.policy.id, terms.policy.version, terms.amount_paid_minor
             ),
         ));
+    }
+    if let (Some(left), Some(cap)) = (cap_left, terms.cap())
+        && refund_minor > left
+    {
+        return Err(cap_exceeded(terms, cap, left));
     }
     Ok(())
 }
 
-/// FAILED_PRECONDITION for a closed window, with the purchase date and the
-/// deadline.
+/// FAILED_PRECONDITION `REFUND_CAP_EXCEEDED`: the customer's refunds would
+/// pass the policy's cap.
+pub fn cap_exceeded(terms: &CancellationTerms, cap: &RefundCap, left: i64) -> ApiError {
+    ApiError::failed_precondition(
+        "REFUND_CAP_EXCEEDED",
+        format!("subscription/{}", terms.subscription_id),
+        format!(
+            "policy {} caps a customer's refunds at {} {} per {} days; {left} {} is left of it",
+            terms.policy.id, cap.amount_minor, cap.currency, cap.period_days, cap.currency
+        ),
+    )
+}
+
+/// FAILED_PRECONDITION for a closed window, naming the window, the purchase
+/// date and the deadline.
 pub fn window_closed(terms: &CancellationTerms) -> ApiError {
     ApiError::failed_precondition(
         "CANCELLATION_WINDOW_CLOSED",
         format!("subscription/{}", terms.subscription_id),
         format!(
-            "You have passed the {}-day cancellation window: subscription {} was purchased on {} and could be \
-             cancelled until {}",
-            terms.window_days,
+            "You have passed the {}: subscription {} was purchased on {} and could be cancelled until {} \
+             (policy {}, version {})",
+            terms.policy.describe_window(),
             terms.subscription_id,
             clock::to_rfc3339(terms.purchased_at),
-            clock::to_rfc3339(terms.cancellable_until)
+            clock::to_rfc3339(terms.cancellable_until),
+            terms.policy.id,
+            terms.policy.version
         ),
     )
 }
@@ -666,13 +864,16 @@ mod tests {
     }
 
     fn terms(purchased_at: Micros) -> CancellationTerms {
+        let policy = SoldPolicy::article(60);
+        let term_ends_at = term_end(purchased_at, Term::OneYear);
         CancellationTerms {
             subscription_id: "s".into(),
             purchased_at,
-            window_days: 60,
-            cancellable_until: cancellable_until(purchased_at, 60),
+            cancellable_until: policy.window_end(purchased_at, term_ends_at),
+            term_ends_at,
             amount_paid_minor: 1000,
             currency_code: "USD".into(),
+            policy,
         }
     }
 
@@ -680,8 +881,8 @@ mod tests {
     fn cancellable_one_second_before_sixty_days_but_not_at() {
         let t = terms(1_700_000_000 * SECOND);
         let deadline = t.purchased_at + 60 * DAY;
-        assert!(check_cancellation(&t, deadline - SECOND, 1000, "USD").is_ok());
-        let closed = check_cancellation(&t, deadline, 1000, "USD").unwrap_err();
+        assert!(check_cancellation(&t, deadline - SECOND, 1000, "USD", None).is_ok());
+        let closed = check_cancellation(&t, deadline, 1000, "USD", None).unwrap_err();
         let text = closed.to_string();
         assert!(text.contains("60-day cancellation window"), "{text}");
         assert!(text.contains("2023-11-14T22:13:20Z"), "{text}");
@@ -691,10 +892,10 @@ mod tests {
     #[test]
     fn refunds_are_at_most_what_was_paid_in_its_currency() {
         let t = terms(0);
-        assert!(check_cancellation(&t, 0, 0, "USD").is_ok());
-        assert!(check_cancellation(&t, 0, 1001, "USD").is_err());
-        assert!(check_cancellation(&t, 0, -1, "USD").is_err());
-        assert!(check_cancellation(&t, 0, 10, "EUR").is_err());
+        assert!(check_cancellation(&t, 0, 0, "USD", None).is_ok());
+        assert!(check_cancellation(&t, 0, 1001, "USD", None).is_err());
+        assert!(check_cancellation(&t, 0, -1, "USD", None).is_err());
+        assert!(check_cancellation(&t, 0, 10, "EUR", None).is_err());
     }
 
     #[test]

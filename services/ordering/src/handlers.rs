@@ -174,17 +174,25 @@ impl OrderingInternalService for OrderingApi {
         Caller::service_of(&request)?;
         let target = decode_refund_target(request.into_inner())?;
         let found = self.ordering.resolve_refund_target(target).await?;
+        let money = |minor_units| Money {
+            currency_code: found.currency_code.clone(),
+            minor_units,
+            minor_unit_digits: u32::try_from(found.minor_unit_digits).unwrap_or(2),
+        };
         Ok(Response::new(pb::ResolveRefundTargetResponse {
             subscriptions: found
                 .subscriptions
                 .iter()
-                .map(convert::subscription)
+                .map(|(s, _)| convert::subscription(s))
                 .collect(),
-            amount_paid: Some(Money {
-                currency_code: found.currency_code,
-                minor_units: found.paid_minor,
-                minor_unit_digits: u32::try_from(found.minor_unit_digits).unwrap_or(2),
-            }),
+            amount_paid: Some(money(found.paid_minor)),
+            amount_refundable: Some(money(found.refundable_minor)),
+            refundable_amounts: found
+                .subscriptions
+                .iter()
+                .map(|(_, refund)| money(*refund))
+                .collect(),
+            refund_deadline: Some(csp_kit::clock::to_timestamp(found.deadline)),
         }))
     }
 
@@ -280,15 +288,28 @@ fn decode_cancel(r: pb::CancelSubscriptionRequest) -> ApiResult<CancelSubscripti
     if r.refund.is_none() {
         violations.push("refund", "required: the amount to refund");
     }
-    match (partner_id, subscription_id, r.refund) {
-        (Some(partner_id), Some(subscription_id), Some(refund)) => Ok(CancelSubscription {
-            partner_id,
-            subscription_id,
-            refund_minor: refund.minor_units,
-            refund_currency: refund.currency_code,
-            reason: r.reason,
-            ticket_id: r.ticket_id,
-        }),
+    let requested_at = match &r.requested_time {
+        None => Some(None),
+        Some(t) => match csp_kit::clock::from_timestamp(t) {
+            Some(at) => Some(Some(at)),
+            None => {
+                violations.push("requested_time", "not a valid time");
+                None
+            }
+        },
+    };
+    match (partner_id, subscription_id, r.refund, requested_at) {
+        (Some(partner_id), Some(subscription_id), Some(refund), Some(requested_at)) => {
+            Ok(CancelSubscription {
+                partner_id,
+                subscription_id,
+                refund_minor: refund.minor_units,
+                refund_currency: refund.currency_code,
+                reason: r.reason,
+                ticket_id: r.ticket_id,
+                requested_at,
+            })
+        }
         _ => Err(violations.into_error()),
     }
 }

@@ -18,7 +18,7 @@ use csp_store::outbox::{BatchDestination, BatchFuture, Destination};
 use tonic::Code;
 use tonic_types::StatusExt as _;
 
-use crate::domain::{ProductKind, Quote, Term};
+use crate::domain::{ProductKind, Quote, RefundCap, RefundRule, SoldPolicy, Term, WindowUnit};
 
 const CATALOG: &str = "catalog";
 
@@ -161,8 +161,42 @@ fn read_quote(quote: &catalog::SkuQuote, price_list_version: i64) -> ApiResult<Q
         currency_code: amount.currency_code.clone(),
         minor_unit_digits: i32::try_from(amount.minor_unit_digits).unwrap_or(2),
         tax_included: price.is_some_and(|p| p.tax_included),
-        cancellation_window_days: product.cancellation_window_days,
+        policy: read_policy(product)?,
         price_list_version,
+    })
+}
+
+/// The cancellation policy the catalog sells a product under.
+fn read_policy(product: &catalog::Product) -> ApiResult<SoldPolicy> {
+    let Some(p) = &product.cancellation_policy else {
+        return Err(incomplete(format!(
+            "product {} without its cancellation policy",
+            product.id
+        )));
+    };
+    let window_unit = match catalog::CancellationWindowUnit::try_from(p.window_unit) {
+        Ok(catalog::CancellationWindowUnit::Hours) => WindowUnit::Hours,
+        Ok(catalog::CancellationWindowUnit::Days) => WindowUnit::Days,
+        Ok(catalog::CancellationWindowUnit::Term) => WindowUnit::Term,
+        _ => return Err(incomplete(format!("policy {} has no window unit", p.id))),
+    };
+    let refund_rule = match catalog::RefundRule::try_from(p.refund_rule) {
+        Ok(catalog::RefundRule::Full) => RefundRule::Full,
+        Ok(catalog::RefundRule::ProratedByHour) => RefundRule::ProratedByHour,
+        Ok(catalog::RefundRule::ProratedByDay) => RefundRule::ProratedByDay,
+        _ => return Err(incomplete(format!("policy {} has no refund rule", p.id))),
+    };
+    Ok(SoldPolicy {
+        id: p.id.clone(),
+        version: p.version,
+        window_amount: (window_unit != WindowUnit::Term).then_some(p.window_amount),
+        window_unit,
+        refund_rule,
+        cap: p.refund_cap.as_ref().map(|cap| RefundCap {
+            amount_minor: cap.minor_units,
+            currency: cap.currency_code.clone(),
+            period_days: p.refund_cap_period_days,
+        }),
     })
 }
 

@@ -5,15 +5,15 @@
 
 use csp_kit::clock::Micros;
 use csp_kit::ids::{OrderId, PartnerId, RequestId, SubscriptionId, TenantId};
-use csp_store::db::{Db, MigrationSource, Migrations};
-use csp_store::error::column;
+use csp_store::db::{Db, DbTx, MigrationSource, Migrations};
+use csp_store::error::{column, parse};
 use csp_store::outbox::{self, Message};
-use csp_store::{StoreResult, on_db, on_tx};
+use csp_store::{StoreError, StoreResult, on_db, on_tx};
 use sqlx::Row as _;
 
 use crate::domain::{
-    BillingKind, Cancellation, Customer, Order, OrderLine, OrderStatus, Subscription,
-    SubscriptionStatus,
+    BillingKind, Cancellation, Customer, Order, OrderLine, OrderStatus, RefundCap, SoldPolicy,
+    Subscription, SubscriptionStatus,
 };
 
 /// The ordering service's migrations.
@@ -28,6 +28,7 @@ pub const MIGRATIONS: Migrations = Migrations {
         },
         outbox::due_index_migration(4),
         PRICE_LIST_VERSION,
+        POLICIES,
     ],
     postgres: &[
         ORDERING,
@@ -39,7 +40,14 @@ pub const MIGRATIONS: Migrations = Migrations {
         },
         outbox::due_index_migration(4),
         PRICE_LIST_VERSION,
+        POLICIES,
     ],
+};
+
+const POLICIES: MigrationSource = MigrationSource {
+    version: 6,
+    description: "subscriptions keep their cancellation policy",
+    sql: include_str!("../migrations/0006_subscription_policies.sql"),
 };
 
 const PRICE_LIST_VERSION: MigrationSource = MigrationSource {
@@ -60,6 +68,43 @@ pub const ORDER_REQUEST_KEY: &str = "orders_partner_request_key";
 pub const CUSTOMER_DOMAIN_KEY: &str = "customers_partner_domain_key";
 /// The primary key of customers (partner and tenant id).
 pub const CUSTOMER_TENANT_KEY: &str = "customers_pkey";
+
+/// Reads the cancellation policy columns of a subscription row; evaluates
+/// to `StoreResult<SoldPolicy>`.
+macro_rules! sold_policy {
+    ($row:expr) => {
+        (|| -> StoreResult<SoldPolicy> {
+            let row = $row;
+            let unit: String = row.try_get("policy_window_unit")?;
+            let rule: String = row.try_get("policy_refund_rule")?;
+            let version: i64 = row.try_get("policy_version")?;
+            let amount: Option<i64> = row.try_get("policy_window_amount")?;
+            let cap_amount: Option<i64> = row.try_get("policy_cap_amount_minor")?;
+            let cap_currency: Option<String> = row.try_get("policy_cap_currency")?;
+            let cap_period: Option<i64> = row.try_get("policy_cap_period_days")?;
+            let small = |column: &'static str, value: i64| {
+                u32::try_from(value).map_err(|_| StoreError::corrupt(column, value.to_string()))
+            };
+            Ok(SoldPolicy {
+                id: row.try_get("policy_id")?,
+                version: small("subscriptions.policy_version", version)?,
+                window_unit: parse("subscriptions.policy_window_unit", &unit)?,
+                window_amount: amount
+                    .map(|a| small("subscriptions.policy_window_amount", a))
+                    .transpose()?,
+                refund_rule: parse("subscriptions.policy_refund_rule", &rule)?,
+                cap: match (cap_amount, cap_currency, cap_period) {
+                    (Some(amount_minor), Some(currency), Some(period)) => Some(RefundCap {
+                        amount_minor,
+                        currency,
+                        period_days: small("subscriptions.policy_cap_period_days", period)?,
+                    }),
+                    _ => None,
+                },
+            })
+        })()
+    };
+}
 
 /// Reads a subscription row; evaluates to `StoreResult<Subscription>`.
 macro_rules! subscription_from_row {
@@ -83,6 +128,8 @@ macro_rules! subscription_from_row {
                 purchased_at: row.try_get("purchased_at_us")?,
                 cancellation_window_days: row.try_get("cancellation_window_days")?,
                 cancellable_until: row.try_get("cancellable_until_us")?,
+                term_ends_at: row.try_get("term_ends_at_us")?,
+                policy: sold_policy!(row)?,
                 cancelled_at: row.try_get("cancelled_at_us")?,
                 refunded_minor: row.try_get("refunded_minor")?,
                 cancel_reason: row.try_get("cancel_reason")?,
@@ -162,7 +209,9 @@ const ORDER_COLUMNS: &str = "id, partner_id, customer_tenant_id, request_id, req
 const SUBSCRIPTION_COLUMNS: &str = "id, partner_id, customer_tenant_id, order_id, line_number, product_id, product_kind, \
                                     sku_id, status, quantity, currency_code, minor_unit_digits, amount_paid_minor, \
                                     purchased_at_us, cancellation_window_days, cancellable_until_us, cancelled_at_us, \
-                                    refunded_minor, cancel_reason, cancel_ticket_id";
+                                    refunded_minor, cancel_reason, cancel_ticket_id, term_ends_at_us, policy_id, \
+                                    policy_version, policy_window_unit, policy_window_amount, policy_refund_rule, \
+                                    policy_cap_amount_minor, policy_cap_currency, policy_cap_period_days";
 
 /// Reads and writes the ordering tables.
 #[derive(Clone, Debug)]
@@ -479,7 +528,8 @@ impl OrderingStore {
         for s in subscriptions {
             let sql = format!(
                 "INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS}) VALUES \
-                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, NULL, NULL, NULL, NULL)"
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, NULL, NULL, NULL, NULL, \
+                 $17, $18, $19, $20, $21, $22, $23, $24, $25)"
             );
             on_tx!(&mut tx, t => sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(s.id.to_string())
@@ -498,6 +548,15 @@ impl OrderingStore {
                 .bind(s.purchased_at)
                 .bind(s.cancellation_window_days)
                 .bind(s.cancellable_until)
+                .bind(s.term_ends_at)
+                .bind(&s.policy.id)
+                .bind(i64::from(s.policy.version))
+                .bind(s.policy.window_unit.as_db())
+                .bind(s.policy.window_amount.map(i64::from))
+                .bind(s.policy.refund_rule.as_db())
+                .bind(s.policy.cap.as_ref().map(|c| c.amount_minor))
+                .bind(s.policy.cap.as_ref().map(|c| c.currency.clone()))
+                .bind(s.policy.cap.as_ref().map(|c| i64::from(c.period_days)))
                 .execute(&mut **t)
                 .await
             .map(drop))?;
@@ -531,11 +590,11 @@ impl OrderingStore {
         &self,
         cancellation: &Cancellation,
         messages: &[Message],
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<CancelOutcome> {
         let cancel = format!(
             "UPDATE subscriptions SET status = '{cancelled}', cancelled_at_us = $3, refunded_minor = $4, \
              cancel_reason = $5, cancel_ticket_id = $6 \
-             WHERE partner_id = $1 AND id = $2 AND status = '{active}' AND cancellable_until_us > $3",
+             WHERE partner_id = $1 AND id = $2 AND status = '{active}' AND cancellable_until_us > $7",
             cancelled = SubscriptionStatus::Cancelled.as_db(),
             active = SubscriptionStatus::Active.as_db(),
         );
@@ -553,6 +612,28 @@ impl OrderingStore {
         );
         let mut tx = self.db.begin().await?;
         let c = cancellation;
+        if let Some((amount, currency, since)) = &c.cap {
+            // One cancellation at a time per customer: the cap's sum is read
+            // and kept in the same transaction (SQLite: the writer queue).
+            if let DbTx::Postgres(t) = &mut tx {
+                sqlx::query("SELECT 1 FROM customers WHERE tenant_id = $1 FOR UPDATE")
+                    .bind(c.customer_tenant_id.to_string())
+                    .execute(&mut **t)
+                    .await?;
+            }
+            let used: i64 = on_tx!(&mut tx, t => sqlx::query_scalar(REFUNDS_IN_PERIOD)
+                .bind(c.partner_id.to_string())
+                .bind(c.customer_tenant_id.to_string())
+                .bind(currency)
+                .bind(*since)
+                .fetch_one(&mut **t)
+                .await)?;
+            if used + c.refund_minor > *amount {
+                return Ok(CancelOutcome::CapExceeded {
+                    left: (amount - used).max(0),
+                });
+            }
+        }
         let changed = on_tx!(&mut tx, t => sqlx::query(sqlx::AssertSqlSafe(cancel.as_str()))
             .bind(c.partner_id.to_string())
             .bind(c.subscription_id.to_string())
@@ -560,11 +641,12 @@ impl OrderingStore {
             .bind(c.refund_minor)
             .bind(&c.reason)
             .bind(&c.ticket_id)
+            .bind(c.judged_at)
             .execute(&mut **t)
             .await
             .map(|r| r.rows_affected()))?;
         if changed == 0 {
-            return Ok(false);
+            return Ok(CancelOutcome::NotActive);
         }
         on_tx!(&mut tx, t => {
             sqlx::query(REFUND)
@@ -585,9 +667,50 @@ impl OrderingStore {
             outbox::enqueue(&mut tx, message).await?;
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(CancelOutcome::Cancelled)
+    }
+
+    /// What a customer was refunded in `currency` since `since` (a refund
+    /// cap's rolling period).
+    pub async fn refunds_in_period(
+        &self,
+        partner: PartnerId,
+        customer: TenantId,
+        currency: &str,
+        since: Micros,
+    ) -> StoreResult<i64> {
+        Ok(
+            on_db!(&self.db, pool => sqlx::query_scalar(REFUNDS_IN_PERIOD)
+            .bind(partner.to_string())
+            .bind(customer.to_string())
+            .bind(currency)
+            .bind(since)
+            .fetch_one(pool)
+            .await)?,
+        )
     }
 }
+
+/// What a cancellation did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// Cancelled now, with its refund and events.
+    Cancelled,
+    /// Nothing: not active (cancelled already) or its window closed.
+    NotActive,
+    /// Nothing: the refund would pass the customer's cap, of which `left`
+    /// is left.
+    CapExceeded {
+        /// Minor units.
+        left: i64,
+    },
+}
+
+/// A customer's refunds in one currency since a time ($1 partner, $2
+/// customer, $3 currency, $4 since).
+const REFUNDS_IN_PERIOD: &str = "SELECT CAST(COALESCE(SUM(refunded_minor), 0) AS BIGINT) FROM subscriptions \
+                                 WHERE partner_id = $1 AND customer_tenant_id = $2 AND currency_code = $3 \
+                                 AND status = 'cancelled' AND cancelled_at_us > $4";
 
 /// Escapes LIKE wildcards so a search text matches literally.
 fn escape_like(text: &str) -> String {

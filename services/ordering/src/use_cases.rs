@@ -24,6 +24,7 @@ use crate::domain::{
     SubscriptionStatus,
 };
 use crate::peers::{Catalog, LICENSING};
+use crate::storage::CancelOutcome;
 use crate::storage::{CUSTOMER_DOMAIN_KEY, CUSTOMER_TENANT_KEY, ORDER_REQUEST_KEY, OrderingStore};
 
 /// A customer to create (validated).
@@ -83,7 +84,14 @@ pub struct CancelSubscription {
     pub reason: String,
     /// The support ticket that asked.
     pub ticket_id: String,
+    /// When the customer asked (the ticket's filing): the window and the
+    /// refund are judged at that time (`None`: now).
+    pub requested_at: Option<Micros>,
 }
+
+/// How long after a refund ticket was filed its cancellation is still
+/// judged at the filing time (the refund workflow retries for a while).
+pub const MAX_REQUEST_AGE: Micros = 7 * csp_kit::clock::DAY;
 
 /// What a refund ticket names (validated).
 #[derive(Clone, Debug)]
@@ -389,9 +397,12 @@ impl Ordering {
     }
 
     /// Cancels a subscription for the refund workflow (`actor` is the
-    /// calling service): inside its window, refunding at most what was
-    /// paid, recording the refund and the "subscription cancelled" events in
-    /// one transaction. Repeating it answers with the same outcome.
+    /// calling service): inside its window and refunding at most what its
+    /// policy gives, both judged when the customer asked (the ticket's
+    /// filing, at most [`MAX_REQUEST_AGE`] ago), within the customer's
+    /// refund cap (checked again in the transaction), recording the refund
+    /// and the "subscription cancelled" events in one transaction.
+    /// Repeating it answers with the same outcome.
     pub async fn cancel_subscription(
         &self,
         actor: &str,
@@ -403,11 +414,39 @@ impl Ordering {
             return Ok(current); // the same outcome again
         }
         let now = self.clock.now();
+        let judged_at = match request.requested_at {
+            None => now,
+            Some(at) if at <= now && now - at <= MAX_REQUEST_AGE => at,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "requested_time",
+                    "must be in the last 7 days and not in the future",
+                ));
+            }
+        };
+        let terms = current.terms();
+        let cap = terms.cap().cloned();
+        let cap_left = match &cap {
+            Some(cap) => Some(
+                cap.amount_minor
+                    - self
+                        .store
+                        .refunds_in_period(
+                            partner,
+                            current.customer_tenant_id,
+                            &cap.currency,
+                            now - i64::from(cap.period_days) * csp_kit::clock::DAY,
+                        )
+                        .await?,
+            ),
+            None => None,
+        };
         domain::check_cancellation(
-            &current.terms(),
-            now,
+            &terms,
+            judged_at,
             request.refund_minor,
             &request.refund_currency,
+            cap_left,
         )?;
         let mut cancelled = current.clone();
         cancelled.status = SubscriptionStatus::Cancelled;
@@ -419,14 +458,31 @@ impl Ordering {
         let cancellation = Cancellation {
             partner_id: partner,
             subscription_id: id,
+            customer_tenant_id: current.customer_tenant_id,
             at: now,
+            judged_at,
             refund_minor: request.refund_minor,
             reason: request.reason,
             ticket_id: request.ticket_id,
+            cap: cap.as_ref().map(|cap| {
+                (
+                    cap.amount_minor,
+                    cap.currency.clone(),
+                    now - i64::from(cap.period_days) * csp_kit::clock::DAY,
+                )
+            }),
         };
-        if self.store.cancel(&cancellation, &messages).await? {
-            self.relay.notify_one();
-            tracing::info!(subscription_id = %id, partner_id = %partner, "subscription cancelled");
+        match self.store.cancel(&cancellation, &messages).await? {
+            CancelOutcome::Cancelled => {
+                self.relay.notify_one();
+                tracing::info!(subscription_id = %id, partner_id = %partner, "subscription cancelled");
+            }
+            CancelOutcome::CapExceeded { left } => {
+                if let Some(cap) = &cap {
+                    return Err(domain::cap_exceeded(&terms, cap, left));
+                }
+            }
+            CancelOutcome::NotActive => {}
         }
         // Whoever cancelled it, answer with what is stored now.
         let stored = self.subscription(partner, id).await?;
@@ -459,7 +515,25 @@ impl Ordering {
                 _ => return Err(ApiError::not_found("subscription", id.to_string())),
             },
         };
-        domain::refundable(subscriptions, self.clock.now())
+        let now = self.clock.now();
+        let cap = subscriptions
+            .iter()
+            .filter(|s| s.status == SubscriptionStatus::Active)
+            .find_map(|s| s.terms().cap().cloned());
+        let cap_used = match cap {
+            Some(cap) => {
+                self.store
+                    .refunds_in_period(
+                        partner,
+                        customer.tenant_id,
+                        &cap.currency,
+                        now - i64::from(cap.period_days) * csp_kit::clock::DAY,
+                    )
+                    .await?
+            }
+            None => 0,
+        };
+        domain::refundable(subscriptions, now, cap_used)
     }
 }
 

@@ -16,10 +16,11 @@ use csp_kit::clock::{DAY, Micros, SECOND};
 use csp_kit::ids::{OrderId, PartnerId, RecordId, RequestId, SubscriptionId, TenantId};
 use csp_ordering::domain::{
     Cancellation, Customer, LineRequest, Order, OrderHeader, OrderStatus, ProductKind, Quote,
-    Subscription, SubscriptionStatus, Term, price_order,
+    SoldPolicy, Subscription, SubscriptionStatus, Term, price_order,
 };
 use csp_ordering::storage::{
-    CUSTOMER_DOMAIN_KEY, CUSTOMER_TENANT_KEY, MIGRATIONS, ORDER_REQUEST_KEY, OrderingStore,
+    CUSTOMER_DOMAIN_KEY, CUSTOMER_TENANT_KEY, CancelOutcome, MIGRATIONS, ORDER_REQUEST_KEY,
+    OrderingStore,
 };
 use csp_store::StoreError;
 use csp_store::db::Db;
@@ -86,7 +87,7 @@ fn order_with(customer: &Customer, at: Micros, lines: i32) -> (Order, Vec<Subscr
                 currency_code: "USD".to_owned(),
                 minor_unit_digits: 2,
                 tax_included: true,
-                cancellation_window_days: 30,
+                policy: SoldPolicy::article(30),
                 price_list_version: 7,
             }
         })
@@ -109,11 +110,26 @@ fn cancellation(s: &Subscription, at: Micros, refund_minor: i64) -> Cancellation
     Cancellation {
         partner_id: s.partner_id,
         subscription_id: s.id,
+        customer_tenant_id: s.customer_tenant_id,
         at,
+        judged_at: at,
         refund_minor,
         reason: "the customer changed their mind".to_owned(),
         ticket_id: "ticket-1".to_owned(),
+        cap: None,
     }
+}
+
+/// Cancels; whether it was cancelled now.
+async fn cancel_now(
+    store: &OrderingStore,
+    cancellation: &Cancellation,
+    messages: &[Message],
+) -> Result<bool, StoreError> {
+    store
+        .cancel(cancellation, messages)
+        .await
+        .map(|outcome| outcome == CancelOutcome::Cancelled)
 }
 
 /// One message for licensing and one for audit, in `stream`.
@@ -503,8 +519,7 @@ async fn subscriptions_are_listed_by_purchase_and_filtered_by_status() {
     let (b, b_subs) = order_with(&c, T0 + SECOND, 1);
     store.insert_order(&b, &b_subs, &[]).await.unwrap();
     assert!(
-        store
-            .cancel(&cancellation(&a_subs[1], T0 + DAY, 0), &[])
+        cancel_now(&store, &cancellation(&a_subs[1], T0 + DAY, 0), &[])
             .await
             .unwrap()
     );
@@ -552,9 +567,12 @@ async fn subscriptions_are_listed_by_purchase_and_filtered_by_status() {
 async fn cancel_cancels_an_active_subscription_once_with_its_refund_and_messages() {
     let (test, store, order, subs) = with_order(2).await;
     let at = T0 + DAY;
-    let done = store
-        .cancel(&cancellation(&subs[0], at, 400), &messages(order.id))
-        .await;
+    let done = cancel_now(
+        &store,
+        &cancellation(&subs[0], at, 400),
+        &messages(order.id),
+    )
+    .await;
     assert!(done.unwrap(), "on {}", test.backend());
     let cancelled = Subscription {
         status: SubscriptionStatus::Cancelled,
@@ -572,12 +590,12 @@ async fn cancel_cancels_an_active_subscription_once_with_its_refund_and_messages
     assert_eq!(billed(&test.db, order.id, "refund").await, [-400]);
     assert_eq!(outbox(&test.db).await, per_destination(1));
     // The second time changes nothing and writes nothing.
-    let again = store
-        .cancel(
-            &cancellation(&subs[0], at + SECOND, 100),
-            &messages(order.id),
-        )
-        .await;
+    let again = cancel_now(
+        &store,
+        &cancellation(&subs[0], at + SECOND, 100),
+        &messages(order.id),
+    )
+    .await;
     assert!(!again.unwrap());
     let stored = store
         .subscription(order.partner_id, subs[0].id)
@@ -593,15 +611,22 @@ async fn cancel_cancels_an_active_subscription_once_with_its_refund_and_messages
 async fn cancel_refuses_once_the_window_has_closed_or_for_another_partner() {
     let (test, store, order, subs) = with_order(2).await;
     let closes = subs[0].cancellable_until;
-    let late = store
-        .cancel(&cancellation(&subs[0], closes, 0), &messages(order.id))
-        .await;
+    let late = cancel_now(
+        &store,
+        &cancellation(&subs[0], closes, 0),
+        &messages(order.id),
+    )
+    .await;
     assert!(!late.unwrap(), "on {}", test.backend());
     let strange = Cancellation {
         partner_id: PartnerId::new(),
         ..cancellation(&subs[0], T0 + DAY, 0)
     };
-    assert!(!store.cancel(&strange, &messages(order.id)).await.unwrap());
+    assert!(
+        !cancel_now(&store, &strange, &messages(order.id))
+            .await
+            .unwrap()
+    );
     let stored = store
         .subscription(order.partner_id, subs[0].id)
         .await
@@ -611,7 +636,7 @@ async fn cancel_refuses_once_the_window_has_closed_or_for_another_partner() {
     assert_eq!(outbox(&test.db).await, per_destination(0));
     // One microsecond before the window closes is still inside it.
     let last_moment = cancellation(&subs[1], subs[1].cancellable_until - 1, 0);
-    assert!(store.cancel(&last_moment, &[]).await.unwrap());
+    assert!(cancel_now(&store, &last_moment, &[]).await.unwrap());
     test.remove().await;
 }
 
@@ -620,16 +645,14 @@ async fn the_order_is_cancelled_only_when_no_subscription_is_left_active() {
     let (test, store, order, subs) = with_order(2).await;
     let p = order.partner_id;
     assert!(
-        store
-            .cancel(&cancellation(&subs[0], T0 + DAY, 100), &[])
+        cancel_now(&store, &cancellation(&subs[0], T0 + DAY, 100), &[])
             .await
             .unwrap()
     );
     let status = store.order(p, order.id).await.unwrap().unwrap().status;
     assert_eq!(status, OrderStatus::Completed, "on {}", test.backend());
     assert!(
-        store
-            .cancel(&cancellation(&subs[1], T0 + 2 * DAY, 200), &[])
+        cancel_now(&store, &cancellation(&subs[1], T0 + 2 * DAY, 200), &[])
             .await
             .unwrap()
     );
@@ -696,6 +719,129 @@ async fn a_malformed_stored_id_reads_as_corrupt() {
     test.remove().await;
 }
 
+/// Writes a customer and its order as the schema of migration 2 holds them
+/// (the store of today writes later columns).
+async fn insert_as_of_version_2(
+    db: &Db,
+    c: &Customer,
+    order: &Order,
+    subscriptions: &[Subscription],
+) {
+    csp_store::on_db!(db, pool => {
+        sqlx::query("INSERT INTO customers (tenant_id, partner_id, domain_name, company_name, company_name_folded, market, created_at_us) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(c.tenant_id.to_string())
+            .bind(c.partner_id.to_string())
+            .bind(&c.domain_name)
+            .bind(&c.company_name)
+            .bind(c.company_name.to_lowercase())
+            .bind(&c.market)
+            .bind(c.created_at)
+            .execute(pool)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO orders (id, partner_id, customer_tenant_id, request_id, request_fingerprint, status, \
+                     currency_code, minor_unit_digits, total_minor, tax_included, placed_by_user_id, created_at_us) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
+            .bind(order.id.to_string())
+            .bind(order.partner_id.to_string())
+            .bind(order.customer_tenant_id.to_string())
+            .bind(order.request_id.to_string())
+            .bind(&order.request_fingerprint)
+            .bind(order.status.as_db())
+            .bind(&order.currency_code)
+            .bind(order.minor_unit_digits)
+            .bind(order.total_minor)
+            .bind(order.tax_included)
+            .bind(&order.placed_by_user_id)
+            .bind(order.created_at)
+            .execute(pool)
+            .await
+            .unwrap();
+        for l in &order.lines {
+            sqlx::query("INSERT INTO order_lines (order_id, line_number, sku_id, product_id, product_title, product_kind, \
+                         term, quantity, unit_price_minor, amount_minor, subscription_id) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
+                .bind(order.id.to_string())
+                .bind(l.line_number)
+                .bind(&l.sku_id)
+                .bind(&l.product_id)
+                .bind(&l.product_title)
+                .bind(l.product_kind.as_db())
+                .bind(l.term.as_db())
+                .bind(l.quantity)
+                .bind(l.unit_price_minor)
+                .bind(l.amount_minor)
+                .bind(l.subscription_id.to_string())
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        for s in subscriptions {
+            sqlx::query("INSERT INTO subscriptions (id, partner_id, customer_tenant_id, order_id, line_number, product_id, \
+                         product_kind, sku_id, status, quantity, currency_code, minor_unit_digits, amount_paid_minor, \
+                         purchased_at_us, cancellation_window_days, cancellable_until_us) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)")
+                .bind(s.id.to_string())
+                .bind(s.partner_id.to_string())
+                .bind(s.customer_tenant_id.to_string())
+                .bind(s.order_id.to_string())
+                .bind(s.line_number)
+                .bind(&s.product_id)
+                .bind(s.product_kind.as_db())
+                .bind(&s.sku_id)
+                .bind(s.status.as_db())
+                .bind(s.quantity)
+                .bind(&s.currency_code)
+                .bind(s.minor_unit_digits)
+                .bind(s.amount_paid_minor)
+                .bind(s.purchased_at)
+                .bind(s.cancellation_window_days)
+                .bind(s.cancellable_until)
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+    });
+}
+
+#[tokio::test]
+async fn a_refund_past_the_customers_cap_is_not_written() {
+    let (test, store, order, subs) = with_order(3).await;
+    let cap = |s: &Subscription, refund| Cancellation {
+        cap: Some((1000, "USD".to_owned(), T0 - DAY)),
+        ..cancellation(s, T0 + SECOND, refund)
+    };
+    assert_eq!(
+        store.cancel(&cap(&subs[0], 700), &[]).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    assert_eq!(
+        store.cancel(&cap(&subs[1], 301), &[]).await.unwrap(),
+        CancelOutcome::CapExceeded { left: 300 },
+        "on {}",
+        test.backend()
+    );
+    let still = store
+        .subscription(order.partner_id, subs[1].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(still.status, SubscriptionStatus::Active);
+    assert_eq!(
+        store
+            .refunds_in_period(order.partner_id, order.customer_tenant_id, "USD", T0 - DAY)
+            .await
+            .unwrap(),
+        700
+    );
+    assert_eq!(
+        store.cancel(&cap(&subs[1], 300), &[]).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    test.remove().await;
+}
+
 #[tokio::test]
 async fn moving_customers_to_per_partner_keeps_every_row_and_the_foreign_keys() {
     // A database as the release before customers-per-partner left it.
@@ -706,14 +852,30 @@ async fn moving_customers_to_per_partner_keeps_every_row_and_the_foreign_keys() 
     let test = TestDb::migrated(&before).await;
     let store = OrderingStore::new(test.db.clone());
     let first = customer(PartnerId::new(), "contoso.com", "Contoso");
-    store.insert_customer(&first).await.unwrap();
     let (order, subscriptions) = order_with(&first, T0, 3);
-    store
-        .insert_order(&order, &subscriptions, &[])
-        .await
-        .unwrap();
+    insert_as_of_version_2(&test.db, &first, &order, &subscriptions).await;
 
     test.db.migrate(&MIGRATIONS).await.unwrap();
+    // What later migrations give rows from before them: no price list, the
+    // article's rule with the row's own window, a term of 365 days a year.
+    let order = Order {
+        price_list_version: 0,
+        ..order
+    };
+    let subscriptions: Vec<Subscription> = subscriptions
+        .into_iter()
+        .map(|s| {
+            let years = if s.product_kind == ProductKind::AzureReservation {
+                3
+            } else {
+                1
+            };
+            Subscription {
+                term_ends_at: s.purchased_at + years * 365 * DAY,
+                ..s
+            }
+        })
+        .collect();
 
     let backend = test.backend();
     assert_eq!(

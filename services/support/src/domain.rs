@@ -229,6 +229,11 @@ pub struct Ticket {
     pub refund_minor_unit_digits: Option<i32>,
     /// The refund asked for, minor units.
     pub refund_requested_minor: Option<i64>,
+    /// What the cancellation policies refunded when the ticket was filed
+    /// (the most that may be asked), minor units.
+    pub refund_refundable_minor: Option<i64>,
+    /// The first window's end when it was filed.
+    pub refund_deadline: Option<Micros>,
     /// What was refunded, once resolved.
     pub refunded_minor: Option<i64>,
     /// Why nothing (or not everything) was refunded.

@@ -241,6 +241,8 @@ fn ticket_to_pb(view: &TicketView) -> pb::Ticket {
         created_by_user_id: t.created_by_user_id.clone(),
         create_time: Some(to_timestamp(t.created_at)),
         update_time: Some(to_timestamp(t.updated_at)),
+        refundable_amount: t.refund_refundable_minor.map(|m| money(t, m)),
+        refund_deadline: t.refund_deadline.map(to_timestamp),
     }
 }
 

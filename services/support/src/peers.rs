@@ -3,6 +3,7 @@
 //! read into the domain's terms here; a peer's failure is read once, by
 //! [`PeerError`].
 
+use csp_kit::clock::Micros;
 use csp_kit::ids::{PartnerId, SubscriptionId};
 use csp_kit::peer::{Failure, PeerError, PeerResult as _, Signed};
 use csp_kit::{ApiError, ApiResult};
@@ -27,6 +28,8 @@ pub struct Refundable {
     pub customer_tenant_id: String,
     /// What was paid for it, minor units.
     pub paid_minor: i64,
+    /// What cancelling it now refunds (its policy, the customer's cap).
+    pub refundable_minor: i64,
 }
 
 /// What ordering found for a refund.
@@ -36,6 +39,10 @@ pub struct Resolved {
     pub subscriptions: Vec<Refundable>,
     /// What was paid for them, minor units.
     pub paid_minor: i64,
+    /// What cancelling them now refunds, minor units.
+    pub refundable_minor: i64,
+    /// The first of their windows' ends.
+    pub deadline: Micros,
     /// In what currency.
     pub currency_code: String,
     /// Its minor unit digits.
@@ -55,6 +62,8 @@ pub struct Cancel<'a> {
     pub reason: &'a str,
     /// The ticket.
     pub ticket_id: String,
+    /// When the customer asked (the ticket's filing).
+    pub requested_at: Micros,
 }
 
 /// Ordering and licensing, as support uses them.
@@ -102,11 +111,19 @@ impl Peers {
             .await
             .peer("ordering")
             .map_err(refused)?;
-        let paid = answer.amount_paid.unwrap_or_default();
+        let paid = answer.amount_paid.clone().unwrap_or_default();
+        if answer.refundable_amounts.len() != answer.subscriptions.len() {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "ordering sent {} refundable amounts for {} subscriptions",
+                answer.refundable_amounts.len(),
+                answer.subscriptions.len()
+            )));
+        }
         let subscriptions = answer
             .subscriptions
             .iter()
-            .map(|s| {
+            .zip(&answer.refundable_amounts)
+            .map(|(s, refundable)| {
                 Ok(Refundable {
                     id: s.id.parse().map_err(|_| {
                         ApiError::Internal(anyhow::anyhow!(
@@ -115,12 +132,22 @@ impl Peers {
                     })?,
                     customer_tenant_id: s.customer_tenant_id.clone(),
                     paid_minor: s.amount_paid.as_ref().map_or(0, |m| m.minor_units),
+                    refundable_minor: refundable.minor_units,
                 })
             })
             .collect::<ApiResult<Vec<_>>>()?;
         Ok(Resolved {
             subscriptions,
             paid_minor: paid.minor_units,
+            refundable_minor: answer
+                .amount_refundable
+                .as_ref()
+                .map_or(0, |m| m.minor_units),
+            deadline: answer
+                .refund_deadline
+                .as_ref()
+                .and_then(csp_kit::clock::from_timestamp)
+                .unwrap_or_default(),
             currency_code: paid.currency_code,
             minor_unit_digits: paid.minor_unit_digits,
         })
@@ -136,6 +163,7 @@ impl Peers {
                 refund: Some(cancel.refund),
                 reason: cancel.reason.to_owned(),
                 ticket_id: cancel.ticket_id,
+                requested_time: Some(csp_kit::clock::to_timestamp(cancel.requested_at)),
             })
             .await
             .peer("ordering")

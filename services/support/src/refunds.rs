@@ -123,6 +123,7 @@ impl Refunds {
                     },
                     reason: ticket.refund_reason.as_deref().unwrap_or_default(),
                     ticket_id: ticket.id.to_string(),
+                    requested_at: ticket.created_at,
                 })
                 .await;
             match cancelled {

@@ -115,6 +115,7 @@ pub const MIGRATIONS: Migrations = Migrations {
         outbox::due_index_migration(4),
         ATTACHMENT_OBJECTS,
         ATTACHMENT_UPLOADS,
+        REFUNDABLE,
     ],
     postgres: &[
         SUPPORT,
@@ -127,7 +128,14 @@ pub const MIGRATIONS: Migrations = Migrations {
         outbox::due_index_migration(4),
         ATTACHMENT_OBJECTS,
         ATTACHMENT_UPLOADS,
+        REFUNDABLE,
     ],
+};
+
+const REFUNDABLE: MigrationSource = MigrationSource {
+    version: 7,
+    description: "refund tickets keep what was refundable and until when",
+    sql: include_str!("../migrations/0007_refundable.sql"),
 };
 
 const ATTACHMENT_UPLOADS: MigrationSource = MigrationSource {
@@ -151,7 +159,8 @@ const SUPPORT: MigrationSource = MigrationSource {
 const TICKET_COLUMNS: &str = "id, partner_id, issue_type, impact, title, description, contact_name, contact_email, \
     contact_phone, status, refund_customer_tenant_id, refund_customer_domain_name, refund_order_id, \
     refund_subscription_id, refund_reason, refund_currency_code, refund_minor_unit_digits, refund_requested_minor, \
-    refunded_minor, rejection_reason, request_id, request_fingerprint, created_by_user_id, created_at_us, updated_at_us";
+    refunded_minor, rejection_reason, request_id, request_fingerprint, created_by_user_id, created_at_us, updated_at_us, \
+    refund_refundable_minor, refund_deadline_us";
 
 /// The unique constraint on a partner's request ids (`CreateTicket` retries).
 pub const TICKET_REQUEST_KEY: &str = "tickets_partner_request_key";
@@ -187,6 +196,8 @@ macro_rules! ticket_from_row {
                 created_by_user_id: r.try_get("created_by_user_id")?,
                 created_at: r.try_get("created_at_us")?,
                 updated_at: r.try_get("updated_at_us")?,
+                refund_refundable_minor: r.try_get("refund_refundable_minor")?,
+                refund_deadline: r.try_get("refund_deadline_us")?,
             })
         })()
     };
@@ -219,7 +230,8 @@ impl SupportStore {
     /// Attachments whose id is in `uploaded` were uploaded before (already
     /// counted in the quota): their upload records are claimed in the same
     /// transaction, and a record that is gone (another ticket took it, or
-    /// it expired) stores nothing.
+    /// it expired) stores nothing. The refund steps are first due at
+    /// `steps_due_at` (system time, as [`Self::due_steps`] is asked).
     #[allow(clippy::too_many_arguments)]
     pub async fn insert(
         &self,
@@ -229,7 +241,7 @@ impl SupportStore {
         quota: &AttachmentQuota,
         steps: &[Step],
         messages: &[Message],
-        now: Micros,
+        steps_due_at: Micros,
     ) -> StoreResult<Inserted> {
         let mut tx = self.db.begin().await?;
         let inline: Vec<&Attachment> = attachments
@@ -259,7 +271,7 @@ impl SupportStore {
         }
         let sql = format!(
             "INSERT INTO tickets ({TICKET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-             $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)"
+             $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)"
         );
         let inserted = on_tx!(&mut tx, x => sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(t.id.to_string())
@@ -287,6 +299,8 @@ impl SupportStore {
             .bind(&t.created_by_user_id)
             .bind(t.created_at)
             .bind(t.updated_at)
+            .bind(t.refund_refundable_minor)
+            .bind(t.refund_deadline)
             .execute(&mut **x)
             .await
             .map(drop));
@@ -320,7 +334,7 @@ impl SupportStore {
                 .bind(s.refund_minor)
                 .bind(s.state.as_db())
                 .bind(s.attempts)
-                .bind(now)
+                .bind(steps_due_at)
                 .execute(&mut **x)
                 .await
                 .map(drop))?;

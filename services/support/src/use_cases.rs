@@ -242,7 +242,9 @@ impl Support {
                 &self.quota,
                 &steps,
                 &messages,
-                now,
+                // Due at once on the clock the refund workflow runs by (the
+                // system's; a test's business clock may be set ahead of it).
+                csp_kit::clock::Clock::now(&csp_kit::clock::SystemClock),
             )
             .await;
         // The objects go when the ticket is surely not stored: refused here,
@@ -316,20 +318,27 @@ impl Support {
                 ),
             ));
         }
-        let paid: Vec<i64> = resolved
+        let refundable: Vec<i64> = resolved
             .subscriptions
             .iter()
-            .map(|s| s.paid_minor)
+            .map(|s| s.refundable_minor)
             .collect();
-        let shares = domain::allocate(refund.requested_minor, &paid).ok_or_else(|| {
+        let shares = domain::allocate(refund.requested_minor, &refundable).ok_or_else(|| {
             ApiError::invalid(
                 "refund.requested_amount.minor_units",
                 format!(
-                    "{} is more than the {} {} paid for what the ticket names",
-                    refund.requested_minor, resolved.paid_minor, resolved.currency_code
+                    "{} is more than the {} {} the cancellation policies refund now for what the ticket names \
+                     ({} was paid; cancel before {})",
+                    refund.requested_minor,
+                    resolved.refundable_minor,
+                    resolved.currency_code,
+                    resolved.paid_minor,
+                    csp_kit::clock::to_rfc3339(resolved.deadline)
                 ),
             )
         })?;
+        ticket.refund_refundable_minor = Some(resolved.refundable_minor);
+        ticket.refund_deadline = Some(resolved.deadline);
         ticket.refund_reason = Some(refund.reason.clone());
         ticket.refund_currency_code = Some(resolved.currency_code.clone());
         ticket.refund_minor_unit_digits =
@@ -716,6 +725,8 @@ fn new_ticket(user: &UserCaller, new: &NewTicket, now: Micros) -> Ticket {
         refund_currency_code: None,
         refund_minor_unit_digits: None,
         refund_requested_minor: None,
+        refund_refundable_minor: None,
+        refund_deadline: None,
         refunded_minor: None,
         rejection_reason: None,
         request_id: new.request_id,

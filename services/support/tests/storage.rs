@@ -50,6 +50,8 @@ fn ticket(partner: PartnerId, issue_type: IssueType, status: TicketStatus, at: M
         refund_currency_code: None,
         refund_minor_unit_digits: None,
         refund_requested_minor: None,
+        refund_refundable_minor: None,
+        refund_deadline: None,
         refunded_minor: None,
         rejection_reason: None,
         request_id: RequestId::new(),
