@@ -302,7 +302,8 @@ struct TokenArgs {
     #[arg(long)]
     name: Option<String>,
     /// A role; repeat for several (admin_agent, sales_agent, helpdesk_agent,
-    /// global_admin, account_admin, referral_admin, marketing_content_admin).
+    /// global_admin, account_admin, referral_admin, marketing_content_admin,
+    /// billing_admin).
     #[arg(long = "role", required = true, value_parser = parse_role)]
     roles: Vec<Role>,
     /// Hours until the token expires.

@@ -18,8 +18,10 @@ fn capability(method: &PublicMethod) -> Option<RoleSet> {
         AccountAdmin,
         ReferralAdmin,
         MarketingContentAdmin,
+        BillingAdmin,
     ];
     let view = [AdminAgent, SalesAgent, HelpdeskAgent, GlobalAdmin];
+    let billing = [GlobalAdmin, BillingAdmin];
     let buy = [AdminAgent, SalesAgent];
     let software = [AdminAgent];
     let tickets = [AdminAgent, HelpdeskAgent, GlobalAdmin];
@@ -35,6 +37,7 @@ fn capability(method: &PublicMethod) -> Option<RoleSet> {
         ("csp.ordering.v1.OrderingService", m) if m.starts_with("Get") || m.starts_with("List") => {
             &view
         }
+        ("csp.ordering.v1.BillingService", _) => &billing,
         ("csp.licensing.v1.LicensingService", _) => &software,
         // Refund tickets are further limited to admin agents by the support
         // service itself; the gateway lets every ticket role through.
@@ -69,7 +72,7 @@ fn every_public_rpc_declares_the_roles_that_may_call_it() {
 }
 
 #[test]
-fn the_five_public_services_are_exposed_and_internal_ones_are_not() {
+fn the_public_services_are_exposed_and_internal_ones_are_not() {
     let mut services = access::public_services(csp_proto::FILE_DESCRIPTOR_SET).unwrap();
     services.sort();
     assert_eq!(
@@ -78,6 +81,7 @@ fn the_five_public_services_are_exposed_and_internal_ones_are_not() {
             "csp.audit.v1.AuditService",
             "csp.catalog.v1.CatalogService",
             "csp.licensing.v1.LicensingService",
+            "csp.ordering.v1.BillingService",
             "csp.ordering.v1.OrderingService",
             "csp.support.v1.SupportService",
         ]

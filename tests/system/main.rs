@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
 mod audit;
+mod billing;
 mod catalog;
 mod content;
 mod contract;

@@ -364,7 +364,7 @@ async fn orders_freeze_catalog_prices_and_tax_flags_and_bill_the_total() {
     // The partner was billed the total.
     let ordering_db = system.service_db("ordering").await;
     let billed: Vec<(String, i64)> = csp_store::on_db!(&ordering_db, pool => csp_tests::sqlx::query_as(
-        "SELECT currency_code, CAST(SUM(amount_minor) AS BIGINT) FROM partner_billing GROUP BY currency_code"
+        "SELECT currency_code, CAST(SUM(amount_minor) AS BIGINT) FROM billing_line_items GROUP BY currency_code"
     )
     .fetch_all(pool)
     .await)

@@ -23,11 +23,13 @@ pub enum Role {
     ReferralAdmin,
     /// Marketing content admin.
     MarketingContentAdmin,
+    /// Billing admin.
+    BillingAdmin,
 }
 
 impl Role {
     /// Every role, in contract order.
-    pub const ALL: [Role; 7] = [
+    pub const ALL: [Role; 8] = [
         Role::AdminAgent,
         Role::SalesAgent,
         Role::HelpdeskAgent,
@@ -35,6 +37,7 @@ impl Role {
         Role::AccountAdmin,
         Role::ReferralAdmin,
         Role::MarketingContentAdmin,
+        Role::BillingAdmin,
     ];
 
     /// The token spelling.
@@ -47,6 +50,7 @@ impl Role {
             Role::AccountAdmin => "account_admin",
             Role::ReferralAdmin => "referral_admin",
             Role::MarketingContentAdmin => "marketing_content_admin",
+            Role::BillingAdmin => "billing_admin",
         }
     }
 
@@ -66,6 +70,7 @@ impl Role {
             ProtoRole::AccountAdmin => Some(Role::AccountAdmin),
             ProtoRole::ReferralAdmin => Some(Role::ReferralAdmin),
             ProtoRole::MarketingContentAdmin => Some(Role::MarketingContentAdmin),
+            ProtoRole::BillingAdmin => Some(Role::BillingAdmin),
         }
     }
 

@@ -221,13 +221,6 @@ macro_rules! write_catalog_body {
         for id in &changes.skus_removed {
             sqlx::query("DELETE FROM skus WHERE id = $1").bind(id).execute(&mut *t).await?;
         }
-        for id in &changes.products_removed {
-            sqlx::query("DELETE FROM products WHERE id = $1").bind(id).execute(&mut *t).await?;
-        }
-        for code in &changes.markets_removed {
-            sqlx::query("DELETE FROM compute_rates WHERE market = $1").bind(code).execute(&mut *t).await?;
-            sqlx::query("DELETE FROM markets WHERE code = $1").bind(code).execute(&mut *t).await?;
-        }
         for chunk in data.markets.chunks(BATCH) {
             let mut q = sqlx::QueryBuilder::new(
                 "INSERT INTO markets (code, display_name, currency_code, minor_unit_digits, tax_included, azure_reservations_available) ",
@@ -285,6 +278,15 @@ macro_rules! write_catalog_body {
                  term = excluded.term, billing_plan = excluded.billing_plan",
             );
             q.build().execute(&mut *t).await?;
+        }
+        // Removed products and markets go once nothing names them (a SKU may
+        // have moved from a removed product to another).
+        for id in &changes.products_removed {
+            sqlx::query("DELETE FROM products WHERE id = $1").bind(id).execute(&mut *t).await?;
+        }
+        for code in &changes.markets_removed {
+            sqlx::query("DELETE FROM compute_rates WHERE market = $1").bind(code).execute(&mut *t).await?;
+            sqlx::query("DELETE FROM markets WHERE code = $1").bind(code).execute(&mut *t).await?;
         }
         let options: Vec<(&str, OptionKind, &str, &str, i32)> = data
             .products
@@ -365,12 +367,25 @@ impl CatalogStore {
 
     /// The whole catalog, read in one transaction (one consistent state).
     pub async fn load(&self) -> StoreResult<Loaded> {
-        on_db!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
-            let loaded = read_catalog_body!(&mut *tx)?;
-            tx.commit().await?;
-            Ok(loaded)
-        })
+        match &self.db {
+            Db::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                let loaded = read_catalog_body!(&mut *tx)?;
+                tx.commit().await?;
+                Ok(loaded)
+            }
+            Db::Postgres(pool) => {
+                // One snapshot for every statement, not one each (READ
+                // COMMITTED would mix an import committed midway).
+                let mut tx = pool.begin().await?;
+                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .execute(&mut *tx)
+                    .await?;
+                let loaded = read_catalog_body!(&mut *tx)?;
+                tx.commit().await?;
+                Ok(loaded)
+            }
+        }
     }
 
     /// The cancellation policies (every version).

@@ -156,3 +156,43 @@ pub fn subscription_cancelled(
         )),
     }
 }
+
+/// A billing line item.
+pub fn line_item(item: &crate::domain::BillingLineItem) -> pb::BillingLineItem {
+    let m = |minor| money(&item.currency_code, item.minor_unit_digits, minor);
+    pb::BillingLineItem {
+        id: item.id.clone(),
+        charge_type: match item.charge_type {
+            crate::domain::ChargeType::Purchase => pb::ChargeType::Purchase,
+            crate::domain::ChargeType::Refund => pb::ChargeType::Refund,
+        } as i32,
+        billed_time: Some(to_timestamp(item.billed_at)),
+        order_id: item.order_id.to_string(),
+        subscription_id: item.subscription_id.to_string(),
+        customer_tenant_id: item.customer_tenant_id.to_string(),
+        sku_id: item.sku_id.clone(),
+        product_id: item.product_id.clone(),
+        market: item.market.clone(),
+        quantity: item.quantity,
+        unit_price: Some(m(item.unit_price_minor)),
+        amount: Some(m(item.amount_minor)),
+        price_list_version: item.price_list_version,
+        cancellation_policy_id: item.policy_id.clone(),
+        cancellation_policy_version: item.policy_version,
+        tax_included: item.tax_included,
+    }
+}
+
+/// One currency's statement of a month.
+pub fn statement(s: &crate::domain::CurrencyStatement) -> pb::CurrencyStatement {
+    let m = |minor| money(&s.currency_code, s.minor_unit_digits, minor);
+    pb::CurrencyStatement {
+        currency_code: s.currency_code.clone(),
+        opening_balance: Some(m(s.opening_minor)),
+        charges: Some(m(s.charges_minor)),
+        credits: Some(m(s.credits_minor)),
+        total: Some(m(s.total_minor())),
+        closing_balance: Some(m(s.closing_minor())),
+        line_item_count: s.line_items,
+    }
+}

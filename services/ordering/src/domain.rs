@@ -31,13 +31,123 @@ csp_kit::stored_enum! {
 }
 
 csp_kit::stored_enum! {
-    /// A line of what the partner was billed.
-    pub enum BillingKind {
-        /// An order's total, charged when it is placed.
-        Charge = "charge",
+    /// What a billing line item bills.
+    pub enum ChargeType {
+        /// An order line, charged when the order is placed.
+        Purchase = "purchase",
         /// A cancelled subscription's refund (a negative amount).
         Refund = "refund",
     }
+}
+
+/// One amount billed to the partner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BillingLineItem {
+    /// `purchase-<subscription>` or `refund-<subscription>`.
+    pub id: String,
+    /// The partner billed.
+    pub partner_id: PartnerId,
+    /// Purchase or refund.
+    pub charge_type: ChargeType,
+    /// When.
+    pub billed_at: Micros,
+    /// The order.
+    pub order_id: OrderId,
+    /// The subscription.
+    pub subscription_id: SubscriptionId,
+    /// The customer.
+    pub customer_tenant_id: TenantId,
+    /// The SKU.
+    pub sku_id: String,
+    /// The product.
+    pub product_id: String,
+    /// The customer's market.
+    pub market: String,
+    /// Currency.
+    pub currency_code: String,
+    /// Its minor unit digits.
+    pub minor_unit_digits: i32,
+    /// Units.
+    pub quantity: i32,
+    /// The unit price frozen in the order.
+    pub unit_price_minor: i64,
+    /// What was billed (negative for a refund).
+    pub amount_minor: i64,
+    /// Whether the amounts include tax.
+    pub tax_included: bool,
+    /// The catalog price list the order was priced from.
+    pub price_list_version: i64,
+    /// The cancellation policy the subscription was sold under.
+    pub policy_id: String,
+    /// Its version.
+    pub policy_version: u32,
+}
+
+/// One currency's month.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CurrencyStatement {
+    /// ISO 4217.
+    pub currency_code: String,
+    /// Its minor unit digits.
+    pub minor_unit_digits: i32,
+    /// Billed before the month.
+    pub opening_minor: i64,
+    /// The month's purchases.
+    pub charges_minor: i64,
+    /// The month's refunds (zero or negative).
+    pub credits_minor: i64,
+    /// The month's line items.
+    pub line_items: i64,
+}
+
+impl CurrencyStatement {
+    /// The month's total: charges plus credits.
+    pub fn total_minor(&self) -> i64 {
+        self.charges_minor + self.credits_minor
+    }
+
+    /// The opening balance plus the month's total.
+    pub fn closing_minor(&self) -> i64 {
+        self.opening_minor + self.total_minor()
+    }
+}
+
+/// A billing month, `YYYY-MM` (UTC): its first instant and the next
+/// month's. INVALID_ARGUMENT naming `field` otherwise.
+pub fn billing_month(field: &str, month: &str) -> Result<(Micros, Micros), ApiError> {
+    let month = month.trim();
+    let bad = || {
+        ApiError::invalid(
+            field,
+            format!(
+                "{} is not a month: YYYY-MM, such as 2026-12",
+                csp_kit::error::quoted(month)
+            ),
+        )
+    };
+    if month.is_empty() {
+        return Err(ApiError::invalid(
+            field,
+            "required: a month such as 2026-12",
+        ));
+    }
+    if month.len() != 7 {
+        return Err(bad());
+    }
+    let from = clock::parse_date(&format!("{month}-01")).ok_or_else(bad)?;
+    let (year, number) = month.split_once('-').ok_or_else(bad)?;
+    let (year, number): (u32, u32) = (
+        year.parse().map_err(|_| bad())?,
+        number.parse().map_err(|_| bad())?,
+    );
+    let next = if number == 12 {
+        format!("{:04}-01-01", year + 1)
+    } else {
+        format!("{year:04}-{:02}-01", number + 1)
+    };
+    // 9999-12 ends where the calendar's dates do.
+    let until = clock::parse_date(&next).unwrap_or(from + 31 * DAY);
+    Ok((from, until))
 }
 
 /// A partner's customer.
@@ -896,6 +1006,67 @@ mod tests {
         assert!(check_cancellation(&t, 0, 1001, "USD", None).is_err());
         assert!(check_cancellation(&t, 0, -1, "USD", None).is_err());
         assert!(check_cancellation(&t, 0, 10, "EUR", None).is_err());
+    }
+
+    #[test]
+    fn billing_months_are_utc_calendar_months() {
+        let (from, until) = billing_month("month", "2026-12").unwrap();
+        assert_eq!(clock::to_date(from), "2026-12-01");
+        assert_eq!(clock::to_date(until), "2027-01-01");
+        let (from, until) = billing_month("month", "2028-02").unwrap();
+        assert_eq!((until - from) / DAY, 29);
+        assert!(billing_month("month", "9999-12").is_ok());
+        for bad in ["", "2026-13", "2026-1", "26-12", "2026-12-01", "december"] {
+            assert!(billing_month("month", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prorated_refunds_count_whole_units_left_and_round_down() {
+        let start = clock::parse_date("2026-12-01").unwrap();
+        let end = term_end(start, Term::OneYear);
+        assert_eq!((end - start) / DAY, 365);
+        let refund = |rule, at| policy_refund(rule, 876_000, start, end, at);
+        assert_eq!(refund(RefundRule::Full, end - 1), 876_000);
+        assert_eq!(refund(RefundRule::ProratedByHour, start), 876_000);
+        // A started hour is used.
+        assert_eq!(refund(RefundRule::ProratedByHour, start + 1), 875_900);
+        assert_eq!(refund(RefundRule::ProratedByHour, start + HOUR), 875_900);
+        // One day and a moment gone: two days used, 363 of 365 left.
+        assert_eq!(refund(RefundRule::ProratedByDay, start + DAY + 1), 871_200);
+        assert_eq!(refund(RefundRule::ProratedByDay, end), 0);
+        // 1,000 over 365 days, 100 days left: 273.97... rounds down.
+        assert_eq!(
+            policy_refund(
+                RefundRule::ProratedByDay,
+                1_000,
+                start,
+                end,
+                end - 100 * DAY
+            ),
+            273
+        );
+    }
+
+    #[test]
+    fn windows_end_by_their_unit_and_never_after_the_term() {
+        let start = clock::parse_date("2026-12-01").unwrap();
+        let end = term_end(start, Term::OneYear);
+        let hours = SoldPolicy {
+            window_unit: WindowUnit::Hours,
+            window_amount: Some(168),
+            ..SoldPolicy::article(0)
+        };
+        assert_eq!(hours.window_end(start, end), start + 168 * HOUR);
+        assert_eq!(hours.window_days(), 7);
+        assert!(hours.describe_window().starts_with("168-hour"));
+        let term = SoldPolicy {
+            window_unit: WindowUnit::Term,
+            window_amount: None,
+            ..SoldPolicy::article(0)
+        };
+        assert_eq!(term.window_end(start, end), end);
+        assert_eq!(SoldPolicy::article(400).window_end(start, end), end);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use csp_kit::market::MarketCode;
 use csp_kit::{ApiError, ApiResult, Caller};
 use csp_proto::common::v1::Money;
 use csp_proto::ordering::v1 as pb;
+use csp_proto::ordering::v1::billing_service_server::BillingService;
 use csp_proto::ordering::v1::ordering_internal_service_server::OrderingInternalService;
 use csp_proto::ordering::v1::ordering_service_server::OrderingService;
 use tonic::{Request, Response, Status};
@@ -348,4 +349,57 @@ fn decode_refund_target(r: pb::ResolveRefundTargetRequest) -> ApiResult<RefundTa
         customer,
         target,
     })
+}
+
+#[tonic::async_trait]
+impl BillingService for OrderingApi {
+    async fn list_billing_line_items(
+        &self,
+        request: Request<pb::ListBillingLineItemsRequest>,
+    ) -> Result<Response<pb::ListBillingLineItemsResponse>, Status> {
+        let partner = Caller::user_of(&request)?.partner_id;
+        let r = request.into_inner();
+        let page = PageRequest {
+            size: r.page_size,
+            token: r.page_token,
+        };
+        let (items, next_page_token) = self
+            .ordering
+            .line_items(partner, &r.month, &r.currency_code, &page)
+            .await?;
+        Ok(Response::new(pb::ListBillingLineItemsResponse {
+            line_items: items.iter().map(convert::line_item).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_billing_statement(
+        &self,
+        request: Request<pb::GetBillingStatementRequest>,
+    ) -> Result<Response<pb::GetBillingStatementResponse>, Status> {
+        let partner = Caller::user_of(&request)?.partner_id;
+        let month = request.get_ref().month.trim().to_owned();
+        let statements = self.ordering.statement(partner, &month).await?;
+        Ok(Response::new(pb::GetBillingStatementResponse {
+            month,
+            statements: statements.iter().map(convert::statement).collect(),
+        }))
+    }
+
+    async fn export_billing_line_items(
+        &self,
+        request: Request<pb::ExportBillingLineItemsRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<pb::ExportBillingLineItemsResponse>>, Status>
+    {
+        use tokio_stream::StreamExt as _;
+        let partner = Caller::user_of(&request)?.partner_id;
+        let r = request.get_ref();
+        let chunks = self.ordering.export(partner, &r.month, &r.currency_code)?;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(chunks).map(|chunk| {
+            chunk
+                .map(|data| pb::ExportBillingLineItemsResponse { data })
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
 }

@@ -30,6 +30,7 @@ use csp_kit::clock::Clock;
 use csp_kit::config::{self, AuditUrl, BackendArgs, CatalogUrl, LicensingUrl};
 use csp_kit::service_name::ServiceName;
 use csp_kit::shutdown::Shutdown;
+use csp_proto::ordering::v1::billing_service_server::BillingServiceServer;
 use csp_proto::ordering::v1::ordering_internal_service_server::OrderingInternalServiceServer;
 use csp_proto::ordering::v1::ordering_service_server::OrderingServiceServer;
 use csp_store::backend::{Backend, Outbox, Spec};
@@ -94,6 +95,7 @@ pub async fn run(
         .serve(|routes| {
             routes
                 .add_service(OrderingServiceServer::new(api.clone()))
+                .add_service(BillingServiceServer::new(api.clone()))
                 .add_service(OrderingInternalServiceServer::new(api))
         })
         .await

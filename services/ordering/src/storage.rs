@@ -12,8 +12,8 @@ use csp_store::{StoreError, StoreResult, on_db, on_tx};
 use sqlx::Row as _;
 
 use crate::domain::{
-    BillingKind, Cancellation, Customer, Order, OrderLine, OrderStatus, RefundCap, SoldPolicy,
-    Subscription, SubscriptionStatus,
+    BillingLineItem, Cancellation, CurrencyStatement, Customer, Order, OrderLine, OrderStatus,
+    RefundCap, SoldPolicy, Subscription, SubscriptionStatus,
 };
 
 /// The ordering service's migrations.
@@ -29,6 +29,7 @@ pub const MIGRATIONS: Migrations = Migrations {
         outbox::due_index_migration(4),
         PRICE_LIST_VERSION,
         POLICIES,
+        BILLING,
     ],
     postgres: &[
         ORDERING,
@@ -41,7 +42,14 @@ pub const MIGRATIONS: Migrations = Migrations {
         outbox::due_index_migration(4),
         PRICE_LIST_VERSION,
         POLICIES,
+        BILLING,
     ],
+};
+
+const BILLING: MigrationSource = MigrationSource {
+    version: 7,
+    description: "billing line items",
+    sql: include_str!("../migrations/0007_billing_line_items.sql"),
 };
 
 const POLICIES: MigrationSource = MigrationSource {
@@ -561,16 +569,8 @@ impl OrderingStore {
                 .await
             .map(drop))?;
         }
-        const CHARGE: &str = "INSERT INTO partner_billing (id, partner_id, order_id, subscription_id, kind, \
-                              currency_code, amount_minor, created_at_us) VALUES ($1, $2, $3, NULL, $7, $4, $5, $6)";
-        on_tx!(&mut tx, t => sqlx::query(CHARGE)
-            .bind(uuid::Uuid::new_v4().to_string())
-            .bind(order.partner_id.to_string())
+        on_tx!(&mut tx, t => sqlx::query(BILL_PURCHASES)
             .bind(order.id.to_string())
-            .bind(&order.currency_code)
-            .bind(order.total_minor)
-            .bind(order.created_at)
-            .bind(BillingKind::Charge.as_db())
             .execute(&mut **t)
             .await
             .map(drop))?;
@@ -598,10 +598,6 @@ impl OrderingStore {
             cancelled = SubscriptionStatus::Cancelled.as_db(),
             active = SubscriptionStatus::Active.as_db(),
         );
-        const REFUND: &str = "INSERT INTO partner_billing (id, partner_id, order_id, subscription_id, kind, \
-                              currency_code, amount_minor, created_at_us) \
-                              SELECT $1, partner_id, order_id, id, $5, currency_code, $2, $3 \
-                              FROM subscriptions WHERE id = $4";
         let order_done = format!(
             "UPDATE orders SET status = '{cancelled}' WHERE id = \
              (SELECT order_id FROM subscriptions WHERE id = $1) \
@@ -612,27 +608,16 @@ impl OrderingStore {
         );
         let mut tx = self.db.begin().await?;
         let c = cancellation;
-        if let Some((amount, currency, since)) = &c.cap {
-            // One cancellation at a time per customer: the cap's sum is read
-            // and kept in the same transaction (SQLite: the writer queue).
-            if let DbTx::Postgres(t) = &mut tx {
-                sqlx::query("SELECT 1 FROM customers WHERE tenant_id = $1 FOR UPDATE")
-                    .bind(c.customer_tenant_id.to_string())
-                    .execute(&mut **t)
-                    .await?;
-            }
-            let used: i64 = on_tx!(&mut tx, t => sqlx::query_scalar(REFUNDS_IN_PERIOD)
-                .bind(c.partner_id.to_string())
-                .bind(c.customer_tenant_id.to_string())
-                .bind(currency)
-                .bind(*since)
-                .fetch_one(&mut **t)
-                .await)?;
-            if used + c.refund_minor > *amount {
-                return Ok(CancelOutcome::CapExceeded {
-                    left: (amount - used).max(0),
-                });
-            }
+        // One cancellation at a time per customer, so a refund cap's sum is
+        // read and kept in one transaction (SQLite: the writer queue).
+        if let DbTx::Postgres(t) = &mut tx {
+            sqlx::query(
+                "SELECT 1 FROM customers WHERE partner_id = $1 AND tenant_id = $2 FOR UPDATE",
+            )
+            .bind(c.partner_id.to_string())
+            .bind(c.customer_tenant_id.to_string())
+            .execute(&mut **t)
+            .await?;
         }
         let changed = on_tx!(&mut tx, t => sqlx::query(sqlx::AssertSqlSafe(cancel.as_str()))
             .bind(c.partner_id.to_string())
@@ -648,13 +633,24 @@ impl OrderingStore {
         if changed == 0 {
             return Ok(CancelOutcome::NotActive);
         }
+        if let Some((amount, currency, since)) = &c.cap {
+            // This refund included: over the cap, nothing is written.
+            let used: i64 = on_tx!(&mut tx, t => sqlx::query_scalar(REFUNDS_IN_PERIOD)
+                .bind(c.partner_id.to_string())
+                .bind(c.customer_tenant_id.to_string())
+                .bind(currency)
+                .bind(*since)
+                .fetch_one(&mut **t)
+                .await)?;
+            if used > *amount {
+                return Ok(CancelOutcome::CapExceeded {
+                    left: (amount - (used - c.refund_minor)).max(0),
+                });
+            }
+        }
         on_tx!(&mut tx, t => {
-            sqlx::query(REFUND)
-                .bind(uuid::Uuid::new_v4().to_string())
-                .bind(-c.refund_minor)
-                .bind(c.at)
+            sqlx::query(BILL_REFUND)
                 .bind(c.subscription_id.to_string())
-                .bind(BillingKind::Refund.as_db())
                 .execute(&mut **t)
                 .await?;
             sqlx::query(sqlx::AssertSqlSafe(order_done.as_str()))
@@ -688,6 +684,166 @@ impl OrderingStore {
             .fetch_one(pool)
             .await)?,
         )
+    }
+}
+
+/// Reads a billing line item row; evaluates to `StoreResult<BillingLineItem>`.
+macro_rules! line_item_from_row {
+    ($row:expr) => {
+        (|| -> StoreResult<BillingLineItem> {
+            let r = $row;
+            let policy_version: i64 = r.try_get("policy_version")?;
+            Ok(BillingLineItem {
+                id: r.try_get("id")?,
+                partner_id: column(r, "partner_id")?,
+                charge_type: column(r, "charge_type")?,
+                billed_at: r.try_get("billed_at_us")?,
+                order_id: column(r, "order_id")?,
+                subscription_id: column(r, "subscription_id")?,
+                customer_tenant_id: column(r, "customer_tenant_id")?,
+                sku_id: r.try_get("sku_id")?,
+                product_id: r.try_get("product_id")?,
+                market: r.try_get("market")?,
+                currency_code: r.try_get("currency_code")?,
+                minor_unit_digits: r.try_get("minor_unit_digits")?,
+                quantity: r.try_get("quantity")?,
+                unit_price_minor: r.try_get("unit_price_minor")?,
+                amount_minor: r.try_get("amount_minor")?,
+                tax_included: r.try_get("tax_included")?,
+                price_list_version: r.try_get("price_list_version")?,
+                policy_id: r.try_get("policy_id")?,
+                policy_version: u32::try_from(policy_version).map_err(|_| {
+                    StoreError::corrupt(
+                        "billing_line_items.policy_version",
+                        policy_version.to_string(),
+                    )
+                })?,
+            })
+        })()
+    };
+}
+
+/// The columns of a billing line item, in [`BillingLineItem`] order.
+macro_rules! line_item_columns {
+    () => {
+        "id, partner_id, charge_type, billed_at_us, order_id, subscription_id, customer_tenant_id, sku_id, \
+         product_id, market, currency_code, minor_unit_digits, quantity, unit_price_minor, amount_minor, \
+         tax_included, price_list_version, policy_id, policy_version"
+    };
+}
+
+/// The line items of what a row of subscriptions joined with its order,
+/// order line and customer bills (the same SELECT as migration 7's).
+macro_rules! bill_from {
+    ($charge:literal, $at:literal, $amount:literal, $where:literal) => {
+        concat!(
+            "INSERT INTO billing_line_items (",
+            line_item_columns!(),
+            ") SELECT '",
+            $charge,
+            "-' || s.id, s.partner_id, '",
+            $charge,
+            "', ",
+            $at,
+            ", o.id, s.id, s.customer_tenant_id, l.sku_id, l.product_id, c.market, o.currency_code, \
+             o.minor_unit_digits, l.quantity, l.unit_price_minor, ",
+            $amount,
+            ", o.tax_included, o.price_list_version, s.policy_id, s.policy_version \
+             FROM subscriptions s JOIN orders o ON o.id = s.order_id \
+             JOIN order_lines l ON l.order_id = s.order_id AND l.line_number = s.line_number \
+             JOIN customers c ON c.partner_id = s.partner_id AND c.tenant_id = s.customer_tenant_id WHERE ",
+            $where
+        )
+    };
+}
+
+/// A purchase line item for each line of order $1.
+const BILL_PURCHASES: &str = bill_from!(
+    "purchase",
+    "o.created_at_us",
+    "l.amount_minor",
+    "s.order_id = $1"
+);
+/// The refund line item of cancelled subscription $1.
+const BILL_REFUND: &str = bill_from!(
+    "refund",
+    "s.cancelled_at_us",
+    "-s.refunded_minor",
+    "s.id = $1"
+);
+/// A partner's line items billed in [$2, $3), optionally in currency $4
+/// (empty: all), after ($5, $6) in (time, id) order, at most $7.
+const LINE_ITEMS: &str = concat!(
+    "SELECT ",
+    line_item_columns!(),
+    " FROM billing_line_items WHERE partner_id = $1 AND billed_at_us >= $2 AND billed_at_us < $3 \
+     AND ($4 = '' OR currency_code = $4) AND (billed_at_us > $5 OR (billed_at_us = $5 AND id > $6)) \
+     ORDER BY billed_at_us, id LIMIT $7"
+);
+/// Per currency: the partner's balance before $2, and the charges, credits
+/// and count in [$2, $3).
+const STATEMENT: &str = "SELECT currency_code, MAX(minor_unit_digits), \
+     CAST(COALESCE(SUM(CASE WHEN billed_at_us < $2 THEN amount_minor ELSE 0 END), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(CASE WHEN billed_at_us >= $2 AND charge_type = 'purchase' THEN amount_minor ELSE 0 END), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(CASE WHEN billed_at_us >= $2 AND charge_type = 'refund' THEN amount_minor ELSE 0 END), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(CASE WHEN billed_at_us >= $2 THEN 1 ELSE 0 END), 0) AS BIGINT) \
+     FROM billing_line_items WHERE partner_id = $1 AND billed_at_us < $3 \
+     GROUP BY currency_code ORDER BY currency_code";
+
+impl OrderingStore {
+    /// A partner's line items billed in `[from, until)`, in `currency`
+    /// (empty: all), after `after` in (time, id) order, at most `limit`.
+    pub async fn line_items(
+        &self,
+        partner: PartnerId,
+        (from, until): (Micros, Micros),
+        currency: &str,
+        after: (Micros, &str),
+        limit: u32,
+    ) -> StoreResult<Vec<BillingLineItem>> {
+        on_db!(&self.db, pool => {
+            let rows = sqlx::query(LINE_ITEMS)
+                .bind(partner.to_string())
+                .bind(from)
+                .bind(until)
+                .bind(currency)
+                .bind(after.0)
+                .bind(after.1)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(|r| line_item_from_row!(r)).collect()
+        })
+    }
+
+    /// Per currency, the partner's balance before `from` and the month
+    /// `[from, until)`'s charges, credits and line items.
+    pub async fn statement(
+        &self,
+        partner: PartnerId,
+        (from, until): (Micros, Micros),
+    ) -> StoreResult<Vec<CurrencyStatement>> {
+        let rows: Vec<(String, i32, i64, i64, i64, i64)> = on_db!(&self.db, pool => sqlx::query_as(STATEMENT)
+            .bind(partner.to_string())
+            .bind(from)
+            .bind(until)
+            .fetch_all(pool)
+            .await)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(currency_code, minor_unit_digits, opening, charges, credits, count)| {
+                    CurrencyStatement {
+                        currency_code,
+                        minor_unit_digits,
+                        opening_minor: opening,
+                        charges_minor: charges,
+                        credits_minor: credits,
+                        line_items: count,
+                    }
+                },
+            )
+            .collect())
     }
 }
 

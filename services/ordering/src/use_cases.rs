@@ -92,6 +92,9 @@ pub struct CancelSubscription {
 /// How long after a refund ticket was filed its cancellation is still
 /// judged at the filing time (the refund workflow retries for a while).
 pub const MAX_REQUEST_AGE: Micros = 7 * csp_kit::clock::DAY;
+/// How far ahead of this service's clock a request time may be (another
+/// host's clock).
+pub const MAX_CLOCK_SKEW: Micros = 60 * csp_kit::clock::SECOND;
 
 /// What a refund ticket names (validated).
 #[derive(Clone, Debug)]
@@ -415,20 +418,22 @@ impl Ordering {
         }
         let now = self.clock.now();
         let judged_at = match request.requested_at {
-            None => now,
-            Some(at) if at <= now && now - at <= MAX_REQUEST_AGE => at,
-            Some(_) => {
+            // Another host's clock may run a little ahead of this one.
+            Some(at) if at > now + MAX_CLOCK_SKEW => {
                 return Err(ApiError::invalid(
                     "requested_time",
-                    "must be in the last 7 days and not in the future",
+                    "is in the future: the time the customer asked, at most a minute ahead of now",
                 ));
             }
+            Some(at) if now - at <= MAX_REQUEST_AGE => at.min(now),
+            // Asked too long ago (or never said): judged now.
+            _ => now,
         };
         let terms = current.terms();
         let cap = terms.cap().cloned();
         let cap_left = match &cap {
             Some(cap) => Some(
-                cap.amount_minor
+                (cap.amount_minor
                     - self
                         .store
                         .refunds_in_period(
@@ -437,7 +442,8 @@ impl Ordering {
                             &cap.currency,
                             now - i64::from(cap.period_days) * csp_kit::clock::DAY,
                         )
-                        .await?,
+                        .await?)
+                    .max(0),
             ),
             None => None,
         };
@@ -629,3 +635,236 @@ csp_store::replayable!(Order {
     request_id: request_id,
     id: id
 });
+
+/// Where the next page of ListBillingLineItems starts, and its query.
+#[derive(Serialize, Deserialize)]
+struct LineItemCursor {
+    at: Micros,
+    id: String,
+    month: String,
+    currency: String,
+}
+
+/// Line items per page of an export.
+const EXPORT_PAGE: u32 = 500;
+/// The largest chunk of an export.
+const EXPORT_CHUNK: usize = 64 * 1024;
+
+/// The columns of a billing export, in the spirit of Partner Center's
+/// reconciliation files.
+pub const EXPORT_COLUMNS: [&str; 19] = [
+    "LineItemId",
+    "ChargeType",
+    "ChargeDate",
+    "BillingMonth",
+    "PartnerId",
+    "CustomerTenantId",
+    "OrderId",
+    "SubscriptionId",
+    "SkuId",
+    "ProductId",
+    "Market",
+    "Currency",
+    "Quantity",
+    "UnitPrice",
+    "Amount",
+    "TaxIncluded",
+    "PriceListVersion",
+    "CancellationPolicyId",
+    "CancellationPolicyVersion",
+];
+
+/// A currency filter: empty, or three capital letters.
+fn currency_filter(field: &str, currency: &str) -> ApiResult<String> {
+    let currency = currency.trim();
+    if currency.is_empty()
+        || (currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_uppercase()))
+    {
+        return Ok(currency.to_owned());
+    }
+    Err(ApiError::invalid(
+        field,
+        format!(
+            "{} is not an ISO 4217 currency code such as USD",
+            csp_kit::error::quoted(currency)
+        ),
+    ))
+}
+
+/// An amount in minor units as a decimal: `-123.45`.
+fn decimal(minor: i64, digits: i32) -> String {
+    let digits = u32::try_from(digits).unwrap_or(2).min(4);
+    if digits == 0 {
+        return minor.to_string();
+    }
+    let scale = 10_i64.pow(digits);
+    let sign = if minor < 0 { "-" } else { "" };
+    let abs = minor.unsigned_abs();
+    let scale = scale.unsigned_abs();
+    format!(
+        "{sign}{}.{:0width$}",
+        abs / scale,
+        abs % scale,
+        width = digits as usize
+    )
+}
+
+/// One line item as a CSV record of [`EXPORT_COLUMNS`].
+fn export_record(item: &domain::BillingLineItem, month: &str) -> [String; 19] {
+    [
+        item.id.clone(),
+        match item.charge_type {
+            domain::ChargeType::Purchase => "Purchase".to_owned(),
+            domain::ChargeType::Refund => "Refund".to_owned(),
+        },
+        csp_kit::clock::to_rfc3339(item.billed_at),
+        month.to_owned(),
+        item.partner_id.to_string(),
+        item.customer_tenant_id.to_string(),
+        item.order_id.to_string(),
+        item.subscription_id.to_string(),
+        item.sku_id.clone(),
+        item.product_id.clone(),
+        item.market.clone(),
+        item.currency_code.clone(),
+        item.quantity.to_string(),
+        decimal(item.unit_price_minor, item.minor_unit_digits),
+        decimal(item.amount_minor, item.minor_unit_digits),
+        item.tax_included.to_string(),
+        item.price_list_version.to_string(),
+        item.policy_id.clone(),
+        item.policy_version.to_string(),
+    ]
+}
+
+/// CSV text of `records`.
+fn csv_text<I, R>(records: I) -> ApiResult<Vec<u8>>
+where
+    I: IntoIterator<Item = R>,
+    R: IntoIterator,
+    R::Item: AsRef<[u8]>,
+{
+    let mut writer = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    for record in records {
+        writer
+            .write_record(record)
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("cannot write CSV: {e}")))?;
+    }
+    writer
+        .into_inner()
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("cannot write CSV: {e}")))
+}
+
+impl Ordering {
+    /// A page of a partner's line items billed in `month`, optionally in
+    /// one currency, oldest first, and the next page's token.
+    pub async fn line_items(
+        &self,
+        partner: PartnerId,
+        month: &str,
+        currency: &str,
+        page: &PageRequest,
+    ) -> ApiResult<(Vec<domain::BillingLineItem>, String)> {
+        let range = domain::billing_month("month", month)?;
+        let currency = currency_filter("currency_code", currency)?;
+        let size = page_size(page)?;
+        let month = month.trim().to_owned();
+        let cursor = paging::decode::<LineItemCursor>(&page.token)?;
+        if cursor
+            .as_ref()
+            .is_some_and(|c| c.month != month || c.currency != currency)
+        {
+            return Err(wrong_query());
+        }
+        let after = cursor
+            .as_ref()
+            .map_or((Micros::MIN, ""), |c| (c.at, c.id.as_str()));
+        let mut items = self
+            .store
+            .line_items(partner, range, &currency, after, size + 1)
+            .await?;
+        let next = paging::finish_page(&mut items, size, |last| LineItemCursor {
+            at: last.billed_at,
+            id: last.id.clone(),
+            month: month.clone(),
+            currency: currency.clone(),
+        });
+        Ok((items, next))
+    }
+
+    /// A partner's statement of `month`, one per currency.
+    pub async fn statement(
+        &self,
+        partner: PartnerId,
+        month: &str,
+    ) -> ApiResult<Vec<domain::CurrencyStatement>> {
+        let range = domain::billing_month("month", month)?;
+        Ok(self.store.statement(partner, range).await?)
+    }
+
+    /// A partner's line items of `month` as CSV chunks of at most 64 KiB
+    /// (whole lines), oldest first, read a page at a time while the caller
+    /// takes them.
+    pub fn export(
+        &self,
+        partner: PartnerId,
+        month: &str,
+        currency: &str,
+    ) -> ApiResult<tokio::sync::mpsc::Receiver<ApiResult<Vec<u8>>>> {
+        let range = domain::billing_month("month", month)?;
+        let currency = currency_filter("currency_code", currency)?;
+        let month = month.trim().to_owned();
+        let store = self.store.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut chunk = match csv_text([EXPORT_COLUMNS]) {
+                Ok(header) => header,
+                Err(error) => {
+                    let _ = tx.send(Err(error)).await;
+                    return;
+                }
+            };
+            let mut after = (Micros::MIN, String::new());
+            loop {
+                let page = match store
+                    .line_items(partner, range, &currency, (after.0, &after.1), EXPORT_PAGE)
+                    .await
+                {
+                    Ok(page) => page,
+                    Err(error) => {
+                        let _ = tx.send(Err(error.into())).await;
+                        return;
+                    }
+                };
+                let last = page.len() < EXPORT_PAGE as usize;
+                for item in &page {
+                    let line = match csv_text([export_record(item, &month)]) {
+                        Ok(line) => line,
+                        Err(error) => {
+                            let _ = tx.send(Err(error)).await;
+                            return;
+                        }
+                    };
+                    if chunk.len() + line.len() > EXPORT_CHUNK
+                        && tx.send(Ok(std::mem::take(&mut chunk))).await.is_err()
+                    {
+                        return; // the caller went away
+                    }
+                    chunk.extend_from_slice(&line);
+                }
+                if let Some(item) = page.last() {
+                    after = (item.billed_at, item.id.clone());
+                }
+                if last {
+                    break;
+                }
+            }
+            if !chunk.is_empty() {
+                let _ = tx.send(Ok(chunk)).await;
+            }
+        });
+        Ok(rx)
+    }
+}

@@ -161,8 +161,11 @@ fn per_destination(n: i64) -> Vec<(String, i64)> {
 
 /// The partner's billing rows of `kind` for an order, oldest first.
 async fn billed(db: &Db, order: OrderId, kind: &str) -> Vec<i64> {
-    const SQL: &str = "SELECT amount_minor FROM partner_billing WHERE order_id = $1 AND kind = $2 \
-                       ORDER BY created_at_us, amount_minor";
+    // An order's purchases as one charge (its total), refunds one by one.
+    const SQL: &str = "SELECT CAST(SUM(amount_minor) AS BIGINT) FROM billing_line_items \
+                       WHERE order_id = $1 AND charge_type = 'purchase' AND $2 = 'charge' GROUP BY order_id \
+                       UNION ALL SELECT amount_minor FROM billing_line_items \
+                       WHERE order_id = $1 AND charge_type = 'refund' AND $2 = 'refund'";
     csp_store::on_db!(db, pool => sqlx::query_scalar::<_, i64>(SQL)
         .bind(order.to_string())
         .bind(kind.to_owned())

@@ -19,6 +19,14 @@ use tonic_types::StatusExt as _;
 
 use crate::domain::{CustomerNamed, TargetNamed};
 
+/// INTERNAL: ordering's answer lacks a field (an older ordering: upgrade
+/// ordering before support).
+fn incomplete(field: &str) -> ApiError {
+    ApiError::Internal(anyhow::anyhow!(
+        "ordering answered ResolveRefundTarget without {field}"
+    ))
+}
+
 /// A subscription a refund may cancel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refundable {
@@ -142,12 +150,13 @@ impl Peers {
             refundable_minor: answer
                 .amount_refundable
                 .as_ref()
-                .map_or(0, |m| m.minor_units),
+                .map(|m| m.minor_units)
+                .ok_or_else(|| incomplete("amount_refundable"))?,
             deadline: answer
                 .refund_deadline
                 .as_ref()
                 .and_then(csp_kit::clock::from_timestamp)
-                .unwrap_or_default(),
+                .ok_or_else(|| incomplete("refund_deadline"))?,
             currency_code: paid.currency_code,
             minor_unit_digits: paid.minor_unit_digits,
         })
