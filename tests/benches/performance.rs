@@ -13,7 +13,11 @@
 //!   random rows, as pgbench's simple update does), and the activity log's
 //!   backlog: licensing's outbox during the run and how long after the last
 //!   redirect the last download was recorded;
-//! - PlaceOrder through the gateway (16 callers), against the same commit rate.
+//! - PlaceOrder through the gateway (16 callers), against the same commit rate;
+//! - a price-list import (the demo's 12 SKUs in 420 markets, two periods
+//!   each: 10,080 lines) through the catalog's internal API as `csp catalog
+//!   import` sends it, then the catalog read again (the same US page: 6
+//!   products, 12 SKUs) against the figures from before the import.
 //!
 //! It prints every figure and the ratios of issue 17's goals; it asserts
 //! nothing about time.
@@ -23,9 +27,10 @@
 //! Knobs: CSP_BENCH_SECONDS (per catalog path and concurrency, default 4),
 //! CSP_BENCH_CONCURRENCY (default 1,16,64), CSP_BENCH_POSTGRES_URL (run on
 //! PostgreSQL: a server where the bench may create databases),
-//! CSP_BENCH_PATHS (catalog paths, default floor,direct,gateway) and
-//! CSP_BENCH_READS_ONLY=1 (skip redemptions and orders: for profiling one
-//! path with perf).
+//! CSP_BENCH_PATHS (catalog paths, default floor,direct,gateway),
+//! CSP_BENCH_IMPORT_MARKETS (markets of the imported list, 24 lines each;
+//! 0 skips the import) and CSP_BENCH_READS_ONLY=1 (skip redemptions and
+//! orders: for profiling one path with perf).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is a failure report
 
 use std::sync::Arc;
@@ -34,11 +39,12 @@ use std::time::{Duration, Instant};
 
 use csp::{Addresses, Storage, SystemConfig};
 use csp_kit::identity::keys::KeySet;
-use csp_kit::identity::{IDENTITY_HEADER, Signer, UserCaller};
+use csp_kit::identity::{IDENTITY_HEADER, ServiceIdentity, Signer, UserCaller};
 use csp_kit::roles::Role;
 use csp_kit::service_name::ServiceName;
-use csp_proto::catalog::v1::ListProductsRequest;
+use csp_proto::catalog::v1::catalog_internal_service_client::CatalogInternalServiceClient;
 use csp_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
+use csp_proto::catalog::v1::{ImportPriceListRequest, ListProductsRequest};
 use csp_proto::licensing::v1::GetKeysAndDownloadsRequest;
 use csp_proto::licensing::v1::licensing_service_client::LicensingServiceClient;
 use csp_proto::ordering::v1::ordering_service_client::OrderingServiceClient;
@@ -164,6 +170,33 @@ impl Catalog {
         request.metadata_mut().insert(self.header, self.value);
         client.list_products(request).await.is_ok()
     }
+}
+
+/// A price list of the demo's SKUs in `markets` markets (the US with the
+/// demo's prices, the others made up), each with this period and the next:
+/// `12 * markets * 2` lines.
+fn price_list(markets: usize) -> Vec<u8> {
+    let demo = String::from_utf8(csp_catalog::seed::DEMO_PRICE_LIST.to_vec()).unwrap();
+    let mut lines = demo.lines();
+    let header = lines.next().unwrap();
+    let us: Vec<&str> = lines.filter(|l| l.contains(",US,United States,")).collect();
+    let codes = std::iter::once("US".to_owned()).chain(
+        (b'A'..=b'Z')
+            .flat_map(|a| (b'A'..=b'Z').map(move |b| format!("{}{}", a as char, b as char)))
+            .filter(|c| c != "US"),
+    );
+    let mut out = String::from(header);
+    for code in codes.take(markets) {
+        for line in &us {
+            let line = line.replace(",US,United States,", &format!(",{code},Market {code},"));
+            out.push('\n');
+            out.push_str(&line.replace(",2000-01-01,,", ",2000-01-01,2099-12-31,"));
+            out.push('\n');
+            out.push_str(&line.replace(",2000-01-01,,", ",2100-01-01,,"));
+        }
+    }
+    out.push('\n');
+    out.into_bytes()
 }
 
 async fn channel(addr: std::net::SocketAddr) -> Channel {
@@ -372,6 +405,89 @@ fn main() {
             );
         }
         rows.push((concurrency, floor_f, direct_f, gateway_f));
+    }
+
+    // --- A price-list import, then the same reads -------------------------
+    let import_markets: usize = env_or("CSP_BENCH_IMPORT_MARKETS", 420);
+    if import_markets > 0 {
+        let list = price_list(import_markets);
+        let lines = list.iter().filter(|b| **b == b'\n').count() - 1;
+        let operator = Arc::new(Signer::new(keys.key(ServiceName::Operator).clone()));
+        let elapsed = client_runtime.block_on(async {
+            let mut client = CatalogInternalServiceClient::with_interceptor(
+                channel(addresses.catalog).await,
+                ServiceIdentity::new(operator),
+            )
+            .max_encoding_message_size(64 << 20);
+            let started = Instant::now();
+            let answer = client
+                .import_price_list(ImportPriceListRequest {
+                    content: list,
+                    file_name: "bench.csv".into(),
+                    imported_by: "bench".into(),
+                    dry_run: false,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let elapsed = started.elapsed();
+            assert!(answer.changed, "{}", answer.summary);
+            elapsed
+        });
+        println!();
+        println!(
+            "price-list import: {lines} lines in {:.2} s ({:.0} lines/s), checked and applied in one transaction",
+            elapsed.as_secs_f64(),
+            lines as f64 / elapsed.as_secs_f64()
+        );
+        // Replicas poll the catalog version every second: this one serves
+        // the import at once (the importing replica reloads).
+        println!(
+            "{:>11}  {:>8}  {:>10}  {:>10}  {:>12}  {:>6}  {:>13}",
+            "concurrency", "path", "p50 (us)", "p99 (us)", "calls/s", "errors", "vs before"
+        );
+        for (concurrency, _, direct_before, gateway_before) in &rows {
+            let direct_identity: MetadataValue<Ascii> =
+                signer.mint_for_user(&user, PATH).unwrap().parse().unwrap();
+            let bearer: MetadataValue<Ascii> = format!("Bearer {sales}").parse().unwrap();
+            let concurrency = *concurrency;
+            let (direct_f, gateway_f) = client_runtime.block_on(async {
+                let direct = Catalog {
+                    client: CatalogServiceClient::new(channel(addresses.catalog).await),
+                    header: IDENTITY_HEADER,
+                    value: direct_identity,
+                };
+                let through = Catalog {
+                    client: CatalogServiceClient::new(channel(addresses.gateway).await),
+                    header: "authorization",
+                    value: bearer,
+                };
+                let (mut d, mut g) = (Totals::new(), Totals::new());
+                let round = Duration::from_millis(500);
+                for _ in 0..seconds * 2 {
+                    let c = direct.clone();
+                    d.add(load(concurrency, round, move || c.clone().call()).await);
+                    let c = through.clone();
+                    g.add(load(concurrency, round, move || c.clone().call()).await);
+                }
+                (d.figures(), g.figures())
+            });
+            for (name, after, before) in [
+                ("direct", direct_f, direct_before),
+                ("gateway", gateway_f, gateway_before),
+            ] {
+                println!(
+                    "{:>11}  {:>8}  {:>10.0}  {:>10.0}  {:>12.0}  {:>6}  {:>12.2}x",
+                    concurrency,
+                    name,
+                    after.p50_us,
+                    after.p99_us,
+                    after.per_second,
+                    after.errors,
+                    after.per_second / before.per_second.max(1e-9)
+                );
+            }
+        }
     }
 
     if reads_only {
