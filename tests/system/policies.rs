@@ -38,6 +38,7 @@ fn policy_list() -> Vec<u8> {
         software("new-commerce", "8760.00", "new-commerce-168-hours"),
         software("perpetual", "300.00", "perpetual-software-30-days"),
         "reservation,Reserved VM,,azure_reservation,Microsoft Corporation,reservation-p1y,Reserved VM 1 year,P1Y,Annual,US,United States,USD,36500.00,false,2026-01-01,,,azure-reservation".to_owned(),
+        "reservation,Reserved VM,,azure_reservation,Microsoft Corporation,reservation-p1y,Reserved VM 1 year,P1Y,Annual,DE,Germany,EUR,33580.00,false,2026-01-01,,,azure-reservation".to_owned(),
     ];
     let mut text = lines.join("\n");
     text.push('\n');
@@ -52,6 +53,10 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_in("US").await
+}
+
+async fn fixture_in(market: &str) -> Fixture {
     // 2027 has no 29 February: a one-year term from here is 365 days.
     let start = clock::parse_date("2026-12-01").unwrap();
     let clock = ManualClock::new(start);
@@ -72,7 +77,7 @@ async fn fixture() -> Fixture {
             tenant_id: String::new(),
             domain_name: format!("c{}.example.com", Uuid::new_v4().simple()),
             company_name: "Policies Ltd".into(),
-            market: "US".into(),
+            market: market.into(),
         })
         .await
         .unwrap()
@@ -374,5 +379,45 @@ async fn a_new_policy_version_leaves_earlier_subscriptions_alone() {
     assert!(closed.message().contains("72-hour"), "{}", closed.message());
     // The earlier subscription keeps 168 hours.
     assert_eq!(f.refundable(&before).await.unwrap(), 866_000);
+    f.system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reservation_cap_counts_other_currencies_at_the_price_lists_rate() {
+    // In Germany a reservation costs 33,580.00 EUR, which the same price
+    // list prices at 36,500.00 USD in the US.
+    let f = fixture_in("DE").await;
+    let first = f.buy(&["reservation-p1y"]).await.lines[0]
+        .subscription_id
+        .clone();
+    let second = f.buy(&["reservation-p1y"]).await.lines[0]
+        .subscription_id
+        .clone();
+    let mut ticket = csp_tests::refund_ticket(
+        refund_request::Customer::CustomerTenantId(f.tenant.clone()),
+        refund_request::Target::SubscriptionId(first.clone()),
+        3_358_000,
+    );
+    ticket
+        .refund
+        .as_mut()
+        .unwrap()
+        .requested_amount
+        .as_mut()
+        .unwrap()
+        .currency_code = "EUR".into();
+    let mut support = f.system.support(&[Role::AdminAgent]).await;
+    let filed = support
+        .create_ticket(ticket)
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap();
+    let settled = f.settled(&filed.id).await;
+    assert_eq!(settled.status, TicketStatus::Resolved as i32, "{settled:?}");
+    // 36,500.00 of the 50,000.00 USD cap used: 13,500.00 USD left, which is
+    // 12,420.00 EUR at the list's rate.
+    assert_eq!(f.refundable(&second).await.unwrap(), 1_242_000);
     f.system.stop().await;
 }

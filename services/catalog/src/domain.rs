@@ -217,7 +217,7 @@ pub fn is_offered(market: &Market, kind: ProductKind) -> bool {
 }
 
 /// FAILED_PRECONDITION when `product` is not offered in `market`: Azure
-/// reservations are unavailable in 11 markets.
+/// reservations are unavailable where the price list prices none.
 pub fn ensure_offered(
     market: &Market,
     product_id: &str,

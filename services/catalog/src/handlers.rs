@@ -129,6 +129,13 @@ impl CatalogInternalService for CatalogInternalApi {
                     pb::SkuQuote {
                         sku: Some(convert::sku(&q.sku, Some(&market))),
                         product: Some(product),
+                        cap_unit_price: q.cap_unit_price.as_ref().map(
+                            |(currency_code, minor_units, digits)| csp_proto::common::v1::Money {
+                                currency_code: currency_code.clone(),
+                                minor_units: *minor_units,
+                                minor_unit_digits: *digits,
+                            },
+                        ),
                     }
                 })
                 .collect(),

@@ -108,6 +108,8 @@ pub struct KnownPolicy {
     pub id: String,
     /// The window in days, rounded up.
     pub window_days: u32,
+    /// The currency its refund cap counts in, if it has one.
+    pub cap_currency: Option<String>,
 }
 
 /// Reads and checks a whole price list. `policies` are the cancellation
@@ -202,7 +204,7 @@ fn parse_with(
             "no prices: a price list has at least one line after the header",
         ));
     }
-    let data = builder.finish(&errors);
+    let data = builder.finish(&mut errors);
     if errors.is_empty() {
         Ok(data)
     } else {
@@ -552,6 +554,7 @@ impl<'p> Builder<'p> {
             return self::id(id).map(|id| KnownPolicy {
                 id: id.to_owned(),
                 window_days: 0,
+                cap_currency: None,
             });
         };
         policies
@@ -568,7 +571,41 @@ impl<'p> Builder<'p> {
             })
     }
 
-    fn finish(self, errors: &[LineError]) -> CatalogData {
+    fn finish(self, errors: &mut Vec<LineError>) -> CatalogData {
+        // A SKU sold under a capped policy needs a price in the cap's
+        // currency: its refunds count toward the cap at that price.
+        let caps: HashMap<&str, &str> = self
+            .policies
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| Some((p.id.as_str(), p.cap_currency.as_deref()?)))
+            .collect();
+        for (line, sku) in self.skus.values() {
+            let Some((_, product)) = self.products.get(&sku.product_id) else {
+                continue;
+            };
+            let Some(currency) = caps.get(product.cancellation_policy_id.as_str()) else {
+                continue;
+            };
+            let priced = self.prices.keys().any(|(s, m)| {
+                *s == sku.id
+                    && self
+                        .markets
+                        .get(m)
+                        .is_some_and(|(_, market)| market.currency_code == *currency)
+            });
+            if !priced {
+                errors.push(LineError {
+                    line: *line,
+                    column: Some(COLUMNS[col::POLICY]),
+                    message: format!(
+                        "policy {} caps refunds in {currency}: price SKU {} in at least one {currency} market, \
+                         the rate its refunds count toward the cap at",
+                        product.cancellation_policy_id, sku.id
+                    ),
+                });
+            }
+        }
         let mut products: BTreeMap<String, Product> = self
             .products
             .into_iter()
@@ -959,10 +996,18 @@ mod tests {
     use super::*;
 
     fn policies() -> Vec<KnownPolicy> {
-        vec![KnownPolicy {
-            id: "csp-2019-60-days".to_owned(),
-            window_days: 60,
-        }]
+        vec![
+            KnownPolicy {
+                id: "csp-2019-60-days".to_owned(),
+                window_days: 60,
+                cap_currency: None,
+            },
+            KnownPolicy {
+                id: "capped".to_owned(),
+                window_days: 0,
+                cap_currency: Some("USD".to_owned()),
+            },
+        ]
     }
 
     const HEADER: &str = "ProductId,ProductTitle,ProductDescription,ProductKind,Publisher,SkuId,SkuTitle,TermDuration,BillingPlan,Market,MarketName,Currency,UnitPrice,TaxIncluded,EffectiveStartDate,EffectiveEndDate,DownloadOptions,CancellationPolicyId";
@@ -1128,6 +1173,27 @@ mod tests {
         assert_eq!(format_price(41_050, 2), "410.50");
         assert_eq!(format_price(7, 2), "0.07");
         assert_eq!(format_price(60_000, 0), "60000");
+    }
+
+    #[test]
+    fn a_sku_under_a_capped_policy_needs_a_price_in_the_caps_currency() {
+        let capped = |market: &str, currency: &str| {
+            format!("{RES},{market},Name {market},{currency},600,false,2026-11-01,,,capped")
+        };
+        let errors = parse(&file(&[capped("DE", "EUR")]), &policies()).unwrap_err();
+        assert_eq!(errors[0].location(), "line 2, column CancellationPolicyId");
+        assert!(
+            errors[0].message.contains("caps refunds in USD"),
+            "{}",
+            errors[0]
+        );
+        assert!(
+            parse(
+                &file(&[capped("DE", "EUR"), capped("US", "USD")]),
+                &policies()
+            )
+            .is_ok()
+        );
     }
 
     #[test]

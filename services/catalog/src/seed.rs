@@ -109,6 +109,7 @@ pub fn demo_catalog() -> anyhow::Result<crate::domain::CatalogData> {
     let policies = [KnownPolicy {
         id: "csp-2019-60-days".to_owned(),
         window_days: 60,
+        cap_currency: None,
     }];
     price_list::parse(DEMO_PRICE_LIST, &policies).map_err(|errors| {
         let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();

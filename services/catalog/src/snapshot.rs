@@ -172,6 +172,24 @@ impl Snapshot {
         self.base.rates.get(market).copied()
     }
 
+    /// A SKU's price now in `currency`: from the first market (by code)
+    /// that prices it in that currency.
+    pub fn sku_price_in_currency(&self, sku_id: &str, currency: &str) -> Option<(i64, u32)> {
+        let product_id = self.product_of_sku(sku_id)?;
+        self.base
+            .markets
+            .iter()
+            .filter(|m| m.currency_code == currency)
+            .find_map(|m| {
+                self.product(product_id, Some(&m.code))?
+                    .skus
+                    .iter()
+                    .find(|s| s.id == sku_id)?
+                    .price_minor
+                    .map(|price| (price, m.minor_unit_digits))
+            })
+    }
+
     /// The price list the catalog was last imported from (0: none yet).
     pub fn price_list_version(&self) -> i64 {
         self.base.price_list_version

@@ -92,6 +92,9 @@ pub struct Priced {
     pub product: Product,
     /// The SKU.
     pub sku: Sku,
+    /// When its policy caps refunds in another currency than the market's:
+    /// its unit price in that currency and the currency's digits.
+    pub cap_unit_price: Option<(String, i64, u32)>,
 }
 
 /// An Azure Hybrid Benefit estimate, with what it was computed from.
@@ -506,7 +509,21 @@ fn sku_price_in(snapshot: &Snapshot, sku_id: &str, market: &Market) -> ApiResult
     if sku.price_minor.is_none() {
         return Err(domain::not_priced(sku_id, market));
     }
-    Ok(Priced { product, sku })
+    let cap_unit_price = product
+        .cancellation_policy
+        .as_ref()
+        .and_then(|p| p.cap.as_ref())
+        .filter(|cap| cap.currency != market.currency_code)
+        .and_then(|cap| {
+            snapshot
+                .sku_price_in_currency(sku_id, &cap.currency)
+                .map(|(price, digits)| (cap.currency.clone(), price, digits))
+        });
+    Ok(Priced {
+        product,
+        sku,
+        cap_unit_price,
+    })
 }
 
 /// The market named by a request field in `snapshot`: well-formed and known.
@@ -540,6 +557,7 @@ fn known_policies(policies: &[domain::CancellationPolicy]) -> Vec<KnownPolicy> {
         let entry = KnownPolicy {
             id: policy.id.clone(),
             window_days: policy.window_days(),
+            cap_currency: policy.cap.as_ref().map(|cap| cap.currency.clone()),
         };
         match known.iter_mut().find(|k| k.id == policy.id) {
             Some(k) => *k = entry, // policies come by id, then version

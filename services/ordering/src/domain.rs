@@ -265,6 +265,12 @@ pub struct Subscription {
     pub term_ends_at: Micros,
     /// The cancellation policy it was sold under.
     pub policy: SoldPolicy,
+    /// When the policy caps refunds: what was paid, in the cap's currency
+    /// (the price list's own rate: the SKU's price in a market of that
+    /// currency; `None` without a cap, or when no such price was known).
+    pub cap_value_minor: Option<i64>,
+    /// What its refund counted toward the cap, in the cap's currency.
+    pub refunded_cap_minor: Option<i64>,
     /// Cancelled at.
     pub cancelled_at: Option<Micros>,
     /// Refunded, minor units.
@@ -286,6 +292,7 @@ impl Subscription {
             amount_paid_minor: self.amount_paid_minor,
             currency_code: self.currency_code.clone(),
             policy: self.policy.clone(),
+            cap_value_minor: self.cap_value_minor,
         }
     }
 }
@@ -312,6 +319,8 @@ pub struct Cancellation {
     /// The customer's refund cap, when one applies: (amount, currency, the
     /// start of its rolling period), checked in the cancelling transaction.
     pub cap: Option<(i64, String, Micros)>,
+    /// What the refund counts toward the cap, in its currency.
+    pub refund_cap_minor: i64,
 }
 
 /// The most units of one SKU in one line.
@@ -546,6 +555,17 @@ impl SoldPolicy {
     }
 }
 
+/// What a line paid in its policy's cap currency: the amount itself in
+/// that currency, else the quantity at the quote's unit price there (`None`
+/// without a cap or such a price).
+fn cap_value(quote: &Quote, quantity: i32, amount: i64) -> Option<i64> {
+    let cap = quote.policy.cap.as_ref()?;
+    if cap.currency == quote.currency_code {
+        return Some(amount);
+    }
+    quote.cap_unit_minor?.checked_mul(i64::from(quantity))
+}
+
 /// When a term bought at `purchased_at` ends: one or three calendar years.
 pub fn term_end(purchased_at: Micros, term: Term) -> Micros {
     clock::add_years(
@@ -604,6 +624,9 @@ pub struct Quote {
     /// The cancellation policy it is sold under (the catalog's current
     /// version).
     pub policy: SoldPolicy,
+    /// The unit price in the policy's cap currency, when that is another
+    /// currency than the market's.
+    pub cap_unit_minor: Option<i64>,
     /// The catalog's price list the price comes from (0: none).
     pub price_list_version: i64,
 }
@@ -697,6 +720,8 @@ pub fn price_order(
                 .window_end(header.at, term_end(header.at, quote.term)),
             term_ends_at: term_end(header.at, quote.term),
             policy: quote.policy.clone(),
+            cap_value_minor: cap_value(quote, line.quantity, amount),
+            refunded_cap_minor: None,
             cancelled_at: None,
             refunded_minor: None,
             cancel_reason: None,
@@ -774,11 +799,12 @@ pub fn refundable(
     let mut cap_left: Option<i64> = None;
     let mut with_refunds = Vec::with_capacity(active.len());
     for s in active {
-        let mut refund = s.terms().policy_refund(at);
-        if let Some(cap) = s.terms().cap() {
+        let terms = s.terms();
+        let mut refund = terms.policy_refund(at);
+        if let Some(cap) = terms.cap() {
             let left = cap_left.get_or_insert((cap.amount_minor - cap_used).max(0));
-            refund = refund.min(*left);
-            *left -= refund;
+            refund = refund.min(terms.most_within(*left));
+            *left -= terms.in_cap_currency(refund);
         }
         with_refunds.push((s, refund));
     }
@@ -813,6 +839,8 @@ pub struct CancellationTerms {
     pub currency_code: String,
     /// The policy it was sold under.
     pub policy: SoldPolicy,
+    /// What was paid in the cap's currency, when the policy caps refunds.
+    pub cap_value_minor: Option<i64>,
 }
 
 impl CancellationTerms {
@@ -828,12 +856,40 @@ impl CancellationTerms {
         )
     }
 
-    /// The policy's cap, when it applies (refunds in the cap's currency).
+    /// The policy's cap, when it applies (what was paid in the cap's
+    /// currency is known).
     pub fn cap(&self) -> Option<&RefundCap> {
         self.policy
             .cap
             .as_ref()
-            .filter(|cap| cap.currency == self.currency_code)
+            .filter(|_| self.cap_value_minor.is_some())
+    }
+
+    /// What a refund of `refund_minor` counts toward the cap, in its
+    /// currency: the same share of what was paid, rounded up.
+    pub fn in_cap_currency(&self, refund_minor: i64) -> i64 {
+        let (Some(value), paid) = (self.cap_value_minor, self.amount_paid_minor) else {
+            return 0;
+        };
+        if paid <= 0 {
+            return 0;
+        }
+        let share = (i128::from(refund_minor) * i128::from(value) + i128::from(paid) - 1)
+            / i128::from(paid);
+        i64::try_from(share).unwrap_or(i64::MAX)
+    }
+
+    /// The largest refund that counts at most `cap_left` toward the cap.
+    pub fn most_within(&self, cap_left: i64) -> i64 {
+        let value = self.cap_value_minor.unwrap_or(0);
+        if value <= 0 {
+            return self.amount_paid_minor;
+        }
+        let most =
+            i128::from(cap_left.max(0)) * i128::from(self.amount_paid_minor) / i128::from(value);
+        i64::try_from(most)
+            .unwrap_or(i64::MAX)
+            .min(self.amount_paid_minor)
     }
 }
 
@@ -871,7 +927,7 @@ pub fn check_cancellation(
         ));
     }
     if let (Some(left), Some(cap)) = (cap_left, terms.cap())
-        && refund_minor > left
+        && terms.in_cap_currency(refund_minor) > left
     {
         return Err(cap_exceeded(terms, cap, left));
     }
@@ -984,6 +1040,7 @@ mod tests {
             amount_paid_minor: 1000,
             currency_code: "USD".into(),
             policy,
+            cap_value_minor: None,
         }
     }
 
@@ -1067,6 +1124,35 @@ mod tests {
         };
         assert_eq!(term.window_end(start, end), end);
         assert_eq!(SoldPolicy::article(400).window_end(start, end), end);
+    }
+
+    #[test]
+    fn refunds_count_toward_a_cap_in_its_currency_at_the_price_lists_rate() {
+        // 33,580.00 EUR paid, worth 36,500.00 USD in the same price list.
+        let terms = CancellationTerms {
+            subscription_id: "s".into(),
+            purchased_at: 0,
+            cancellable_until: DAY,
+            term_ends_at: DAY,
+            amount_paid_minor: 3_358_000,
+            currency_code: "EUR".into(),
+            policy: SoldPolicy {
+                cap: Some(RefundCap {
+                    amount_minor: 5_000_000,
+                    currency: "USD".into(),
+                    period_days: 365,
+                }),
+                ..SoldPolicy::article(1)
+            },
+            cap_value_minor: Some(3_650_000),
+        };
+        assert_eq!(terms.in_cap_currency(3_358_000), 3_650_000);
+        assert_eq!(terms.in_cap_currency(1), 2); // rounded up
+        // 13,500.00 USD left of the cap: at most 12,420.00 EUR.
+        assert_eq!(terms.most_within(1_350_000), 1_242_000);
+        assert_eq!(terms.in_cap_currency(1_242_000), 1_350_000);
+        assert!(check_cancellation(&terms, 0, 1_242_000, "EUR", Some(1_350_000)).is_ok());
+        assert!(check_cancellation(&terms, 0, 1_242_001, "EUR", Some(1_350_000)).is_err());
     }
 
     #[test]

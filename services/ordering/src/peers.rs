@@ -161,6 +161,10 @@ fn read_quote(quote: &catalog::SkuQuote, price_list_version: i64) -> ApiResult<Q
         currency_code: amount.currency_code.clone(),
         minor_unit_digits: i32::try_from(amount.minor_unit_digits).unwrap_or(2),
         tax_included: price.is_some_and(|p| p.tax_included),
+        cap_unit_minor: quote.cap_unit_price.as_ref().and_then(|unit| {
+            let policy_cap = product.cancellation_policy.as_ref()?.refund_cap.as_ref()?;
+            (policy_cap.currency_code == unit.currency_code).then_some(unit.minor_units)
+        }),
         policy: read_policy(product)?,
         price_list_version,
     })

@@ -30,6 +30,7 @@ pub const MIGRATIONS: Migrations = Migrations {
         PRICE_LIST_VERSION,
         POLICIES,
         BILLING,
+        CAP_VALUES,
     ],
     postgres: &[
         ORDERING,
@@ -43,7 +44,14 @@ pub const MIGRATIONS: Migrations = Migrations {
         PRICE_LIST_VERSION,
         POLICIES,
         BILLING,
+        CAP_VALUES,
     ],
+};
+
+const CAP_VALUES: MigrationSource = MigrationSource {
+    version: 8,
+    description: "refunds count toward a cap in its currency",
+    sql: include_str!("../migrations/0008_cap_values.sql"),
 };
 
 const BILLING: MigrationSource = MigrationSource {
@@ -138,6 +146,8 @@ macro_rules! subscription_from_row {
                 cancellable_until: row.try_get("cancellable_until_us")?,
                 term_ends_at: row.try_get("term_ends_at_us")?,
                 policy: sold_policy!(row)?,
+                cap_value_minor: row.try_get("cap_value_minor")?,
+                refunded_cap_minor: row.try_get("refunded_cap_minor")?,
                 cancelled_at: row.try_get("cancelled_at_us")?,
                 refunded_minor: row.try_get("refunded_minor")?,
                 cancel_reason: row.try_get("cancel_reason")?,
@@ -219,7 +229,8 @@ const SUBSCRIPTION_COLUMNS: &str = "id, partner_id, customer_tenant_id, order_id
                                     purchased_at_us, cancellation_window_days, cancellable_until_us, cancelled_at_us, \
                                     refunded_minor, cancel_reason, cancel_ticket_id, term_ends_at_us, policy_id, \
                                     policy_version, policy_window_unit, policy_window_amount, policy_refund_rule, \
-                                    policy_cap_amount_minor, policy_cap_currency, policy_cap_period_days";
+                                    policy_cap_amount_minor, policy_cap_currency, policy_cap_period_days, \
+                                    cap_value_minor, refunded_cap_minor";
 
 /// Reads and writes the ordering tables.
 #[derive(Clone, Debug)]
@@ -537,7 +548,7 @@ impl OrderingStore {
             let sql = format!(
                 "INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS}) VALUES \
                  ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, NULL, NULL, NULL, NULL, \
-                 $17, $18, $19, $20, $21, $22, $23, $24, $25)"
+                 $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, NULL)"
             );
             on_tx!(&mut tx, t => sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(s.id.to_string())
@@ -565,6 +576,7 @@ impl OrderingStore {
                 .bind(s.policy.cap.as_ref().map(|c| c.amount_minor))
                 .bind(s.policy.cap.as_ref().map(|c| c.currency.clone()))
                 .bind(s.policy.cap.as_ref().map(|c| i64::from(c.period_days)))
+                .bind(s.cap_value_minor)
                 .execute(&mut **t)
                 .await
             .map(drop))?;
@@ -593,7 +605,7 @@ impl OrderingStore {
     ) -> StoreResult<CancelOutcome> {
         let cancel = format!(
             "UPDATE subscriptions SET status = '{cancelled}', cancelled_at_us = $3, refunded_minor = $4, \
-             cancel_reason = $5, cancel_ticket_id = $6 \
+             cancel_reason = $5, cancel_ticket_id = $6, refunded_cap_minor = $8 \
              WHERE partner_id = $1 AND id = $2 AND status = '{active}' AND cancellable_until_us > $7",
             cancelled = SubscriptionStatus::Cancelled.as_db(),
             active = SubscriptionStatus::Active.as_db(),
@@ -627,6 +639,7 @@ impl OrderingStore {
             .bind(&c.reason)
             .bind(&c.ticket_id)
             .bind(c.judged_at)
+            .bind(c.cap.as_ref().map(|_| c.refund_cap_minor))
             .execute(&mut **t)
             .await
             .map(|r| r.rows_affected()))?;
@@ -644,7 +657,7 @@ impl OrderingStore {
                 .await)?;
             if used > *amount {
                 return Ok(CancelOutcome::CapExceeded {
-                    left: (amount - (used - c.refund_minor)).max(0),
+                    left: (amount - (used - c.refund_cap_minor)).max(0),
                 });
             }
         }
@@ -666,8 +679,8 @@ impl OrderingStore {
         Ok(CancelOutcome::Cancelled)
     }
 
-    /// What a customer was refunded in `currency` since `since` (a refund
-    /// cap's rolling period).
+    /// What a customer's refunds since `since` counted toward caps in
+    /// `currency` (a refund cap's rolling period).
     pub async fn refunds_in_period(
         &self,
         partner: PartnerId,
@@ -862,10 +875,10 @@ pub enum CancelOutcome {
     },
 }
 
-/// A customer's refunds in one currency since a time ($1 partner, $2
-/// customer, $3 currency, $4 since).
-const REFUNDS_IN_PERIOD: &str = "SELECT CAST(COALESCE(SUM(refunded_minor), 0) AS BIGINT) FROM subscriptions \
-                                 WHERE partner_id = $1 AND customer_tenant_id = $2 AND currency_code = $3 \
+/// What a customer's refunds since a time counted toward caps in one
+/// currency ($1 partner, $2 customer, $3 the cap's currency, $4 since).
+const REFUNDS_IN_PERIOD: &str = "SELECT CAST(COALESCE(SUM(refunded_cap_minor), 0) AS BIGINT) FROM subscriptions \
+                                 WHERE partner_id = $1 AND customer_tenant_id = $2 AND policy_cap_currency = $3 \
                                  AND status = 'cancelled' AND cancelled_at_us > $4";
 
 /// Escapes LIKE wildcards so a search text matches literally.

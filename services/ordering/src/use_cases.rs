@@ -477,6 +477,7 @@ impl Ordering {
                     now - i64::from(cap.period_days) * csp_kit::clock::DAY,
                 )
             }),
+            refund_cap_minor: terms.in_cap_currency(request.refund_minor),
         };
         match self.store.cancel(&cancellation, &messages).await? {
             CancelOutcome::Cancelled => {

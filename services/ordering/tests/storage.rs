@@ -88,6 +88,7 @@ fn order_with(customer: &Customer, at: Micros, lines: i32) -> (Order, Vec<Subscr
                 minor_unit_digits: 2,
                 tax_included: true,
                 policy: SoldPolicy::article(30),
+                cap_unit_minor: None,
                 price_list_version: 7,
             }
         })
@@ -117,6 +118,7 @@ fn cancellation(s: &Subscription, at: Micros, refund_minor: i64) -> Cancellation
         reason: "the customer changed their mind".to_owned(),
         ticket_id: "ticket-1".to_owned(),
         cap: None,
+        refund_cap_minor: refund_minor,
     }
 }
 
@@ -810,7 +812,20 @@ async fn insert_as_of_version_2(
 
 #[tokio::test]
 async fn a_refund_past_the_customers_cap_is_not_written() {
-    let (test, store, order, subs) = with_order(3).await;
+    // Three subscriptions under a policy capping a customer's refunds.
+    let (test, store) = setup().await;
+    let c = customer(PartnerId::new(), "contoso.com", "Contoso");
+    store.insert_customer(&c).await.unwrap();
+    let (order, mut subs) = order_with(&c, T0, 3);
+    for s in &mut subs {
+        s.policy.cap = Some(csp_ordering::domain::RefundCap {
+            amount_minor: 1000,
+            currency: "USD".to_owned(),
+            period_days: 365,
+        });
+        s.cap_value_minor = Some(s.amount_paid_minor);
+    }
+    store.insert_order(&order, &subs, &[]).await.unwrap();
     let cap = |s: &Subscription, refund| Cancellation {
         cap: Some((1000, "USD".to_owned(), T0 - DAY)),
         ..cancellation(s, T0 + SECOND, refund)
