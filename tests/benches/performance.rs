@@ -155,15 +155,27 @@ where
     (all, errors, started.elapsed())
 }
 
-/// A catalog client with fixed metadata on every call.
+/// A catalog client whose calls carry, in turn, the metadata of several
+/// callers (users of different partners, so the gateway's per-user and
+/// per-partner rate limits, meant for one tenant, do not cap the run).
 #[derive(Clone)]
 struct Catalog {
     client: CatalogServiceClient<Channel>,
     header: &'static str,
-    value: MetadataValue<Ascii>,
+    values: Arc<[MetadataValue<Ascii>]>,
+    next: Arc<AtomicU64>,
 }
 
 impl Catalog {
+    fn new(channel: Channel, header: &'static str, values: Vec<MetadataValue<Ascii>>) -> Self {
+        Self {
+            client: CatalogServiceClient::new(channel),
+            header,
+            values: values.into(),
+            next: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
     async fn call(self) -> bool {
         let mut client = self.client;
         let mut request = tonic::Request::new(ListProductsRequest {
@@ -171,7 +183,10 @@ impl Catalog {
             page_size: 100,
             ..Default::default()
         });
-        request.metadata_mut().insert(self.header, self.value);
+        let n = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.values.len();
+        request
+            .metadata_mut()
+            .insert(self.header, self.values[n].clone());
         client.list_products(request).await.is_ok()
     }
 }
@@ -319,27 +334,51 @@ fn main() {
     );
 
     // --- Catalog reads against the floor --------------------------------
-    let partner = uuid::Uuid::new_v4();
-    let token = |roles: &[Role]| {
-        csp_gateway::auth::mint_dev_token(
-            &jwt_secret,
-            partner,
-            "bench",
-            "Bench",
-            roles,
-            Duration::from_secs(3600),
-        )
-        .unwrap()
-    };
-    let sales = token(&[Role::SalesAgent]);
-    let admin = token(&[Role::AdminAgent]);
+    // Catalog readers: 16 sales agents of 16 partners.
+    let readers: Vec<(String, UserCaller)> = (0..16)
+        .map(|n| {
+            let partner = uuid::Uuid::new_v4();
+            let user_id = format!("bench{n}");
+            let bearer = csp_gateway::auth::mint_dev_token(
+                &jwt_secret,
+                partner,
+                &user_id,
+                "Bench",
+                &[Role::SalesAgent],
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+            let user = UserCaller {
+                partner_id: partner.into(),
+                user_id: user_id.as_str().into(),
+                display_name: "Bench".into(),
+                roles: [Role::SalesAgent].into_iter().collect(),
+            };
+            (bearer, user)
+        })
+        .collect();
+    let admin = csp_gateway::auth::mint_dev_token(
+        &jwt_secret,
+        uuid::Uuid::new_v4(),
+        "bench",
+        "Bench",
+        &[Role::AdminAgent],
+        Duration::from_secs(3600),
+    )
+    .unwrap();
     let signer = Signer::new(keys.key(ServiceName::Gateway).clone());
-    let user = UserCaller {
-        partner_id: partner.into(),
-        user_id: "bench".into(),
-        display_name: "Bench".into(),
-        roles: [Role::SalesAgent].into_iter().collect(),
+    // Direct calls carry the identities the gateway would sign (valid 60 s:
+    // signed again for each concurrency), through the gateway the bearers.
+    let identities = || -> Vec<MetadataValue<Ascii>> {
+        readers
+            .iter()
+            .map(|(_, user)| signer.mint_for_user(user, PATH).unwrap().parse().unwrap())
+            .collect()
     };
+    let bearers: Vec<MetadataValue<Ascii>> = readers
+        .iter()
+        .map(|(bearer, _)| format!("Bearer {bearer}").parse().unwrap())
+        .collect();
     println!();
     println!(
         "catalog read: ListProducts(market US, page_size 100), {seconds} s per path and concurrency in alternating 0.5 s rounds"
@@ -350,23 +389,19 @@ fn main() {
     );
     let mut rows = Vec::new();
     for &concurrency in &concurrencies {
-        // Direct calls carry the identity the gateway would sign (valid 60 s,
-        // signed per concurrency).
-        let direct_identity: MetadataValue<Ascii> =
-            signer.mint_for_user(&user, PATH).unwrap().parse().unwrap();
-        let bearer: MetadataValue<Ascii> = format!("Bearer {sales}").parse().unwrap();
+        let direct_identities = identities();
         let (floor_f, direct_f, gateway_f) = client_runtime.block_on(async {
             let health = tonic_health::pb::health_client::HealthClient::new(channel(floor).await);
-            let direct = Catalog {
-                client: CatalogServiceClient::new(channel(addresses.catalog).await),
-                header: IDENTITY_HEADER,
-                value: direct_identity,
-            };
-            let through = Catalog {
-                client: CatalogServiceClient::new(channel(addresses.gateway).await),
-                header: "authorization",
-                value: bearer,
-            };
+            let direct = Catalog::new(
+                channel(addresses.catalog).await,
+                IDENTITY_HEADER,
+                direct_identities.clone(),
+            );
+            let through = Catalog::new(
+                channel(addresses.gateway).await,
+                "authorization",
+                bearers.clone(),
+            );
             for _ in 0..100 {
                 assert!(direct.clone().call().await && through.clone().call().await);
             }
@@ -451,21 +486,19 @@ fn main() {
             "concurrency", "path", "p50 (us)", "p99 (us)", "calls/s", "errors", "vs before"
         );
         for (concurrency, _, direct_before, gateway_before) in &rows {
-            let direct_identity: MetadataValue<Ascii> =
-                signer.mint_for_user(&user, PATH).unwrap().parse().unwrap();
-            let bearer: MetadataValue<Ascii> = format!("Bearer {sales}").parse().unwrap();
+            let direct_identities = identities();
             let concurrency = *concurrency;
             let (direct_f, gateway_f) = client_runtime.block_on(async {
-                let direct = Catalog {
-                    client: CatalogServiceClient::new(channel(addresses.catalog).await),
-                    header: IDENTITY_HEADER,
-                    value: direct_identity,
-                };
-                let through = Catalog {
-                    client: CatalogServiceClient::new(channel(addresses.gateway).await),
-                    header: "authorization",
-                    value: bearer,
-                };
+                let direct = Catalog::new(
+                    channel(addresses.catalog).await,
+                    IDENTITY_HEADER,
+                    direct_identities.clone(),
+                );
+                let through = Catalog::new(
+                    channel(addresses.gateway).await,
+                    "authorization",
+                    bearers.clone(),
+                );
                 let (mut d, mut g) = (Totals::new(), Totals::new());
                 let round = Duration::from_millis(500);
                 for _ in 0..seconds * 2 {

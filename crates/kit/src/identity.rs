@@ -221,7 +221,16 @@ struct Claims {
 pub struct Signer {
     key: SigningKey,
     header: Header,
-    minted: Mutex<HashMap<MintedFor, (Arc<str>, u64)>>,
+    minted: Mutex<HashMap<MintedFor, Minted>>,
+}
+
+/// An identity minted, as text and as a header value (made once, so a
+/// reused identity costs no copy), and when.
+#[derive(Clone)]
+struct Minted {
+    token: Arc<str>,
+    header: http::HeaderValue,
+    at: u64,
 }
 
 /// What a minted identity is for: the path, and the user (none for the
@@ -257,13 +266,21 @@ impl Signer {
 
     /// Signs a user's identity for one call to `path`. Only the gateway may.
     pub fn mint_for_user(&self, user: &UserCaller, path: &str) -> Result<Arc<str>, Status> {
+        self.mint_user(user, path).map(|minted| minted.token)
+    }
+
+    /// [`Signer::mint_for_user`] as the value of the identity header.
+    pub fn user_header(&self, user: &UserCaller, path: &str) -> Result<http::HeaderValue, Status> {
+        self.mint_user(user, path).map(|minted| minted.header)
+    }
+
+    fn mint_user(&self, user: &UserCaller, path: &str) -> Result<Minted, Status> {
         if self.service() != ServiceName::Gateway {
             return Err(Status::internal(format!(
                 "only the gateway signs users' identities, not the {} service",
                 self.service()
             )));
         }
-        let roles: Vec<String> = user.roles.iter().map(|r| r.as_str().to_owned()).collect();
         let minted_for = MintedFor {
             path: path.to_owned(),
             user: Some((
@@ -282,12 +299,16 @@ impl Signer {
             pid: Some(user.partner_id),
             sub: Some(user.user_id.clone()),
             name: Some(user.display_name.clone()),
-            roles,
+            roles: user.roles.iter().map(|r| r.as_str().to_owned()).collect(),
         })
     }
 
     /// Signs this service's identity for one call to `path`.
     pub fn mint_for_service(&self, path: &str) -> Result<Arc<str>, Status> {
+        self.mint_service(path).map(|minted| minted.token)
+    }
+
+    fn mint_service(&self, path: &str) -> Result<Minted, Status> {
         let minted_for = MintedFor {
             path: path.to_owned(),
             user: None,
@@ -309,23 +330,30 @@ impl Signer {
         &self,
         cache_key: MintedFor,
         claims: impl FnOnce(u64) -> Claims,
-    ) -> Result<Arc<str>, Status> {
+    ) -> Result<Minted, Status> {
         let now = now_secs();
-        if let Some((token, minted)) = lock(&self.minted).get(&cache_key)
-            && now.saturating_sub(*minted) < REUSE_SECS
-            && *minted <= now
+        if let Some(minted) = lock(&self.minted).get(&cache_key)
+            && now.saturating_sub(minted.at) < REUSE_SECS
+            && minted.at <= now
         {
-            return Ok(token.clone());
+            return Ok(minted.clone());
         }
-        let token: Arc<str> = jsonwebtoken::encode(&self.header, &claims(now), self.key.encoding())
-            .map_err(|error| Status::internal(format!("cannot sign the caller identity: {error}")))?
-            .into();
-        let mut minted = lock(&self.minted);
-        if minted.len() >= CACHE_ENTRIES {
-            minted.clear();
+        let token = jsonwebtoken::encode(&self.header, &claims(now), self.key.encoding()).map_err(
+            |error| Status::internal(format!("cannot sign the caller identity: {error}")),
+        )?;
+        let header = http::HeaderValue::from_str(&token)
+            .map_err(|_| Status::internal("the signed identity is not valid metadata"))?;
+        let minted = Minted {
+            token: token.into(),
+            header,
+            at: now,
+        };
+        let mut cache = lock(&self.minted);
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
         }
-        minted.insert(cache_key, (token.clone(), now));
-        Ok(token)
+        cache.insert(cache_key, minted.clone());
+        Ok(minted)
     }
 }
 

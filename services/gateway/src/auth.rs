@@ -7,6 +7,8 @@
 //! (`roles`, token spelling such as `"admin_agent"`) and an expiry (`exp`).
 //! [`Authenticators`] sends each token to the verifier of its algorithm.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use csp_kit::config::Secret;
@@ -54,11 +56,96 @@ impl AuthError {
     }
 }
 
+/// A verified token's user, and until when the verification holds.
+#[derive(Clone, Debug)]
+pub struct VerifiedUser {
+    /// The user the token names.
+    pub user: UserCaller,
+    /// Seconds since the Unix epoch: the token's expiry, or earlier when a
+    /// rule (the maximum age of a sign-in) ends it before.
+    pub valid_until: u64,
+}
+
 /// Verifies a bearer token and returns the user it names.
 #[tonic::async_trait]
 pub trait TokenVerifier: Send + Sync + 'static {
     /// Verifies `token` (without the `Bearer ` prefix).
-    async fn verify(&self, token: &str) -> Result<UserCaller, AuthError>;
+    async fn verify(&self, token: &str) -> Result<VerifiedUser, AuthError>;
+}
+
+/// Tokens kept verified at most.
+const KEPT_TOKENS: usize = 4096;
+/// The longest token kept (longer ones are verified on every call), so the
+/// cache holds at most `KEPT_TOKENS * KEPT_TOKEN_BYTES` of tokens.
+const KEPT_TOKEN_BYTES: usize = 4096;
+/// How long a verification is reused: a provider's key that is withdrawn
+/// stops admitting its tokens within this time, even unexpired ones.
+pub const KEPT_FOR_SECS: u64 = 60;
+
+/// A user verified earlier.
+struct Kept {
+    user: Arc<UserCaller>,
+    valid_until: u64,
+    verified_at: u64,
+}
+
+/// A verifier that reuses its verifications: a client sends the same bearer
+/// token on every call, and checking its signature (and parsing its claims)
+/// each time was the largest part of the gateway's own work per call. A
+/// token is reused only byte for byte, only until it expires (or its
+/// sign-in is older than the maximum age) and for at most
+/// [`KEPT_FOR_SECS`]; a refused token is never kept. The cache starts over
+/// when full.
+pub struct CachedVerifier {
+    inner: Box<dyn TokenVerifier>,
+    kept: Mutex<HashMap<Box<str>, Kept>>,
+}
+
+impl CachedVerifier {
+    /// Reuses the verifications of `inner`.
+    pub fn new(inner: Box<dyn TokenVerifier>) -> Self {
+        Self {
+            inner,
+            kept: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The user `token` names, when it is valid now.
+    pub async fn verify(&self, token: &str) -> Result<Arc<UserCaller>, AuthError> {
+        let now = crate::oidc::now_secs();
+        if let Some(kept) = lock(&self.kept).get(token)
+            && now < kept.valid_until
+            && kept.verified_at <= now
+            && now < kept.verified_at.saturating_add(KEPT_FOR_SECS)
+        {
+            return Ok(kept.user.clone());
+        }
+        let verified = self.inner.verify(token).await?;
+        let user = Arc::new(verified.user);
+        if token.len() <= KEPT_TOKEN_BYTES && now < verified.valid_until {
+            let mut kept = lock(&self.kept);
+            if kept.len() >= KEPT_TOKENS {
+                kept.clear();
+            }
+            kept.insert(
+                token.into(),
+                Kept {
+                    user: user.clone(),
+                    valid_until: verified.valid_until,
+                    verified_at: now,
+                },
+            );
+        }
+        Ok(user)
+    }
+}
+
+/// Locks the cache, taking it over if a holder panicked (it holds nothing a
+/// panic can leave half-written).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The gateway's verifiers: OpenID Connect providers' tokens, and in
@@ -72,7 +159,7 @@ pub struct Authenticators {
 
 #[tonic::async_trait]
 impl TokenVerifier for Authenticators {
-    async fn verify(&self, token: &str) -> Result<UserCaller, AuthError> {
+    async fn verify(&self, token: &str) -> Result<VerifiedUser, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::Malformed("it is not a signed JWT".to_owned()))?;
         match (header.alg, &self.development, &self.oidc) {
@@ -129,7 +216,7 @@ impl Hs256Verifier {
 
 #[tonic::async_trait]
 impl TokenVerifier for Hs256Verifier {
-    async fn verify(&self, token: &str) -> Result<UserCaller, AuthError> {
+    async fn verify(&self, token: &str) -> Result<VerifiedUser, AuthError> {
         let claims = jsonwebtoken::decode::<UserClaims>(token, &self.key, &self.validation)
             .map_err(|error| match error.kind() {
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
@@ -146,7 +233,11 @@ impl TokenVerifier for Hs256Verifier {
                 _ => AuthError::Malformed(error.to_string()),
             })?
             .claims;
-        user_from_claims(claims)
+        let valid_until = claims.exp;
+        Ok(VerifiedUser {
+            user: user_from_claims(claims)?,
+            valid_until,
+        })
     }
 }
 
@@ -229,7 +320,7 @@ mod tests {
     }
 
     fn verify(verifier: &Hs256Verifier, token: &str) -> Result<UserCaller, AuthError> {
-        futures_executor(verifier.verify(token))
+        futures_executor(verifier.verify(token)).map(|verified| verified.user)
     }
 
     /// Runs a future that never waits (HS256 verification) to completion.
@@ -298,6 +389,99 @@ mod tests {
         .unwrap();
         let other = Hs256Verifier::new(&Secret::new("another-secret-0123456789"));
         assert_eq!(verify(&other, &token), Err(AuthError::BadSignature));
+    }
+
+    /// Counts its verifications; accepts tokens starting with "ok",
+    /// valid for `valid_for` seconds from now.
+    struct Counting {
+        calls: Arc<std::sync::atomic::AtomicUsize>,
+        valid_for: i64,
+    }
+
+    #[tonic::async_trait]
+    impl TokenVerifier for Counting {
+        async fn verify(&self, token: &str) -> Result<VerifiedUser, AuthError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if !token.starts_with("ok") {
+                return Err(AuthError::BadSignature);
+            }
+            let now = crate::oidc::now_secs() as i64;
+            Ok(VerifiedUser {
+                user: UserCaller {
+                    partner_id: Uuid::nil().into(),
+                    user_id: token.to_owned(),
+                    display_name: String::new(),
+                    roles: RoleSet::default(),
+                },
+                valid_until: u64::try_from(now + self.valid_for).unwrap_or(0),
+            })
+        }
+    }
+
+    fn cached(valid_for: i64) -> (CachedVerifier, Arc<std::sync::atomic::AtomicUsize>) {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let verifier = CachedVerifier::new(Box::new(Counting {
+            calls: calls.clone(),
+            valid_for,
+        }));
+        (verifier, calls)
+    }
+
+    fn calls(counter: &std::sync::atomic::AtomicUsize) -> usize {
+        counter.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_valid_token_is_verified_once_and_reused_byte_for_byte() {
+        let (verifier, counter) = cached(600);
+        for _ in 0..3 {
+            let user = futures_executor(verifier.verify("ok-ada")).unwrap();
+            assert_eq!(user.user_id, "ok-ada");
+        }
+        assert_eq!(calls(&counter), 1, "verified once, then reused");
+        let other = futures_executor(verifier.verify("ok-bob")).unwrap();
+        assert_eq!(other.user_id, "ok-bob", "another token is another user");
+        assert_eq!(calls(&counter), 2);
+    }
+
+    #[test]
+    fn refused_expiring_and_oversized_tokens_are_verified_every_time() {
+        let (verifier, counter) = cached(600);
+        for _ in 0..2 {
+            assert_eq!(
+                futures_executor(verifier.verify("bad")).unwrap_err(),
+                AuthError::BadSignature
+            );
+        }
+        assert_eq!(calls(&counter), 2, "a refusal is never kept");
+
+        let (verifier, counter) = cached(0);
+        for _ in 0..2 {
+            futures_executor(verifier.verify("ok-ending")).unwrap();
+        }
+        assert_eq!(calls(&counter), 2, "a token at its expiry is not kept");
+
+        let (verifier, counter) = cached(600);
+        let long = format!("ok{}", "x".repeat(KEPT_TOKEN_BYTES));
+        for _ in 0..2 {
+            futures_executor(verifier.verify(&long)).unwrap();
+        }
+        assert_eq!(calls(&counter), 2, "an oversized token is not kept");
+    }
+
+    #[test]
+    fn a_full_cache_starts_over() {
+        let (verifier, counter) = cached(600);
+        for n in 0..=KEPT_TOKENS {
+            futures_executor(verifier.verify(&format!("ok{n}"))).unwrap();
+        }
+        assert!(lock(&verifier.kept).len() <= KEPT_TOKENS);
+        futures_executor(verifier.verify("ok0")).unwrap();
+        assert_eq!(
+            calls(&counter),
+            KEPT_TOKENS + 2,
+            "the first token was forgotten"
+        );
     }
 
     #[test]

@@ -35,7 +35,7 @@ use csp_kit::roles::RoleSet;
 use csp_kit::server::{self, ReflectionScope};
 use csp_kit::service_name::ServiceName;
 use csp_kit::shutdown::Shutdown;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use tokio::net::TcpListener;
 use tonic::Status;
 use tonic::body::Body;
@@ -177,7 +177,7 @@ struct Gateway {
     routes: HashMap<String, Route>,
     denied: denied::DeniedCalls,
     forwarder: Forwarder,
-    verifier: Box<dyn TokenVerifier>,
+    verifier: auth::CachedVerifier,
     identity: Arc<Signer>,
     /// `grpc-timeout` for calls without one.
     default_deadline: HeaderValue,
@@ -348,7 +348,7 @@ async fn serve_grpc(
             shutdown.clone(),
         )?,
         forwarder,
-        verifier: authentication.verifier,
+        verifier: auth::CachedVerifier::new(authentication.verifier),
         identity: authentication.signer,
         default_deadline: grpc_timeout(config.default_deadline)?,
         first_message_wait: std::time::Duration::from_secs(config.default_deadline),
@@ -372,7 +372,7 @@ impl Gateway {
     /// the request id.
     async fn forward(&self, request: http::Request<axum::body::Body>) -> http::Response<Body> {
         use tracing::Instrument as _;
-        let request_id = request_id(request.headers().get(REQUEST_ID_HEADER));
+        let request_id = request_id(request.headers().get(&REQUEST_ID));
         // Every line logged while the call is handled carries its request id
         // and method (in JSON: under "span").
         let span = tracing::info_span!(
@@ -397,7 +397,7 @@ impl Gateway {
             }
             Err(status) => status.into_http(),
         };
-        response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
+        response.headers_mut().insert(REQUEST_ID, request_id);
         response
     }
 
@@ -507,14 +507,12 @@ impl Gateway {
                 "call denied: no permitted role"
             );
         })?;
-        let identity = self.identity.mint_for_user(&user, path)?;
-        let identity = HeaderValue::from_str(&identity)
-            .map_err(|_| Status::internal("the signed identity is not valid metadata"))?;
+        let identity = self.identity.user_header(&user, path)?;
 
         let (mut parts, body) = request.into_parts();
         parts.headers.remove(http::header::AUTHORIZATION);
-        parts.headers.insert(IDENTITY_HEADER, identity);
-        parts.headers.insert(REQUEST_ID_HEADER, request_id.clone());
+        parts.headers.insert(IDENTITY, identity);
+        parts.headers.insert(REQUEST_ID, request_id.clone());
         if !parts.headers.contains_key(GRPC_TIMEOUT) {
             parts
                 .headers
@@ -540,9 +538,11 @@ async fn forget_quiet(limits: Arc<limits::Limits>, shutdown: Shutdown) {
 }
 
 /// The gRPC deadline header.
-const GRPC_TIMEOUT: &str = "grpc-timeout";
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+/// The headers the gateway sets on every call, made once.
+const IDENTITY: HeaderName = HeaderName::from_static(IDENTITY_HEADER);
+const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 
-/// A `grpc-timeout` value of `seconds` (at most 8 digits, as gRPC allows).
 /// What a client-streaming call (an attachment upload) is counted as in the
 /// large-request limits: the most one may send (10 MiB).
 pub const STREAMED_REQUEST_BYTES: u32 = 10 * 1024 * 1024;
@@ -564,6 +564,7 @@ fn cap_deadline(headers: &mut http::HeaderMap, cap: std::time::Duration) {
     }
 }
 
+/// A `grpc-timeout` value of `seconds` (at most 8 digits, as gRPC allows).
 fn grpc_timeout(seconds: u64) -> anyhow::Result<HeaderValue> {
     anyhow::ensure!(
         (1..=99_999_999).contains(&seconds),

@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use csp_kit::identity::UserCaller;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -25,7 +24,7 @@ use serde::Deserialize;
 use tokio::sync::{Mutex, RwLock};
 use tonic::async_trait;
 
-use crate::auth::{AuthError, TokenVerifier, UserClaims, user_from_claims};
+use crate::auth::{AuthError, TokenVerifier, UserClaims, VerifiedUser, user_from_claims};
 
 // The defaults, once for the flags and for `OidcArgs::default()`: Entra ID's
 // claims, a day's maximum token age, a minute of clock skew, a key fetch at
@@ -375,7 +374,7 @@ fn without_url(error: &reqwest::Error) -> String {
     error
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -398,7 +397,7 @@ fn claimed_issuer(token: &str) -> Result<String, AuthError> {
 
 #[async_trait]
 impl TokenVerifier for OidcVerifier {
-    async fn verify(&self, token: &str) -> Result<UserCaller, AuthError> {
+    async fn verify(&self, token: &str) -> Result<VerifiedUser, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::Malformed("it is not a signed JWT".to_owned()))?;
         if !matches!(
@@ -498,7 +497,13 @@ impl TokenVerifier for OidcVerifier {
             }
             _ => Vec::new(),
         };
-        user_from_claims(UserClaims {
+        // Required above, so present; a token still holds until it expires
+        // and while it is younger than the maximum age.
+        let exp = claims
+            .get("exp")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        let user = user_from_claims(UserClaims {
             sub,
             partner_id,
             name: text(&self.claims.name_claim).unwrap_or_default(),
@@ -514,6 +519,10 @@ impl TokenVerifier for OidcVerifier {
                 ))
             }
             other => other,
+        })?;
+        Ok(VerifiedUser {
+            user,
+            valid_until: exp.min(iat.saturating_add(self.claims.max_age_secs)),
         })
     }
 }
