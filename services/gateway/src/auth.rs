@@ -71,6 +71,12 @@ pub struct VerifiedUser {
 pub trait TokenVerifier: Send + Sync + 'static {
     /// Verifies `token` (without the `Bearer ` prefix).
     async fn verify(&self, token: &str) -> Result<VerifiedUser, AuthError>;
+
+    /// Moves on when keys that verified earlier tokens are withdrawn (a
+    /// provider's rotation): verifications made before no longer hold.
+    fn key_generation(&self) -> u64 {
+        0
+    }
 }
 
 /// Tokens kept verified at most.
@@ -87,6 +93,8 @@ struct Kept {
     user: Arc<UserCaller>,
     valid_until: u64,
     verified_at: u64,
+    /// The verifier's key generation before it verified the token.
+    generation: u64,
 }
 
 /// A verifier that reuses its verifications: a client sends the same bearer
@@ -94,8 +102,9 @@ struct Kept {
 /// each time was the largest part of the gateway's own work per call. A
 /// token is reused only byte for byte, only until it expires (or its
 /// sign-in is older than the maximum age) and for at most
-/// [`KEPT_FOR_SECS`]; a refused token is never kept. The cache starts over
-/// when full.
+/// [`KEPT_FOR_SECS`], and not once a key has been withdrawn since it was
+/// verified; a refused token is never kept. The cache starts over when
+/// full.
 pub struct CachedVerifier {
     inner: Box<dyn TokenVerifier>,
     kept: Mutex<HashMap<Box<str>, Kept>>,
@@ -113,7 +122,9 @@ impl CachedVerifier {
     /// The user `token` names, when it is valid now.
     pub async fn verify(&self, token: &str) -> Result<Arc<UserCaller>, AuthError> {
         let now = crate::oidc::now_secs();
+        let generation = self.inner.key_generation();
         if let Some(kept) = lock(&self.kept).get(token)
+            && kept.generation == generation
             && now < kept.valid_until
             && kept.verified_at <= now
             && now < kept.verified_at.saturating_add(KEPT_FOR_SECS)
@@ -133,6 +144,7 @@ impl CachedVerifier {
                     user: user.clone(),
                     valid_until: verified.valid_until,
                     verified_at: now,
+                    generation,
                 },
             );
         }
@@ -159,6 +171,10 @@ pub struct Authenticators {
 
 #[tonic::async_trait]
 impl TokenVerifier for Authenticators {
+    fn key_generation(&self) -> u64 {
+        self.oidc.as_ref().map_or(0, TokenVerifier::key_generation)
+    }
+
     async fn verify(&self, token: &str) -> Result<VerifiedUser, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::Malformed("it is not a signed JWT".to_owned()))?;
@@ -396,10 +412,15 @@ mod tests {
     struct Counting {
         calls: Arc<std::sync::atomic::AtomicUsize>,
         valid_for: i64,
+        generation: Arc<std::sync::atomic::AtomicU64>,
     }
 
     #[tonic::async_trait]
     impl TokenVerifier for Counting {
+        fn key_generation(&self) -> u64 {
+            self.generation.load(std::sync::atomic::Ordering::SeqCst)
+        }
+
         async fn verify(&self, token: &str) -> Result<VerifiedUser, AuthError> {
             self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if !token.starts_with("ok") {
@@ -423,6 +444,7 @@ mod tests {
         let verifier = CachedVerifier::new(Box::new(Counting {
             calls: calls.clone(),
             valid_for,
+            generation: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }));
         (verifier, calls)
     }
@@ -467,6 +489,23 @@ mod tests {
             futures_executor(verifier.verify(&long)).unwrap();
         }
         assert_eq!(calls(&counter), 2, "an oversized token is not kept");
+    }
+
+    #[test]
+    fn a_withdrawn_key_ends_what_was_verified_before() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let verifier = CachedVerifier::new(Box::new(Counting {
+            calls: calls.clone(),
+            valid_for: 600,
+            generation: generation.clone(),
+        }));
+        futures_executor(verifier.verify("ok-ada")).unwrap();
+        futures_executor(verifier.verify("ok-ada")).unwrap();
+        assert_eq!(self::calls(&calls), 1);
+        generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        futures_executor(verifier.verify("ok-ada")).unwrap();
+        assert_eq!(self::calls(&calls), 2, "verified again after a withdrawal");
     }
 
     #[test]

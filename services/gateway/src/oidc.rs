@@ -150,6 +150,9 @@ pub struct OidcVerifier {
     audience: String,
     claims: Arc<OidcArgs>,
     http: reqwest::Client,
+    /// Moves on whenever a fetch finds that a key known before was
+    /// withdrawn: verifications kept from before no longer count.
+    withdrawals: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Why a provider's keys could not be fetched (for logs and messages; no
@@ -198,6 +201,7 @@ impl OidcVerifier {
             audience,
             claims: Arc::new(args.clone()),
             http,
+            withdrawals: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }))
     }
 
@@ -242,6 +246,10 @@ impl OidcVerifier {
         keys.fetched_at = Some(Instant::now());
         let by_kid = fetched?;
         tracing::info!(issuer = %issuer.url, keys = by_kid.len(), "fetched the identity provider's signing keys");
+        if keys.by_kid.keys().any(|kid| !by_kid.contains_key(kid)) {
+            self.withdrawals
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         keys.by_kid = by_kid;
         Ok(())
     }
@@ -397,6 +405,10 @@ fn claimed_issuer(token: &str) -> Result<String, AuthError> {
 
 #[async_trait]
 impl TokenVerifier for OidcVerifier {
+    fn key_generation(&self) -> u64 {
+        self.withdrawals.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     async fn verify(&self, token: &str) -> Result<VerifiedUser, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::Malformed("it is not a signed JWT".to_owned()))?;
