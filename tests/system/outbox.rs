@@ -102,6 +102,7 @@ fn settings() -> RelaySettings {
         batch_size: 7,
         backoff_base: Duration::from_millis(10),
         backoff_max: Duration::from_millis(50),
+        ..RelaySettings::default()
     }
 }
 

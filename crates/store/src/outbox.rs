@@ -355,6 +355,14 @@ pub struct RelaySettings {
     pub backoff_base: Duration,
     /// No retry waits longer.
     pub backoff_max: Duration,
+    /// After a round that delivered at least `busy_round` messages (the
+    /// relay is under load), the next round waits this long for more to
+    /// gather: fewer, larger deliveries, each one query, one call and one
+    /// delete, instead of a pass for every few messages. A quiet relay
+    /// delivers at once.
+    pub linger: Duration,
+    /// See `linger`.
+    pub busy_round: usize,
 }
 
 impl Default for RelaySettings {
@@ -364,6 +372,8 @@ impl Default for RelaySettings {
             batch_size: 500,
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(60),
+            linger: Duration::from_millis(20),
+            busy_round: 16,
         }
     }
 }
@@ -403,16 +413,18 @@ impl Relay {
     /// Relays until `shutdown` fires.
     pub async fn run(self, shutdown: Shutdown) {
         loop {
+            let mut delivered = 0;
             for destination in &self.destinations {
                 if shutdown.is_fired() {
                     return;
                 }
-                if let Err(error) = self.pass(destination.as_ref(), &shutdown).await {
-                    tracing::warn!(
+                match self.pass(destination.as_ref(), &shutdown).await {
+                    Ok(count) => delivered += count,
+                    Err(error) => tracing::warn!(
                         destination = destination.name(),
                         error = format!("{error:#}"),
                         "outbox relay pass failed"
-                    );
+                    ),
                 }
             }
             tokio::select! {
@@ -420,31 +432,38 @@ impl Relay {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(self.settings.poll_interval) => {}
             }
+            if delivered >= self.settings.busy_round {
+                tokio::select! {
+                    _ = shutdown.clone().wait() => return,
+                    _ = tokio::time::sleep(self.settings.linger) => {}
+                }
+            }
         }
     }
 
     /// Delivers what is due for one destination, holding the destination's
     /// advisory lock on PostgreSQL (another replica holding it now delivers
-    /// instead).
+    /// instead); how many messages were delivered.
     pub async fn pass(
         &self,
         destination: &dyn Destination,
         shutdown: &Shutdown,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<usize> {
         let lock = crate::lock::key(&format!("csp-outbox:{}", destination.name()));
         crate::lock::exclusively(&self.db, lock, self.deliver_due(destination, shutdown))
             .await?
-            .unwrap_or(Ok(()))
+            .unwrap_or(Ok(0))
     }
 
     async fn deliver_due(
         &self,
         destination: &dyn Destination,
         shutdown: &Shutdown,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<usize> {
+        let mut count = 0;
         loop {
             if shutdown.is_fired() {
-                return Ok(());
+                return Ok(count);
             }
             let batch = due(
                 &self.db,
@@ -455,7 +474,7 @@ impl Relay {
             )
             .await?;
             if batch.is_empty() {
-                return Ok(());
+                return Ok(count);
             }
             match destination.deliver(&batch).await {
                 Outcome::Accepted { rejected } => {
@@ -469,6 +488,7 @@ impl Relay {
                         }
                     }
                     delete(&self.db, &delivered).await?;
+                    count += delivered.len();
                 }
                 Outcome::Failed {
                     error,
@@ -504,7 +524,7 @@ impl Relay {
                                     &error,
                                 )
                                 .await?;
-                                return Ok(());
+                                return Ok(count);
                             }
                         }
                     }
@@ -514,7 +534,7 @@ impl Relay {
                     permanent: false,
                 } => {
                     self.retry_later(destination.name(), &batch, &error).await?;
-                    return Ok(());
+                    return Ok(count);
                 }
             }
         }
@@ -633,17 +653,44 @@ async fn due(
         .collect())
 }
 
-/// Deletes delivered messages, in one transaction (one commit, not one per
-/// message).
+/// Deletes delivered messages: one statement on PostgreSQL (the seqs as an
+/// array), one per 500 on SQLite, in one transaction (one commit). It was a
+/// statement per message: the largest part of the database's work per
+/// relayed download.
 async fn delete(db: &Db, seqs: &[i64]) -> anyhow::Result<()> {
     if seqs.is_empty() {
         return Ok(());
     }
-    let mut tx = db.begin().await?;
-    for seq in seqs {
-        on_tx!(&mut tx, t => sqlx::query("DELETE FROM outbox WHERE seq = $1").bind(seq).execute(&mut **t).await.map(|_| ()))?;
+    match db {
+        Db::Postgres(pool) => {
+            const SQL: &str = "DELETE FROM outbox WHERE seq = ANY($1)";
+            sqlx::query(SQL).bind(seqs).execute(pool).await?;
+        }
+        Db::Sqlite(_) => {
+            // Well under SQLite's 32,766 bound parameters per statement.
+            const ROWS: usize = 500;
+            let mut tx = db.begin().await?;
+            for chunk in seqs.chunks(ROWS) {
+                let mut sql = String::from("DELETE FROM outbox WHERE seq IN (");
+                for n in 1..=chunk.len() {
+                    if n > 1 {
+                        sql.push_str(", ");
+                    }
+                    sql.push('$');
+                    sql.push_str(&n.to_string());
+                }
+                sql.push(')');
+                on_tx!(&mut tx, t => {
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+                    for seq in chunk {
+                        query = query.bind(seq);
+                    }
+                    query.execute(&mut **t).await.map(drop)
+                })?;
+            }
+            tx.commit().await?;
+        }
     }
-    tx.commit().await?;
     Ok(())
 }
 

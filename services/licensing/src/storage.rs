@@ -129,15 +129,11 @@ impl LicensingStore {
         entitlements: &[Entitlement],
         now: Micros,
     ) -> StoreResult<bool> {
-        let mut tx = self.db.begin().await?;
-        if !first_time(&mut tx, event_id, now).await? {
-            return Ok(false);
-        }
-        for e in entitlements {
-            insert_entitlement(&mut tx, e).await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        let change = EventChange::Provision(entitlements.to_vec());
+        let applied = self
+            .apply_events(&[(event_id.to_owned(), change)], now)
+            .await?;
+        Ok(applied.first().copied().unwrap_or(false))
     }
 
     /// Applies a "subscription cancelled" event once: revokes the
@@ -150,20 +146,50 @@ impl LicensingStore {
         tombstone: &Entitlement,
         now: Micros,
     ) -> StoreResult<bool> {
+        let change = EventChange::Revoke(tombstone.clone());
+        let applied = self
+            .apply_events(&[(event_id.to_owned(), change)], now)
+            .await?;
+        Ok(applied.first().copied().unwrap_or(false))
+    }
+
+    /// Applies ordering's events in order, each once, in one transaction:
+    /// one durable commit for a whole delivered batch, where a commit per
+    /// event made licensing's share of a busy hour of orders mostly
+    /// commits. For each event, whether it was applied now (false: before).
+    pub async fn apply_events(
+        &self,
+        events: &[(String, EventChange)],
+        now: Micros,
+    ) -> StoreResult<Vec<bool>> {
+        let mut applied = Vec::with_capacity(events.len());
         let mut tx = self.db.begin().await?;
-        if !first_time(&mut tx, event_id, now).await? {
-            return Ok(false);
+        for (event_id, change) in events {
+            if !first_time(&mut tx, event_id, now).await? {
+                applied.push(false);
+                continue;
+            }
+            match change {
+                EventChange::Provision(entitlements) => {
+                    for e in entitlements {
+                        insert_entitlement(&mut tx, e).await?;
+                    }
+                }
+                EventChange::Revoke(tombstone) => {
+                    insert_entitlement(&mut tx, tombstone).await?;
+                    revoke_in(
+                        &mut tx,
+                        tombstone.partner_id,
+                        tombstone.subscription_id,
+                        now,
+                    )
+                    .await?;
+                }
+            }
+            applied.push(true);
         }
-        insert_entitlement(&mut tx, tombstone).await?;
-        revoke_in(
-            &mut tx,
-            tombstone.partner_id,
-            tombstone.subscription_id,
-            now,
-        )
-        .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(applied)
     }
 
     /// Revokes a subscription's entitlement and links. Returns the links
@@ -322,12 +348,16 @@ impl LicensingStore {
     }
 
     /// How many redemption groups may commit at once: one on SQLite (one
-    /// writer per file), several on PostgreSQL (each on its own connection;
-    /// a link always falls in the same lane).
+    /// writer per file), two on PostgreSQL (each on its own connection; a
+    /// link always falls in the same lane). Two, not more: while one group
+    /// commits the other gathers, and every lane more splits the same calls
+    /// into smaller groups (8 lanes made groups of about two: 4 statements
+    /// and a commit for every two downloads, 0.32x the raw commit rate
+    /// where two lanes reach 0.45x).
     pub fn redemption_lanes(&self) -> u8 {
         match self.db {
             Db::Sqlite(_) => 1,
-            Db::Postgres(_) => 8,
+            Db::Postgres(_) => 2,
         }
     }
 
@@ -476,6 +506,18 @@ impl LicensingStore {
     }
 }
 
+/// What one ordering event changes in licensing.
+#[derive(Clone, Debug)]
+pub enum EventChange {
+    /// An order was placed: its entitlements (an existing one, even
+    /// revoked, is left as it is).
+    Provision(Vec<Entitlement>),
+    /// A subscription was cancelled: its entitlement and links are revoked
+    /// (the tombstone is recorded when it was never provisioned, so a late
+    /// "order placed" cannot bring it back).
+    Revoke(Entitlement),
+}
+
 type ContentRow = (String, String, String, String, String, i64, String, i64);
 
 fn content_from_row(
@@ -550,26 +592,47 @@ async fn count_downloads(
     hashes: &[&str],
     now: Micros,
 ) -> StoreResult<std::collections::HashMap<String, Download>> {
-    let count = format!(
-        "UPDATE download_links SET downloads = downloads + 1 WHERE token_hash IN {} AND {} \
-         RETURNING token_hash, id, downloads, max_downloads, partner_id, customer_tenant_id, subscription_id, \
-         product_id, version, language, file_type",
-        placeholders(2, hashes.len()),
-        link_works("$1")
-    );
-    on_tx!(tx, t => {
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(count.as_str())).bind(now);
-        for hash in hashes {
-            query = query.bind(*hash);
+    const RETURNING: &str = "RETURNING token_hash, id, downloads, max_downloads, partner_id, customer_tenant_id, \
+         subscription_id, product_id, version, language, file_type";
+    match tx {
+        // One statement text whatever the group's size (the hashes as an
+        // array), so PostgreSQL plans it once per connection.
+        DbTx::Postgres(t) => {
+            let count = format!(
+                "UPDATE download_links SET downloads = downloads + 1 WHERE token_hash = ANY($2) AND {} {RETURNING}",
+                link_works("$1")
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(count))
+                .bind(now)
+                .bind(hashes)
+                .fetch_all(&mut **t)
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    let hash: String = r.try_get("token_hash")?;
+                    Ok((hash, download_from_row!(r)?))
+                })
+                .collect::<StoreResult<_>>()
         }
-        let rows = query.fetch_all(&mut **t).await?;
-        rows.iter()
-            .map(|r| {
-                let hash: String = r.try_get("token_hash")?;
-                Ok((hash, download_from_row!(r)?))
-            })
-            .collect::<StoreResult<_>>()
-    })
+        DbTx::Sqlite(t, _) => {
+            let count = format!(
+                "UPDATE download_links SET downloads = downloads + 1 WHERE token_hash IN {} AND {} {RETURNING}",
+                placeholders(2, hashes.len()),
+                link_works("$1")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(count.as_str())).bind(now);
+            for hash in hashes {
+                query = query.bind(*hash);
+            }
+            let rows = query.fetch_all(&mut **t).await?;
+            rows.iter()
+                .map(|r| {
+                    let hash: String = r.try_get("token_hash")?;
+                    Ok((hash, download_from_row!(r)?))
+                })
+                .collect::<StoreResult<_>>()
+        }
+    }
 }
 
 /// Inserts an entitlement unless one exists for its subscription.

@@ -27,7 +27,7 @@ use crate::domain::{
 };
 use crate::peers::{DownloadOptions, Peers};
 use crate::secrets::{self, Sealer};
-use crate::storage::{LicensingStore, LinkCount};
+use crate::storage::{EventChange, LicensingStore, LinkCount};
 
 /// Where links point.
 #[derive(Clone, Debug)]
@@ -331,7 +331,9 @@ impl Licensing {
     /// is rejected with its reason; a storage failure fails the whole batch
     /// (UNAVAILABLE, so the sender retries it).
     pub async fn apply_events(&self, events: Vec<OrderingEvent>) -> ApiResult<Applied> {
+        let now = self.clock.now();
         let mut outcome = Applied::default();
+        let mut changes = Vec::with_capacity(events.len());
         for event in events {
             let event_id = csp_kit::error::shortened(&event.event_id);
             // Each event within its documented limits (the codec leaves
@@ -342,67 +344,35 @@ impl Licensing {
                     .push((event_id, format!("{}: {}", v.field, v.description)));
                 continue;
             }
-            match self.apply(event).await {
-                Ok(true) => outcome.applied += 1,
-                Ok(false) => {}
-                Err(ApplyError::Store(error)) => {
-                    tracing::warn!(error = %anyhow::Error::new(error), "cannot store ordering events; the sender retries");
-                    return Err(ApiError::Unavailable(
-                        "licensing cannot store events now; send the batch again later".to_owned(),
-                    ));
-                }
-                Err(ApplyError::Invalid(reason)) => {
-                    outcome.rejected.push((event_id, reason.to_owned()));
-                }
+            let full_id = event.event_id.clone();
+            match change_of(event, now) {
+                Ok(change) => changes.push((full_id, change)),
+                Err(reason) => outcome.rejected.push((event_id, reason.to_owned())),
+            }
+        }
+        if changes.is_empty() {
+            return Ok(outcome);
+        }
+        let applied = self
+            .store
+            .apply_events(&changes, now)
+            .await
+            .map_err(|error| {
+                tracing::warn!(error = %anyhow::Error::new(error), "cannot store ordering events; the sender retries");
+                ApiError::Unavailable(
+                    "licensing cannot store events now; send the batch again later".to_owned(),
+                )
+            })?;
+        for ((_, change), applied) in changes.iter().zip(applied) {
+            if !applied {
+                continue;
+            }
+            outcome.applied += 1;
+            if let EventChange::Revoke(tombstone) = change {
+                tracing::info!(subscription_id = %tombstone.subscription_id, "entitlement revoked: subscription cancelled");
             }
         }
         Ok(outcome)
-    }
-
-    /// Applies one event once; `Ok(false)` when it was applied before.
-    async fn apply(&self, event: OrderingEvent) -> Result<bool, ApplyError> {
-        let now = self.clock.now();
-        if uuid::Uuid::parse_str(&event.event_id).is_err() {
-            return Err(ApplyError::Invalid("event_id is not a UUID"));
-        }
-        let partner_id: PartnerId = event
-            .partner_id
-            .parse()
-            .map_err(|_| ApplyError::Invalid("the partner id is missing or not a UUID"))?;
-        match event.payload {
-            Some(ordering_event::Payload::OrderPlaced(placed)) => {
-                let entitlements = provisioned(partner_id, placed, now)?;
-                Ok(self
-                    .store
-                    .provision(&event.event_id, &entitlements, now)
-                    .await?)
-            }
-            Some(ordering_event::Payload::SubscriptionCancelled(cancelled)) => {
-                let s = cancelled.subscription.ok_or(ApplyError::Invalid(
-                    "a SubscriptionCancelled event without its subscription",
-                ))?;
-                let tombstone = Entitlement {
-                    subscription_id: read_id(&s.id)?,
-                    partner_id,
-                    customer_tenant_id: read_id(&s.customer_tenant_id)?,
-                    order_id: read_id(&s.order_id)?,
-                    product_id: s.product_id.clone(),
-                    product_title: s.product_id.clone(),
-                    status: EntitlementStatus::Revoked,
-                    provisioned_at: now,
-                    revoked_at: Some(now),
-                };
-                let applied = self
-                    .store
-                    .revoke_from_event(&event.event_id, &tombstone, now)
-                    .await?;
-                if applied {
-                    tracing::info!(subscription_id = %s.id, "entitlement revoked: subscription cancelled");
-                }
-                Ok(applied)
-            }
-            None => Err(ApplyError::Invalid("the event carries no payload")),
-        }
     }
 
     /// Revokes a subscription's keys and links for the refund workflow;
@@ -532,25 +502,46 @@ impl Licensing {
     }
 }
 
-/// Why an event was not applied.
-#[derive(Debug)]
-enum ApplyError {
-    /// The event can never be applied: rejected, with the reason.
-    Invalid(&'static str),
-    /// Storage failed: the whole batch comes again.
-    Store(StoreError),
-}
+/// Why an event can never be applied (it is rejected with this reason).
+type Invalid = &'static str;
 
-impl From<StoreError> for ApplyError {
-    fn from(error: StoreError) -> Self {
-        ApplyError::Store(error)
-    }
-}
-
-fn read_id<T: std::str::FromStr>(value: &str) -> Result<T, ApplyError> {
+fn read_id<T: std::str::FromStr>(value: &str) -> Result<T, Invalid> {
     value
         .parse()
-        .map_err(|_| ApplyError::Invalid("a subscription, customer or order id is not a UUID"))
+        .map_err(|_| "a subscription, customer or order id is not a UUID")
+}
+
+/// What an ordering event changes in licensing.
+fn change_of(event: OrderingEvent, now: Micros) -> Result<EventChange, Invalid> {
+    if uuid::Uuid::parse_str(&event.event_id).is_err() {
+        return Err("event_id is not a UUID");
+    }
+    let partner_id: PartnerId = event
+        .partner_id
+        .parse()
+        .map_err(|_| "the partner id is missing or not a UUID")?;
+    match event.payload {
+        Some(ordering_event::Payload::OrderPlaced(placed)) => Ok(EventChange::Provision(
+            provisioned(partner_id, placed, now)?,
+        )),
+        Some(ordering_event::Payload::SubscriptionCancelled(cancelled)) => {
+            let s = cancelled
+                .subscription
+                .ok_or("a SubscriptionCancelled event without its subscription")?;
+            Ok(EventChange::Revoke(Entitlement {
+                subscription_id: read_id(&s.id)?,
+                partner_id,
+                customer_tenant_id: read_id(&s.customer_tenant_id)?,
+                order_id: read_id(&s.order_id)?,
+                product_id: s.product_id.clone(),
+                product_title: s.product_id.clone(),
+                status: EntitlementStatus::Revoked,
+                provisioned_at: now,
+                revoked_at: Some(now),
+            }))
+        }
+        None => Err("the event carries no payload"),
+    }
 }
 
 /// The entitlements an "order placed" event provisions: one per software
@@ -559,10 +550,10 @@ fn provisioned(
     partner_id: PartnerId,
     placed: csp_proto::ordering::v1::OrderPlaced,
     now: Micros,
-) -> Result<Vec<Entitlement>, ApplyError> {
-    let order = placed.order.ok_or(ApplyError::Invalid(
-        "an OrderPlaced event without its order",
-    ))?;
+) -> Result<Vec<Entitlement>, Invalid> {
+    let order = placed
+        .order
+        .ok_or("an OrderPlaced event without its order")?;
     let titles: HashMap<&str, &str> = order
         .lines
         .iter()
