@@ -367,8 +367,9 @@ fn main() {
     )
     .unwrap();
     let signer = Signer::new(keys.key(ServiceName::Gateway).clone());
-    // Direct calls carry the identities the gateway would sign (valid 60 s:
-    // signed again for each concurrency), through the gateway the bearers.
+    // Direct calls carry the identities the gateway would sign (valid 60 s,
+    // reused by the signer for up to 20 s, so at least 40 s left: signed
+    // again for each concurrency), through the gateway the bearers.
     let identities = || -> Vec<MetadataValue<Ascii>> {
         readers
             .iter()

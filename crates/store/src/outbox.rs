@@ -503,7 +503,8 @@ impl Relay {
                     for envelope in &batch {
                         match destination.deliver(std::slice::from_ref(envelope)).await {
                             Outcome::Accepted { rejected } if rejected.is_empty() => {
-                                delete(&self.db, &[envelope.seq]).await?
+                                delete(&self.db, &[envelope.seq]).await?;
+                                count += 1;
                             }
                             Outcome::Accepted { rejected } => {
                                 let reason =

@@ -72,8 +72,9 @@ pub trait TokenVerifier: Send + Sync + 'static {
     /// Verifies `token` (without the `Bearer ` prefix).
     async fn verify(&self, token: &str) -> Result<VerifiedUser, AuthError>;
 
-    /// Moves on when keys that verified earlier tokens are withdrawn (a
-    /// provider's rotation): verifications made before no longer hold.
+    /// Moves on whenever the keys that verify tokens may have changed (a
+    /// provider's keys fetched again): verifications made before no longer
+    /// hold.
     fn key_generation(&self) -> u64 {
         0
     }
@@ -84,8 +85,7 @@ const KEPT_TOKENS: usize = 4096;
 /// The longest token kept (longer ones are verified on every call), so the
 /// cache holds at most `KEPT_TOKENS * KEPT_TOKEN_BYTES` of tokens.
 const KEPT_TOKEN_BYTES: usize = 4096;
-/// How long a verification is reused: a provider's key that is withdrawn
-/// stops admitting its tokens within this time, even unexpired ones.
+/// The longest a verification is reused, whatever the token's expiry.
 pub const KEPT_FOR_SECS: u64 = 60;
 
 /// A user verified earlier.
@@ -102,8 +102,9 @@ struct Kept {
 /// each time was the largest part of the gateway's own work per call. A
 /// token is reused only byte for byte, only until it expires (or its
 /// sign-in is older than the maximum age) and for at most
-/// [`KEPT_FOR_SECS`], and not once a key has been withdrawn since it was
-/// verified; a refused token is never kept. The cache starts over when
+/// [`KEPT_FOR_SECS`], and not past a fetch of its provider's keys (a key
+/// withdrawn or replaced then admits nothing more, as without the cache); a
+/// refused token is never kept. The cache starts over when
 /// full.
 pub struct CachedVerifier {
     inner: Box<dyn TokenVerifier>,

@@ -150,8 +150,9 @@ pub struct OidcVerifier {
     audience: String,
     claims: Arc<OidcArgs>,
     http: reqwest::Client,
-    /// Moves on whenever a fetch finds that a key known before was
-    /// withdrawn: verifications kept from before no longer count.
+    /// Moves on with every fetch of a provider's keys (one known before
+    /// may be gone or replaced): verifications kept from before no longer
+    /// count.
     withdrawals: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -246,10 +247,11 @@ impl OidcVerifier {
         keys.fetched_at = Some(Instant::now());
         let by_kid = fetched?;
         tracing::info!(issuer = %issuer.url, keys = by_kid.len(), "fetched the identity provider's signing keys");
-        if keys.by_kid.keys().any(|kid| !by_kid.contains_key(kid)) {
-            self.withdrawals
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
+        // A key may have been withdrawn, or replaced under its id: tokens
+        // verified before are verified again. (Fetches are rare: at start,
+        // and for a key id not seen within the refetch interval.)
+        self.withdrawals
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         keys.by_kid = by_kid;
         Ok(())
     }

@@ -162,7 +162,7 @@ pub struct Licensing {
     relay: Arc<Notify>,
     /// Redemptions arriving while one group commits are counted together in
     /// the next transaction: one durable commit for many downloads.
-    /// (One group at a time per lane: one lane on SQLite, several on
+    /// (One group at a time per lane: one lane on SQLite, two on
     /// PostgreSQL.)
     redemptions: Arc<GroupCommit<u8, RedeemRequest, LinkCount>>,
 }
