@@ -153,11 +153,40 @@ impl LicensingStore {
         Ok(applied.first().copied().unwrap_or(false))
     }
 
-    /// Applies ordering's events in order, each once, in one transaction:
-    /// one durable commit for a whole delivered batch, where a commit per
-    /// event made licensing's share of a busy hour of orders mostly
-    /// commits. For each event, whether it was applied now (false: before).
+    /// Applies ordering's events in order, each once. Consecutive orders
+    /// placed share one transaction: one durable commit for a delivered
+    /// batch, where a commit per event made licensing's share of a busy hour
+    /// of orders mostly commits. A cancellation keeps a transaction of its
+    /// own: it locks its subscription's links, which redemption groups lock
+    /// too, and holding several subscriptions' links until a batch commits
+    /// would make deadlocks with them likelier. For each event, whether it
+    /// was applied now (false: before). On a failure the transactions
+    /// committed before stay (the sender sends the batch again, and events
+    /// applied are skipped).
     pub async fn apply_events(
+        &self,
+        events: &[(String, EventChange)],
+        now: Micros,
+    ) -> StoreResult<Vec<bool>> {
+        let mut applied = Vec::with_capacity(events.len());
+        let mut rest = events;
+        while let Some((_, first)) = rest.first() {
+            let together = match first {
+                EventChange::Revoke(_) => 1,
+                EventChange::Provision(_) => rest
+                    .iter()
+                    .take_while(|(_, change)| matches!(change, EventChange::Provision(_)))
+                    .count(),
+            };
+            let (now_applied, later) = rest.split_at(together);
+            applied.extend(self.apply_together(now_applied, now).await?);
+            rest = later;
+        }
+        Ok(applied)
+    }
+
+    /// Applies `events` in one transaction (see [`Self::apply_events`]).
+    async fn apply_together(
         &self,
         events: &[(String, EventChange)],
         now: Micros,

@@ -19,7 +19,7 @@ use csp_licensing::domain::{
     Dead, Download, Entitlement, EntitlementStatus, Issued, LINK_LIFETIME, LinkState,
     MAX_DOWNLOADS, NewLink, Selection, link_status,
 };
-use csp_licensing::storage::{LicensingStore, LinkCount, MIGRATIONS};
+use csp_licensing::storage::{EventChange, LicensingStore, LinkCount, MIGRATIONS};
 use csp_store::StoreError;
 use csp_store::db::Db;
 use csp_store::outbox::{Message, backlog};
@@ -197,6 +197,57 @@ async fn provision_applies_an_event_once() {
         Some(first)
     );
     test.remove().await;
+}
+
+#[tokio::test]
+async fn a_batch_of_events_applies_in_order_each_once() {
+    let (test, store) = setup().await;
+    let (first, second) = (any_entitlement(), any_entitlement());
+    let tombstone = Entitlement {
+        status: EntitlementStatus::Revoked,
+        revoked_at: Some(T0),
+        ..first.clone()
+    };
+    let batch = vec![
+        (
+            "placed-1".to_owned(),
+            EventChange::Provision(vec![first.clone()]),
+        ),
+        (
+            "placed-2".to_owned(),
+            EventChange::Provision(vec![second.clone()]),
+        ),
+        (
+            "cancelled-1".to_owned(),
+            EventChange::Revoke(tombstone.clone()),
+        ),
+        // The same event twice in one batch applies once.
+        (
+            "placed-2".to_owned(),
+            EventChange::Provision(vec![second.clone()]),
+        ),
+    ];
+    let applied = store.apply_events(&batch, T0).await.unwrap();
+    assert_eq!(applied, [true, true, true, false], "on {}", test.backend());
+    let revoked = store
+        .entitlement(first.partner_id, first.subscription_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        revoked.status,
+        EntitlementStatus::Revoked,
+        "the cancellation after the order placed revoked it"
+    );
+    assert_eq!(
+        store
+            .entitlement(second.partner_id, second.subscription_id)
+            .await
+            .unwrap(),
+        Some(second.clone())
+    );
+    let again = store.apply_events(&batch, T0 + SECOND).await.unwrap();
+    assert_eq!(again, [false; 4], "a batch sent again changes nothing");
 }
 
 #[tokio::test]
