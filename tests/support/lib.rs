@@ -894,6 +894,22 @@ pub async fn purchase_with(
     (customer, order)
 }
 
+/// An order of `lines` (SKU, quantity) for `customer`, with a fresh
+/// request id.
+pub fn order_request(customer: &str, lines: &[(&str, i32)]) -> PlaceOrderRequest {
+    PlaceOrderRequest {
+        customer_tenant_id: customer.into(),
+        lines: lines
+            .iter()
+            .map(|(sku, quantity)| OrderLineRequest {
+                sku_id: (*sku).into(),
+                quantity: *quantity,
+            })
+            .collect(),
+        request_id: Uuid::new_v4().to_string(),
+    }
+}
+
 /// The contact of test tickets.
 pub fn contact() -> Option<Contact> {
     Some(Contact {

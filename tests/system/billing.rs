@@ -13,8 +13,7 @@ use csp_proto::common::v1::Money;
 use csp_proto::ordering::v1::billing_service_client::BillingServiceClient;
 use csp_proto::ordering::v1::{
     ChargeType, CreateCustomerRequest, CurrencyStatement, ExportBillingLineItemsRequest,
-    GetBillingStatementRequest, ListBillingLineItemsRequest, Order, OrderLineRequest,
-    PlaceOrderRequest,
+    GetBillingStatementRequest, ListBillingLineItemsRequest, Order,
 };
 use csp_proto::support::v1::{GetTicketRequest, TicketStatus, refund_request};
 use csp_tests::{Bearer, TestSystem};
@@ -53,17 +52,7 @@ async fn customer(system: &TestSystem, market: &str) -> String {
 async fn order(system: &TestSystem, tenant: &str, lines: &[(&str, i32)]) -> Order {
     let mut ordering = system.ordering(&[Role::AdminAgent]).await;
     ordering
-        .place_order(PlaceOrderRequest {
-            customer_tenant_id: tenant.into(),
-            lines: lines
-                .iter()
-                .map(|(sku, quantity)| OrderLineRequest {
-                    sku_id: (*sku).into(),
-                    quantity: *quantity,
-                })
-                .collect(),
-            request_id: Uuid::new_v4().to_string(),
-        })
+        .place_order(csp_tests::order_request(tenant, lines))
         .await
         .unwrap()
         .into_inner()

@@ -13,10 +13,10 @@ use csp_proto::ordering::v1::ordering_service_client::OrderingServiceClient;
 use csp_proto::ordering::v1::{
     CancelSubscriptionRequest, CreateCustomerRequest, GetCustomerRequest, GetOrderRequest,
     GetSubscriptionRequest, ListCustomersRequest, ListOrdersRequest, ListSubscriptionsRequest,
-    Order, OrderLineRequest, PlaceOrderRequest, ResolveRefundTargetRequest, SubscriptionStatus,
-    get_customer_request, resolve_refund_target_request,
+    Order, PlaceOrderRequest, ResolveRefundTargetRequest, SubscriptionStatus, get_customer_request,
+    resolve_refund_target_request,
 };
-use csp_tests::{Bearer, TestSystem};
+use csp_tests::{Bearer, TestSystem, order_request};
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -47,20 +47,6 @@ async fn customer(client: &mut Client, domain: &str, market: &str) -> String {
         .customer
         .unwrap()
         .tenant_id
-}
-
-fn order_request(customer: &str, lines: &[(&str, i32)]) -> PlaceOrderRequest {
-    PlaceOrderRequest {
-        customer_tenant_id: customer.into(),
-        lines: lines
-            .iter()
-            .map(|(sku, quantity)| OrderLineRequest {
-                sku_id: (*sku).into(),
-                quantity: *quantity,
-            })
-            .collect(),
-        request_id: Uuid::new_v4().to_string(),
-    }
 }
 
 async fn place(client: &mut Client, request: PlaceOrderRequest) -> Order {
