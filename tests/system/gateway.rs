@@ -917,3 +917,90 @@ async fn in_one_process_the_gateway_calls_a_backend_without_a_socket() {
     drop(reserved);
     system.stop().await;
 }
+
+/// The services reflection v1 (grpcurl) and v1alpha (Python grpcio's
+/// reflection client) list at `addr`, and whether v1alpha resolves the
+/// catalog service's file.
+async fn reflected_services(addr: std::net::SocketAddr) -> (Vec<String>, Vec<String>, bool) {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let channel = connect(addr).await;
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection v1 answers")
+        .into_inner();
+    let answer = answers.message().await.unwrap().expect("one answer");
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answer.message_response
+    else {
+        panic!("reflection v1 did not list services: {answer:?}");
+    };
+    let v1_names = list.service.into_iter().map(|s| s.name).collect();
+
+    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let requests = [
+        v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+            "csp.catalog.v1.CatalogService".to_owned(),
+        ),
+    ]
+    .map(|message| v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(message),
+    });
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .expect("reflection v1alpha answers")
+        .into_inner();
+    let answer = answers.message().await.unwrap().expect("a first answer");
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answer.message_response
+    else {
+        panic!("reflection v1alpha did not list services: {answer:?}");
+    };
+    let v1alpha_names = list.service.into_iter().map(|s| s.name).collect();
+    let answer = answers.message().await.unwrap().expect("a second answer");
+    let resolved = matches!(
+        answer.message_response,
+        Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(files))
+            if !files.file_descriptor_proto.is_empty()
+    );
+    (v1_names, v1alpha_names, resolved)
+}
+
+/// Reflection is made on its first call; both versions answer the same, on
+/// the gateway (public services only) and on a backend (every service).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_answers_in_both_versions_on_the_gateway_and_on_a_backend() {
+    let system = TestSystem::start().await;
+    for (addr, lists_internal) in [
+        (system.addresses.gateway, false),
+        (system.addresses.licensing, true),
+    ] {
+        let (mut v1, mut v1alpha, resolved) = reflected_services(addr).await;
+        // A backend lists the reflection version asked (tonic's way).
+        for names in [&mut v1, &mut v1alpha] {
+            names.retain(|s| !s.starts_with("grpc.reflection."));
+        }
+        assert_eq!(v1, v1alpha, "both versions list the same services");
+        assert!(
+            v1.iter().any(|s| s == "csp.licensing.v1.LicensingService"),
+            "{v1:?}"
+        );
+        assert!(v1.iter().any(|s| s == "grpc.health.v1.Health"), "{v1:?}");
+        assert_eq!(
+            v1.iter().any(|s| s.contains("Internal")),
+            lists_internal,
+            "{addr}: {v1:?}"
+        );
+        assert!(resolved, "{addr}: v1alpha resolves the catalog's file");
+    }
+}

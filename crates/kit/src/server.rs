@@ -43,35 +43,165 @@ pub async fn base_routes(scope: ReflectionScope) -> anyhow::Result<(HealthReport
     reporter
         .set_service_status(LIVENESS, ServingStatus::Serving)
         .await;
-    let files = match &scope {
-        ReflectionScope::All => csp_proto::FILE_DESCRIPTOR_SET.to_vec(),
-        ReflectionScope::Only(services) => {
-            public_descriptor_set(csp_proto::FILE_DESCRIPTOR_SET, services)?
-        }
-    };
-    let builder = || {
-        let mut builder = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(&files)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            // google.rpc error details, so grpcurl can print them.
-            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
-        if let ReflectionScope::Only(services) = &scope {
-            builder = builder
-                .with_service_name("grpc.health.v1.Health")
-                .with_service_name("grpc.reflection.v1.ServerReflection")
-                .with_service_name("grpc.reflection.v1alpha.ServerReflection");
-            for service in services {
-                builder = builder.with_service_name(service.clone());
-            }
-        }
-        builder
-    };
-    let v1 = builder().build_v1().context("cannot build reflection v1")?;
-    let v1alpha = builder()
-        .build_v1alpha()
-        .context("cannot build reflection v1alpha")?;
+    // Reflection is built on its first call, not at start: its index of
+    // every symbol of the descriptor set took about 3 MB per process (two
+    // versions in each of six servers), and most processes never answer a
+    // reflection call.
+    let scope = Arc::new(scope);
+    let v1 = BuiltOnFirstCall::new({
+        let scope = scope.clone();
+        move || reflection_v1(&scope)
+    });
+    let v1alpha = BuiltOnFirstCall::new(move || reflection_v1alpha(&scope));
     let routes = Routes::new(health).add_service(v1).add_service(v1alpha);
     Ok((reporter, routes))
+}
+
+/// Reflection v1 over what `scope` lists.
+fn reflection_v1(
+    scope: &ReflectionScope,
+) -> anyhow::Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection + use<>,
+    >,
+> {
+    let files = reflected_files(scope)?;
+    reflection_builder(files, scope)
+        .build_v1()
+        .context("cannot build reflection v1")
+}
+
+/// Reflection v1alpha (what grpcurl before 1.8 and Python's grpcio
+/// reflection client speak) over what `scope` lists.
+fn reflection_v1alpha(
+    scope: &ReflectionScope,
+) -> anyhow::Result<
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection + use<>,
+    >,
+> {
+    let files = reflected_files(scope)?;
+    reflection_builder(files, scope)
+        .build_v1alpha()
+        .context("cannot build reflection v1alpha")
+}
+
+/// The encoded csp files `scope` reflects, with their original bytes (so
+/// custom options such as `csp.auth.v1.access` survive). The public part is
+/// made once per list of services and kept for the life of the process
+/// (reflection borrows it; a process has one gateway, so one list).
+fn reflected_files(scope: &ReflectionScope) -> anyhow::Result<&'static [u8]> {
+    static PUBLIC: std::sync::Mutex<Vec<(Vec<String>, &'static [u8])>> =
+        std::sync::Mutex::new(Vec::new());
+    let ReflectionScope::Only(services) = scope else {
+        return Ok(csp_proto::FILE_DESCRIPTOR_SET);
+    };
+    let mut made = PUBLIC
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, files)) = made.iter().find(|(listed, _)| listed == services) {
+        return Ok(files);
+    }
+    let files: &'static [u8] = Box::leak(
+        public_descriptor_set(csp_proto::FILE_DESCRIPTOR_SET, services)?.into_boxed_slice(),
+    );
+    made.push((services.clone(), files));
+    Ok(files)
+}
+
+/// Reflection over `files`, health and the google.rpc error details,
+/// listing the services `scope` names.
+fn reflection_builder<'a>(
+    files: &'a [u8],
+    scope: &ReflectionScope,
+) -> tonic_reflection::server::Builder<'a> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(files)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // google.rpc error details, so grpcurl can print them.
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
+    if let ReflectionScope::Only(services) = scope {
+        builder = builder
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for service in services {
+            builder = builder.with_service_name(service.clone());
+        }
+    }
+    builder
+}
+
+/// A gRPC service made by `build` on its first call and kept. Should
+/// `build` fail, every call answers INTERNAL (the failure is logged once).
+struct BuiltOnFirstCall<S, F> {
+    service: Arc<std::sync::OnceLock<Option<S>>>,
+    build: Arc<F>,
+}
+
+impl<S, F> BuiltOnFirstCall<S, F> {
+    fn new(build: F) -> Self {
+        Self {
+            service: Arc::new(std::sync::OnceLock::new()),
+            build: Arc::new(build),
+        }
+    }
+}
+
+impl<S, F> Clone for BuiltOnFirstCall<S, F> {
+    fn clone(&self) -> Self {
+        Self {
+            service: self.service.clone(),
+            build: self.build.clone(),
+        }
+    }
+}
+
+impl<S: tonic::server::NamedService, F> tonic::server::NamedService for BuiltOnFirstCall<S, F> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, F> tower::Service<http::Request<tonic::body::Body>> for BuiltOnFirstCall<S, F>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    F: Fn() -> anyhow::Result<S> + Send + Sync + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let service = self.service.get_or_init(|| match (self.build)() {
+            Ok(service) => Some(service),
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), service = S::NAME, "cannot build the service");
+                None
+            }
+        });
+        match service.clone() {
+            Some(service) => Box::pin(tower::ServiceExt::oneshot(service, request)),
+            None => {
+                let status = tonic::Status::internal(format!("{} is not available", S::NAME));
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
 }
 
 /// The files of an encoded descriptor set that define `services` (full
