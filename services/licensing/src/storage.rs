@@ -628,11 +628,13 @@ async fn count_downloads(
         // One statement text whatever the group's size (the hashes as an
         // array), so PostgreSQL plans it once per connection.
         DbTx::Postgres(t) => {
-            let count = format!(
-                "UPDATE download_links SET downloads = downloads + 1 WHERE token_hash = ANY($2) AND {} {RETURNING}",
-                link_works("$1")
-            );
-            let rows = sqlx::query(sqlx::AssertSqlSafe(count))
+            static COUNT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+                format!(
+                    "UPDATE download_links SET downloads = downloads + 1 WHERE token_hash = ANY($2) AND {} {RETURNING}",
+                    link_works("$1")
+                )
+            });
+            let rows = sqlx::query(sqlx::AssertSqlSafe(COUNT.as_str()))
                 .bind(now)
                 .bind(hashes)
                 .fetch_all(&mut **t)
