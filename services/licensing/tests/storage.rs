@@ -654,3 +654,96 @@ async fn a_malformed_stored_id_reads_as_corrupt() {
     );
     test.remove().await;
 }
+
+#[tokio::test]
+async fn a_group_of_distinct_links_counts_those_that_work_and_writes_their_messages_in_order() {
+    let (test, store) = setup().await;
+    let working = any_entitlement();
+    provision(&store, &working).await;
+    let (a, b) = (new_link(T0), new_link(T0));
+    issue(&store, &working, &selection("2022", "en-US"), T0, &a)
+        .await
+        .unwrap();
+    issue(&store, &working, &selection("2019", "en-US"), T0, &b)
+        .await
+        .unwrap();
+    let cancelled = any_entitlement();
+    provision(&store, &cancelled).await;
+    let c = new_link(T0);
+    issue(&store, &cancelled, &selection("2022", "en-US"), T0, &c)
+        .await
+        .unwrap();
+    store
+        .revoke(cancelled.partner_id, cancelled.subscription_id, T0 + SECOND)
+        .await
+        .unwrap();
+    let before = outbox_rows(&test.db).await;
+
+    let now = T0 + 2 * SECOND;
+    let requests = vec![
+        (b.token_hash.clone(), now),
+        ("no-such-hash".to_owned(), now),
+        (a.token_hash.clone(), now),
+        (c.token_hash.clone(), now),
+    ];
+    let outcomes = store
+        .redeem_all(&requests, |download, index| {
+            assert!(
+                index == 0 || index == 2,
+                "a message only for a counted link"
+            );
+            vec![Message {
+                event_id: format!("event-{index}-{}", download.count),
+                ..message()
+            }]
+        })
+        .await
+        .unwrap();
+    let seen: Vec<String> = outcomes
+        .iter()
+        .map(|o| match o {
+            LinkCount::Counted(d) => format!("counted {} of {}", d.count, d.link_id),
+            LinkCount::Refused(state) => format!("refused, revoked: {}", state.revoked),
+            LinkCount::Unknown => "unknown".to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            format!("counted 1 of {}", b.id),
+            "unknown".to_owned(),
+            format!("counted 1 of {}", a.id),
+            "refused, revoked: true".to_owned(),
+        ],
+        "on {}",
+        test.backend()
+    );
+    assert_eq!(outbox_rows(&test.db).await, before + 2);
+    let written: Vec<String> = csp_store::on_db!(&test.db, pool => sqlx::query_scalar(
+        "SELECT event_id FROM outbox WHERE event_id LIKE 'event-%' ORDER BY seq"
+    )
+    .fetch_all(pool)
+    .await)
+    .unwrap();
+    assert_eq!(written, ["event-0-1", "event-2-1"], "on {}", test.backend());
+
+    // Again: each link's second download, the revoked one still refused.
+    let outcomes = store
+        .redeem_all(&requests, |_, _| Vec::new())
+        .await
+        .unwrap();
+    let counts: Vec<Option<i32>> = outcomes
+        .iter()
+        .map(|o| match o {
+            LinkCount::Counted(d) => Some(d.count),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        [Some(2), None, Some(2), None],
+        "on {}",
+        test.backend()
+    );
+    test.remove().await;
+}
