@@ -44,9 +44,9 @@ pub async fn base_routes(scope: ReflectionScope) -> anyhow::Result<(HealthReport
         .set_service_status(LIVENESS, ServingStatus::Serving)
         .await;
     // Reflection is built on its first call, not at start: its index of
-    // every symbol of the descriptor set took about 3 MB per process (two
-    // versions in each of six servers), and most processes never answer a
-    // reflection call.
+    // every symbol of the descriptor set took 3.3 MB of live heap per process
+    // (two versions in each of six servers; 3.5-4 MB of idle RSS), and most
+    // processes never answer a reflection call.
     let scope = Arc::new(scope);
     let v1 = BuiltOnFirstCall::new({
         let scope = scope.clone();
