@@ -50,40 +50,21 @@ pub async fn base_routes(scope: ReflectionScope) -> anyhow::Result<(HealthReport
     let scope = Arc::new(scope);
     let v1 = BuiltOnFirstCall::new({
         let scope = scope.clone();
-        move || reflection_v1(&scope)
+        move || {
+            reflection_builder(&scope)?
+                .build_v1()
+                .context("cannot build reflection v1")
+        }
     });
-    let v1alpha = BuiltOnFirstCall::new(move || reflection_v1alpha(&scope));
+    // v1alpha: what grpcurl before 1.8 and Python's grpcio reflection
+    // client speak.
+    let v1alpha = BuiltOnFirstCall::new(move || {
+        reflection_builder(&scope)?
+            .build_v1alpha()
+            .context("cannot build reflection v1alpha")
+    });
     let routes = Routes::new(health).add_service(v1).add_service(v1alpha);
     Ok((reporter, routes))
-}
-
-/// Reflection v1 over what `scope` lists.
-fn reflection_v1(
-    scope: &ReflectionScope,
-) -> anyhow::Result<
-    tonic_reflection::server::v1::ServerReflectionServer<
-        impl tonic_reflection::server::v1::ServerReflection + use<>,
-    >,
-> {
-    let files = reflected_files(scope)?;
-    reflection_builder(files, scope)
-        .build_v1()
-        .context("cannot build reflection v1")
-}
-
-/// Reflection v1alpha (what grpcurl before 1.8 and Python's grpcio
-/// reflection client speak) over what `scope` lists.
-fn reflection_v1alpha(
-    scope: &ReflectionScope,
-) -> anyhow::Result<
-    tonic_reflection::server::v1alpha::ServerReflectionServer<
-        impl tonic_reflection::server::v1alpha::ServerReflection + use<>,
-    >,
-> {
-    let files = reflected_files(scope)?;
-    reflection_builder(files, scope)
-        .build_v1alpha()
-        .context("cannot build reflection v1alpha")
 }
 
 /// The encoded csp files `scope` reflects, with their original bytes (so
@@ -109,14 +90,13 @@ fn reflected_files(scope: &ReflectionScope) -> anyhow::Result<&'static [u8]> {
     Ok(files)
 }
 
-/// Reflection over `files`, health and the google.rpc error details,
-/// listing the services `scope` names.
-fn reflection_builder<'a>(
-    files: &'a [u8],
+/// Reflection over the csp files `scope` reflects, health and the
+/// google.rpc error details, listing the services `scope` names.
+fn reflection_builder(
     scope: &ReflectionScope,
-) -> tonic_reflection::server::Builder<'a> {
+) -> anyhow::Result<tonic_reflection::server::Builder<'static>> {
     let mut builder = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(files)
+        .register_encoded_file_descriptor_set(reflected_files(scope)?)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         // google.rpc error details, so grpcurl can print them.
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
@@ -129,7 +109,7 @@ fn reflection_builder<'a>(
             builder = builder.with_service_name(service.clone());
         }
     }
-    builder
+    Ok(builder)
 }
 
 /// A gRPC service made by `build` on its first call and kept. Should

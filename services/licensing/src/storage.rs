@@ -4,7 +4,7 @@
 
 use csp_kit::clock::Micros;
 use csp_kit::ids::{PartnerId, SubscriptionId, TenantId};
-use csp_store::db::{Db, DbTx, MigrationSource, Migrations};
+use csp_store::db::{Db, DbTx, MigrationSource, Migrations, placeholders};
 use csp_store::error::column;
 use csp_store::outbox::{self, Message};
 use csp_store::{StoreResult, on_db, on_tx};
@@ -581,12 +581,6 @@ fn link_state_from_row((expires_at, downloads, max_downloads, revoked): LinkStat
     }
 }
 
-/// `(?, ?, ...)` with `n` placeholders numbered from `$first`.
-fn placeholders(first: usize, n: usize) -> String {
-    let list: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
-    format!("({})", list.join(", "))
-}
-
 /// The states of the links with `hashes`, inside `tx`, by token hash.
 async fn read_link_states(
     tx: &mut DbTx,
@@ -624,6 +618,18 @@ async fn count_downloads(
 ) -> StoreResult<std::collections::HashMap<String, Download>> {
     const RETURNING: &str = "RETURNING token_hash, id, downloads, max_downloads, partner_id, customer_tenant_id, \
          subscription_id, product_id, version, language, file_type";
+    // The rows of either backend, by token hash.
+    macro_rules! by_hash {
+        ($rows:expr) => {
+            $rows
+                .iter()
+                .map(|r| {
+                    let hash: String = r.try_get("token_hash")?;
+                    Ok((hash, download_from_row!(r)?))
+                })
+                .collect::<StoreResult<_>>()
+        };
+    }
     match tx {
         // One statement text whatever the group's size (the hashes as an
         // array), so PostgreSQL plans it once per connection.
@@ -639,12 +645,7 @@ async fn count_downloads(
                 .bind(hashes)
                 .fetch_all(&mut **t)
                 .await?;
-            rows.iter()
-                .map(|r| {
-                    let hash: String = r.try_get("token_hash")?;
-                    Ok((hash, download_from_row!(r)?))
-                })
-                .collect::<StoreResult<_>>()
+            by_hash!(rows)
         }
         DbTx::Sqlite(t, _) => {
             let count = format!(
@@ -657,12 +658,7 @@ async fn count_downloads(
                 query = query.bind(*hash);
             }
             let rows = query.fetch_all(&mut **t).await?;
-            rows.iter()
-                .map(|r| {
-                    let hash: String = r.try_get("token_hash")?;
-                    Ok((hash, download_from_row!(r)?))
-                })
-                .collect::<StoreResult<_>>()
+            by_hash!(rows)
         }
     }
 }
