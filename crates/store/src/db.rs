@@ -111,6 +111,25 @@ impl DbTx {
     }
 }
 
+/// `($first, ..., $(first + count - 1))`: a list of `count` numbered
+/// placeholders, for `IN` lists whose length varies.
+pub fn placeholders(first: usize, count: usize) -> String {
+    let list: Vec<String> = (first..first + count).map(|i| format!("${i}")).collect();
+    format!("({})", list.join(", "))
+}
+
+/// `head ($1, ..., $width), (...), ...`: `rows` rows of `width` numbered
+/// placeholders, for multi-row `INSERT ... VALUES`.
+pub fn value_rows(head: &str, width: usize, rows: usize) -> String {
+    let mut sql = String::with_capacity(head.len() + rows * width * 5);
+    sql.push_str(head);
+    for row in 0..rows {
+        sql.push_str(if row == 0 { " " } else { ", " });
+        sql.push_str(&placeholders(row * width + 1, width));
+    }
+    sql
+}
+
 /// One migration, embedded with `include_str!`.
 #[derive(Clone, Copy, Debug)]
 pub struct MigrationSource {
@@ -412,6 +431,16 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_from_first_in_lists_and_rows() {
+        assert_eq!(placeholders(3, 2), "($3, $4)");
+        assert_eq!(placeholders(1, 1), "($1)");
+        assert_eq!(
+            value_rows("INSERT INTO t (a, b) VALUES", 2, 2),
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)"
+        );
+    }
 
     #[test]
     fn replaces_the_database_of_a_server_url() {

@@ -129,24 +129,11 @@ pub async fn enqueue_all(tx: &mut DbTx, messages: &[Message]) -> Result<(), sqlx
     const ROWS: usize = 500;
     let now = csp_kit::clock::SystemClock.now();
     for chunk in messages.chunks(ROWS) {
-        let mut sql = String::from(
-            "INSERT INTO outbox (destination, event_id, stream, payload, created_at_us, next_attempt_at_us) VALUES ",
+        let sql = crate::db::value_rows(
+            "INSERT INTO outbox (destination, event_id, stream, payload, created_at_us, next_attempt_at_us) VALUES",
+            COLUMNS,
+            chunk.len(),
         );
-        for row in 0..chunk.len() {
-            let first = row * COLUMNS;
-            if row > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${})",
-                first + 1,
-                first + 2,
-                first + 3,
-                first + 4,
-                first + 5,
-                first + 6
-            ));
-        }
         on_tx!(tx, t => {
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
             for message in chunk {
@@ -672,15 +659,10 @@ async fn delete(db: &Db, seqs: &[i64]) -> anyhow::Result<()> {
             const ROWS: usize = 500;
             let mut tx = db.begin().await?;
             for chunk in seqs.chunks(ROWS) {
-                let mut sql = String::from("DELETE FROM outbox WHERE seq IN (");
-                for n in 1..=chunk.len() {
-                    if n > 1 {
-                        sql.push_str(", ");
-                    }
-                    sql.push('$');
-                    sql.push_str(&n.to_string());
-                }
-                sql.push(')');
+                let sql = format!(
+                    "DELETE FROM outbox WHERE seq IN {}",
+                    crate::db::placeholders(1, chunk.len())
+                );
                 on_tx!(&mut tx, t => {
                     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
                     for seq in chunk {

@@ -38,26 +38,7 @@ const COLUMNS: &str = "partner_id, seq, id, kind, occur_at_us, recorded_at_us, u
 
 /// `head ($first, ..., $n)`: an IN list of `count` placeholders from `$first`.
 fn in_list(head: &str, first: usize, count: usize) -> String {
-    let placeholders: Vec<String> = (first..first + count).map(|i| format!("${i}")).collect();
-    format!("{head} ({})", placeholders.join(", "))
-}
-
-/// `head ($1, ..., $width), (...), ...`: `rows` rows of `width` values.
-fn rows_sql(head: &str, width: usize, rows: usize) -> String {
-    let mut sql = String::with_capacity(head.len() + rows * width * 5);
-    sql.push_str(head);
-    for row in 0..rows {
-        sql.push_str(if row == 0 { " (" } else { ", (" });
-        for col in 0..width {
-            if col > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('$');
-            sql.push_str(&(row * width + col + 1).to_string());
-        }
-        sql.push(')');
-    }
-    sql
+    format!("{head} {}", csp_store::db::placeholders(first, count))
 }
 
 /// The query reading `count` stored hashes of a partner by index.
@@ -202,7 +183,7 @@ impl AuditStore {
         // Many rows per statement (12 values each, well under both
         // databases' limits on bound values).
         for chunk in fresh.chunks(200) {
-            let sql = rows_sql(
+            let sql = csp_store::db::value_rows(
                 &format!("INSERT INTO activities ({COLUMNS}) VALUES"),
                 12,
                 chunk.len(),
@@ -585,7 +566,7 @@ async fn add_leaves(
         StoreError::corrupt("tree_hashes", format!("hashes missing below leaf {size}"))
     })?;
     for chunk in stored.chunks(500) {
-        let sql = rows_sql(
+        let sql = csp_store::db::value_rows(
             "INSERT INTO tree_hashes (partner_id, idx, hash) VALUES",
             3,
             chunk.len(),
