@@ -227,15 +227,19 @@ async fn channel(addr: std::net::SocketAddr) -> Channel {
         .unwrap()
 }
 
-/// The floor: a bare tonic server with nothing but the health service.
+/// The floor: a bare tonic server with nothing but the health service, its
+/// sockets set up as csp's servers set theirs (TCP_NODELAY: without it, Nagle
+/// and delayed ACKs held the floor's p99 at 44 ms at 64 callers, and its
+/// throughput below the catalog's).
 async fn floor_server() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (_, health) = tonic_health::server::health_reporter();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(health)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .serve_with_incoming(incoming)
             .await
     });
     addr
