@@ -69,6 +69,22 @@ pub const fn due_index_migration(version: i64) -> MigrationSource {
     }
 }
 
+/// Drops the outbox's `UNIQUE (destination, event_id)` on PostgreSQL, as
+/// version `version`. Event ids are unique by construction (random record
+/// ids, or one per event), and every receiver deduplicates by them anyway,
+/// so the index only cost a random insert into a text btree, and a
+/// uniqueness check, for every message: with pgbench, transactions of 20
+/// inserts and 20 deletes went from 4,100 to 4,470 per second without it.
+/// SQLite keeps the constraint: dropping it there means rebuilding the
+/// table, and SQLite's redemptions are not short of their goal.
+pub const fn postgres_event_ids_not_unique_migration(version: i64) -> MigrationSource {
+    MigrationSource {
+        version,
+        description: "outbox event ids not indexed",
+        sql: "ALTER TABLE outbox DROP CONSTRAINT outbox_destination_event_id_key;",
+    }
+}
+
 /// A message to deliver.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {

@@ -28,6 +28,7 @@ pub const MIGRATIONS: Migrations = Migrations {
         outbox::postgres_migration(2),
         outbox::due_index_migration(3),
         CONTENT_FILES,
+        outbox::postgres_event_ids_not_unique_migration(5),
     ],
 };
 

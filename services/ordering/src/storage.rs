@@ -45,6 +45,7 @@ pub const MIGRATIONS: Migrations = Migrations {
         POLICIES,
         BILLING,
         CAP_VALUES,
+        outbox::postgres_event_ids_not_unique_migration(9),
     ],
 };
 

@@ -129,6 +129,7 @@ pub const MIGRATIONS: Migrations = Migrations {
         ATTACHMENT_OBJECTS,
         ATTACHMENT_UPLOADS,
         REFUNDABLE,
+        outbox::postgres_event_ids_not_unique_migration(8),
     ],
 };
 
