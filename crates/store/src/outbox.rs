@@ -120,13 +120,18 @@ impl Message {
 /// The destination name of the audit service.
 pub const AUDIT: &str = "audit";
 
+/// The head of a statement that writes outbox rows, as [`enqueue`] does:
+/// what follows (`VALUES` or a `SELECT`) gives the destination, event id,
+/// stream, payload, then the time twice (written, first due).
+pub const INSERT: &str = "INSERT INTO outbox (destination, event_id, stream, payload, created_at_us, next_attempt_at_us)";
+
 /// Writes `message` in `tx`; it is relayed once `tx` commits. Its timestamps
 /// come from the system clock (relay timing is not business time).
 pub async fn enqueue(tx: &mut DbTx, message: &Message) -> Result<(), sqlx::Error> {
     let now = csp_kit::clock::SystemClock.now();
-    const SQL: &str = "INSERT INTO outbox (destination, event_id, stream, payload, created_at_us, next_attempt_at_us) \
-                       VALUES ($1, $2, $3, $4, $5, $5)";
-    on_tx!(tx, t => sqlx::query(SQL)
+    static SQL: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("{INSERT} VALUES ($1, $2, $3, $4, $5, $5)"));
+    on_tx!(tx, t => sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
         .bind(message.destination)
         .bind(&message.event_id)
         .bind(&message.stream)
@@ -145,11 +150,7 @@ pub async fn enqueue_all(tx: &mut DbTx, messages: &[Message]) -> Result<(), sqlx
     const ROWS: usize = 500;
     let now = csp_kit::clock::SystemClock.now();
     for chunk in messages.chunks(ROWS) {
-        let sql = crate::db::value_rows(
-            "INSERT INTO outbox (destination, event_id, stream, payload, created_at_us, next_attempt_at_us) VALUES",
-            COLUMNS,
-            chunk.len(),
-        );
+        let sql = crate::db::value_rows(&format!("{INSERT} VALUES"), COLUMNS, chunk.len());
         on_tx!(tx, t => {
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
             for message in chunk {

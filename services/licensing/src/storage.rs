@@ -51,7 +51,15 @@ const ENTITLEMENT_COLUMNS: &str = "subscription_id, partner_id, customer_tenant_
 /// revoked, not expired at `$now`, downloads left. Stated once, used by
 /// every query that looks for a working link.
 fn link_works(now: &str) -> String {
-    format!("revoked_at_us IS NULL AND expires_at_us > {now} AND downloads < max_downloads")
+    link_works_in("", now)
+}
+
+/// [`link_works`] for the `download_links` row named `table` (an alias with
+/// its dot, or empty).
+fn link_works_in(table: &str, now: &str) -> String {
+    format!(
+        "{table}revoked_at_us IS NULL AND {table}expires_at_us > {now} AND {table}downloads < {table}max_downloads"
+    )
 }
 
 /// Reads an entitlement row; evaluates to `StoreResult<Entitlement>`.
@@ -113,12 +121,47 @@ pub enum LinkCount {
 #[derive(Clone, Debug)]
 pub struct LicensingStore {
     db: Db,
+    /// On PostgreSQL, the last download this process counted of each link
+    /// (at most [`REMEMBERED_LINKS`]): what a link's next download records
+    /// never changes but its count, so a group of remembered links is
+    /// counted, and its activities written, in one statement (see
+    /// [`LicensingStore::redeem_all`]). A count another replica moved on
+    /// only sends that link the longer way.
+    remembered: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Download>>>,
 }
+
+/// Links remembered for one-statement redemptions; past it the memory
+/// starts again (a few hundred bytes a link).
+const REMEMBERED_LINKS: usize = 10_000;
 
 impl LicensingStore {
     /// A store over `db` (migrated).
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self {
+            db,
+            remembered: Default::default(),
+        }
+    }
+
+    fn remembered(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Download>> {
+        // Nothing runs under the lock that can panic half-way; a poisoned
+        // map is still consistent.
+        self.remembered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn remember(&self, counted: impl IntoIterator<Item = (String, Download)>) {
+        if !matches!(self.db, Db::Postgres(_)) {
+            return;
+        }
+        let mut remembered = self.remembered();
+        for (hash, download) in counted {
+            if remembered.len() >= REMEMBERED_LINKS && !remembered.contains_key(&hash) {
+                remembered.clear();
+            }
+            remembered.insert(hash, download);
+        }
     }
 
     /// Applies a "order placed" event once: inserts the entitlements (an
@@ -400,7 +443,136 @@ impl LicensingStore {
     /// twice), and PostgreSQL locks a set's rows in index order, so two
     /// groups never deadlock. A set is judged at the latest `now` of the
     /// group. The outcomes are in `requests`' order.
+    ///
+    /// On PostgreSQL a group of distinct links this store counted before is
+    /// first tried in one statement instead of four round trips (BEGIN,
+    /// UPDATE, INSERT, COMMIT): each link is counted only if its count is
+    /// still the one remembered, with the activities made for that next
+    /// count. Links it did not count (a count moved on elsewhere, a link that
+    /// no longer works) then take the transaction above. If that second
+    /// step fails, the group fails although the first step's downloads stay
+    /// counted and recorded, as when an answer is lost after a commit.
     pub async fn redeem_all(
+        &self,
+        requests: &[(String, Micros)],
+        messages: impl Fn(&Download, usize) -> Vec<Message>,
+    ) -> StoreResult<Vec<LinkCount>> {
+        let Some(mut outcomes) = self.redeem_remembered(requests, &messages).await? else {
+            return self.redeem_in_rounds(requests, &messages).await;
+        };
+        let rest: Vec<usize> = (0..requests.len())
+            .filter(|&i| outcomes[i].is_none())
+            .collect();
+        if !rest.is_empty() {
+            let subset: Vec<(String, Micros)> = rest.iter().map(|&i| requests[i].clone()).collect();
+            let counted = self
+                .redeem_in_rounds(&subset, |download, j| messages(download, rest[j]))
+                .await?;
+            for (&i, outcome) in rest.iter().zip(counted) {
+                outcomes[i] = Some(outcome);
+            }
+        }
+        Ok(outcomes.into_iter().flatten().collect())
+    }
+
+    /// The one-statement redemption of [`LicensingStore::redeem_all`]: `None`
+    /// when the group is not all distinct remembered links (or not on
+    /// PostgreSQL), otherwise the outcome of each request it counted.
+    async fn redeem_remembered(
+        &self,
+        requests: &[(String, Micros)],
+        messages: &impl Fn(&Download, usize) -> Vec<Message>,
+    ) -> StoreResult<Option<Vec<Option<LinkCount>>>> {
+        use csp_kit::clock::Clock as _;
+        let Db::Postgres(pool) = &self.db else {
+            return Ok(None);
+        };
+        let next: Vec<Download> = {
+            let remembered = self.remembered();
+            let mut seen = std::collections::HashSet::new();
+            let mut next = Vec::with_capacity(requests.len());
+            for (hash, _) in requests {
+                match remembered.get(hash) {
+                    Some(last) if seen.insert(hash.as_str()) => next.push(Download {
+                        count: last.count.saturating_add(1),
+                        ..last.clone()
+                    }),
+                    _ => return Ok(None),
+                }
+            }
+            next
+        };
+        let now = requests.iter().map(|(_, now)| *now).max().unwrap_or(0);
+        // Sorted by hash, so rows are locked in index order whichever way
+        // the plan goes (as the longer way does), and two replicas' groups
+        // never deadlock.
+        let mut links: Vec<(&str, i32)> = requests
+            .iter()
+            .zip(&next)
+            .map(|((hash, _), download)| (hash.as_str(), download.count - 1))
+            .collect();
+        links.sort_unstable();
+        let (hashes, expected): (Vec<&str>, Vec<i32>) = links.into_iter().unzip();
+        let (mut of, mut destinations, mut event_ids, mut streams, mut payloads) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (i, ((hash, _), download)) in requests.iter().zip(&next).enumerate() {
+            for message in messages(download, i) {
+                of.push(hash.as_str());
+                destinations.push(message.destination);
+                event_ids.push(message.event_id);
+                streams.push(message.stream);
+                payloads.push(message.payload);
+            }
+        }
+        // The UPDATE counts a link only at its remembered count; the INSERT
+        // writes the messages of the links it counted (in request order, so
+        // in seq order), in the same statement, so in the same commit.
+        static REDEEM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
+                "WITH expected AS (SELECT * FROM unnest($3::text[], $4::int4[]) AS e(token_hash, downloads)), \
+                 counted AS (UPDATE download_links l SET downloads = l.downloads + 1 FROM expected e \
+                     WHERE l.token_hash = ANY($3) AND l.token_hash = e.token_hash AND l.downloads = e.downloads AND {} \
+                     RETURNING l.token_hash), \
+                 sent AS ({} \
+                     SELECT m.destination, m.event_id, m.stream, m.payload, $2, $2 \
+                     FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[]) WITH ORDINALITY \
+                         AS m(token_hash, destination, event_id, stream, payload, n) \
+                     JOIN counted c ON c.token_hash = m.token_hash ORDER BY m.n) \
+                 SELECT token_hash FROM counted",
+                link_works_in("l.", "$1"),
+                outbox::INSERT,
+            )
+        });
+        let counted: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(REDEEM.as_str()))
+            .bind(now)
+            .bind(csp_kit::clock::SystemClock.now())
+            .bind(&hashes)
+            .bind(&expected)
+            .bind(&of)
+            .bind(&destinations)
+            .bind(&event_ids)
+            .bind(&streams)
+            .bind(&payloads)
+            .fetch_all(pool)
+            .await?;
+        let counted: std::collections::HashSet<String> =
+            counted.into_iter().map(|(hash,)| hash).collect();
+        let mut outcomes = Vec::with_capacity(requests.len());
+        let mut newly = Vec::new();
+        for ((hash, _), download) in requests.iter().zip(next) {
+            if counted.contains(hash) {
+                newly.push((hash.clone(), download.clone()));
+                outcomes.push(Some(LinkCount::Counted(download)));
+            } else {
+                outcomes.push(None);
+            }
+        }
+        self.remember(newly);
+        Ok(Some(outcomes))
+    }
+
+    /// The transaction of [`LicensingStore::redeem_all`].
+    async fn redeem_in_rounds(
         &self,
         requests: &[(String, Micros)],
         messages: impl Fn(&Download, usize) -> Vec<Message>,
@@ -452,6 +624,12 @@ impl LicensingStore {
         }
         outbox::enqueue_all(&mut tx, &outbox_messages).await?;
         tx.commit().await?;
+        self.remember(outcomes.iter().zip(requests).filter_map(
+            |(outcome, (hash, _))| match outcome {
+                Some(LinkCount::Counted(download)) => Some((hash.clone(), download.clone())),
+                _ => None,
+            },
+        ));
         Ok(outcomes.into_iter().flatten().collect())
     }
 

@@ -162,8 +162,8 @@ pub struct Licensing {
     relay: Arc<Notify>,
     /// Redemptions arriving while one group commits are counted together in
     /// the next transaction: one durable commit for many downloads.
-    /// (One group at a time per lane: one lane on SQLite, two on
-    /// PostgreSQL.)
+    /// (One group at a time per lane: one lane on SQLite, three on
+    /// PostgreSQL; see `LicensingStore::redemption_lanes`.)
     redemptions: Arc<GroupCommit<u8, RedeemRequest, LinkCount>>,
 }
 

@@ -747,3 +747,96 @@ async fn a_group_of_distinct_links_counts_those_that_work_and_writes_their_messa
     );
     test.remove().await;
 }
+
+/// Two replicas (two stores on one database) count the same links in turn.
+/// On PostgreSQL a store counts links it counted before in one statement,
+/// at the count it remembers; a count the other replica moved on sends that
+/// link the longer way. Either way each download is counted once, at the
+/// right number, with its messages written once.
+#[tokio::test]
+async fn replicas_counting_the_same_links_in_turn_count_each_download_once() {
+    let (test, a) = setup().await;
+    let b = LicensingStore::new(test.db.clone());
+    let e = any_entitlement();
+    provision(&a, &e).await;
+    let (x, y) = (new_link(T0), new_link(T0));
+    issue(&a, &e, &selection("2022", "en-US"), T0, &x)
+        .await
+        .unwrap();
+    issue(&a, &e, &selection("2019", "en-US"), T0, &y)
+        .await
+        .unwrap();
+    let now = T0 + SECOND;
+    let both = vec![(x.token_hash.clone(), now), (y.token_hash.clone(), now)];
+    // Each download's messages name the replica, the request and the count.
+    async fn redeem_named(
+        store: &LicensingStore,
+        name: &str,
+        requests: &[(String, Micros)],
+    ) -> Vec<Option<i32>> {
+        store
+            .redeem_all(requests, |download, index| {
+                vec![Message {
+                    event_id: format!("replica-{name}-{index}-{}", download.count),
+                    ..message()
+                }]
+            })
+            .await
+            .unwrap()
+            .iter()
+            .map(|o| match o {
+                LinkCount::Counted(d) => Some(d.count),
+                _ => None,
+            })
+            .collect()
+    }
+    let backend = test.backend();
+    assert_eq!(
+        redeem_named(&a, "a1", &both).await,
+        [Some(1), Some(1)],
+        "on {backend}"
+    );
+    assert_eq!(
+        redeem_named(&b, "b1", &both[..1]).await,
+        [Some(2)],
+        "on {backend}"
+    );
+    // a remembers x at 1, but b counted it since.
+    assert_eq!(
+        redeem_named(&a, "a2", &both).await,
+        [Some(3), Some(2)],
+        "on {backend}"
+    );
+    assert_eq!(
+        redeem_named(&a, "a3", &both).await,
+        [Some(4), Some(3)],
+        "on {backend}"
+    );
+    assert_eq!(
+        redeem_named(&b, "b2", &both).await,
+        [Some(5), Some(4)],
+        "on {backend}"
+    );
+
+    let mut written: Vec<String> = csp_store::on_db!(&test.db, pool => sqlx::query_scalar(
+        "SELECT event_id FROM outbox WHERE event_id LIKE 'replica-%'"
+    )
+    .fetch_all(pool)
+    .await)
+    .unwrap();
+    written.sort();
+    assert_eq!(
+        written,
+        [
+            "a1-0-1", "a1-1-1", "a2-0-3", "a2-1-2", "a3-0-4", "a3-1-3", "b1-0-2", "b2-0-5",
+            "b2-1-4"
+        ]
+        .map(|id| format!("replica-{id}")),
+        "on {backend}"
+    );
+    for (link, downloads) in [(&x, 5), (&y, 4)] {
+        let state = a.link_state(&link.token_hash).await.unwrap().unwrap();
+        assert_eq!(state.downloads, downloads, "on {backend}");
+    }
+    test.remove().await;
+}
