@@ -115,6 +115,11 @@ pub enum LinkCount {
     Refused(LinkState),
     /// No such link.
     Unknown,
+    /// Not counted: its group's other links were counted in one statement,
+    /// and the transaction that would have counted this one failed (nothing
+    /// of it was written). Only its own caller sees the failure, so no one
+    /// retries, and counts again, a download already counted.
+    Failed(std::sync::Arc<csp_store::StoreError>),
 }
 
 /// Reads and writes the licensing tables.
@@ -128,6 +133,8 @@ pub struct LicensingStore {
     /// [`LicensingStore::redeem_all`]). A count another replica moved on
     /// only sends that link the longer way.
     remembered: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Download>>>,
+    /// Downloads counted in one statement so far.
+    one_statement_downloads: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Links remembered for one-statement redemptions; past it the memory
@@ -140,7 +147,15 @@ impl LicensingStore {
         Self {
             db,
             remembered: Default::default(),
+            one_statement_downloads: Default::default(),
         }
+    }
+
+    /// How many downloads this store counted in one statement (see
+    /// [`LicensingStore::redeem_all`]); always 0 on SQLite.
+    pub fn one_statement_downloads(&self) -> u64 {
+        self.one_statement_downloads
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn remembered(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Download>> {
@@ -435,41 +450,57 @@ impl LicensingStore {
         }
     }
 
-    /// Redeems many links in one transaction (one durable commit): each
-    /// `(token_hash, now)` counted once if its link still works, the messages
-    /// `messages` gives for each counted download (with its index in
-    /// `requests`) written to the outbox with it. The links are counted set
-    /// by set (one UPDATE for every distinct link, again for links named
-    /// twice), and PostgreSQL locks a set's rows in index order, so two
-    /// groups never deadlock. A set is judged at the latest `now` of the
-    /// group. The outcomes are in `requests`' order.
+    /// Redeems many links with few durable commits: each `(token_hash, now)`
+    /// counted once if its link still works, the messages `messages` gives
+    /// for each counted download (with its index in `requests`) written to
+    /// the outbox in the same commit. Every link is judged at the latest
+    /// `now` of the group. The outcomes are in `requests`' order.
+    ///
+    /// The general way is one transaction: the links are counted set by set
+    /// (one UPDATE for every distinct link, again for links named twice), the
+    /// hashes sorted, so PostgreSQL's index scan locks a set's rows in index
+    /// order (a deadlock with a revocation aborts the group, which writes
+    /// nothing, and its caller runs it once more).
     ///
     /// On PostgreSQL a group of distinct links this store counted before is
     /// first tried in one statement instead of four round trips (BEGIN,
     /// UPDATE, INSERT, COMMIT): each link is counted only if its count is
     /// still the one remembered, with the activities made for that next
     /// count. Links it did not count (a count moved on elsewhere, a link that
-    /// no longer works) then take the transaction above. If that second
-    /// step fails, the group fails although the first step's downloads stay
-    /// counted and recorded, as when an answer is lost after a commit.
+    /// no longer works) are forgotten and then take the transaction. If that
+    /// transaction fails, its links answer [`LinkCount::Failed`] while the
+    /// downloads already counted keep their answers. So an `Err` always
+    /// means nothing was written.
     pub async fn redeem_all(
         &self,
         requests: &[(String, Micros)],
         messages: impl Fn(&Download, usize) -> Vec<Message>,
     ) -> StoreResult<Vec<LinkCount>> {
-        let Some(mut outcomes) = self.redeem_remembered(requests, &messages).await? else {
-            return self.redeem_in_rounds(requests, &messages).await;
+        let now = requests.iter().map(|(_, now)| *now).max().unwrap_or(0);
+        let Some(mut outcomes) = self.redeem_remembered(requests, now, &messages).await? else {
+            return self.redeem_in_rounds(requests, now, &messages).await;
         };
         let rest: Vec<usize> = (0..requests.len())
             .filter(|&i| outcomes[i].is_none())
             .collect();
         if !rest.is_empty() {
             let subset: Vec<(String, Micros)> = rest.iter().map(|&i| requests[i].clone()).collect();
-            let counted = self
-                .redeem_in_rounds(&subset, |download, j| messages(download, rest[j]))
-                .await?;
-            for (&i, outcome) in rest.iter().zip(counted) {
-                outcomes[i] = Some(outcome);
+            match self
+                .redeem_in_rounds(&subset, now, |download, j| messages(download, rest[j]))
+                .await
+            {
+                Ok(counted) => {
+                    for (&i, outcome) in rest.iter().zip(counted) {
+                        outcomes[i] = Some(outcome);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, links = rest.len(), "redemptions after a one-statement count failed; only their callers are answered with it");
+                    let error = std::sync::Arc::new(error);
+                    for &i in &rest {
+                        outcomes[i] = Some(LinkCount::Failed(error.clone()));
+                    }
+                }
             }
         }
         Ok(outcomes.into_iter().flatten().collect())
@@ -481,6 +512,7 @@ impl LicensingStore {
     async fn redeem_remembered(
         &self,
         requests: &[(String, Micros)],
+        now: Micros,
         messages: &impl Fn(&Download, usize) -> Vec<Message>,
     ) -> StoreResult<Option<Vec<Option<LinkCount>>>> {
         use csp_kit::clock::Clock as _;
@@ -502,7 +534,6 @@ impl LicensingStore {
             }
             next
         };
-        let now = requests.iter().map(|(_, now)| *now).max().unwrap_or(0);
         // Sorted by hash, so rows are locked in index order whichever way
         // the plan goes (as the longer way does), and two replicas' groups
         // never deadlock.
@@ -559,25 +590,41 @@ impl LicensingStore {
             counted.into_iter().map(|(hash,)| hash).collect();
         let mut outcomes = Vec::with_capacity(requests.len());
         let mut newly = Vec::new();
+        let mut stale = Vec::new();
         for ((hash, _), download) in requests.iter().zip(next) {
             if counted.contains(hash) {
                 newly.push((hash.clone(), download.clone()));
                 outcomes.push(Some(LinkCount::Counted(download)));
             } else {
+                stale.push(hash);
                 outcomes.push(None);
             }
         }
+        {
+            // A link not counted is forgotten (the transaction remembers it
+            // again if it counts it), so a link that stopped working does
+            // not send every later group through both ways.
+            let mut remembered = self.remembered();
+            for hash in stale {
+                remembered.remove(hash);
+            }
+        }
         self.remember(newly);
+        self.one_statement_downloads.fetch_add(
+            outcomes.iter().flatten().count() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(Some(outcomes))
     }
 
-    /// The transaction of [`LicensingStore::redeem_all`].
+    /// The transaction of [`LicensingStore::redeem_all`], judging every link
+    /// at `now`.
     async fn redeem_in_rounds(
         &self,
         requests: &[(String, Micros)],
+        now: Micros,
         messages: impl Fn(&Download, usize) -> Vec<Message>,
     ) -> StoreResult<Vec<LinkCount>> {
-        let now = requests.iter().map(|(_, now)| *now).max().unwrap_or(0);
         let mut outcomes: Vec<Option<LinkCount>> = (0..requests.len()).map(|_| None).collect();
         let mut undecided: Vec<usize> = (0..requests.len()).collect();
         let mut outbox_messages = Vec::new();

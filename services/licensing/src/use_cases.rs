@@ -161,7 +161,8 @@ pub struct Licensing {
     content: ContentStore,
     relay: Arc<Notify>,
     /// Redemptions arriving while one group commits are counted together in
-    /// the next transaction: one durable commit for many downloads.
+    /// the next group: one durable commit (one transaction, or on PostgreSQL
+    /// often one statement) for many downloads.
     /// (One group at a time per lane: one lane on SQLite, three on
     /// PostgreSQL; see `LicensingStore::redemption_lanes`.)
     redemptions: Arc<GroupCommit<u8, RedeemRequest, LinkCount>>,
@@ -430,8 +431,9 @@ impl Licensing {
                         vec![Message::activity(download.subscription_id, activity)]
                     };
                     // A revocation locking the same links in another order
-                    // can make PostgreSQL abort the group as a deadlock:
-                    // nothing of it was written, so it runs once more.
+                    // can make PostgreSQL abort the group as a deadlock: an
+                    // error from `redeem_all` means nothing of the group was
+                    // written, so it runs once more.
                     match store.redeem_all(&requests, messages).await {
                         Err(StoreError::Busy(error)) => {
                             tracing::info!(%error, "a redemption group met a lock conflict; running it again");
@@ -475,6 +477,7 @@ impl Licensing {
                 max_downloads: state.max_downloads,
             }),
             LinkCount::Unknown => Ok(Redemption::Unknown),
+            LinkCount::Failed(error) => Err(error.to_api_error()),
         }
     }
 }

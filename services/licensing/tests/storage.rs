@@ -7,7 +7,8 @@
 //! `MAX_DOWNLOADS` downloads of a live link, refuses a dead one with the
 //! state that says why, answers a group in its requests' order (a link named
 //! twice counted twice while it works), and commits every counted download
-//! with its outbox messages in one transaction.
+//! with its outbox messages (in one transaction, or on PostgreSQL in one
+//! statement for links it counted before).
 //!
 //! Runs on SQLite, or on PostgreSQL when `CSP_TEST_POSTGRES_URL` is set.
 
@@ -593,6 +594,7 @@ async fn a_group_counts_each_download_with_its_messages_in_one_commit_in_request
             LinkCount::Counted(d) => format!("counted {}", d.count),
             LinkCount::Refused(_) => "refused".to_owned(),
             LinkCount::Unknown => "unknown".to_owned(),
+            LinkCount::Failed(error) => format!("failed: {error}"),
         })
         .collect();
     assert_eq!(
@@ -705,6 +707,7 @@ async fn a_group_of_distinct_links_counts_those_that_work_and_writes_their_messa
             LinkCount::Counted(d) => format!("counted {} of {}", d.count, d.link_id),
             LinkCount::Refused(state) => format!("refused, revoked: {}", state.revoked),
             LinkCount::Unknown => "unknown".to_owned(),
+            LinkCount::Failed(error) => format!("failed: {error}"),
         })
         .collect();
     assert_eq!(
@@ -812,6 +815,17 @@ async fn replicas_counting_the_same_links_in_turn_count_each_download_once() {
         [Some(4), Some(3)],
         "on {backend}"
     );
+    // a2 counted y in one statement and x the longer way, a3 both in one.
+    let expected_one_statement = if matches!(test.db, Db::Postgres(_)) {
+        3
+    } else {
+        0
+    };
+    assert_eq!(
+        a.one_statement_downloads(),
+        expected_one_statement,
+        "on {backend}"
+    );
     assert_eq!(
         redeem_named(&b, "b2", &both).await,
         [Some(5), Some(4)],
@@ -838,5 +852,30 @@ async fn replicas_counting_the_same_links_in_turn_count_each_download_once() {
         let state = a.link_state(&link.token_hash).await.unwrap().unwrap();
         assert_eq!(state.downloads, downloads, "on {backend}");
     }
+
+    // Revoked, both links are refused, by the replica that remembers them
+    // too, and nothing more is written.
+    a.revoke(e.partner_id, e.subscription_id, now + SECOND)
+        .await
+        .unwrap()
+        .unwrap();
+    let rows_after_revoking = outbox_rows(&test.db).await;
+    for store in [&a, &b, &a] {
+        let outcomes = store
+            .redeem_all(&both, |_, _| vec![message()])
+            .await
+            .unwrap();
+        for outcome in outcomes {
+            assert!(
+                matches!(outcome, LinkCount::Refused(LinkState { revoked: true, downloads, .. }) if downloads >= 4),
+                "on {backend}: {outcome:?}"
+            );
+        }
+    }
+    assert_eq!(
+        outbox_rows(&test.db).await,
+        rows_after_revoking,
+        "on {backend}"
+    );
     test.remove().await;
 }
