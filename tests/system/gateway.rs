@@ -1003,4 +1003,5 @@ async fn reflection_answers_in_both_versions_on_the_gateway_and_on_a_backend() {
         );
         assert!(resolved, "{addr}: v1alpha resolves the catalog's file");
     }
+    system.stop().await;
 }

@@ -610,6 +610,7 @@ async fn attachments_past_the_partners_quota_are_refused_and_other_partners_are_
             csp_tests::Bearer::new(&other),
         );
     theirs.create_ticket(with_file(1024 * 1024)).await.unwrap();
+    system.stop().await;
 }
 
 /// A ticket with one attachment of `size` bytes.

@@ -249,6 +249,7 @@ async fn a_batch_of_events_applies_in_order_each_once() {
     );
     let again = store.apply_events(&batch, T0 + SECOND).await.unwrap();
     assert_eq!(again, [false; 4], "a batch sent again changes nothing");
+    test.remove().await;
 }
 
 #[tokio::test]

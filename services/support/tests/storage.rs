@@ -225,7 +225,7 @@ async fn store_unknown_status(db: &Db, id: TicketId, status: &str) {
 
 #[tokio::test]
 async fn attachments_kept_in_the_database_before_are_found_read_and_moved() {
-    let (_test, store) = open().await;
+    let (test, store) = open().await;
     let partner = PartnerId::new();
     let t = ticket(partner, IssueType::Technical, TicketStatus::Submitted, T0);
     store
@@ -276,6 +276,7 @@ async fn attachments_kept_in_the_database_before_are_found_read_and_moved() {
         bytes.len() as i64,
         "its size stays counted"
     );
+    test.remove().await;
 }
 
 #[tokio::test]
@@ -1049,6 +1050,7 @@ async fn attachments_past_a_partners_quota_are_refused_whole_and_other_partners_
         .await
         .unwrap();
     assert_eq!(done, Inserted::Done, "on {backend}");
+    test.remove().await;
 }
 
 #[tokio::test]
@@ -1091,11 +1093,12 @@ async fn tickets_filed_at_once_cannot_pass_the_quota_together() {
         "40 + 40 fit in 100 bytes, a third does not, on {}",
         test.backend()
     );
+    test.remove().await;
 }
 
 #[tokio::test]
 async fn an_upload_is_claimed_by_one_ticket_and_expires_unclaimed() {
-    let (_test, store) = open().await;
+    let (test, store) = open().await;
     let partner = PartnerId::new();
     let upload = |id: &str, at: Micros| csp_support::storage::Upload {
         id: id.to_owned(),
@@ -1178,4 +1181,5 @@ async fn an_upload_is_claimed_by_one_ticket_and_expires_unclaimed() {
     assert!(store.forget_upload("u2").await.unwrap());
     assert!(!store.forget_upload("u2").await.unwrap());
     assert!(!store.forget_upload("u1").await.unwrap());
+    test.remove().await;
 }
