@@ -880,3 +880,97 @@ async fn replicas_counting_the_same_links_in_turn_count_each_download_once() {
     );
     test.remove().await;
 }
+
+/// When the transaction after a one-statement count fails, only the links
+/// it held fail: the downloads the statement counted are answered (and
+/// recorded) once, and a failed link is neither counted nor recorded. On
+/// SQLite, where the whole group is one transaction, the group fails and
+/// writes nothing.
+#[tokio::test]
+async fn a_failure_after_a_one_statement_count_fails_only_the_links_it_held() {
+    let (test, a) = setup().await;
+    let b = LicensingStore::new(test.db.clone());
+    let e = any_entitlement();
+    provision(&a, &e).await;
+    let (x, y) = (new_link(T0), new_link(T0));
+    for (link, version) in [(&x, "2022"), (&y, "2019")] {
+        issue(&a, &e, &selection(version, "en-US"), T0, link)
+            .await
+            .unwrap();
+    }
+    let now = T0 + SECOND;
+    let both = vec![(x.token_hash.clone(), now), (y.token_hash.clone(), now)];
+    let named = |download: &Download, index: usize| {
+        vec![Message {
+            event_id: format!("failing-{index}-{}", download.count),
+            ..message()
+        }]
+    };
+    a.redeem_all(&both, named).await.unwrap();
+    // b moves x on, so a's statement leaves x to its transaction, which a
+    // trigger makes fail.
+    counted(&b, &x.token_hash, now).await;
+    let refuse = match &test.db {
+        Db::Postgres(_) => vec![
+            format!(
+                "CREATE FUNCTION refuse_link() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                 IF NEW.token_hash = '{}' THEN RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$",
+                x.token_hash
+            ),
+            "CREATE TRIGGER refuse_link BEFORE UPDATE ON download_links FOR EACH ROW EXECUTE FUNCTION refuse_link()"
+                .to_owned(),
+        ],
+        Db::Sqlite(_) => vec![format!(
+            "CREATE TRIGGER refuse_link BEFORE UPDATE ON download_links WHEN NEW.token_hash = '{}' \
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+            x.token_hash
+        )],
+    };
+    for sql in refuse {
+        csp_store::on_db!(&test.db, pool => sqlx::query(sqlx::AssertSqlSafe(sql)).execute(pool).await.map(drop))
+            .unwrap();
+    }
+    let backend = test.backend();
+    let outcomes = a.redeem_all(&both, named).await;
+    let written = |db: &Db| {
+        let db = db.clone();
+        async move {
+            let mut ids: Vec<String> = csp_store::on_db!(&db, pool => sqlx::query_scalar(
+                "SELECT event_id FROM outbox WHERE event_id LIKE 'failing-%'"
+            )
+            .fetch_all(pool)
+            .await)
+            .unwrap();
+            ids.sort();
+            ids
+        }
+    };
+    match &test.db {
+        Db::Postgres(_) => {
+            let outcomes = outcomes.unwrap();
+            assert!(
+                matches!(&outcomes[0], LinkCount::Failed(_)),
+                "{:?}",
+                outcomes[0]
+            );
+            assert!(
+                matches!(&outcomes[1], LinkCount::Counted(d) if d.count == 2),
+                "{:?}",
+                outcomes[1]
+            );
+            assert_eq!(
+                written(&test.db).await,
+                ["failing-0-1", "failing-1-1", "failing-1-2"]
+            );
+        }
+        Db::Sqlite(_) => {
+            assert!(outcomes.is_err(), "on {backend}");
+            assert_eq!(written(&test.db).await, ["failing-0-1", "failing-1-1"]);
+        }
+    }
+    for (link, downloads) in [(&x, 2), (&y, if backend == "sqlite" { 1 } else { 2 })] {
+        let state = a.link_state(&link.token_hash).await.unwrap().unwrap();
+        assert_eq!(state.downloads, downloads, "on {backend}");
+    }
+    test.remove().await;
+}
