@@ -519,29 +519,28 @@ impl LicensingStore {
         let Db::Postgres(pool) = &self.db else {
             return Ok(None);
         };
+        // Each link's next download, and the count it is counted at.
+        let mut links: Vec<(&str, i32)> = Vec::with_capacity(requests.len());
         let next: Vec<Download> = {
             let remembered = self.remembered();
-            let mut seen = std::collections::HashSet::new();
             let mut next = Vec::with_capacity(requests.len());
             for (hash, _) in requests {
                 match remembered.get(hash) {
-                    Some(last) if seen.insert(hash.as_str()) => next.push(Download {
-                        count: last.count.saturating_add(1),
-                        ..last.clone()
-                    }),
+                    Some(last) if !links.iter().any(|(seen, _)| seen == hash) => {
+                        links.push((hash, last.count));
+                        next.push(Download {
+                            count: last.count.saturating_add(1),
+                            ..last.clone()
+                        });
+                    }
                     _ => return Ok(None),
                 }
             }
             next
         };
-        // Sorted by hash, so rows are locked in index order whichever way
-        // the plan goes (as the longer way does), and two replicas' groups
-        // never deadlock.
-        let mut links: Vec<(&str, i32)> = requests
-            .iter()
-            .zip(&next)
-            .map(|((hash, _), download)| (hash.as_str(), download.count - 1))
-            .collect();
+        // Sorted by hash, as the transaction's are, so an index scan locks
+        // the rows in index order (a deadlock aborts the statement, which
+        // then wrote nothing).
         links.sort_unstable();
         let (hashes, expected): (Vec<&str>, Vec<i32>) = links.into_iter().unzip();
         let (mut of, mut destinations, mut event_ids, mut streams, mut payloads) =
@@ -590,23 +589,19 @@ impl LicensingStore {
             counted.into_iter().map(|(hash,)| hash).collect();
         let mut outcomes = Vec::with_capacity(requests.len());
         let mut newly = Vec::new();
-        let mut stale = Vec::new();
-        for ((hash, _), download) in requests.iter().zip(next) {
-            if counted.contains(hash) {
-                newly.push((hash.clone(), download.clone()));
-                outcomes.push(Some(LinkCount::Counted(download)));
-            } else {
-                stale.push(hash);
-                outcomes.push(None);
-            }
-        }
         {
             // A link not counted is forgotten (the transaction remembers it
             // again if it counts it), so a link that stopped working does
             // not send every later group through both ways.
             let mut remembered = self.remembered();
-            for hash in stale {
-                remembered.remove(hash);
+            for ((hash, _), download) in requests.iter().zip(next) {
+                if counted.contains(hash) {
+                    newly.push((hash.clone(), download.clone()));
+                    outcomes.push(Some(LinkCount::Counted(download)));
+                } else {
+                    remembered.remove(hash);
+                    outcomes.push(None);
+                }
             }
         }
         self.remember(newly);

@@ -752,6 +752,61 @@ async fn a_group_of_distinct_links_counts_those_that_work_and_writes_their_messa
     test.remove().await;
 }
 
+/// Two stores on one database (two replicas) and two links of one
+/// entitlement, issued by the first.
+struct TwoReplicas {
+    test: TestDb,
+    a: LicensingStore,
+    b: LicensingStore,
+    e: Entitlement,
+    x: NewLink,
+    y: NewLink,
+}
+
+async fn two_replicas_and_two_links() -> TwoReplicas {
+    let (test, a) = setup().await;
+    let b = LicensingStore::new(test.db.clone());
+    let e = any_entitlement();
+    provision(&a, &e).await;
+    let (x, y) = (new_link(T0), new_link(T0));
+    for (link, version) in [(&x, "2022"), (&y, "2019")] {
+        issue(&a, &e, &selection(version, "en-US"), T0, link)
+            .await
+            .unwrap();
+    }
+    TwoReplicas {
+        test,
+        a,
+        b,
+        e,
+        x,
+        y,
+    }
+}
+
+/// Messages whose event id names `prefix`, the request and the count.
+fn named(prefix: &str) -> impl Fn(&Download, usize) -> Vec<Message> + '_ {
+    move |download, index| {
+        vec![Message {
+            event_id: format!("{prefix}-{index}-{}", download.count),
+            ..message()
+        }]
+    }
+}
+
+/// The event ids in the outbox that start with `prefix`, sorted.
+async fn event_ids_starting(db: &Db, prefix: &str) -> Vec<String> {
+    let mut ids: Vec<String> = csp_store::on_db!(db, pool => sqlx::query_scalar(
+        "SELECT event_id FROM outbox WHERE event_id LIKE $1"
+    )
+    .bind(format!("{prefix}%"))
+    .fetch_all(pool)
+    .await)
+    .unwrap();
+    ids.sort();
+    ids
+}
+
 /// Two replicas (two stores on one database) count the same links in turn.
 /// On PostgreSQL a store counts links it counted before in one statement,
 /// at the count it remembers; a count the other replica moved on sends that
@@ -759,17 +814,14 @@ async fn a_group_of_distinct_links_counts_those_that_work_and_writes_their_messa
 /// right number, with its messages written once.
 #[tokio::test]
 async fn replicas_counting_the_same_links_in_turn_count_each_download_once() {
-    let (test, a) = setup().await;
-    let b = LicensingStore::new(test.db.clone());
-    let e = any_entitlement();
-    provision(&a, &e).await;
-    let (x, y) = (new_link(T0), new_link(T0));
-    issue(&a, &e, &selection("2022", "en-US"), T0, &x)
-        .await
-        .unwrap();
-    issue(&a, &e, &selection("2019", "en-US"), T0, &y)
-        .await
-        .unwrap();
+    let TwoReplicas {
+        test,
+        a,
+        b,
+        e,
+        x,
+        y,
+    } = two_replicas_and_two_links().await;
     let now = T0 + SECOND;
     let both = vec![(x.token_hash.clone(), now), (y.token_hash.clone(), now)];
     // Each download's messages name the replica, the request and the count.
@@ -778,13 +830,9 @@ async fn replicas_counting_the_same_links_in_turn_count_each_download_once() {
         name: &str,
         requests: &[(String, Micros)],
     ) -> Vec<Option<i32>> {
+        let prefix = format!("replica-{name}");
         store
-            .redeem_all(requests, |download, index| {
-                vec![Message {
-                    event_id: format!("replica-{name}-{index}-{}", download.count),
-                    ..message()
-                }]
-            })
+            .redeem_all(requests, named(&prefix))
             .await
             .unwrap()
             .iter()
@@ -833,13 +881,7 @@ async fn replicas_counting_the_same_links_in_turn_count_each_download_once() {
         "on {backend}"
     );
 
-    let mut written: Vec<String> = csp_store::on_db!(&test.db, pool => sqlx::query_scalar(
-        "SELECT event_id FROM outbox WHERE event_id LIKE 'replica-%'"
-    )
-    .fetch_all(pool)
-    .await)
-    .unwrap();
-    written.sort();
+    let written = event_ids_starting(&test.db, "replica-").await;
     assert_eq!(
         written,
         [
@@ -888,25 +930,12 @@ async fn replicas_counting_the_same_links_in_turn_count_each_download_once() {
 /// writes nothing.
 #[tokio::test]
 async fn a_failure_after_a_one_statement_count_fails_only_the_links_it_held() {
-    let (test, a) = setup().await;
-    let b = LicensingStore::new(test.db.clone());
-    let e = any_entitlement();
-    provision(&a, &e).await;
-    let (x, y) = (new_link(T0), new_link(T0));
-    for (link, version) in [(&x, "2022"), (&y, "2019")] {
-        issue(&a, &e, &selection(version, "en-US"), T0, link)
-            .await
-            .unwrap();
-    }
+    let TwoReplicas {
+        test, a, b, x, y, ..
+    } = two_replicas_and_two_links().await;
     let now = T0 + SECOND;
     let both = vec![(x.token_hash.clone(), now), (y.token_hash.clone(), now)];
-    let named = |download: &Download, index: usize| {
-        vec![Message {
-            event_id: format!("failing-{index}-{}", download.count),
-            ..message()
-        }]
-    };
-    a.redeem_all(&both, named).await.unwrap();
+    a.redeem_all(&both, named("failing")).await.unwrap();
     // b moves x on, so a's statement leaves x to its transaction, which a
     // trigger makes fail.
     counted(&b, &x.token_hash, now).await;
@@ -931,20 +960,7 @@ async fn a_failure_after_a_one_statement_count_fails_only_the_links_it_held() {
             .unwrap();
     }
     let backend = test.backend();
-    let outcomes = a.redeem_all(&both, named).await;
-    let written = |db: &Db| {
-        let db = db.clone();
-        async move {
-            let mut ids: Vec<String> = csp_store::on_db!(&db, pool => sqlx::query_scalar(
-                "SELECT event_id FROM outbox WHERE event_id LIKE 'failing-%'"
-            )
-            .fetch_all(pool)
-            .await)
-            .unwrap();
-            ids.sort();
-            ids
-        }
-    };
+    let outcomes = a.redeem_all(&both, named("failing")).await;
     match &test.db {
         Db::Postgres(_) => {
             let outcomes = outcomes.unwrap();
@@ -959,13 +975,16 @@ async fn a_failure_after_a_one_statement_count_fails_only_the_links_it_held() {
                 outcomes[1]
             );
             assert_eq!(
-                written(&test.db).await,
+                event_ids_starting(&test.db, "failing-").await,
                 ["failing-0-1", "failing-1-1", "failing-1-2"]
             );
         }
         Db::Sqlite(_) => {
             assert!(outcomes.is_err(), "on {backend}");
-            assert_eq!(written(&test.db).await, ["failing-0-1", "failing-1-1"]);
+            assert_eq!(
+                event_ids_starting(&test.db, "failing-").await,
+                ["failing-0-1", "failing-1-1"]
+            );
         }
     }
     for (link, downloads) in [(&x, 2), (&y, if backend == "sqlite" { 1 } else { 2 })] {
