@@ -445,6 +445,22 @@ impl RunningSystem {
     }
 }
 
+/// Once the server at `addr` answers SERVING, hands back the memory only
+/// start-up needed (`csp_memory::started`): what `csp up` does after
+/// [`start`], for a service run on its own. Stops asking at shutdown.
+pub async fn hand_back_start_up_memory(addr: SocketAddr, shutdown: Shutdown) {
+    loop {
+        if serving(addr).await {
+            csp_memory::started();
+            return;
+        }
+        tokio::select! {
+            () = shutdown.clone().wait() => return,
+            () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+        }
+    }
+}
+
 /// Whether the server at `addr` answers its health check SERVING.
 async fn serving(addr: SocketAddr) -> bool {
     health_status(addr, "")

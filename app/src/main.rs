@@ -328,6 +328,9 @@ fn parse_role(name: &str) -> Result<Role, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Memory freed while starting goes back at once (until the process
+    // serves: `csp_memory::started`).
+    csp_memory::starting();
     let cli = Cli::parse();
     if !matches!(
         cli.command,
@@ -427,34 +430,48 @@ async fn run_service(command: Command) -> anyhow::Result<()> {
         None => None,
     };
     let clock = csp_kit::clock::system();
+    // Once the service answers SERVING, what only start-up needed goes back.
+    let hand_back = |listener: &tokio::net::TcpListener| -> anyhow::Result<()> {
+        tokio::spawn(csp::hand_back_start_up_memory(
+            listener.local_addr()?,
+            shutdown.clone(),
+        ));
+        Ok(())
+    };
     let served = match command {
         Command::Gateway(config) => {
             let listener = bind(csp_gateway::listen_addr(&config)).await?;
             let http = bind(csp_gateway::http_listen_addr(&config)).await?;
+            hand_back(&listener)?;
             csp_gateway::run(config, listener, http, shutdown).await
         }
         Command::Catalog(CatalogCommand {
             service: config, ..
         }) => {
             let listener = bind(config.backend.listen.unwrap_or(csp_catalog::DEFAULT_ADDR)).await?;
+            hand_back(&listener)?;
             csp_catalog::run(config, listener, shutdown, clock).await
         }
         Command::Ordering(config) => {
             let listener =
                 bind(config.backend.listen.unwrap_or(csp_ordering::DEFAULT_ADDR)).await?;
+            hand_back(&listener)?;
             csp_ordering::run(config, listener, shutdown, clock).await
         }
         Command::Licensing(config) => {
             let listener =
                 bind(config.backend.listen.unwrap_or(csp_licensing::DEFAULT_ADDR)).await?;
+            hand_back(&listener)?;
             csp_licensing::run(config, listener, shutdown, clock).await
         }
         Command::Audit(config) => {
             let listener = bind(config.backend.listen.unwrap_or(csp_audit::DEFAULT_ADDR)).await?;
+            hand_back(&listener)?;
             csp_audit::run(config, listener, shutdown, clock).await
         }
         Command::Support(config) => {
             let listener = bind(config.backend.listen.unwrap_or(csp_support::DEFAULT_ADDR)).await?;
+            hand_back(&listener)?;
             csp_support::run(config, listener, shutdown, clock).await
         }
         _ => Ok(()),

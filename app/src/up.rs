@@ -105,6 +105,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         held_back: &[],
     })
     .await?;
+    // Every service answers SERVING: what only start-up needed goes back.
+    csp_memory::started();
     print_banner(&args, &storage, &system.addresses)?;
     system.run_until(shutdown).await
 }
