@@ -446,18 +446,28 @@ impl RunningSystem {
 }
 
 /// Once the server at `addr` answers SERVING, hands back the memory only
-/// start-up needed (`csp_memory::started`): what `csp up` does after
-/// [`start`], for a service run on its own. Stops asking at shutdown.
+/// start-up needed ([`hand_back_start_up_memory_now`]): what `csp up` does
+/// after [`start`], for a service run on its own. A gateway is SERVING only
+/// once its backends are, so after 120 s this hands back anyway; at shutdown
+/// it stops asking.
 pub async fn hand_back_start_up_memory(addr: SocketAddr, shutdown: Shutdown) {
-    loop {
-        if serving(addr).await {
-            csp_memory::started();
-            return;
+    let asking = async {
+        while !serving(addr).await {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
-        tokio::select! {
-            () = shutdown.clone().wait() => return,
-            () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+    };
+    tokio::select! {
+        () = shutdown.wait() => {}
+        _ = tokio::time::timeout(std::time::Duration::from_secs(120), asking) => {
+            hand_back_start_up_memory_now().await;
         }
+    }
+}
+
+/// `csp_memory::started` on a blocking thread (it reads `/proc/self/smaps`).
+pub async fn hand_back_start_up_memory_now() {
+    if let Err(error) = tokio::task::spawn_blocking(csp_memory::started).await {
+        tracing::warn!(%error, "handing start-up memory back failed");
     }
 }
 

@@ -326,12 +326,43 @@ fn parse_role(name: &str) -> Result<Role, String> {
     })
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    // Memory freed while starting goes back at once (until the process
-    // serves: `csp_memory::started`).
-    csp_memory::starting();
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    if serves(&cli.command) {
+        // Memory freed while starting goes back at once, until every service
+        // answers SERVING (`csp_memory::started`). Set before the runtime's
+        // threads exist.
+        csp_memory::starting();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("csp: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async_main(cli))
+}
+
+/// Whether the command serves until stopped (`csp up` or one service), as
+/// opposed to doing one thing and exiting.
+fn serves(command: &Command) -> bool {
+    match command {
+        Command::Up(_)
+        | Command::Gateway(_)
+        | Command::Ordering(_)
+        | Command::Licensing(_)
+        | Command::Audit(_)
+        | Command::Support(_) => true,
+        Command::Catalog(catalog) => catalog.action.is_none(),
+        _ => false,
+    }
+}
+
+async fn async_main(cli: Cli) -> ExitCode {
     if !matches!(
         cli.command,
         Command::Token(_)

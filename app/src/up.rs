@@ -106,7 +106,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     })
     .await?;
     // Every service answers SERVING: what only start-up needed goes back.
-    csp_memory::started();
+    csp::hand_back_start_up_memory_now().await;
     print_banner(&args, &storage, &system.addresses)?;
     system.run_until(shutdown).await
 }
