@@ -62,9 +62,26 @@ impl Azurite {
             }
         });
         let mut azurite = Azurite { child, port };
-        if rx.recv_timeout(std::time::Duration::from_secs(60)).is_err() {
-            azurite.kill();
-            panic!("Azurite did not report listening within 60 s");
+        // Node.js starts slowly on a loaded 2-core machine (the whole suite
+        // runs in parallel): wait up to 3 minutes, but fail at once if
+        // Azurite exits.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+        loop {
+            match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+                Ok(()) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = azurite.child.wait();
+                    panic!("azurite-blob closed its output before listening: {status:?}");
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if let Ok(Some(status)) = azurite.child.try_wait() {
+                panic!("azurite-blob exited before listening: {status}");
+            }
+            if std::time::Instant::now() > deadline {
+                azurite.kill();
+                panic!("Azurite did not report listening within 180 s");
+            }
         }
         let made = Command::new("node")
             .arg(dir.join("container.mjs"))
