@@ -207,11 +207,13 @@ async fn independent_messages_of_a_stream_share_a_batch_in_order_others_go_one_b
             delay: Duration::ZERO,
             independent,
         });
-        // Written while the receiver is down, so they wait together.
-        let (trigger, relay) = start(&test.db, &fake);
+        // Written before the relay starts (on a slow machine it would
+        // otherwise try e0 alone while e1 is being written), and the
+        // receiver is down at first, so they wait together.
         for i in 0..6 {
             write(&test.db, "subscription-1", &format!("e{i}")).await;
         }
+        let (trigger, relay) = start(&test.db, &fake);
         fake.set_up(true);
         eventually("all 6 are delivered", || fake.delivered().len() == 6).await;
         let ids: Vec<String> = fake.delivered().into_iter().map(|(_, id)| id).collect();
