@@ -461,48 +461,47 @@ async fn run_service(command: Command) -> anyhow::Result<()> {
         None => None,
     };
     let clock = csp_kit::clock::system();
-    // Once the service answers SERVING, what only start-up needed goes back.
-    let hand_back = |listener: &tokio::net::TcpListener| -> anyhow::Result<()> {
+    // Binds the service's listener; once the service answers SERVING there,
+    // what only start-up needed goes back.
+    let serve_on = async |addr: std::net::SocketAddr| -> anyhow::Result<tokio::net::TcpListener> {
+        let listener = bind(addr).await?;
         tokio::spawn(csp::hand_back_start_up_memory(
             listener.local_addr()?,
             shutdown.clone(),
         ));
-        Ok(())
+        Ok(listener)
     };
     let served = match command {
         Command::Gateway(config) => {
-            let listener = bind(csp_gateway::listen_addr(&config)).await?;
+            let listener = serve_on(csp_gateway::listen_addr(&config)).await?;
             let http = bind(csp_gateway::http_listen_addr(&config)).await?;
-            hand_back(&listener)?;
             csp_gateway::run(config, listener, http, shutdown).await
         }
         Command::Catalog(CatalogCommand {
             service: config, ..
         }) => {
-            let listener = bind(config.backend.listen.unwrap_or(csp_catalog::DEFAULT_ADDR)).await?;
-            hand_back(&listener)?;
+            let listener =
+                serve_on(config.backend.listen.unwrap_or(csp_catalog::DEFAULT_ADDR)).await?;
             csp_catalog::run(config, listener, shutdown, clock).await
         }
         Command::Ordering(config) => {
             let listener =
-                bind(config.backend.listen.unwrap_or(csp_ordering::DEFAULT_ADDR)).await?;
-            hand_back(&listener)?;
+                serve_on(config.backend.listen.unwrap_or(csp_ordering::DEFAULT_ADDR)).await?;
             csp_ordering::run(config, listener, shutdown, clock).await
         }
         Command::Licensing(config) => {
             let listener =
-                bind(config.backend.listen.unwrap_or(csp_licensing::DEFAULT_ADDR)).await?;
-            hand_back(&listener)?;
+                serve_on(config.backend.listen.unwrap_or(csp_licensing::DEFAULT_ADDR)).await?;
             csp_licensing::run(config, listener, shutdown, clock).await
         }
         Command::Audit(config) => {
-            let listener = bind(config.backend.listen.unwrap_or(csp_audit::DEFAULT_ADDR)).await?;
-            hand_back(&listener)?;
+            let listener =
+                serve_on(config.backend.listen.unwrap_or(csp_audit::DEFAULT_ADDR)).await?;
             csp_audit::run(config, listener, shutdown, clock).await
         }
         Command::Support(config) => {
-            let listener = bind(config.backend.listen.unwrap_or(csp_support::DEFAULT_ADDR)).await?;
-            hand_back(&listener)?;
+            let listener =
+                serve_on(config.backend.listen.unwrap_or(csp_support::DEFAULT_ADDR)).await?;
             csp_support::run(config, listener, shutdown, clock).await
         }
         _ => Ok(()),
